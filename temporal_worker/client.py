@@ -1,0 +1,87 @@
+"""Temporal client: how both processes connect, and the web process's bridge.
+
+The Temporal client is bound to the event loop that created it. The web
+process (sync Django: admin, DRF) therefore keeps one client on one
+background event-loop thread for the life of the process and submits
+coroutines to it: ``temporal_call(lambda client: client.start_workflow(...))``.
+Never ``Client.connect`` per request.
+"""
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from django.conf import settings
+from temporalio.client import Client
+from temporalio.runtime import Runtime
+
+T = TypeVar("T")
+
+
+class TemporalUnavailable(Exception):
+    """Temporal could not be reached, or did not answer in time."""
+
+
+async def connect_client(*, runtime: Runtime | None = None) -> Client:
+    return await Client.connect(
+        settings.TEMPORAL_ADDRESS,
+        namespace=settings.TEMPORAL_NAMESPACE,
+        api_key=settings.TEMPORAL_API_KEY or None,
+        tls=settings.TEMPORAL_TLS,
+        runtime=runtime,
+    )
+
+
+class _ClientThread:
+    """An event loop on a daemon thread that owns one Temporal client."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._client: Client | None = None
+        self._connecting: asyncio.Lock | None = None
+        threading.Thread(target=self.loop.run_forever, name="temporal-client", daemon=True).start()
+
+    async def client(self) -> Client:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._client is None:
+                self._client = await connect_client()
+            return self._client
+
+
+_lock = threading.Lock()
+_thread: _ClientThread | None = None
+
+
+def _client_thread() -> _ClientThread:
+    global _thread
+    with _lock:
+        # A forked child inherits neither the thread nor a usable client.
+        if _thread is None or _thread.pid != os.getpid():
+            _thread = _ClientThread()
+        return _thread
+
+
+def temporal_call(fn: Callable[[Client], Awaitable[T]], *, timeout: float = 30.0) -> T:
+    """Run ``fn(client)`` on the shared client from synchronous code."""
+    thread = _client_thread()
+
+    async def run() -> T:
+        try:
+            client = await thread.client()
+        except Exception as exc:
+            raise TemporalUnavailable(f"Temporal is not reachable at {settings.TEMPORAL_ADDRESS}: {exc}") from exc
+        return await fn(client)
+
+    future = asyncio.run_coroutine_threadsafe(run(), thread.loop)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TemporalUnavailable(f"Temporal did not answer within {timeout:.0f}s") from None
+

@@ -1,0 +1,153 @@
+"""Worker assembly: which task queues this process serves, with which limits.
+
+Three task queues, so each kind of work scales and is rate-limited alone:
+``workflows`` (workflow tasks and Mongo/DB activities), ``llm`` (LLM calls;
+its rate limit holds across every worker) and ``media`` (gRPC rendering).
+"""
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from generation.activities import StackCheckActivities
+from generation.workflows import StackCheckWorkflow
+from temporal_worker.backoff import wait_until_ready
+from temporal_worker.client import connect_client
+from temporal_worker.health import HealthServer
+from temporal_worker.resources import SharedClients
+
+log = logging.getLogger(__name__)
+
+ROLES = ("workflows", "llm", "media")
+
+
+def task_queue_for(role: str) -> str:
+    return {
+        "workflows": settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+        "llm": settings.TEMPORAL_TASK_QUEUE_LLM,
+        "media": settings.TEMPORAL_TASK_QUEUE_MEDIA,
+    }[role]
+
+
+@dataclass
+class WorkerOptions:
+    roles: list[str]
+    max_concurrent_activities: int
+    max_concurrent_workflow_tasks: int
+    llm_rate_limit: float  # activities/s on the LLM task queue, across all workers
+    max_activities_per_second: float | None  # this worker only
+    graceful_shutdown_seconds: float
+    connect_timeout: float
+    health_host: str = "127.0.0.1"
+    health_port: int = 0  # 0: any free port; None: no endpoint
+    metrics_port: int | None = None
+
+
+def build_workers(client: Client, clients: SharedClients, options: WorkerOptions,
+                  executor: ThreadPoolExecutor) -> list[Worker]:
+    stack_check = StackCheckActivities(clients.mongo[settings.MONGO_DB])
+    workers = []
+    for role in options.roles:
+        kwargs = {}
+        if role == "workflows":
+            kwargs["workflows"] = [StackCheckWorkflow]
+            kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
+        if role == "llm":
+            kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
+        workers.append(
+            Worker(
+                client,
+                task_queue=task_queue_for(role),
+                activities=[stack_check.record_probe],
+                activity_executor=executor,
+                max_concurrent_activities=options.max_concurrent_activities,
+                max_activities_per_second=options.max_activities_per_second,
+                graceful_shutdown_timeout=timedelta(seconds=options.graceful_shutdown_seconds),
+                **kwargs,
+            )
+        )
+    return workers
+
+
+def make_runtime(options: WorkerOptions) -> Runtime | None:
+    if options.metrics_port is None:
+        return None
+    bind = f"{options.health_host}:{options.metrics_port}"
+    log.info("prometheus metrics", extra={"url": f"http://{bind}/metrics"})
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+
+
+async def run_worker(options: WorkerOptions) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully. Raises
+    ``DependencyUnavailable`` if Temporal or Mongo never comes up."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    clients = SharedClients.open(max_connections=options.max_concurrent_activities)
+    health = None
+    try:
+        await wait_until_ready(
+            lambda: asyncio.to_thread(clients.mongo.admin.command, "ping"),
+            what="MongoDB", address=_redact(settings.MONGO_URI), timeout=options.connect_timeout,
+        )
+        runtime = make_runtime(options)
+        client = await wait_until_ready(
+            lambda: connect_client(runtime=runtime),
+            what="Temporal", address=settings.TEMPORAL_ADDRESS, timeout=options.connect_timeout,
+        )
+        executor = ThreadPoolExecutor(
+            max_workers=options.max_concurrent_activities * len(options.roles), thread_name_prefix="activity"
+        )
+        workers = build_workers(client, clients, options, executor)
+        if options.health_port is not None:
+            health = HealthServer(
+                host=options.health_host, port=options.health_port,
+                checks={"temporal": lambda: _temporal_check(client), "mongo": lambda: _mongo_check(clients)},
+                info={"task_queues": [task_queue_for(r) for r in options.roles]},
+            )
+            await health.start()
+        runs = [asyncio.create_task(worker.run()) for worker in workers]
+        log.info("worker started", extra={"task_queues": [task_queue_for(r) for r in options.roles],
+                                          "max_concurrent_activities": options.max_concurrent_activities})
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, *runs], return_when=asyncio.FIRST_COMPLETED)
+        failed = [task for task in runs if task in done]
+        log.info("worker shutting down", extra={"graceful_timeout_s": options.graceful_shutdown_seconds})
+        await asyncio.gather(*(worker.shutdown() for worker in workers))
+        await asyncio.gather(*runs, return_exceptions=True)
+        executor.shutdown(wait=True)
+        for task in failed:
+            task.result()  # re-raise a worker's fatal error
+        log.info("worker stopped")
+    finally:
+        if health is not None:
+            await health.close()
+        await clients.aclose()
+
+
+async def _temporal_check(client: Client) -> dict:
+    await client.service_client.check_health()
+    return {"address": settings.TEMPORAL_ADDRESS, "namespace": settings.TEMPORAL_NAMESPACE}
+
+
+async def _mongo_check(clients: SharedClients) -> dict:
+    from generation.mongo import pool_stats
+
+    await asyncio.to_thread(clients.mongo.admin.command, "ping")
+    return {"pool": pool_stats.snapshot(), "max_pool_size": settings.MONGO_MAX_POOL_SIZE}
+
+
+def _redact(uri: str) -> str:
+    """Drop credentials from a URI before it reaches a log line."""
+    scheme, sep, rest = uri.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if "@" in rest else uri

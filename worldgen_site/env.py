@@ -1,0 +1,108 @@
+"""Typed readers for settings that come from the environment.
+
+Every reader raises ``SettingsError`` with one line that names the variable,
+so a bad deployment fails at start-up instead of at the first request.
+"""
+
+import os
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class SettingsError(ImproperlyConfigured):
+    """A missing or malformed environment variable."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = _raw(name)
+    if value is None:
+        if default is None:
+            raise SettingsError(f"{name} is required but not set")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {value!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {value!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise SettingsError(f"{name} must be at least {minimum}{upper}, got {number}")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = _raw(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+    value = env_str(name, default)
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise SettingsError(f"{name} must be a {' or '.join(s + '://' for s in schemes)} URL, got {value!r}")
+    return value
+
+
+def env_host_port(name: str, default: str) -> str:
+    """A ``host:port`` address, as Temporal and gRPC targets are written."""
+    value = env_str(name, default)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name} must be host:port, got {value!r}")
+    return value
+
+
+def env_database(name: str, default: str) -> dict:
+    import dj_database_url
+
+    value = env_str(name, default)
+    if urlsplit(value).scheme not in ("sqlite", "postgres", "postgresql", "pgsql"):
+        raise SettingsError(f"{name} must be a sqlite:// or postgres:// URL, got {value!r}")
+    try:
+        return dj_database_url.parse(value, conn_max_age=0)
+    except Exception as exc:  # the library raises several types for a bad URL
+        raise SettingsError(f"{name} is not a valid database URL: {exc}") from None

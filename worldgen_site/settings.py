@@ -1,0 +1,168 @@
+"""worldgen settings. Every deployment value comes from the environment.
+
+``WORLDGEN_ENV=production`` switches on the secure settings that
+``manage.py check --deploy`` expects and makes the secrets mandatory.
+The README's configuration table lists every variable.
+"""
+
+from pathlib import Path
+
+from worldgen_site.env import (
+    SettingsError,
+    env_bool,
+    env_database,
+    env_float,
+    env_host_port,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCAL_DATA_DIR = BASE_DIR / ".localdata"
+
+WORLDGEN_ENV = env_str("WORLDGEN_ENV", "development")
+if WORLDGEN_ENV not in ("development", "production"):
+    raise SettingsError(f"WORLDGEN_ENV must be development or production, got {WORLDGEN_ENV!r}")
+PRODUCTION = WORLDGEN_ENV == "production"
+
+_DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+SECRET_KEY = env_str("SECRET_KEY", None if PRODUCTION else _DEV_SECRET_KEY)
+if PRODUCTION and (len(SECRET_KEY) < 50 or SECRET_KEY == _DEV_SECRET_KEY):
+    raise SettingsError("SECRET_KEY must be a random string of at least 50 characters in production")
+
+DEBUG = env_bool("DEBUG", not PRODUCTION)
+if PRODUCTION and DEBUG:
+    raise SettingsError("DEBUG must be false when WORLDGEN_ENV=production")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise SettingsError("ALLOWED_HOSTS is required in production (comma-separated host names)")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "generation",
+    "worlds",
+    "temporal_worker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "worldgen_site.urls"
+WSGI_APPLICATION = "worldgen_site.wsgi.application"
+ASGI_APPLICATION = "worldgen_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{LOCAL_DATA_DIR / 'db.sqlite3'}")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+
+# --- Security (production) -------------------------------------------------
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+# --- MongoDB: generated content and generation tasks -------------------------
+MONGO_URI = env_url("MONGO_URI", "mongodb://127.0.0.1:27017/?retryWrites=false", schemes=("mongodb", "mongodb+srv"))
+MONGO_DB = env_str("MONGO_DB", "worldgen")
+MONGO_MAX_POOL_SIZE = env_int("MONGO_MAX_POOL_SIZE", 20, minimum=1)
+MONGO_SERVER_SELECTION_TIMEOUT_MS = env_int("MONGO_SERVER_SELECTION_TIMEOUT_MS", 5000, minimum=100)
+
+# --- Temporal ------------------------------------------------------------------
+TEMPORAL_ADDRESS = env_host_port("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+TEMPORAL_NAMESPACE = env_str("TEMPORAL_NAMESPACE", "default")
+TEMPORAL_TLS = env_bool("TEMPORAL_TLS", False)
+TEMPORAL_API_KEY = env_str("TEMPORAL_API_KEY", "")  # Temporal Cloud; never put in workflow inputs
+TEMPORAL_UI_URL = env_str("TEMPORAL_UI_URL", "http://127.0.0.1:8233")
+TEMPORAL_TASK_QUEUE_WORKFLOWS = env_str("TEMPORAL_TASK_QUEUE_WORKFLOWS", "worldgen-workflows")
+TEMPORAL_TASK_QUEUE_LLM = env_str("TEMPORAL_TASK_QUEUE_LLM", "worldgen-llm")
+TEMPORAL_TASK_QUEUE_MEDIA = env_str("TEMPORAL_TASK_QUEUE_MEDIA", "worldgen-media")
+
+# Worker defaults; `run_temporal_worker` options override them per process.
+WORKER_MAX_CONCURRENT_ACTIVITIES = env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100, minimum=1)
+WORKER_MAX_CONCURRENT_WORKFLOW_TASKS = env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100, minimum=1)
+WORKER_GRACEFUL_SHUTDOWN_SECONDS = env_int("WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30)
+WORKER_CONNECT_TIMEOUT_SECONDS = env_int("WORKER_CONNECT_TIMEOUT_SECONDS", 120)
+# Holds across all workers: Temporal enforces it on the LLM task queue.
+LLM_RATE_LIMIT_PER_SECOND = env_float("LLM_RATE_LIMIT_PER_SECOND", 50.0)
+
+# --- Upstreams ---------------------------------------------------------------------
+LLM_BASE_URL = env_url("LLM_BASE_URL", "http://127.0.0.1:8090/v1", schemes=("http", "https"))
+LLM_API_KEY = env_str("LLM_API_KEY", "")
+LLM_MODEL = env_str("LLM_MODEL", "worldgen-procedural-1")
+LLM_TIMEOUT_SECONDS = env_float("LLM_TIMEOUT_SECONDS", 120.0, minimum=1.0)
+MEDIA_GRPC_TARGET = env_host_port("MEDIA_GRPC_TARGET", "127.0.0.1:50051")
+
+# --- Logging: one JSON object a line (LOG_FORMAT=text for humans) -------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {LOG_LEVEL!r}")
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise SettingsError(f"LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "worldgen_site.logs.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"temporalio": {"level": "WARNING"}, "pymongo": {"level": "WARNING"}},
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
