@@ -67,9 +67,9 @@ class ManagedProcess:
 
 def start(name: str, args: list[str], *, log_path: Path, env: dict | None = None,
           cwd: Path | None = None) -> ManagedProcess:
-    """Start ``args`` in its own process group, output appended to ``log_path``."""
+    """Start ``args`` in its own process group, output written to ``log_path`` (truncated)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open(log_path, "wb") as log:
         popen = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=cwd, start_new_session=True,

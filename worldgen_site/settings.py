@@ -159,7 +159,7 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"temporalio": {"level": "WARNING"}, "pymongo": {"level": "WARNING"}},
+    "loggers": {name: {"level": "WARNING"} for name in ("temporalio", "pymongo", "httpx", "httpcore")},
 }
 
 REST_FRAMEWORK = {

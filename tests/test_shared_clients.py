@@ -1,0 +1,50 @@
+"""Many concurrent activities share one Mongo client; connections stay bounded by its pool."""
+
+import threading
+
+import pymongo
+from django.conf import settings
+
+from generation import mongo
+from generation.services import stack_check_run
+
+POOL_SIZE = 4
+CONCURRENT_ACTIVITIES = 64
+PROBES_PER_QUEUE = 150
+
+
+def test_concurrent_activities_share_one_bounded_mongo_pool(start_worker, stack_env):
+    worker = start_worker("--max-concurrent-activities", str(CONCURRENT_ACTIVITIES),
+                          env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)})
+    observer = pymongo.MongoClient(stack_env["MONGO_URI"], maxPoolSize=1)
+    baseline = observer.admin.command("serverStatus")["connections"]["current"]
+    server_peak = baseline
+    running = threading.Event()
+    running.set()
+
+    def watch_server_connections():
+        nonlocal server_peak
+        while running.is_set():
+            server_peak = max(server_peak, observer.admin.command("serverStatus")["connections"]["current"])
+
+    watcher = threading.Thread(target=watch_server_connections)
+    watcher.start()
+    try:
+        result = stack_check_run(probes_per_queue=PROBES_PER_QUEUE, timeout=180)
+    finally:
+        running.clear()
+        watcher.join()
+        observer.close()
+
+    assert result.probes == 3 * PROBES_PER_QUEUE
+    assert len(result.workers) == 1
+    assert mongo.get_db().stack_checks.count_documents({"check_id": result.check_id}) == result.probes
+
+    pool = worker.health().json()["mongo"]["pool"]
+    # The pool really was used concurrently, and never went beyond its bound.
+    assert 1 < pool["peak_open"] <= POOL_SIZE
+    assert pool["created"] <= POOL_SIZE
+    # The server agrees: this worker added at most its pool plus the driver's
+    # two monitoring sockets, although 64 activities ran at once.
+    assert server_peak - baseline <= POOL_SIZE + 2, (server_peak, baseline)
+    assert settings.MONGO_MAX_POOL_SIZE != POOL_SIZE  # the bound came from the worker's own env
