@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_ARGS ?=
 
 .PHONY: install demo test check clean
 
@@ -15,7 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m localstack
+	$(PY) -m localstack $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

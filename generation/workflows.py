@@ -9,10 +9,10 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
-    from generation.activities import ProbeInput, StackCheckActivities
+    from generation.activities import ProbeInput, ProbeResult, StackCheckActivities
 
 MAX_STACK_CHECK_PROBES = 1000
 
@@ -23,6 +23,7 @@ class StackCheckInput:
     task_queues: list[str]
     probes_per_queue: int = 1
     hold_seconds: float = 0.0
+    queue_wait_seconds: float = 30.0  # how long a probe may wait for a worker
 
 
 @dataclass
@@ -45,16 +46,7 @@ class StackCheckWorkflow:
                 f"a stack check runs 1 to {MAX_STACK_CHECK_PROBES} probes, not {total}", non_retryable=True
             )
         probes = [
-            workflow.execute_activity_method(
-                StackCheckActivities.record_probe,
-                ProbeInput(check.check_id, queue, index, check.hold_seconds),
-                task_queue=queue,
-                start_to_close_timeout=timedelta(seconds=30 + check.hold_seconds),
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_attempts=5),
-            )
-            for queue in check.task_queues
-            for index in range(check.probes_per_queue)
+            self._probe(check, queue, index) for queue in check.task_queues for index in range(check.probes_per_queue)
         ]
         results = await asyncio.gather(*probes)
         return StackCheckResult(
@@ -63,3 +55,22 @@ class StackCheckWorkflow:
             workers=sorted({r.worker for r in results}),
             task_queues=sorted({r.task_queue for r in results}),
         )
+
+    async def _probe(self, check: StackCheckInput, queue: str, index: int) -> ProbeResult:
+        try:
+            return await workflow.execute_activity_method(
+                StackCheckActivities.record_probe,
+                ProbeInput(check.check_id, queue, index, check.hold_seconds),
+                task_queue=queue,
+                schedule_to_start_timeout=timedelta(seconds=check.queue_wait_seconds),
+                start_to_close_timeout=timedelta(seconds=30 + check.hold_seconds),
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, TimeoutError) and err.cause.type == TimeoutType.SCHEDULE_TO_START:
+                raise ApplicationError(
+                    f"no worker picked up a probe on task queue {queue!r} within {check.queue_wait_seconds:g}s",
+                    non_retryable=True,
+                ) from err
+            raise

@@ -124,3 +124,4 @@ def wait_until_healthy(worker: WorkerProcess, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"worker not healthy within {timeout}s:\n{worker.process.log_tail(40)}")
+

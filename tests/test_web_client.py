@@ -2,12 +2,15 @@
 
 import asyncio
 import threading
+import uuid
 
 import pytest
 from django.conf import settings
+from temporalio.client import WorkflowFailureError
 
 from generation import mongo
 from generation.services import stack_check_run
+from generation.workflows import StackCheckInput, StackCheckWorkflow
 from localstack import servers
 from temporal_worker import client as web_client
 from temporal_worker.client import TemporalUnavailable, temporal_call
@@ -54,3 +57,15 @@ def test_unreachable_temporal_raises_a_clear_error(stack_env, monkeypatch):
     with pytest.raises(TemporalUnavailable, match=f"Temporal is not reachable at {address}"):
         current_client()
     monkeypatch.setattr(web_client, "_thread", None)  # the next test reconnects to the real server
+
+
+def test_stack_check_names_a_task_queue_that_no_worker_serves(start_worker):
+    start_worker("--queues", "workflows")
+    with pytest.raises(Exception) as failure:
+        temporal_call(lambda client: client.execute_workflow(
+            StackCheckWorkflow.run,
+            StackCheckInput("unserved-check", [settings.TEMPORAL_TASK_QUEUE_WORKFLOWS, "worldgen-nobody-serves"],
+                            queue_wait_seconds=2),
+            id=f"unserved-{uuid.uuid4().hex[:8]}", task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS))
+    assert isinstance(failure.value, WorkflowFailureError)
+    assert "no worker picked up a probe on task queue 'worldgen-nobody-serves' within 2s" in str(failure.value.cause)

@@ -1,0 +1,170 @@
+"""``python -m localstack`` (``make demo``): the whole local stack until Ctrl-C.
+
+Starts SecantusDB, the Temporal dev server (with its UI), the worker and
+Django's server, all from this venv; keeps every byte of data under
+``.localdata/``; stops everything it started on Ctrl-C or SIGTERM.
+"""
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from localstack import servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m localstack", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".localdata", help="all local data (default: .localdata)")
+    parser.add_argument("--web-port", type=int, default=8000)
+    parser.add_argument("--temporal-port", type=int, default=7233)
+    parser.add_argument("--temporal-ui-port", type=int, default=8233)
+    parser.add_argument("--mongo-port", type=int, default=27017)
+    parser.add_argument("--worker-health-port", type=int, default=8081)
+    parser.add_argument("--worker-metrics-port", type=int, default=9464)
+    return parser.parse_args(argv)
+
+
+def say(message: str) -> None:
+    print(f"[localstack] {message}", flush=True)
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    taken = [f"port {port} ({what}, change it with --{flag})" for (what, flag), port in ports.items()
+             if not servers.port_is_free(port)]
+    if taken:
+        raise servers.StackError("these ports are taken: " + "; ".join(taken) +
+                                 ". Stop whatever uses them (maybe another `make demo`) or pick other ports.")
+
+
+def admin_password(data_dir: Path) -> str:
+    path = data_dir / "admin-password.txt"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(12) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def manage(*args: str, env: dict) -> str:
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise servers.StackError(f"manage.py {' '.join(args[:1])} failed:\n{result.stderr or result.stdout}")
+    return result.stdout.strip()
+
+
+def wait_for_http(process: servers.ManagedProcess, url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise servers.StackError(f"{process.name} exited:\n{process.log_tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise servers.StackError(f"{process.name} did not answer {url} within {timeout:.0f}s:\n{process.log_tail()}")
+
+
+def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None:
+    check_ports({
+        ("Django web server", "web-port"): opts.web_port,
+        ("Temporal", "temporal-port"): opts.temporal_port,
+        ("Temporal UI", "temporal-ui-port"): opts.temporal_ui_port,
+        ("SecantusDB", "mongo-port"): opts.mongo_port,
+        ("worker health", "worker-health-port"): opts.worker_health_port,
+        ("worker metrics", "worker-metrics-port"): opts.worker_metrics_port,
+    })
+    data, logs = opts.data_dir.resolve(), opts.data_dir.resolve() / "logs"
+    (data / "mongo").mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+
+    say("starting SecantusDB and the Temporal dev server")
+    mongo = servers.start("SecantusDB", servers.secantus_args(port=opts.mongo_port, storage=data / "mongo"),
+                          log_path=logs / "secantus.log")
+    started.append(mongo)
+    temporal = servers.start("Temporal dev server", servers.temporal_dev_server_args(
+        port=opts.temporal_port, ui_port=opts.temporal_ui_port, db_file=data / "temporal.db"),
+        log_path=logs / "temporal.log")
+    started.append(temporal)
+    servers.wait_for_port(mongo, opts.mongo_port)
+    servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "worldgen_site.settings",
+        "MONGO_URI": servers.mongo_uri(opts.mongo_port),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{opts.temporal_port}",
+        "TEMPORAL_UI_URL": f"http://127.0.0.1:{opts.temporal_ui_port}",
+        "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{data / 'db.sqlite3'}"),
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    say("migrating the database and creating the admin user")
+    manage("migrate", "--noinput", env=env)
+    password = admin_password(data)
+    manage("ensure_local_admin", "--username", "admin", "--password", password, env=env)
+
+    say("starting the worker and the web server")
+    worker = servers.start("worker", [
+        sys.executable, "manage.py", "run_temporal_worker",
+        "--health-port", str(opts.worker_health_port), "--metrics-port", str(opts.worker_metrics_port),
+    ], log_path=logs / "worker.log", env=env, cwd=ROOT)
+    started.append(worker)
+    web = servers.start("web server", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{opts.web_port}"],
+                        log_path=logs / "web.log", env=env, cwd=ROOT)
+    started.append(web)
+    wait_for_http(worker, f"http://127.0.0.1:{opts.worker_health_port}/healthz")
+    wait_for_http(web, f"http://127.0.0.1:{opts.web_port}/admin/login/")
+
+    say(manage("stack_check", env=env))
+    print(f"""
+  worldgen is up.
+    Admin:        http://127.0.0.1:{opts.web_port}/admin/   (user: admin, password: {password})
+    Temporal UI:  http://127.0.0.1:{opts.temporal_ui_port}/
+    Worker:       http://127.0.0.1:{opts.worker_health_port}/healthz  (metrics: http://127.0.0.1:{opts.worker_metrics_port}/metrics)
+    MongoDB:      {servers.mongo_uri(opts.mongo_port)}
+    Data and logs: {data}
+  Press Ctrl-C to stop everything.
+""", flush=True)
+    while True:
+        for process in started:
+            if not process.alive():
+                raise servers.StackError(f"{process.name} stopped unexpectedly:\n{process.log_tail()}")
+        time.sleep(0.5)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started: list[servers.ManagedProcess] = []
+    code = 0
+    try:
+        run(opts, started)
+    except KeyboardInterrupt:
+        say("stopping")
+    except servers.StackError as exc:
+        say(f"error: {exc}")
+        code = 1
+    finally:
+        for process in reversed(started):
+            process.stop()
+        if started:
+            say("all processes stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
