@@ -148,7 +148,8 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
+        signal.signal(sig, _interrupt)
     started: list[servers.ManagedProcess] = []
     code = 0
     try:
