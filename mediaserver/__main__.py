@@ -1,0 +1,29 @@
+"""``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]``"""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from mediaserver.server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mediaserver", description="worldgen reference media server (gRPC)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--workers", type=int, default=None, help="render threads (default: Python's choice)")
+    parser.add_argument("--fail-first", type=int, default=0, metavar="N",
+                        help="fault injection: the first N RenderImage calls return UNAVAILABLE")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                        help="fault injection: sleep this long before answering each call")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args.host, args.port, fail_first=args.fail_first, delay=args.delay, workers=args.workers))
+    except OSError as exc:
+        sys.exit(f"mediaserver: {exc}")
+
+
+if __name__ == "__main__":
+    main()

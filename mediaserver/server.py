@@ -1,0 +1,90 @@
+"""The gRPC server: validates requests, renders in a thread pool, stops gracefully."""
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from generation.media_pb.worldgen.media.v1 import media_pb2, media_pb2_grpc
+from mediaserver.render import MAX_SIZE, MIN_SIZE, RENDERER, render_png
+
+log = logging.getLogger("mediaserver")
+
+KIND_NAMES = {media_pb2.IMAGE_KIND_AVATAR: "avatar", media_pb2.IMAGE_KIND_POST: "post"}
+MAX_PROMPT_CHARS = 4000
+
+
+class MediaRenderer(media_pb2_grpc.MediaRendererServicer):
+    def __init__(self, executor: ThreadPoolExecutor, *, fail_first: int = 0, delay: float = 0.0):
+        self._executor = executor
+        self._failures_left = fail_first  # fault injection: answer UNAVAILABLE this many times
+        self._delay = delay               # fault injection: sleep before answering
+
+    async def RenderImage(self, request, context):
+        if self._failures_left > 0:
+            self._failures_left -= 1
+            log.warning("injected UNAVAILABLE (%d more to come)", self._failures_left)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure (--fail-first)")
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        problem = _invalid(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        kind = KIND_NAMES.get(request.kind, "post")  # UNSPECIFIED draws a post
+        started = time.perf_counter()
+        png = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            lambda: render_png(prompt=request.prompt, style=request.style, seed=request.seed,
+                               width=request.width, height=request.height, kind=kind),
+        )
+        render_ms = round((time.perf_counter() - started) * 1000)
+        log.info("rendered %s %dx%d seed=%d in %d ms", kind, request.width, request.height, request.seed, render_ms)
+        return media_pb2.RenderImageReply(png=png, width=request.width, height=request.height, mime_type="image/png",
+                                          renderer=RENDERER, seed=request.seed, render_ms=render_ms)
+
+
+def _invalid(request) -> str | None:
+    if not request.prompt.strip():
+        return "prompt must not be empty"
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        return f"prompt must be at most {MAX_PROMPT_CHARS} characters, got {len(request.prompt)}"
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if not MIN_SIZE <= value <= MAX_SIZE:
+            return f"{name} must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {value}"
+    return None
+
+
+async def serve(host: str, port: int, *, stop_event: asyncio.Event | None = None, fail_first: int = 0,
+                delay: float = 0.0, workers: int | None = None, grace: float = 5.0) -> None:
+    """Serve until ``stop_event`` is set (or, without one, until SIGINT/SIGTERM); then
+    stop taking calls and give in-flight renders ``grace`` seconds to finish."""
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
+    # so_reuseport=0: a second server on a taken port fails instead of silently sharing it.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    media_pb2_grpc.add_MediaRendererServicer_to_server(
+        MediaRenderer(executor, fail_first=fail_first, delay=delay), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        executor.shutdown()
+        raise OSError(f"media server cannot listen on {host}:{port} (port taken or bad host)")
+    loop = asyncio.get_running_loop()
+    if stop_event is None:
+        stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop_event.set)
+    await server.start()
+    log.info("media server listening on %s:%d (%s)", host, bound, RENDERER)
+    try:
+        await stop_event.wait()
+    finally:
+        log.info("media server stopping (grace %.0fs)", grace)
+        await server.stop(grace)
+        executor.shutdown(wait=False, cancel_futures=True)
+        log.info("media server stopped")
