@@ -4,14 +4,23 @@ This module imports nothing from Django: workflows import it (for activity
 references) inside the Temporal sandbox.
 """
 
+import asyncio
+import hashlib
 import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pymongo.database import Database
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from generation import prompts, schemas, store
+from generation.contracts import BibleInput, CastInput, ItemInput, RunRef, TokenUsage
+from generation.heartbeat import heartbeating
+from generation.llm import LlmClient, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError
+from generation.media import MediaClient, MediaRejected, MediaUnavailable
 
 WORKER_IDENTITY = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -58,3 +67,156 @@ class StackCheckActivities:
             upsert=True,
         )
         return ProbeResult(task_queue=probe.task_queue, index=probe.index, worker=WORKER_IDENTITY)
+
+
+REPAIR_ATTEMPTS = 2  # extra LLM calls that show the model its own invalid reply
+
+
+class LlmActivities:
+    """LLM stages: build the prompt from the snapshot and Mongo, call the LLM,
+    validate (repairing invalid output), store idempotently, record the task."""
+
+    def __init__(self, llm: LlmClient, db: Database) -> None:
+        self.llm = llm
+        self.db = db
+
+    @activity.defn
+    async def generate_bible(self, inp: BibleInput) -> TokenUsage:
+        previous = None
+        if inp.feedback:
+            previous = await asyncio.to_thread(store.load_bible, self.db, inp.run)
+        messages = prompts.bible(inp.world, previous=previous, feedback=inp.feedback)
+        reply, tokens = await self._complete(inp.run, "bible", inp.revision, messages, schemas.BIBLE, "world_bible",
+                                             inp.world.model)
+        await asyncio.to_thread(store.save_bible, self.db, inp.run, reply.content, inp.revision, inp.feedback)
+        return TokenUsage(tokens)
+
+    @activity.defn
+    async def generate_cast(self, inp: CastInput) -> TokenUsage:
+        bible = await asyncio.to_thread(store.load_bible, self.db, inp.run)
+        messages = prompts.cast(inp.world, bible)
+        reply, tokens = await self._complete(inp.run, "cast", 0, messages, schemas.cast(inp.world.character_count),
+                                             "cast", inp.world.model)
+        members = reply.content["characters"]
+        for index, member in enumerate(members):  # handles must be unique within a world
+            member["handle"] = _handle(member["handle"], index, [m["handle"] for m in members[:index]])
+        await asyncio.to_thread(store.save_cast, self.db, inp.run, members)
+        return TokenUsage(tokens)
+
+    @activity.defn
+    async def generate_character(self, inp: ItemInput) -> TokenUsage:
+        bible = await asyncio.to_thread(store.load_bible, self.db, inp.run)
+        member = await asyncio.to_thread(store.load_character, self.db, inp.run, inp.character_index)
+        messages = prompts.character(inp.world, bible, member)
+        reply, tokens = await self._complete(inp.run, "character", inp.character_index, messages, schemas.CHARACTER,
+                                             "character_profile", inp.world.model)
+        await asyncio.to_thread(store.save_profile, self.db, inp.run, inp.character_index, reply.content)
+        return TokenUsage(tokens)
+
+    @activity.defn
+    async def generate_post(self, inp: ItemInput) -> TokenUsage:
+        bible = await asyncio.to_thread(store.load_bible, self.db, inp.run)
+        profile = await asyncio.to_thread(store.load_character, self.db, inp.run, inp.character_index)
+        earlier = await asyncio.to_thread(store.earlier_captions, self.db, inp.run, inp.character_index,
+                                          inp.post_index)
+        messages = prompts.post(inp.world, bible, profile, earlier, inp.post_index)
+        reply, tokens = await self._complete(inp.run, "post", f"{inp.character_index}.{inp.post_index}", messages,
+                                             schemas.POST, "post", inp.world.model)
+        await asyncio.to_thread(store.save_post, self.db, inp.run, inp.character_index, inp.post_index,
+                                reply.content, profile["handle"])
+        return TokenUsage(tokens)
+
+    async def _complete(self, run: RunRef, stage: str, index, messages: list[dict], schema: dict, name: str,
+                        model: str | None) -> tuple[LlmReply, int]:
+        attempt = activity.info().attempt
+        task = {"prompt": messages, "schema_name": name, "attempt": attempt, "status": "running",
+                "started_at": store.now()}
+        await asyncio.to_thread(store.record_task, self.db, run, stage, index, task)
+        tokens = 0
+        try:
+            for repair in range(REPAIR_ATTEMPTS + 1):
+                try:
+                    async with heartbeating():
+                        reply = await self.llm.complete_json(messages=messages, schema=schema, schema_name=name,
+                                                             model=model)
+                except LlmInvalidOutput as invalid:
+                    if repair == REPAIR_ATTEMPTS:
+                        raise
+                    messages = messages + [
+                        {"role": "assistant", "content": invalid.raw or ""},
+                        {"role": "user", "content": f"That reply was invalid ({invalid}). "
+                                                    "Reply again with only JSON that matches the schema."},
+                    ]
+                    continue
+                tokens += reply.prompt_tokens + reply.completion_tokens
+                await asyncio.to_thread(store.record_task, self.db, run, stage, index, {
+                    "status": "succeeded", "raw_response": reply.raw, "output": reply.content, "model": reply.model,
+                    "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+                    "latency_s": reply.latency_s, "repairs": repair, "finished_at": store.now()})
+                return reply, tokens
+        except (LlmRetryableError, LlmFatalError, LlmInvalidOutput) as err:
+            await asyncio.to_thread(store.record_task, self.db, run, stage, index, {
+                "status": "failed", "error": str(err), "raw_response": getattr(err, "raw", None),
+                "finished_at": store.now()})
+            raise _as_application_error(err) from err
+        raise AssertionError("unreachable")
+
+
+def _as_application_error(err: Exception) -> ApplicationError:
+    if isinstance(err, LlmRetryableError):
+        delay = timedelta(seconds=err.retry_after) if err.retry_after else None
+        return ApplicationError(str(err), type="LlmRetryable", next_retry_delay=delay)
+    if isinstance(err, LlmInvalidOutput):
+        return ApplicationError(f"the LLM reply still failed validation after {REPAIR_ATTEMPTS} repairs: {err}",
+                                type="LlmInvalidOutput", non_retryable=True)
+    return ApplicationError(str(err), type="LlmFatal", non_retryable=True)
+
+
+def _handle(handle: str, index: int, taken: list[str]) -> str:
+    clean = "".join(ch for ch in handle.lower() if ch.isalnum() or ch == "_")[:24] or f"citizen{index}"
+    return clean if clean not in taken else f"{clean}_{index}"
+
+
+class MediaActivities:
+    """Avatars and post images through the gRPC media service, stored in GridFS."""
+
+    def __init__(self, media: MediaClient, db: Database) -> None:
+        self.media = media
+        self.db = db
+
+    @activity.defn
+    async def render_image(self, inp: ItemInput) -> None:
+        collection, key, doc = await asyncio.to_thread(store.image_target, self.db, inp.run, inp.character_index,
+                                                       inp.post_index)
+        if doc.get("image_status") == "rendered":
+            return
+        kind = "avatar" if inp.post_index is None else "post"
+        prompt = doc.get("appearance") if kind == "avatar" else doc.get("image_prompt")
+        width, height = (256, 256) if kind == "avatar" else (640, 480)
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
+        started = time.monotonic()
+        try:
+            async with heartbeating():
+                image = await self.media.render_image(prompt=prompt or inp.world.premise, style=inp.world.visual_style,
+                                                      seed=seed, width=width, height=height, kind=kind)
+        except MediaRejected as err:
+            raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
+        except MediaUnavailable as err:
+            raise ApplicationError(str(err), type="MediaUnavailable") from err
+        metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
+        await asyncio.to_thread(store.save_image, self.db, collection, key, image.png, metadata)
+        await asyncio.to_thread(store.record_task, self.db, inp.run, kind, key, {
+            "status": "succeeded", "prompt": prompt, "attempt": activity.info().attempt, "output": metadata,
+            "latency_s": time.monotonic() - started, "finished_at": store.now()})
+
+
+class StoreActivities:
+    """Small Mongo writes the workflows need (run on the workflows task queue)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @activity.defn
+    def mark_image_for_rerender(self, inp: ItemInput) -> None:
+        collection, key, _ = store.image_target(self.db, inp.run, inp.character_index, inp.post_index)
+        store.mark_image_for_rerender(self.db, collection, key, "media service unavailable")

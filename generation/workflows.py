@@ -11,8 +11,31 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
+from temporalio.common import Priority
+from temporalio.exceptions import ChildWorkflowError
+from temporalio.workflow import ParentClosePolicy
+
 with workflow.unsafe.imports_passed_through():
-    from generation.activities import ProbeInput, ProbeResult, StackCheckActivities
+    from generation.activities import (
+        LlmActivities,
+        MediaActivities,
+        ProbeInput,
+        ProbeResult,
+        StackCheckActivities,
+        StoreActivities,
+    )
+    from generation.contracts import (
+        BibleInput,
+        CastInput,
+        CharacterInput,
+        CharacterProgress,
+        Decision,
+        ItemInput,
+        Progress,
+        RunStatusUpdate,
+        TokenUsage,
+        WorldRunInput,
+    )
 
 MAX_STACK_CHECK_PROBES = 1000
 
@@ -74,3 +97,233 @@ class StackCheckWorkflow:
                     non_retryable=True,
                 ) from err
             raise
+
+
+# --- World generation ---------------------------------------------------------------
+
+LLM_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                        maximum_interval=timedelta(seconds=60), maximum_attempts=8)
+MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
+                          maximum_attempts=3)
+# Long activities heartbeat, so a cancel reaches them within seconds. (TRY_CANCEL, the
+# default: with WAIT_CANCELLATION_COMPLETED an activity that finishes before it sees
+# the cancel would swallow the workflow's cancellation.)
+LLM_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
+MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
+PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+def _fairness(world_id: int) -> Priority:
+    # One fairness key per world: a huge world cannot starve the others
+    # (on servers with task-queue fairness enabled; ignored elsewhere).
+    return Priority(fairness_key=f"world-{world_id}")
+
+
+def describe_failure(err: BaseException) -> str:
+    """The innermost readable message of an activity or child failure."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    return str(err) or type(err).__name__
+
+
+@workflow.defn
+class WorldGenerationWorkflow:
+    """Bible → optional approval → characters (bounded fan-out of child workflows) → posts."""
+
+    def __init__(self) -> None:
+        self._progress = Progress()
+        self._decision: Decision | None = None
+        self._tokens_by_character: dict[int, int] = {}
+        self._posts_by_character: dict[int, int] = {}
+        self._degraded_by_character: dict[int, int] = {}
+        self._base_tokens = 0
+        self._unmirrored_progress = False
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._progress
+
+    @workflow.signal
+    def decide(self, decision: Decision) -> None:
+        if self._progress.awaiting_decision:
+            self._decision = decision
+
+    @workflow.signal
+    def character_progress(self, tick: CharacterProgress) -> None:
+        self._tokens_by_character[tick.index] = tick.tokens
+        self._posts_by_character[tick.index] = tick.posts_done
+        self._degraded_by_character[tick.index] = tick.degraded
+        self._recount()
+        self._unmirrored_progress = True
+
+    @workflow.run
+    async def run(self, inp: WorldRunInput) -> Progress:
+        self._inp = inp
+        world = inp.world
+        self._progress.characters_total = world.character_count
+        self._progress.posts_total = world.character_count * world.posts_per_character
+        try:
+            await self._mirror("running", "bible")
+            await self._generate_bible(revision=0, feedback=None)
+            if world.requires_approval and not await self._approval_gate():
+                await self._finish("expired", "approval", "nobody approved the world bible in time")
+                return self._progress
+            await self._generate_characters()
+            await self._finish("completed", "done")
+        except BudgetExceeded:
+            await self._finish("budget_exceeded", self._progress.stage,
+                               f"token budget of {world.token_budget} exceeded ({self._progress.tokens_used} used)")
+        except asyncio.CancelledError:
+            await self._finish("cancelled", self._progress.stage, "cancelled by staff")
+            raise
+        except (ActivityError, ChildWorkflowError, ApplicationError) as err:
+            message = describe_failure(err)
+            await self._finish("failed", self._progress.stage, message)
+            raise ApplicationError(message, non_retryable=True) from err
+        return self._progress
+
+    async def _generate_bible(self, revision: int, feedback: str | None) -> None:
+        self._progress.bible_revision = revision
+        usage = await workflow.execute_activity_method(
+            LlmActivities.generate_bible, BibleInput(self._inp.run, self._inp.world, revision, feedback),
+            task_queue=self._inp.config.llm_queue, retry_policy=LLM_RETRY, priority=_fairness(self._inp.world.world_id),
+            **LLM_TIMEOUTS)
+        self._add_tokens(usage)
+
+    async def _approval_gate(self) -> bool:
+        """Wait for approve, or reject-with-feedback (regenerate); False when it times out."""
+        config = self._inp.config
+        while True:
+            self._decision = None
+            self._progress.awaiting_decision = True
+            await self._mirror("awaiting_approval", "approval")
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None,
+                                              timeout=timedelta(seconds=config.approval_timeout_s))
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                self._progress.awaiting_decision = False
+            if self._decision.approved:
+                await self._mirror("running", "characters")
+                return True
+            revision = self._progress.bible_revision + 1
+            if revision > config.max_bible_revisions:
+                raise ApplicationError(f"the world bible was rejected {revision} times; "
+                                       f"the limit is {config.max_bible_revisions} revisions", non_retryable=True)
+            await self._mirror("running", "bible")
+            await self._generate_bible(revision, self._decision.feedback)
+
+    async def _generate_characters(self) -> None:
+        inp = self._inp
+        self._progress.stage = "characters"
+        await self._mirror("running", "characters")
+        usage = await workflow.execute_activity_method(
+            LlmActivities.generate_cast, CastInput(inp.run, inp.world), task_queue=inp.config.llm_queue,
+            retry_policy=LLM_RETRY, priority=_fairness(inp.world.world_id), **LLM_TIMEOUTS)
+        self._add_tokens(usage)
+
+        # Sliding window: at most `character_concurrency` character workflows at once.
+        running: dict[asyncio.Future, int] = {}
+        next_index = 0
+        try:
+            while next_index < inp.world.character_count or running:
+                while next_index < inp.world.character_count and len(running) < inp.config.character_concurrency:
+                    handle = await workflow.start_child_workflow(
+                        CharacterWorkflow.run, CharacterInput(inp.run, inp.world, inp.config, next_index),
+                        id=f"{inp.run.workflow_id}-character-{next_index}",
+                        task_queue=inp.config.workflows_queue,
+                        parent_close_policy=ParentClosePolicy.REQUEST_CANCEL)
+                    running[handle] = next_index
+                    next_index += 1
+                done, _ = await workflow.wait(list(running), timeout=PROGRESS_MIRROR_INTERVAL.total_seconds(),
+                                              return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    running.pop(finished)
+                    self.character_progress(finished.result())
+                    self._progress.characters_done += 1
+                self._check_budget()
+                if self._unmirrored_progress:
+                    await self._mirror("running", "posts" if inp.world.posts_per_character else "characters")
+        except BaseException:
+            for handle in running:
+                handle.cancel()
+            if running:  # let them stop, so nothing is still writing when the run is reported finished
+                await workflow.wait(list(running))
+            raise
+
+    def _add_tokens(self, usage: TokenUsage) -> None:
+        self._base_tokens += usage.tokens
+        self._recount()
+        self._check_budget()
+
+    def _recount(self) -> None:
+        self._progress.tokens_used = self._base_tokens + sum(self._tokens_by_character.values())
+        self._progress.posts_done = sum(self._posts_by_character.values())
+        self._progress.degraded_items = sum(self._degraded_by_character.values())
+
+    def _check_budget(self) -> None:
+        if self._progress.tokens_used > self._inp.world.token_budget:
+            raise BudgetExceeded()
+
+    async def _mirror(self, status: str, stage: str, error: str = "", finished: bool = False) -> None:
+        self._progress.status, self._progress.stage = status, stage
+        if error:
+            self._progress.last_error = error
+        p = self._progress
+        self._unmirrored_progress = False
+        await workflow.execute_activity(
+            MIRROR_ACTIVITY,
+            RunStatusUpdate(self._inp.run.run_id, status, stage, p.characters_done, p.characters_total, p.posts_done,
+                            p.posts_total, p.degraded_items, p.tokens_used, p.bible_revision, p.last_error, finished),
+            task_queue=self._inp.config.workflows_queue, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+
+    async def _finish(self, status: str, stage: str, error: str = "") -> None:
+        await self._mirror(status, stage, error, finished=True)
+
+
+@workflow.defn
+class CharacterWorkflow:
+    """One character: profile, avatar, then its posts in order (each sees the earlier ones)."""
+
+    @workflow.run
+    async def run(self, inp: CharacterInput) -> CharacterProgress:
+        config, world = inp.config, inp.world
+        parent = workflow.info().parent
+        progress = CharacterProgress(index=inp.index)
+        item = ItemInput(inp.run, world, inp.index)
+        progress.tokens += (await workflow.execute_activity_method(
+            LlmActivities.generate_character, item, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
+            priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
+        progress.degraded += await self._render(item, config.media_queue, config.workflows_queue)
+        for post_index in range(world.posts_per_character):
+            post = ItemInput(inp.run, world, inp.index, post_index)
+            progress.tokens += (await workflow.execute_activity_method(
+                LlmActivities.generate_post, post, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
+                priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
+            progress.degraded += await self._render(post, config.media_queue, config.workflows_queue)
+            progress.posts_done += 1
+            if parent is not None:
+                await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                    WorldGenerationWorkflow.character_progress, progress)
+        return progress
+
+    @staticmethod
+    async def _render(item: ItemInput, media_queue: str, workflows_queue: str) -> int:
+        """Render an image; if the media service stays down, keep the item and mark it (returns 1 if degraded)."""
+        try:
+            await workflow.execute_activity_method(
+                MediaActivities.render_image, item, task_queue=media_queue, retry_policy=MEDIA_RETRY,
+                start_to_close_timeout=timedelta(seconds=60), heartbeat_timeout=timedelta(seconds=10),
+                priority=_fairness(item.world.world_id))
+            return 0
+        except ActivityError:
+            await workflow.execute_activity_method(
+                StoreActivities.mark_image_for_rerender, item, task_queue=workflows_queue,
+                start_to_close_timeout=timedelta(seconds=30))
+            return 1

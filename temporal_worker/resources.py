@@ -12,16 +12,9 @@ import httpx
 from django.conf import settings
 from pymongo import MongoClient
 
-from generation import mongo
+from generation import media, mongo
 
 log = logging.getLogger(__name__)
-
-GRPC_CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 
 
 @dataclass
@@ -42,7 +35,7 @@ class SharedClients:
                 timeout=httpx.Timeout(settings.LLM_TIMEOUT_SECONDS, connect=10.0),
                 limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             ),
-            media_channel=grpc.aio.insecure_channel(settings.MEDIA_GRPC_TARGET, options=GRPC_CHANNEL_OPTIONS),
+            media_channel=grpc.aio.insecure_channel(settings.MEDIA_GRPC_TARGET, options=media.channel_options()),
         )
         log.info(
             "shared clients opened",

@@ -17,12 +17,16 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from generation.activities import StackCheckActivities
-from generation.workflows import StackCheckWorkflow
+from generation.activities import LlmActivities, MediaActivities, StackCheckActivities, StoreActivities
+from generation.llm import LlmClient
+from generation.media import MediaClient
+from generation.store import ensure_indexes
+from generation.workflows import CharacterWorkflow, StackCheckWorkflow, WorldGenerationWorkflow
 from temporal_worker.backoff import wait_until_ready
 from temporal_worker.client import connect_client
 from temporal_worker.health import HealthServer
 from temporal_worker.resources import SharedClients
+from worlds.activities import RunMirrorActivities
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +57,20 @@ class WorkerOptions:
 
 def build_workers(client: Client, clients: SharedClients, options: WorkerOptions,
                   executor: ThreadPoolExecutor) -> list[Worker]:
-    stack_check = StackCheckActivities(clients.mongo[settings.MONGO_DB])
+    db = clients.mongo[settings.MONGO_DB]
+    stack_check = StackCheckActivities(db)
+    llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
+    media = MediaActivities(MediaClient(clients.media_channel), db)
+    activities_by_role = {
+        "workflows": [StoreActivities(db).mark_image_for_rerender, RunMirrorActivities().record_run_status],
+        "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.generate_post],
+        "media": [media.render_image],
+    }
     workers = []
     for role in options.roles:
         kwargs = {}
         if role == "workflows":
-            kwargs["workflows"] = [StackCheckWorkflow]
+            kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, StackCheckWorkflow]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
         if role == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
@@ -66,7 +78,7 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
             Worker(
                 client,
                 task_queue=task_queue_for(role),
-                activities=[stack_check.record_probe],
+                activities=[stack_check.record_probe, *activities_by_role[role]],
                 activity_executor=executor,
                 max_concurrent_activities=options.max_concurrent_activities,
                 max_activities_per_second=options.max_activities_per_second,
@@ -100,6 +112,7 @@ async def run_worker(options: WorkerOptions) -> None:
             lambda: asyncio.to_thread(clients.mongo.admin.command, "ping"),
             what="MongoDB", address=_redact(settings.MONGO_URI), timeout=options.connect_timeout,
         )
+        await asyncio.to_thread(ensure_indexes, clients.mongo[settings.MONGO_DB])
         runtime = make_runtime(options)
         client = await wait_until_ready(
             lambda: connect_client(runtime=runtime),

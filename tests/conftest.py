@@ -48,7 +48,37 @@ def mongo_server(logs_dir):
 
 
 @pytest.fixture(scope="session")
-def stack_env(temporal_server, mongo_server, tmp_path_factory) -> dict:
+def llm_server(logs_dir):
+    """The project's procedural OpenAI-compatible endpoint; yields its base URL."""
+    port = servers.free_port()
+    proc = servers.start("local LLM", [sys.executable, "-m", "localllm", "--port", str(port)],
+                         log_path=logs_dir / "localllm.log", cwd=ROOT)
+    servers.wait_for_port(proc, port)
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def media_server(logs_dir):
+    """The reference gRPC media server; yields its host:port."""
+    port = servers.free_port()
+    proc = servers.start("media server", [sys.executable, "-m", "mediaserver", "--port", str(port)],
+                         log_path=logs_dir / "mediaserver.log", cwd=ROOT)
+    servers.wait_for_port(proc, port)
+    yield f"127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory):
+    """A file-backed test database, so worker subprocesses see the rows tests create."""
+    path = tmp_path_factory.mktemp("sql") / "worldgen-test.sqlite3"
+    settings.DATABASES["default"]["TEST"]["NAME"] = str(path)
+    settings.DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+
+
+@pytest.fixture(scope="session")
+def stack_env(temporal_server, mongo_server, llm_server, media_server, django_db_modify_db_settings) -> dict:
     """Environment for subprocesses of the project, pointed at the test servers;
     also points this process's Django settings at them."""
     from generation import mongo
@@ -60,7 +90,9 @@ def stack_env(temporal_server, mongo_server, tmp_path_factory) -> dict:
         "TEMPORAL_ADDRESS": temporal_server,
         "MONGO_URI": mongo_server,
         "MONGO_DB": "worldgen_test",
-        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('db') / 'worldgen.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['TEST']['NAME']}",
+        "LLM_BASE_URL": llm_server,
+        "MEDIA_GRPC_TARGET": media_server,
         "LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     }

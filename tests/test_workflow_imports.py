@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-SANDBOXED_MODULES = ["generation.workflows", "generation.activities"]
+SANDBOXED_MODULES = ["generation.workflows", "generation.activities", "generation.contracts", "generation.llm",
+                     "generation.media", "generation.store"]
 
 
 @pytest.mark.parametrize("module", SANDBOXED_MODULES)

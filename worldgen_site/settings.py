@@ -136,6 +136,11 @@ WORKER_CONNECT_TIMEOUT_SECONDS = env_int("WORKER_CONNECT_TIMEOUT_SECONDS", 120)
 # Holds across all workers: Temporal enforces it on the LLM task queue.
 LLM_RATE_LIMIT_PER_SECOND = env_float("LLM_RATE_LIMIT_PER_SECOND", 50.0)
 
+# Generation defaults (per run; snapshotted into the workflow input).
+GENERATION_APPROVAL_TIMEOUT_SECONDS = env_int("GENERATION_APPROVAL_TIMEOUT_SECONDS", 7 * 24 * 3600, minimum=1)
+GENERATION_MAX_BIBLE_REVISIONS = env_int("GENERATION_MAX_BIBLE_REVISIONS", 3)
+GENERATION_CHARACTER_CONCURRENCY = env_int("GENERATION_CHARACTER_CONCURRENCY", 5, minimum=1)
+
 # --- Upstreams ---------------------------------------------------------------------
 LLM_BASE_URL = env_url("LLM_BASE_URL", "http://127.0.0.1:8090/v1", schemes=("http", "https"))
 LLM_API_KEY = env_str("LLM_API_KEY", "")

@@ -1,0 +1,137 @@
+"""Dataclasses passed between workflows and activities: IDs, counters and the
+world definition snapshot, never generated text. Imports nothing from Django."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class WorldSnapshot:
+    """The world definition as it was when the run started."""
+
+    world_id: int
+    name: str
+    premise: str
+    genre: str
+    tone: str
+    language: str
+    visual_style: str
+    character_count: int
+    posts_per_character: int
+    requires_approval: bool
+    token_budget: int
+    model: str | None = None
+
+
+@dataclass
+class RunRef:
+    run_id: int  # the Django GenerationRun primary key
+    world_id: int
+    number: int
+    workflow_id: str
+
+    @property
+    def key(self) -> str:
+        """Prefix of every Mongo document key of this run."""
+        return f"w{self.world_id}-r{self.number}"
+
+
+@dataclass
+class RunConfig:
+    workflows_queue: str
+    llm_queue: str
+    media_queue: str
+    approval_timeout_s: float = 7 * 24 * 3600
+    max_bible_revisions: int = 3
+    character_concurrency: int = 5
+
+
+@dataclass
+class WorldRunInput:
+    run: RunRef
+    world: WorldSnapshot
+    config: RunConfig
+
+
+@dataclass
+class BibleInput:
+    run: RunRef
+    world: WorldSnapshot
+    revision: int
+    feedback: str | None = None
+
+
+@dataclass
+class ItemInput:
+    """A character (``post_index`` None) or one of its posts."""
+
+    run: RunRef
+    world: WorldSnapshot
+    character_index: int
+    post_index: int | None = None
+
+
+@dataclass
+class CastInput:
+    run: RunRef
+    world: WorldSnapshot
+
+
+@dataclass
+class TokenUsage:
+    tokens: int
+
+
+@dataclass
+class CharacterInput:
+    run: RunRef
+    world: WorldSnapshot
+    config: RunConfig
+    index: int
+
+
+@dataclass
+class CharacterProgress:
+    """Sent by a character workflow to its parent after each step."""
+
+    index: int
+    tokens: int = 0
+    posts_done: int = 0
+    degraded: int = 0
+
+
+@dataclass
+class Decision:
+    approved: bool
+    by: str = ""
+    feedback: str = ""
+
+
+@dataclass
+class RunStatusUpdate:
+    run_id: int
+    status: str
+    stage: str
+    characters_done: int = 0
+    characters_total: int = 0
+    posts_done: int = 0
+    posts_total: int = 0
+    degraded_items: int = 0
+    tokens_used: int = 0
+    bible_revision: int = 0
+    error: str = ""
+    finished: bool = False
+
+
+@dataclass
+class Progress:
+    status: str = "running"
+    stage: str = "bible"
+    bible_revision: int = 0
+    characters_done: int = 0
+    characters_total: int = 0
+    posts_done: int = 0
+    posts_total: int = 0
+    degraded_items: int = 0
+    tokens_used: int = 0
+    last_error: str = ""
+    awaiting_decision: bool = False

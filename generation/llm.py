@@ -1,0 +1,216 @@
+"""The LLM client: JSON-schema completions from an OpenAI-compatible endpoint.
+
+It works over ONE shared ``httpx.AsyncClient`` (opened by the worker with
+``base_url=LLM_BASE_URL``, the bearer token and timeouts; see
+``temporal_worker/resources.py``). It makes no retries of its own: Temporal
+retries activities, and the point of this module is to classify failures:
+
+- ``LlmRetryableError`` (``.retry_after`` from ``Retry-After``): 408, 409, 429,
+  5xx, connection errors and timeouts;
+- ``LlmFatalError``: bad credentials (401/403), exhausted quota (429
+  ``insufficient_quota``), bad request / unknown model (400/404/422), other 4xx;
+- ``LlmInvalidOutput`` (``.raw``, ``.errors``): the reply is not JSON or does
+  not validate against the schema (the caller may ask for a repair).
+
+Messages are one readable line and never contain the API key.
+Imports nothing from Django (used from Temporal activities).
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from generation.json_schema import validate
+
+RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+MAX_MESSAGE_CHARS = 400
+
+
+class LlmError(Exception):
+    """Base of every LLM failure. ``retryable`` says whether trying again later may help."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class LlmRetryableError(LlmError):
+    """Transient: rate limited, server error, connection failure or timeout."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class LlmFatalError(LlmError):
+    """Trying again will not help: credentials, quota, or a request the server rejects."""
+
+
+class LlmInvalidOutput(LlmError):
+    """The reply's content is not JSON or does not validate; ``raw`` keeps it as received."""
+
+    def __init__(self, message: str, *, raw: str = "", errors: list[str] | None = None) -> None:
+        super().__init__(message, status_code=200)
+        self.raw = raw
+        self.errors = errors or []
+
+
+@dataclass
+class LlmReply:
+    content: dict
+    raw: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+class LlmClient:
+    def __init__(self, http: httpx.AsyncClient, *, default_model: str) -> None:
+        self.http = http
+        self.default_model = default_model
+
+    async def complete_json(self, *, messages: list[dict], schema: dict, schema_name: str,
+                            model: str | None = None, seed: int | None = None,
+                            timeout: float | None = None) -> LlmReply:
+        """One chat completion constrained to ``schema``; the parsed, validated content."""
+        model = model or self.default_model
+        payload: dict = {
+            "model": model,
+            "messages": messages,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": schema_name, "schema": schema, "strict": True}},
+        }
+        if seed is not None:
+            payload["seed"] = seed
+        started = time.monotonic()
+        try:
+            response = await self.http.post("chat/completions", json=payload,
+                                            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+        except httpx.TimeoutException as exc:
+            raise LlmRetryableError(self.clean(
+                f"LLM request to {self.endpoint()} timed out after {time.monotonic() - started:.1f}s "
+                f"({type(exc).__name__})")) from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise LlmFatalError(self.clean(f"LLM base URL is not usable: {exc}")) from exc
+        except httpx.TransportError as exc:
+            raise LlmRetryableError(self.clean(
+                f"LLM connection to {self.endpoint()} failed ({type(exc).__name__}): {exc}")) from exc
+        latency_s = time.monotonic() - started
+        if not response.is_success:
+            raise self.status_error(response)
+        return self.parse_reply(response, schema=schema, schema_name=schema_name, model=model, latency_s=latency_s)
+
+    def parse_reply(self, response: httpx.Response, *, schema: dict, schema_name: str, model: str,
+                    latency_s: float) -> LlmReply:
+        try:
+            envelope = response.json()
+            choice = envelope["choices"][0]
+            message = choice["message"]
+            if not isinstance(message, dict):
+                raise TypeError("message is not an object")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LlmRetryableError(self.clean(
+                f"LLM returned a malformed response ({response.status_code}): {response.text[:200]}"),
+                status_code=response.status_code) from exc
+        if message.get("refusal"):
+            raise LlmInvalidOutput(self.clean(f"LLM refused to answer '{schema_name}': {message['refusal']}"),
+                                   raw=str(message["refusal"]))
+        raw = message.get("content")
+        if not isinstance(raw, str):
+            raise LlmInvalidOutput(f"LLM reply for '{schema_name}' has no text content", raw=json.dumps(message))
+        try:
+            content = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            cut_off = " (finish_reason=length: cut off)" if choice.get("finish_reason") == "length" else ""
+            raise LlmInvalidOutput(
+                f"LLM output for '{schema_name}' is not valid JSON: {exc.msg} at line {exc.lineno} "
+                f"column {exc.colno}{cut_off}", raw=raw) from None
+        errors = validate(content, schema)
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise LlmInvalidOutput(self.clean(f"LLM output does not match schema '{schema_name}': {errors[0]}{more}"),
+                                   raw=raw, errors=errors)
+        usage = envelope.get("usage") or {}
+        return LlmReply(content=content, raw=raw, model=envelope.get("model") or model,
+                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0), latency_s=latency_s)
+
+    def status_error(self, response: httpx.Response) -> LlmError:
+        status = response.status_code
+        message, code = error_detail(response)
+        if status in (401, 403):
+            return LlmFatalError(self.clean(f"LLM rejected the credentials ({status}): {message}"), status_code=status)
+        if status == 429 and code == "insufficient_quota":
+            return LlmFatalError(self.clean(f"LLM quota exhausted ({status}): {message}"), status_code=status)
+        if status in RETRYABLE_STATUSES or status >= 500:
+            what = "rate limited" if status == 429 else "unavailable"
+            return LlmRetryableError(self.clean(f"LLM {what} ({status}): {message}"), status_code=status,
+                                     retry_after=parse_retry_after(response.headers))
+        if status in (400, 404, 422):
+            return LlmFatalError(self.clean(f"LLM rejected the request ({status}): {message}"), status_code=status)
+        return LlmFatalError(self.clean(f"LLM returned unexpected status {status}: {message}"), status_code=status)
+
+    def endpoint(self) -> str:
+        """The chat URL without credentials or query (safe for messages)."""
+        url = self.http.base_url
+        port = f":{url.port}" if url.port else ""
+        return f"{url.scheme}://{url.host}{port}{url.path.rstrip('/')}/chat/completions"
+
+    def clean(self, message: str) -> str:
+        """One line, bounded, with the API key (if any) blanked out."""
+        for header in ("authorization", "api-key", "x-api-key"):
+            value = self.http.headers.get(header, "")
+            secret = value.split(" ", 1)[1] if value.lower().startswith("bearer ") else value
+            if len(secret) >= 4:
+                message = message.replace(secret, "***")
+        message = " ".join(message.split())
+        return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def error_detail(response: httpx.Response) -> tuple[str, str | None]:
+    """The (message, code) of an OpenAI-style error body, or a short excerpt of any other body."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        code = error.get("code") or error.get("type")
+        if error.get("type") == "insufficient_quota":
+            code = "insufficient_quota"
+        return str(error.get("message") or response.reason_phrase), code
+    if isinstance(error, str):
+        return error, None
+    return (response.text[:200] or response.reason_phrase), None
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            if scale != 1.0:
+                continue
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None

@@ -1,0 +1,132 @@
+"""Mongo documents of a run. Keys are deterministic (world, run, stage, index)
+and every write is an upsert, so a retried activity never duplicates anything.
+Imports nothing from Django."""
+
+from datetime import datetime, timezone
+
+import gridfs
+from pymongo import ASCENDING
+from pymongo.database import Database
+
+from generation.contracts import RunRef
+
+
+def ensure_indexes(db: Database) -> None:
+    db.characters.create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("index", ASCENDING)],
+                               unique=True, name="character_position")
+    db.posts.create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("character_index", ASCENDING),
+                           ("index", ASCENDING)], unique=True, name="post_position")
+    db.generation_tasks.create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
+    db.bibles.create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def bible_key(run: RunRef) -> str:
+    return f"{run.key}-bible"
+
+
+def character_key(run: RunRef, index: int) -> str:
+    return f"{run.key}-c{index}"
+
+
+def post_key(run: RunRef, character_index: int, index: int) -> str:
+    return f"{run.key}-c{character_index}-p{index}"
+
+
+def task_key(run: RunRef, stage: str, index: str | int) -> str:
+    return f"{run.key}:{stage}:{index}"
+
+
+def _run_fields(run: RunRef) -> dict:
+    return {"world_id": run.world_id, "run_number": run.number, "run_key": run.key}
+
+
+def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: str | None) -> None:
+    db.bibles.update_one(
+        {"_id": bible_key(run)},
+        {"$set": {**_run_fields(run), "bible": bible, "revision": revision, "updated_at": now()},
+         "$addToSet": {"history": {"revision": revision, "feedback": feedback, "bible": bible}}},
+        upsert=True,
+    )
+
+
+def load_bible(db: Database, run: RunRef) -> dict:
+    doc = db.bibles.find_one({"_id": bible_key(run)})
+    if doc is None:
+        raise LookupError(f"no world bible stored for {run.key}")
+    return doc["bible"]
+
+
+def save_cast(db: Database, run: RunRef, members: list[dict]) -> None:
+    for index, member in enumerate(members):
+        db.characters.update_one(
+            {"_id": character_key(run, index)},
+            {"$set": {**_run_fields(run), "index": index, "name": member["name"], "handle": member["handle"],
+                      "concept": member["concept"], "updated_at": now()},
+             "$setOnInsert": {"status": "cast", "image_status": "pending"}},
+            upsert=True,
+        )
+
+
+def load_character(db: Database, run: RunRef, index: int) -> dict:
+    doc = db.characters.find_one({"_id": character_key(run, index)})
+    if doc is None:
+        raise LookupError(f"no character {index} stored for {run.key}")
+    return doc
+
+
+def save_profile(db: Database, run: RunRef, index: int, profile: dict) -> None:
+    db.characters.update_one({"_id": character_key(run, index)},
+                             {"$set": {**profile, "status": "profiled", "updated_at": now()}})
+
+
+def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
+    cursor = db.posts.find({"run_key": run.key, "character_index": character_index, "index": {"$lt": before}},
+                           {"caption": 1}).sort("index", ASCENDING)
+    return [doc["caption"] for doc in cursor]
+
+
+def save_post(db: Database, run: RunRef, character_index: int, index: int, post: dict, handle: str) -> None:
+    db.posts.update_one(
+        {"_id": post_key(run, character_index, index)},
+        {"$set": {**_run_fields(run), "character_index": character_index,
+                  "index": index, "handle": handle, **post, "updated_at": now()},
+         "$setOnInsert": {"image_status": "pending", "created_at": now()}},
+        upsert=True,
+    )
+
+
+def image_target(db: Database, run: RunRef, character_index: int, post_index: int | None) -> tuple[str, str, dict]:
+    """(collection, document key, document) that an image belongs to."""
+    if post_index is None:
+        key = character_key(run, character_index)
+        return "characters", key, db.characters.find_one({"_id": key}) or {}
+    key = post_key(run, character_index, post_index)
+    return "posts", key, db.posts.find_one({"_id": key}) or {}
+
+
+def save_image(db: Database, collection: str, key: str, png: bytes, metadata: dict) -> None:
+    image_id = f"img-{key}"
+    fs = gridfs.GridFS(db, collection="images")
+    if not fs.exists(image_id):  # rendering is deterministic: a retry stores nothing new
+        fs.put(png, _id=image_id, filename=f"{key}.png", content_type="image/png", metadata=metadata)
+    db[collection].update_one({"_id": key}, {"$set": {"image_id": image_id, "image_status": "rendered",
+                                                      "updated_at": now()}})
+
+
+def mark_image_for_rerender(db: Database, collection: str, key: str, reason: str) -> None:
+    db[collection].update_one({"_id": key}, {"$set": {"image_status": "needs_render", "image_error": reason,
+                                                      "updated_at": now()}})
+
+
+def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields: dict) -> None:
+    """One document per generation task: inputs, prompt, raw reply, parsed output, usage, latency, attempt."""
+    db.generation_tasks.update_one(
+        {"_id": task_key(run, stage, index)},
+        {"$set": {**_run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
+         "$setOnInsert": {"created_at": now()}},
+        upsert=True,
+    )

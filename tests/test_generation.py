@@ -1,0 +1,183 @@
+"""The generation pipeline end to end: real dev server, worker process, local LLM
+endpoint, media server and Mongo. Content is procedural; transports are real."""
+
+import time
+
+import httpx
+import pytest
+
+from generation import mongo
+from worlds.models import GenerationRun, World
+from worlds.services import (
+    GenerationError,
+    generation_approve,
+    generation_cancel,
+    generation_reject,
+    generation_start,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FINISHED = {"completed", "failed", "cancelled", "expired", "budget_exceeded"}
+
+
+def make_world(**overrides) -> World:
+    fields = {"name": "Lanternfall", "premise": "A floating archipelago of lantern-lit tea houses where "
+              "sky-whales carry letters between islands.", "character_count": 3, "posts_per_character": 2}
+    return World.objects.create(**{**fields, **overrides})
+
+
+def wait_for(run: GenerationRun, statuses: set[str], timeout: float = 180) -> GenerationRun:
+    deadline = time.monotonic() + timeout
+    while True:
+        run.refresh_from_db()
+        if run.status in statuses:
+            return run
+        assert time.monotonic() < deadline, f"run stuck at {run.status}/{run.stage}: {run.error}"
+        time.sleep(0.3)
+
+
+def counts(run: GenerationRun) -> dict:
+    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+    return {
+        "bibles": db.bibles.count_documents({"run_key": key}),
+        "characters": db.characters.count_documents({"run_key": key}),
+        "posts": db.posts.count_documents({"run_key": key}),
+        "images": db["images.files"].count_documents({"_id": {"$regex": f"^img-{key}-"}}),
+        "tasks": db.generation_tasks.count_documents({"run_key": key}),
+    }
+
+
+def llm_control(llm_server: str, body: dict) -> None:
+    httpx.post(llm_server.removesuffix("/v1") + "/_control", json=body, timeout=5).raise_for_status()
+
+
+def test_a_world_is_generated_completely_and_exactly_once(start_worker):
+    start_worker()
+    run = generation_start(world=make_world())
+    assert run.workflow_id == f"world-{run.world_id}-run-1"
+    wait_for(run, FINISHED)
+    assert run.status == "completed", run.error
+    assert (run.characters_done, run.posts_done, run.degraded_items) == (3, 6, 0)
+    assert run.tokens_used > 0 and run.finished_at is not None
+    # bible, cast, 3 profiles, 6 posts, 3 avatars, 6 post images
+    assert counts(run) == {"bibles": 1, "characters": 3, "posts": 6, "images": 9, "tasks": 1 + 1 + 3 + 6 + 3 + 6}
+
+    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+    handles = [c["handle"] for c in db.characters.find({"run_key": key})]
+    assert len(set(handles)) == 3
+    assert all(c["image_status"] == "rendered" and c["bio"] for c in db.characters.find({"run_key": key}))
+    task = db.generation_tasks.find_one({"_id": f"{key}:post:0.1"})
+    assert task["status"] == "succeeded" and task["usage"]["completion_tokens"] > 0
+    assert task["prompt"][1]["content"].count("Your earlier posts:") == 1
+    assert task["raw_response"] and task["output"]["caption"] and task["attempt"] == 1
+
+
+def test_a_second_start_while_running_is_refused_then_approval_completes(start_worker):
+    start_worker()
+    world = make_world(requires_approval=True, character_count=1, posts_per_character=1)
+    run = wait_for(generation_start(world=world), {"awaiting_approval"} | FINISHED)
+    assert run.status == "awaiting_approval" and run.stage == "approval"
+    with pytest.raises(GenerationError, match="already being generated"):
+        generation_start(world=world)
+    with pytest.raises(GenerationError, match="feedback is required"):
+        generation_reject(run=run, feedback="  ")
+
+    generation_reject(run=run, feedback="More sky-whales, fewer tea houses.")
+    deadline = time.monotonic() + 60
+    while not (run.status == "awaiting_approval" and run.bible_revision == 1):
+        assert time.monotonic() < deadline and run.status not in FINISHED, run.status
+        time.sleep(0.2)
+        run.refresh_from_db()
+    bible = mongo.get_db().bibles.find_one({"run_key": f"w{run.world_id}-r{run.number}"})
+    assert bible["revision"] == 1
+    assert [h["feedback"] for h in bible["history"]] == [None, "More sky-whales, fewer tea houses."]
+
+    generation_approve(run=run)
+    wait_for(run, FINISHED)
+    assert run.status == "completed", run.error
+    with pytest.raises(GenerationError, match="not awaiting approval"):
+        generation_approve(run=run)
+    second = generation_start(world=world)  # a finished world can run again
+    assert second.number == 2
+    generation_cancel(run=second)
+    assert wait_for(second, FINISHED).status == "cancelled"
+
+
+def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
+    start_worker()
+    llm_control(llm_server, {"latency_s": 1.0})
+    try:
+        run = generation_start(world=make_world(character_count=4, posts_per_character=10))
+        deadline = time.monotonic() + 60
+        while not run.posts_done:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            run.refresh_from_db()
+        generation_cancel(run=run)
+        wait_for(run, FINISHED, timeout=60)
+    finally:
+        llm_control(llm_server, {"reset": True})
+    assert run.status == "cancelled" and run.finished_at is not None
+    made = counts(run)
+    assert made["bibles"] == 1 and 0 < made["posts"] < 40
+    with pytest.raises(GenerationError, match="is not running"):
+        generation_cancel(run=run)
+
+
+def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_server):
+    start_worker()
+    llm_control(llm_server, {"queue": [{"status": 429, "retry_after": 1}, {"status": 500}, {"status": 503},
+                                       {"invalid_json": True}]})
+    run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
+    assert run.status == "completed", run.error
+    assert counts(run)["posts"] == 1
+    task = mongo.get_db().generation_tasks.find_one({"_id": f"w{run.world_id}-r{run.number}:bible:0"})
+    assert task["status"] == "succeeded" and task["attempt"] == 4 and task["repairs"] == 1
+
+
+def test_exhausted_quota_fails_the_run_with_a_readable_error(start_worker, llm_server):
+    start_worker()
+    llm_control(llm_server, {"queue": [{"status": 429, "code": "insufficient_quota"}]})
+    run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=0)), FINISHED)
+    assert run.status == "failed" and run.stage == "bible"
+    assert "quota" in run.error.lower() and "Traceback" not in run.error
+
+
+def test_media_down_degrades_gracefully(start_worker):
+    from localstack import servers
+
+    start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{servers.free_port()}"})
+    run = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=1)), FINISHED)
+    assert run.status == "completed", run.error
+    assert run.degraded_items == 4
+    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+    assert db.posts.count_documents({"run_key": key, "image_status": "needs_render"}) == 2
+    assert db.characters.count_documents({"run_key": key, "image_status": "needs_render"}) == 2
+
+
+def test_token_budget_stops_the_run_cleanly(start_worker):
+    start_worker()
+    run = wait_for(generation_start(world=make_world(token_budget=1000, character_count=5, posts_per_character=5)),
+                   FINISHED)
+    assert run.status == "budget_exceeded"
+    assert "token budget of 1000 exceeded" in run.error and run.tokens_used > 1000
+
+
+def test_killed_worker_is_restarted_and_the_world_completes_without_duplicates(start_worker, llm_server):
+    first = start_worker()
+    llm_control(llm_server, {"latency_s": 0.2})
+    try:
+        run = generation_start(world=make_world(character_count=3, posts_per_character=4))
+        deadline = time.monotonic() + 60
+        while run.posts_done < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+            run.refresh_from_db()
+        first.process.kill()
+        start_worker()
+        wait_for(run, FINISHED)
+    finally:
+        llm_control(llm_server, {"reset": True})
+    assert run.status == "completed", run.error
+    assert counts(run) == {"bibles": 1, "characters": 3, "posts": 12, "images": 15, "tasks": 1 + 1 + 3 + 12 + 15}

@@ -1,0 +1,250 @@
+"""generation.llm.LlmClient against the real localllm server: replies and the classification of failures."""
+
+import asyncio
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from generation.json_schema import validate
+from generation.llm import (LlmClient, LlmError, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError,
+                            parse_retry_after)
+from localllm import MODEL_ID
+from localstack import servers
+
+ROOT = Path(__file__).resolve().parent.parent
+MESSAGES = [
+    {"role": "system", "content": "You create characters for fantastical Instagram-like worlds. Answer in JSON."},
+    {"role": "user", "content": "World premise: a moonlit canal city where gondoliers are retired dragons."},
+]
+CHARACTERS = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["characters"],
+    "properties": {"characters": {"type": "array", "minItems": 3, "maxItems": 3, "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "handle", "bio"],
+        "properties": {"name": {"type": "string"}, "handle": {"type": "string", "maxLength": 30},
+                       "bio": {"type": "string", "maxLength": 160}},
+    }}},
+}
+GOOD_CHARACTER = {"name": "Wren Mosslight", "handle": "wren.mosslight", "bio": "Canal poet."}
+
+
+def start_localllm(logs_dir: Path, name: str, *args: str) -> tuple[servers.ManagedProcess, str]:
+    port = servers.free_port()
+    process = servers.start(name, [sys.executable, "-m", "localllm", "--port", str(port), *args],
+                            log_path=logs_dir / f"{name}.log", cwd=ROOT)
+    servers.wait_for_port(process, port, timeout=30)
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def llm(logs_dir):
+    process, base = start_localllm(logs_dir, "localllm-client")
+    yield base
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_llm(logs_dir):
+    process, base = start_localllm(logs_dir, "localllm-client-key", "--api-key", "sk-local-right-key")
+    yield base
+    process.stop()
+
+
+@pytest.fixture(autouse=True)
+def reset_switches(llm):
+    control(llm, {"reset": True})
+
+
+def control(base: str, switches: dict) -> None:
+    httpx.post(f"{base}/_control", json=switches, timeout=10).raise_for_status()
+
+
+def complete(base: str, *, api_key: str | None = None, **kwargs) -> LlmReply:
+    """One ``complete_json`` call through a client built like the worker's shared one."""
+    kwargs = {"messages": MESSAGES, "schema": CHARACTERS, "schema_name": "characters", **kwargs}
+
+    async def go() -> LlmReply:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        async with httpx.AsyncClient(base_url=f"{base}/v1", headers=headers,
+                                     timeout=httpx.Timeout(30, connect=5)) as http:
+            return await LlmClient(http, default_model=MODEL_ID).complete_json(**kwargs)
+    return asyncio.run(go())
+
+
+def failure(error_type: type[LlmError], base: str, **kwargs) -> LlmError:
+    with pytest.raises(error_type) as info:
+        complete(base, **kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return info.value
+
+
+def test_reply_is_parsed_validated_and_measured(llm):
+    reply = complete(llm)
+    assert validate(reply.content, CHARACTERS) == []
+    assert json.loads(reply.raw) == reply.content
+    assert reply.model == MODEL_ID
+    assert reply.prompt_tokens >= 1 and reply.completion_tokens == max(1, len(reply.raw) // 4)
+    assert reply.latency_s > 0
+
+
+def test_seed_is_sent_and_makes_replies_reproducible(llm):
+    assert complete(llm, seed=1).content == complete(llm, seed=1).content
+    assert complete(llm, seed=1).content != complete(llm, seed=2).content
+
+
+def test_rate_limit_is_retryable_with_retry_after(llm):
+    control(llm, {"queue": [{"status": 429, "retry_after": 2}]})
+    error = failure(LlmRetryableError, llm)
+    assert error.retry_after == 2.0 and error.status_code == 429 and error.retryable
+    assert str(error).startswith("LLM rate limited (429): ")
+
+
+def test_retry_after_as_an_http_date(llm):
+    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    control(llm, {"queue": [{"status": 503, "retry_after": when}]})
+    assert 25 <= failure(LlmRetryableError, llm).retry_after <= 31
+
+
+@pytest.mark.parametrize("status,retry_after", [(503, 1), (500, None), (502, None), (408, None)])
+def test_server_errors_are_retryable(llm, status, retry_after):
+    fault = {"status": status, **({"retry_after": retry_after} if retry_after else {})}
+    control(llm, {"queue": [fault]})
+    error = failure(LlmRetryableError, llm)
+    assert error.status_code == status and error.retry_after == (float(retry_after) if retry_after else None)
+    assert f"({status})" in str(error)
+
+
+def test_exhausted_quota_is_fatal(llm):
+    control(llm, {"queue": [{"status": 429, "code": "insufficient_quota"}]})
+    error = failure(LlmFatalError, llm)
+    assert str(error).startswith("LLM quota exhausted (429): You exceeded your current quota")
+    assert not error.retryable
+
+
+def test_bad_api_key_is_fatal_and_never_echoed(keyed_llm):
+    error = failure(LlmFatalError, keyed_llm, api_key="sk-local-wrong-key")
+    assert str(error) == "LLM rejected the credentials (401): Incorrect API key provided"
+    assert complete(keyed_llm, api_key="sk-local-right-key").content
+
+
+def test_api_key_is_blanked_out_of_messages(llm):
+    control(llm, {"queue": [{"status": 403, "message": "Key sk-secret-777 is\nnot allowed here"}]})
+    error = failure(LlmFatalError, llm, api_key="sk-secret-777")
+    assert str(error) == "LLM rejected the credentials (403): Key *** is not allowed here"
+
+
+@pytest.mark.parametrize("fault", [{"status": 400}, {"status": 422}, {"status": 404}])
+def test_rejected_requests_are_fatal(llm, fault):
+    control(llm, {"queue": [fault]})
+    assert str(failure(LlmFatalError, llm)).startswith(f"LLM rejected the request ({fault['status']}): ")
+
+
+def test_unknown_model_is_fatal(llm):
+    error = failure(LlmFatalError, llm, model="gpt-imaginary")
+    assert "(404)" in str(error) and "gpt-imaginary" in str(error)
+
+
+def test_hanging_server_times_out_as_retryable(llm):
+    control(llm, {"queue": [{"hang": True}]})
+    error = failure(LlmRetryableError, llm, timeout=0.5)
+    assert "timed out" in str(error) and "ReadTimeout" in str(error)
+
+
+def test_connection_refused_is_retryable():
+    base = f"http://127.0.0.1:{servers.free_port()}"
+    assert "connection" in str(failure(LlmRetryableError, base)).lower()
+
+
+def test_invalid_json_keeps_the_raw_output(llm):
+    control(llm, {"queue": [{"invalid_json": True}]})
+    error = failure(LlmInvalidOutput, llm)
+    assert str(error).startswith("LLM output for 'characters' is not valid JSON: ")
+    assert error.raw and error.raw.startswith("{") and not error.retryable
+    assert json.loads(complete(llm).raw)  # the same request succeeds once the fault is spent
+    assert complete(llm).raw.startswith(error.raw)
+
+
+def test_output_violating_the_schema_names_the_path(llm):
+    bad = {"characters": [GOOD_CHARACTER, GOOD_CHARACTER, {**GOOD_CHARACTER, "handle": 5}]}
+    control(llm, {"queue": [{"content": json.dumps(bad)}]})
+    error = failure(LlmInvalidOutput, llm)
+    problem = "$.characters[2].handle: expected string, got integer"
+    assert str(error) == f"LLM output does not match schema 'characters': {problem}"
+    assert json.loads(error.raw) == bad and error.errors == [problem]
+
+
+def test_output_checked_against_a_stricter_schema_than_the_server_honours(llm):
+    # localllm ignores `pattern`, so a pattern the generated handles never match fails on the client side.
+    stricter = json.loads(json.dumps(CHARACTERS))
+    stricter["properties"]["characters"]["items"]["properties"]["handle"]["pattern"] = "^@"
+    error = failure(LlmInvalidOutput, llm, schema=stricter)
+    assert "$.characters[0].handle: does not match pattern" in str(error) and "(and 2 more)" in str(error)
+
+
+def test_many_concurrent_calls_share_one_client(llm):
+    control(llm, {"latency_s": 0.3})
+
+    async def go() -> list[LlmReply]:
+        async with httpx.AsyncClient(base_url=f"{llm}/v1", timeout=30,
+                                     limits=httpx.Limits(max_connections=100)) as http:
+            client = LlmClient(http, default_model=MODEL_ID)
+            return await asyncio.gather(*(
+                client.complete_json(messages=MESSAGES, schema=CHARACTERS, schema_name="characters", seed=i)
+                for i in range(80)))
+
+    replies = asyncio.run(go())
+    assert len({r.raw for r in replies}) == 80
+    assert httpx.get(f"{llm}/_stats", timeout=10).json()["peak_in_flight"] >= 60
+
+
+def test_parse_retry_after_forms():
+    assert parse_retry_after(httpx.Headers({"Retry-After": "2"})) == 2.0
+    assert parse_retry_after(httpx.Headers({"Retry-After": "1.5"})) == 1.5
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "250", "Retry-After": "9"})) == 0.25
+    assert parse_retry_after(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # past
+    assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
+    assert parse_retry_after(httpx.Headers({})) is None
+
+
+def test_validator_reports_paths():
+    schema = {
+        "type": "object", "required": ["a", "b"], "additionalProperties": False,
+        "properties": {
+            "a": {"type": "array", "minItems": 1, "maxItems": 2, "uniqueItems": True,
+                  "items": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 5}}}},
+            "b": {"type": "string", "minLength": 2, "maxLength": 3, "enum": ["ab", "abc", "abcdef"]},
+            "c": {"type": ["number", "null"], "exclusiveMinimum": 0},
+            "odd key": {"type": "boolean"},
+            "d": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    }
+    assert validate({"a": [{"n": 1}], "b": "ab", "c": None, "odd key": True, "d": None}, schema) == []
+    assert validate({"a": [{"n": 2.0}], "b": "abc", "c": 0.5}, schema) == []  # 2.0 is an integer
+    assert validate({"a": [{"n": 9}, {"n": True}, {"n": 9}], "b": "abcdef", "c": 0, "odd key": "yes", "x": 1,
+                     "d": 3}, schema) == [
+        "$.a: expected at most 2 items, got 3",
+        "$.a[2]: duplicate item",
+        "$.a[0].n: expected <= 5, got 9",
+        "$.a[1].n: expected integer, got boolean",
+        "$.a[2].n: expected <= 5, got 9",
+        "$.b: expected at most 3 characters, got 6",
+        "$.c: expected > 0, got 0",
+        '$["odd key"]: expected boolean, got string',
+        "$.x: unexpected property",
+        "$.d: matches no anyOf branch (expected string, got integer)",
+    ]
+    assert validate({"b": "z"}, schema) == [
+        "$.a: required property is missing",
+        '$.b: expected one of ["ab", "abc", "abcdef"], got "z"',
+        "$.b: expected at least 2 characters, got 1",
+    ]
+    assert validate([], schema) == ["$: expected object, got array"]

@@ -1,0 +1,116 @@
+"""World services: every write about worlds and runs. Admin, API, commands and
+activities call these; none of them talk to Temporal or the ORM directly."""
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from generation.contracts import Decision, RunConfig, RunRef, RunStatusUpdate, WorldRunInput, WorldSnapshot
+from generation.workflows import WorldGenerationWorkflow
+from temporal_worker.client import TemporalUnavailable, temporal_call
+from worlds.models import GenerationRun, World
+
+
+class GenerationError(Exception):
+    """A generation command that cannot be carried out; the message is for the user."""
+
+
+def world_snapshot(world: World) -> WorldSnapshot:
+    return WorldSnapshot(
+        world_id=world.pk, name=world.name, premise=world.premise, genre=world.genre, tone=world.tone,
+        language=world.language, visual_style=world.visual_style, character_count=world.character_count,
+        posts_per_character=world.posts_per_character, requires_approval=world.requires_approval,
+        token_budget=world.token_budget, model=world.model_override or None,
+    )
+
+
+def run_config() -> RunConfig:
+    return RunConfig(
+        workflows_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+        llm_queue=settings.TEMPORAL_TASK_QUEUE_LLM,
+        media_queue=settings.TEMPORAL_TASK_QUEUE_MEDIA,
+        approval_timeout_s=settings.GENERATION_APPROVAL_TIMEOUT_SECONDS,
+        max_bible_revisions=settings.GENERATION_MAX_BIBLE_REVISIONS,
+        character_concurrency=settings.GENERATION_CHARACTER_CONCURRENCY,
+    )
+
+
+def generation_start(*, world: World, user=None) -> GenerationRun:
+    """Start a run of ``world``. Refused while another run of it is active."""
+    world.full_clean()
+    with transaction.atomic():
+        World.objects.select_for_update().filter(pk=world.pk).first()  # serialise starts of one world
+        if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
+            raise GenerationError(f"{world} is already being generated; cancel that run first")
+        number = (world.runs.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        workflow_id = f"world-{world.pk}-run-{number}"
+        try:
+            run = GenerationRun.objects.create(world=world, number=number, workflow_id=workflow_id, started_by=user,
+                                               status=GenerationRun.Status.PENDING, stage="queued",
+                                               characters_total=world.character_count,
+                                               posts_total=world.character_count * world.posts_per_character)
+        except IntegrityError:
+            raise GenerationError(f"{world} is already being generated") from None
+    run_input = WorldRunInput(RunRef(run.pk, world.pk, number, workflow_id), world_snapshot(world), run_config())
+    try:  # after the commit, so the workflow's first status update finds the row
+        temporal_call(lambda client: client.start_workflow(
+            WorldGenerationWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL))
+    except WorkflowAlreadyStartedError:
+        run.delete()
+        raise GenerationError(f"{world} is already being generated (workflow {workflow_id} exists)") from None
+    except TemporalUnavailable as exc:
+        run.delete()
+        raise GenerationError(f"could not start the run: {exc}") from None
+    return run
+
+
+def _signal(run: GenerationRun, decision: Decision) -> None:
+    async def send(client):
+        await client.get_workflow_handle(run.workflow_id).signal(WorldGenerationWorkflow.decide, decision)
+
+    temporal_call(send)
+
+
+def generation_approve(*, run: GenerationRun, user=None) -> None:
+    run.refresh_from_db()
+    if run.status != GenerationRun.Status.AWAITING_APPROVAL:
+        raise GenerationError(f"{run} is not awaiting approval (it is {run.get_status_display().lower()})")
+    _signal(run, Decision(approved=True, by=getattr(user, "username", "")))
+
+
+def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
+    feedback = (feedback or "").strip()
+    if not feedback:
+        raise GenerationError("say what should change: feedback is required to reject")
+    run.refresh_from_db()
+    if run.status != GenerationRun.Status.AWAITING_APPROVAL:
+        raise GenerationError(f"{run} is not awaiting approval (it is {run.get_status_display().lower()})")
+    _signal(run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")))
+
+
+def generation_cancel(*, run: GenerationRun, user=None) -> None:
+    run.refresh_from_db()
+    if not run.is_active:
+        raise GenerationError(f"{run} is not running (it is {run.get_status_display().lower()})")
+
+    async def cancel(client):
+        await client.get_workflow_handle(run.workflow_id).cancel()
+
+    temporal_call(cancel)
+
+
+def run_status_record(*, update: RunStatusUpdate) -> None:
+    """Mirror a workflow's progress onto its run row (called by an activity)."""
+    fields = {
+        "status": update.status, "stage": update.stage, "characters_done": update.characters_done,
+        "characters_total": update.characters_total, "posts_done": update.posts_done,
+        "posts_total": update.posts_total, "degraded_items": update.degraded_items,
+        "tokens_used": update.tokens_used, "bible_revision": update.bible_revision, "error": update.error,
+        "updated_at": timezone.now(),
+    }
+    if update.finished:
+        fields["finished_at"] = timezone.now()
+    GenerationRun.objects.filter(pk=update.run_id).update(**fields)
