@@ -1,7 +1,8 @@
 """``python -m localstack`` (``make demo``): the whole local stack until Ctrl-C.
 
-Starts SecantusDB, the Temporal dev server (with its UI), the worker and
-Django's server, all from this venv; keeps every byte of data under
+Starts SecantusDB, the Temporal dev server (with its UI), the local LLM
+endpoint, the media server, the worker and Django's server, all from this
+venv; generates the sample world; keeps every byte of data under
 ``.localdata/``; stops everything it started on Ctrl-C or SIGTERM.
 """
 
@@ -30,6 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mongo-port", type=int, default=27017)
     parser.add_argument("--worker-health-port", type=int, default=8081)
     parser.add_argument("--worker-metrics-port", type=int, default=9464)
+    parser.add_argument("--llm-port", type=int, default=8090)
+    parser.add_argument("--media-port", type=int, default=50051)
+    parser.add_argument("--no-sample", action="store_true", help="do not generate the sample world")
     return parser.parse_args(argv)
 
 
@@ -82,6 +86,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         ("SecantusDB", "mongo-port"): opts.mongo_port,
         ("worker health", "worker-health-port"): opts.worker_health_port,
         ("worker metrics", "worker-metrics-port"): opts.worker_metrics_port,
+        ("local LLM endpoint", "llm-port"): opts.llm_port,
+        ("media server", "media-port"): opts.media_port,
     })
     data, logs = opts.data_dir.resolve(), opts.data_dir.resolve() / "logs"
     (data / "mongo").mkdir(parents=True, exist_ok=True)
@@ -95,8 +101,17 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         port=opts.temporal_port, ui_port=opts.temporal_ui_port, db_file=data / "temporal.db"),
         log_path=logs / "temporal.log")
     started.append(temporal)
+    say("starting the local LLM endpoint and the media server")
+    llm = servers.start("local LLM endpoint", [sys.executable, "-m", "localllm", "--port", str(opts.llm_port)],
+                        log_path=logs / "localllm.log", cwd=ROOT)
+    started.append(llm)
+    media = servers.start("media server", [sys.executable, "-m", "mediaserver", "--port", str(opts.media_port)],
+                          log_path=logs / "mediaserver.log", cwd=ROOT)
+    started.append(media)
     servers.wait_for_port(mongo, opts.mongo_port)
     servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
+    servers.wait_for_port(llm, opts.llm_port)
+    servers.wait_for_port(media, opts.media_port)
 
     env = {
         **os.environ,
@@ -106,6 +121,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         "TEMPORAL_UI_URL": f"http://127.0.0.1:{opts.temporal_ui_port}",
         "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{data / 'db.sqlite3'}"),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
+        "LLM_BASE_URL": f"http://127.0.0.1:{opts.llm_port}/v1",
+        "MEDIA_GRPC_TARGET": f"127.0.0.1:{opts.media_port}",
         "PYTHONUNBUFFERED": "1",
     }
     say("migrating the database and creating the admin user")
@@ -126,12 +143,19 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
     wait_for_http(web, f"http://127.0.0.1:{opts.web_port}/admin/login/")
 
     say(manage("stack_check", env=env))
+    if not opts.no_sample:
+        say("generating the sample world (procedural LLM and images)")
+        if subprocess.run([sys.executable, "manage.py", "generate_world", "--sample", "--wait"], cwd=ROOT,
+                          env=env).returncode != 0:
+            raise servers.StackError(f"the sample world was not generated; see the lines above and {logs}")
     print(f"""
   worldgen is up.
     Admin:        http://127.0.0.1:{opts.web_port}/admin/   (user: admin, password: {password})
+    Worlds:       http://127.0.0.1:{opts.web_port}/admin/worlds/world/  (runs: /admin/worlds/generationrun/)
     Temporal UI:  http://127.0.0.1:{opts.temporal_ui_port}/
     Worker:       http://127.0.0.1:{opts.worker_health_port}/healthz  (metrics: http://127.0.0.1:{opts.worker_metrics_port}/metrics)
-    MongoDB:      {servers.mongo_uri(opts.mongo_port)}
+    MongoDB:      {servers.mongo_uri(opts.mongo_port)}  (database worldgen: bibles, characters, posts,
+                  generation_tasks, images.files)
     Data and logs: {data}
   Press Ctrl-C to stop everything.
 """, flush=True)

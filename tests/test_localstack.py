@@ -12,7 +12,7 @@ from localstack import servers
 from tests.conftest import ROOT
 
 PORT_FLAGS = ["--web-port", "--temporal-port", "--temporal-ui-port", "--mongo-port",
-              "--worker-health-port", "--worker-metrics-port"]
+              "--worker-health-port", "--worker-metrics-port", "--llm-port", "--media-port"]
 
 
 def stack_args(tmp_path) -> tuple[list[str], dict[str, int]]:
@@ -46,6 +46,7 @@ def test_stack_comes_up_with_admin_and_stops_everything_on_ctrl_c(tmp_path):
             time.sleep(0.5)
         text = out.read_text()
         assert "3 probes answered on worldgen-llm, worldgen-media, worldgen-workflows" in text
+        assert "Lanternfall Archipelago run 1 completed in" in text and "12 posts, 0 degraded" in text
         password = (tmp_path / "data" / "admin-password.txt").read_text().strip()
         assert f"user: admin, password: {password}" in text
 
@@ -56,6 +57,11 @@ def test_stack_comes_up_with_admin_and_stops_everything_on_ctrl_c(tmp_path):
                 "username": "admin", "password": password, "csrfmiddlewaretoken": web.cookies["csrftoken"],
                 "next": "/admin/"}, follow_redirects=True)
             assert logged_in.status_code == 200 and "Site administration" in logged_in.text
+            assert "Lanternfall Archipelago" in web.get("/admin/worlds/world/").text
+            avatar = web.get("/images/img-w1-r1-c0.png")
+            assert avatar.status_code == 200 and avatar.headers["content-type"] == "image/png"
+            assert avatar.content.startswith(b"\x89PNG")
+            assert web.get("/images/img-w1-r1-c99.png").status_code == 404
         assert httpx.get(f"http://127.0.0.1:{ports['--temporal-ui-port']}/", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['--worker-health-port']}/healthz").json()["status"] == "ok"
         assert (tmp_path / "data" / "temporal.db").exists() and (tmp_path / "data" / "db.sqlite3").exists()

@@ -2,7 +2,10 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
+from worlds import views
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("images/<str:image_id>.png", views.image, name="image"),
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
 ]
