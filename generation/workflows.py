@@ -12,7 +12,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
 from temporalio.common import Priority
-from temporalio.exceptions import ChildWorkflowError
+from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -177,10 +177,10 @@ class WorldGenerationWorkflow:
         except BudgetExceeded:
             await self._finish("budget_exceeded", self._progress.stage,
                                f"token budget of {world.token_budget} exceeded ({self._progress.tokens_used} used)")
-        except asyncio.CancelledError:
-            await self._finish("cancelled", self._progress.stage, "cancelled by staff")
-            raise
-        except (ActivityError, ChildWorkflowError, ApplicationError) as err:
+        except (asyncio.CancelledError, ActivityError, ChildWorkflowError, ApplicationError) as err:
+            if is_cancelled_exception(err):
+                await self._finish("cancelled", self._progress.stage, "cancelled by staff")
+                raise
             message = describe_failure(err)
             await self._finish("failed", self._progress.stage, message)
             raise ApplicationError(message, non_retryable=True) from err

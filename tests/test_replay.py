@@ -1,0 +1,28 @@
+"""Workflow determinism: recorded histories (tests/histories/) must replay against
+today's workflow code. Re-record after an intentional change with
+`RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/test_generation.py` (and use
+workflow.patched() for running workflows in production)."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from generation.workflows import CharacterWorkflow, StackCheckWorkflow, WorldGenerationWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_histories_are_recorded():
+    assert {path.stem for path in HISTORIES} >= {"world_completed", "character_completed",
+                                                 "world_rejected_then_approved", "world_cancelled",
+                                                 "world_budget_exceeded"}
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])
+def test_recorded_history_replays(path):
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[WorldGenerationWorkflow, CharacterWorkflow, StackCheckWorkflow])
+    asyncio.run(replayer.replay_workflow(history))
