@@ -148,14 +148,14 @@ def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
 
 
 def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_server):
-    start_worker()
+    start_worker(env={"LLM_TIMEOUT_SECONDS": "2"})
     llm_control(llm_server, {"queue": [{"status": 429, "retry_after": 1}, {"status": 500}, {"status": 503},
-                                       {"invalid_json": True}]})
+                                       {"hang": True}, {"invalid_json": True}]})
     run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
     assert run.status == "completed", run.error
     assert counts(run)["posts"] == 1
     task = mongo.get_db().generation_tasks.find_one({"_id": f"w{run.world_id}-r{run.number}:bible:0"})
-    assert task["status"] == "succeeded" and task["attempt"] == 4 and task["repairs"] == 1
+    assert task["status"] == "succeeded" and task["attempt"] == 5 and task["repairs"] == 1
 
 
 def test_exhausted_quota_fails_the_run_with_a_readable_error(start_worker, llm_server):
