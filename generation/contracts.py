@@ -107,22 +107,6 @@ class Decision:
 
 
 @dataclass
-class RunStatusUpdate:
-    run_id: int
-    status: str
-    stage: str
-    characters_done: int = 0
-    characters_total: int = 0
-    posts_done: int = 0
-    posts_total: int = 0
-    degraded_items: int = 0
-    tokens_used: int = 0
-    bible_revision: int = 0
-    error: str = ""
-    finished: bool = False
-
-
-@dataclass
 class Progress:
     status: str = "running"
     stage: str = "bible"
@@ -135,3 +119,12 @@ class Progress:
     tokens_used: int = 0
     last_error: str = ""
     awaiting_decision: bool = False
+
+
+@dataclass
+class RunStatusUpdate:
+    """A workflow's progress, mirrored onto its Django run row."""
+
+    run_id: int
+    progress: Progress
+    finished: bool = False

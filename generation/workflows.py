@@ -274,12 +274,9 @@ class WorldGenerationWorkflow:
         self._progress.status, self._progress.stage = status, stage
         if error:
             self._progress.last_error = error
-        p = self._progress
         self._unmirrored_progress = False
         await workflow.execute_activity(
-            MIRROR_ACTIVITY,
-            RunStatusUpdate(self._inp.run.run_id, status, stage, p.characters_done, p.characters_total, p.posts_done,
-                            p.posts_total, p.degraded_items, p.tokens_used, p.bible_revision, p.last_error, finished),
+            MIRROR_ACTIVITY, RunStatusUpdate(self._inp.run.run_id, self._progress, finished),
             task_queue=self._inp.config.workflows_queue, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
 

@@ -47,15 +47,21 @@ def mongo_server(logs_dir):
     proc.stop()
 
 
+def start_localllm(logs_dir: Path, name: str, *args: str) -> tuple[servers.ManagedProcess, str]:
+    """Start ``python -m localllm`` on a free port; returns the process and its root URL."""
+    port = servers.free_port()
+    process = servers.start(name, [sys.executable, "-m", "localllm", "--port", str(port), *args],
+                            log_path=logs_dir / f"{name}.log", cwd=ROOT)
+    servers.wait_for_port(process, port, timeout=30)
+    return process, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def llm_server(logs_dir):
     """The project's procedural OpenAI-compatible endpoint; yields its base URL."""
-    port = servers.free_port()
-    proc = servers.start("local LLM", [sys.executable, "-m", "localllm", "--port", str(port)],
-                         log_path=logs_dir / "localllm.log", cwd=ROOT)
-    servers.wait_for_port(proc, port)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.stop()
+    process, root = start_localllm(logs_dir, "localllm")
+    yield f"{root}/v1"
+    process.stop()
 
 
 @pytest.fixture(scope="session")

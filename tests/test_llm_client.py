@@ -2,10 +2,8 @@
 
 import asyncio
 import json
-import sys
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,8 +13,8 @@ from generation.llm import (LlmClient, LlmError, LlmFatalError, LlmInvalidOutput
                             parse_retry_after)
 from localllm import MODEL_ID
 from localstack import servers
+from tests.conftest import start_localllm
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [
     {"role": "system", "content": "You create characters for fantastical Instagram-like worlds. Answer in JSON."},
     {"role": "user", "content": "World premise: a moonlit canal city where gondoliers are retired dragons."},
@@ -34,14 +32,6 @@ CHARACTERS = {
     }}},
 }
 GOOD_CHARACTER = {"name": "Wren Mosslight", "handle": "wren.mosslight", "bio": "Canal poet."}
-
-
-def start_localllm(logs_dir: Path, name: str, *args: str) -> tuple[servers.ManagedProcess, str]:
-    port = servers.free_port()
-    process = servers.start(name, [sys.executable, "-m", "localllm", "--port", str(port), *args],
-                            log_path=logs_dir / f"{name}.log", cwd=ROOT)
-    servers.wait_for_port(process, port, timeout=30)
-    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ import random
 import re
 import signal
 import socket
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,9 +14,8 @@ import pytest
 from generation.json_schema import validate
 from localllm import MODEL_ID
 from localllm.content import Generator, completion_content, salient_words
-from localstack import servers
+from tests.conftest import start_localllm
 
-ROOT = Path(__file__).resolve().parent.parent
 PREMISE = "A floating archipelago where clockwork jellyfish deliver gossip between lighthouse bakeries."
 OTHER_PREMISE = "An underground desert city where cactus librarians guard singing sandstorms."
 
@@ -78,14 +75,6 @@ def chat(base: str, body: dict, **kwargs) -> httpx.Response:
 def content_of(response: httpx.Response):
     assert response.status_code == 200, response.text
     return json.loads(response.json()["choices"][0]["message"]["content"])
-
-
-def start_localllm(logs_dir: Path, name: str, *args: str) -> tuple[servers.ManagedProcess, str]:
-    port = servers.free_port()
-    process = servers.start(name, [sys.executable, "-m", "localllm", "--port", str(port), *args],
-                            log_path=logs_dir / f"{name}.log", cwd=ROOT)
-    servers.wait_for_port(process, port, timeout=30)
-    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

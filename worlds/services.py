@@ -104,11 +104,12 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
 
 def run_status_record(*, update: RunStatusUpdate) -> None:
     """Mirror a workflow's progress onto its run row (called by an activity)."""
+    progress = update.progress
     fields = {
-        "status": update.status, "stage": update.stage, "characters_done": update.characters_done,
-        "characters_total": update.characters_total, "posts_done": update.posts_done,
-        "posts_total": update.posts_total, "degraded_items": update.degraded_items,
-        "tokens_used": update.tokens_used, "bible_revision": update.bible_revision, "error": update.error,
+        "status": progress.status, "stage": progress.stage, "characters_done": progress.characters_done,
+        "characters_total": progress.characters_total, "posts_done": progress.posts_done,
+        "posts_total": progress.posts_total, "degraded_items": progress.degraded_items,
+        "tokens_used": progress.tokens_used, "bible_revision": progress.bible_revision, "error": progress.last_error,
         "updated_at": timezone.now(),
     }
     if update.finished:
