@@ -102,6 +102,9 @@ async def run_worker(options: WorkerOptions) -> None:
     ``DependencyUnavailable`` if Temporal or Mongo never comes up."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Async activities reach the (sync) PyMongo client through asyncio.to_thread:
+    # as many threads as the pool has connections.
+    loop.set_default_executor(ThreadPoolExecutor(settings.MONGO_MAX_POOL_SIZE, thread_name_prefix="mongo"))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 

@@ -90,6 +90,13 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     record_history(f"{run.workflow_id}-character-1", "character_completed")
 
 
+def test_an_invalid_world_is_refused_and_nothing_starts(stack_env):
+    world = make_world(character_count=0, posts_per_character=51)
+    with pytest.raises(GenerationError, match="character_count: .*greater than or equal to 1.*posts_per_character"):
+        generation_start(world=world)
+    assert not world.runs.exists()
+
+
 def test_a_second_start_while_running_is_refused_then_approval_completes(start_worker):
     start_worker()
     world = make_world(requires_approval=True, character_count=1, posts_per_character=1)

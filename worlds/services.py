@@ -2,6 +2,7 @@
 activities call these; none of them talk to Temporal or the ORM directly."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -39,7 +40,11 @@ def run_config() -> RunConfig:
 
 def generation_start(*, world: World, user=None) -> GenerationRun:
     """Start a run of ``world``. Refused while another run of it is active."""
-    world.full_clean()
+    try:
+        world.full_clean()
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+        raise GenerationError(f"{world} cannot be generated: {problems}") from None
     with transaction.atomic():
         World.objects.select_for_update().filter(pk=world.pk).first()  # serialise starts of one world
         if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
