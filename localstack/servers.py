@@ -93,7 +93,9 @@ def wait_for_port(process: ManagedProcess, port: int, *, timeout: float = 60.0, 
 def temporal_dev_server_args(*, port: int, ui_port: int | None, db_file: Path | None = None) -> list[str]:
     """``temporal server start-dev``: in memory unless ``db_file`` is given; no UI if ``ui_port`` is None."""
     args = [str(VENV_BIN / "temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
-            "--log-level", "warn"]
+            "--log-level", "warn",
+            # Task-queue fairness: activities carry a per-world fairness key.
+            "--dynamic-config-value", "matching.enableFairness=true"]
     args += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
     if db_file is not None:
         args += ["--db-filename", str(db_file),
