@@ -120,7 +120,7 @@ def test_a_second_start_while_running_is_refused_then_approval_completes(start_w
     generation_approve(run=run)
     wait_for(run, FINISHED)
     assert run.status == "completed", run.error
-    with pytest.raises(GenerationError, match="not awaiting approval"):
+    with pytest.raises(GenerationError, match="nothing is awaiting approval"):
         generation_approve(run=run)
     record_history(run.workflow_id, "world_rejected_then_approved")
     second = generation_start(world=world)  # a finished world can run again

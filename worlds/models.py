@@ -81,6 +81,12 @@ class GenerationRun(models.Model):
     error = models.TextField(blank=True)
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    rejected_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+", help_text="Who rejected the latest revision")
+    cancelled_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
     started_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -88,6 +94,11 @@ class GenerationRun(models.Model):
     class Meta:
         ordering = ["-started_at"]
         constraints = [models.UniqueConstraint(fields=["world", "number"], name="unique_run_number_per_world")]
+        permissions = [
+            ("start_run", "Can start generation runs"),
+            ("cancel_run", "Can cancel generation runs"),
+            ("review_run", "Can approve or reject world bibles"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.world} run {self.number}"
@@ -95,3 +106,31 @@ class GenerationRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class AuditEvent(models.Model):
+    """Who did what to which world or run. Written by worlds.services only."""
+
+    class Action(models.TextChoices):
+        WORLD_CREATED = "world_created", "World created"
+        WORLD_UPDATED = "world_updated", "World updated"
+        WORLD_DELETED = "world_deleted", "World deleted"
+        RUN_STARTED = "run_started", "Run started"
+        RUN_APPROVED = "run_approved", "Bible approved"
+        RUN_REJECTED = "run_rejected", "Bible rejected"
+        RUN_CANCELLED = "run_cancelled", "Run cancelled"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    action = models.CharField(max_length=20, choices=Action.choices)
+    world = models.ForeignKey(World, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
+    run = models.ForeignKey(GenerationRun, null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="audit_events")
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor or 'system'}: {self.get_action_display()}"

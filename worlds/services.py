@@ -11,11 +11,53 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from generation.contracts import Decision, RunConfig, RunRef, RunStatusUpdate, WorldRunInput, WorldSnapshot
 from generation.workflows import WorldGenerationWorkflow
 from temporal_worker.client import TemporalUnavailable, temporal_call
-from worlds.models import GenerationRun, World
+from worlds.models import AuditEvent, GenerationRun, World
 
 
 class GenerationError(Exception):
     """A generation command that cannot be carried out; the message is for the user."""
+
+
+class GenerationPermissionDenied(GenerationError):
+    """The user lacks the role for this action."""
+
+
+def _require(user, permission: str, action: str) -> None:
+    """``user`` None is the system (management commands, run by operators)."""
+    if user is not None and not user.has_perm(f"worlds.{permission}"):
+        raise GenerationPermissionDenied(f"you do not have permission to {action}")
+
+
+def _audit(action: str, *, user=None, world: World | None = None, run: GenerationRun | None = None,
+           detail: str = "") -> None:
+    AuditEvent.objects.create(action=action, actor=user, world=world or (run and run.world), run=run, detail=detail)
+
+
+def world_create(*, user=None, **fields) -> World:
+    _require(user, "add_world", "create worlds")
+    world = World(created_by=user, **fields)
+    world.full_clean()
+    world.save()
+    _audit(AuditEvent.Action.WORLD_CREATED, user=user, world=world)
+    return world
+
+
+def world_update(*, world: World, user=None, **fields) -> World:
+    _require(user, "change_world", "change worlds")
+    for name, value in fields.items():
+        setattr(world, name, value)
+    world.full_clean()
+    world.save()
+    _audit(AuditEvent.Action.WORLD_UPDATED, user=user, world=world, detail=", ".join(sorted(fields)))
+    return world
+
+
+def world_delete(*, world: World, user=None) -> None:
+    _require(user, "delete_world", "delete worlds")
+    if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
+        raise GenerationError(f"{world} is being generated; cancel the run before deleting the world")
+    _audit(AuditEvent.Action.WORLD_DELETED, user=user, world=world, detail=world.name)
+    world.delete()
 
 
 def world_snapshot(world: World) -> WorldSnapshot:
@@ -40,6 +82,7 @@ def run_config() -> RunConfig:
 
 def generation_start(*, world: World, user=None) -> GenerationRun:
     """Start a run of ``world``. Refused while another run of it is active."""
+    _require(user, "start_run", "start generation runs")
     try:
         world.full_clean()
     except ValidationError as exc:
@@ -69,6 +112,7 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
     except TemporalUnavailable as exc:
         run.delete()
         raise GenerationError(f"could not start the run: {exc}") from None
+    _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=workflow_id)
     return run
 
 
@@ -76,27 +120,40 @@ def _signal(run: GenerationRun, decision: Decision) -> None:
     async def send(client):
         await client.get_workflow_handle(run.workflow_id).signal(WorldGenerationWorkflow.decide, decision)
 
-    temporal_call(send)
+    try:
+        temporal_call(send)
+    except TemporalUnavailable as exc:
+        raise GenerationError(str(exc)) from None
+
+
+def _check_review(run: GenerationRun, user, verb: str) -> None:
+    _require(user, "review_run", f"{verb} world bibles")
+    run.refresh_from_db()
+    if run.status != GenerationRun.Status.AWAITING_APPROVAL:
+        raise GenerationError(f"nothing is awaiting approval: {run} is {run.get_status_display().lower()}")
+    if user is not None and run.started_by_id == user.pk:
+        raise GenerationPermissionDenied(f"you may not {verb} runs you started (four-eyes rule)")
 
 
 def generation_approve(*, run: GenerationRun, user=None) -> None:
-    run.refresh_from_db()
-    if run.status != GenerationRun.Status.AWAITING_APPROVAL:
-        raise GenerationError(f"{run} is not awaiting approval (it is {run.get_status_display().lower()})")
+    _check_review(run, user, "approve")
     _signal(run, Decision(approved=True, by=getattr(user, "username", "")))
+    GenerationRun.objects.filter(pk=run.pk).update(approved_by=user)
+    _audit(AuditEvent.Action.RUN_APPROVED, user=user, run=run, detail=f"revision {run.bible_revision}")
 
 
 def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
     feedback = (feedback or "").strip()
     if not feedback:
         raise GenerationError("say what should change: feedback is required to reject")
-    run.refresh_from_db()
-    if run.status != GenerationRun.Status.AWAITING_APPROVAL:
-        raise GenerationError(f"{run} is not awaiting approval (it is {run.get_status_display().lower()})")
+    _check_review(run, user, "reject")
     _signal(run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")))
+    GenerationRun.objects.filter(pk=run.pk).update(rejected_by=user)
+    _audit(AuditEvent.Action.RUN_REJECTED, user=user, run=run, detail=feedback)
 
 
 def generation_cancel(*, run: GenerationRun, user=None) -> None:
+    _require(user, "cancel_run", "cancel generation runs")
     run.refresh_from_db()
     if not run.is_active:
         raise GenerationError(f"{run} is not running (it is {run.get_status_display().lower()})")
@@ -104,7 +161,12 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
     async def cancel(client):
         await client.get_workflow_handle(run.workflow_id).cancel()
 
-    temporal_call(cancel)
+    try:
+        temporal_call(cancel)
+    except TemporalUnavailable as exc:
+        raise GenerationError(str(exc)) from None
+    GenerationRun.objects.filter(pk=run.pk).update(cancelled_by=user)
+    _audit(AuditEvent.Action.RUN_CANCELLED, user=user, run=run)
 
 
 def run_status_record(*, update: RunStatusUpdate) -> None:

@@ -1,0 +1,3 @@
+"""API routes (filled in by worlds/api.py)."""
+
+urlpatterns = []

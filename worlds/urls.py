@@ -1,0 +1,3 @@
+"""World viewer routes (filled in by the viewer views)."""
+
+urlpatterns = []
