@@ -1,32 +1,291 @@
-"""Minimal admin: world definitions and their runs (actions and previews come with the staff-surface issue)."""
+"""Admin for content staff: worlds, their runs and the audit trail.
 
-from django.contrib import admin
+Every action is a thin call to ``worlds.services`` (which checks the role,
+writes the audit trail and refuses what cannot be done) and reports a clear
+success or error message.
+"""
 
-from worlds.models import GenerationRun, World
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from worlds import selectors, services
+from worlds.models import AuditEvent, GenerationRun, World
+
+STAGES = ["bible", "approval", "characters", "posts", "done"]
+
+
+def progress_bar(run: GenerationRun | None) -> str:
+    if run is None:
+        return format_html('<span class="wg-muted">{}</span>', "never generated")
+    total = 2 + run.characters_total + run.posts_total
+    done = (run.stage not in ("queued", "bible")) + (run.status == "completed") + run.characters_done + run.posts_done
+    percent = 100 if run.status == "completed" else min(99, int(100 * done / max(total, 1)))
+    return format_html(
+        '<div class="wg-status wg-{}">{}</div><div class="wg-bar" title="{}%"><span style="width:{}%"></span></div>'
+        '<div class="wg-muted">{}/{} characters, {}/{} posts</div>',
+        run.status, run.get_status_display(), percent, percent, run.characters_done, run.characters_total,
+        run.posts_done, run.posts_total)
+
+
+def temporal_link(run: GenerationRun) -> str:
+    url = f"{settings.TEMPORAL_UI_URL}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{run.workflow_id}"
+    return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, run.workflow_id)
+
+
+class FeedbackForm(forms.Form):
+    feedback = forms.CharField(widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
+                               help_text="What should change in the world bible? The bible is regenerated with it.")
 
 
 class RunInline(admin.TabularInline):
     model = GenerationRun
     extra = 0
     can_delete = False
-    fields = ("number", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used", "error")
+    fields = ("number", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used",
+              "started_by", "error")
     readonly_fields = fields
     show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(World)
 class WorldAdmin(admin.ModelAdmin):
-    list_display = ("name", "genre", "character_count", "posts_per_character", "requires_approval", "created_at")
+    list_display = ("name", "genre", "character_count", "posts_per_character", "requires_approval", "generation")
     search_fields = ("name", "premise")
+    list_filter = ("requires_approval", "visual_style", "language")
     inlines = [RunInline]
+    actions = ["generate", "cancel", "approve", "reject"]
+    readonly_fields = ("generation", "viewer_link", "preview")
+    fieldsets = [
+        (None, {"fields": ("name", "premise", ("genre", "tone"), ("language", "visual_style"))}),
+        ("Size and review", {"fields": (("character_count", "posts_per_character"), "requires_approval",
+                                        "token_budget", "model_override")}),
+        ("Generated", {"fields": ("generation", "viewer_link", "preview")}),
+    ]
+
+    class Media:
+        css = {"all": ["worlds/admin.css"]}
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("runs")
+
+    @admin.display(description="Latest run")
+    def generation(self, world: World):
+        runs = sorted(world.runs.all(), key=lambda run: run.number) if world.pk else []
+        return progress_bar(runs[-1] if runs else None)
+
+    @admin.display(description="World viewer")
+    def viewer_link(self, world: World):
+        if not world.pk:
+            return "-"
+        return format_html('<a href="/worlds/{}/" target="_blank">Open the world viewer</a>', world.pk)
+
+    @admin.display(description="Preview")
+    def preview(self, world: World):
+        run = selectors.world_latest_run(world=world) if world.pk else None
+        if run is None:
+            return "Nothing generated yet."
+        bible = selectors.run_bible(run=run) or {}
+        characters = selectors.run_characters(run=run)
+        posts = selectors.run_posts(run=run, limit=6)
+        return format_html(
+            '<div class="wg-preview"><h3>{}</h3><p>{}</p><div class="wg-cast">{}</div><div class="wg-posts">{}</div></div>',
+            bible.get("title", "(no bible yet)"), bible.get("setting", ""),
+            format_html_join("", '<figure>{}<figcaption>{} <span class="wg-muted">@{}</span></figcaption></figure>',
+                             ((_image(c), c.get("name", ""), c.get("handle", "")) for c in characters)),
+            format_html_join("", '<figure>{}<figcaption>{}</figcaption></figure>',
+                             ((_image(p), p.get("caption", "")) for p in posts)),
+        )
+
+    # --- actions on the world page (buttons) -----------------------------------
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<int:world_id>/generate/", view(self.generate_view), name="worlds_world_generate"),
+            path("<int:world_id>/cancel/", view(self.cancel_view), name="worlds_world_cancel"),
+            path("<int:world_id>/approve/", view(self.approve_view), name="worlds_world_approve"),
+            path("<int:world_id>/reject/", view(self.reject_view), name="worlds_world_reject"),
+        ] + super().get_urls()
+
+    def _world_action(self, request, world_id: int, do) -> HttpResponseRedirect:
+        world = get_object_or_404(World, pk=world_id)
+        if request.method == "POST":
+            self._report(request, world, do)
+        return HttpResponseRedirect(reverse("admin:worlds_world_change", args=[world.pk]))
+
+    def generate_view(self, request, world_id: int):
+        return self._world_action(request, world_id, lambda world: self._generate(request, world))
+
+    def cancel_view(self, request, world_id: int):
+        return self._world_action(request, world_id, lambda world: self._cancel(request, world))
+
+    def approve_view(self, request, world_id: int):
+        return self._world_action(request, world_id, lambda world: self._approve(request, world))
+
+    def reject_view(self, request, world_id: int):
+        world = get_object_or_404(World, pk=world_id)
+        form = FeedbackForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            self._report(request, world, lambda w: self._reject(request, w, form.cleaned_data["feedback"]))
+            return HttpResponseRedirect(reverse("admin:worlds_world_change", args=[world.pk]))
+        return self._feedback_page(request, [world], form)
+
+    # --- bulk actions (world list) ------------------------------------------------
+    @admin.action(description="Generate selected worlds", permissions=["start_run"])
+    def generate(self, request, queryset):
+        for world in queryset:
+            self._report(request, world, lambda w: self._generate(request, w))
+
+    @admin.action(description="Cancel the active run of selected worlds", permissions=["cancel_run"])
+    def cancel(self, request, queryset):
+        for world in queryset:
+            self._report(request, world, lambda w: self._cancel(request, w))
+
+    @admin.action(description="Approve the world bible of selected worlds", permissions=["review_run"])
+    def approve(self, request, queryset):
+        for world in queryset:
+            self._report(request, world, lambda w: self._approve(request, w))
+
+    @admin.action(description="Reject the world bible of selected worlds, with feedback", permissions=["review_run"])
+    def reject(self, request, queryset):
+        form = FeedbackForm(request.POST if "feedback" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            for world in queryset:
+                self._report(request, world, lambda w: self._reject(request, w, form.cleaned_data["feedback"]))
+            return None
+        return self._feedback_page(request, list(queryset), form, bulk=True)
+
+    def has_start_run_permission(self, request):
+        return request.user.has_perm("worlds.start_run")
+
+    def has_cancel_run_permission(self, request):
+        return request.user.has_perm("worlds.cancel_run")
+
+    def has_review_run_permission(self, request):
+        return request.user.has_perm("worlds.review_run")
+
+    # --- helpers -------------------------------------------------------------------
+    def _feedback_page(self, request, worlds: list[World], form: FeedbackForm, bulk: bool = False):
+        context = {**self.admin_site.each_context(request), "title": "Reject the world bible", "worlds": worlds,
+                   "form": form, "bulk": bulk, "opts": self.model._meta,
+                   "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+        return TemplateResponse(request, "admin/worlds/world/reject.html", context)
+
+    def _report(self, request, world: World, do) -> None:
+        try:
+            message = do(world)
+        except services.GenerationError as exc:
+            self.message_user(request, f"{world}: {exc}", messages.ERROR)
+        else:
+            self.message_user(request, f"{world}: {message}", messages.SUCCESS)
+
+    @staticmethod
+    def _active_run(world: World) -> GenerationRun:
+        run = world.runs.filter(status__in=GenerationRun.ACTIVE).order_by("-number").first()
+        if run is None:
+            raise services.GenerationError("nothing is running")
+        return run
+
+    def _generate(self, request, world: World) -> str:
+        run = services.generation_start(world=world, user=request.user)
+        return f"run {run.number} started"
+
+    def _cancel(self, request, world: World) -> str:
+        run = self._active_run(world)
+        services.generation_cancel(run=run, user=request.user)
+        return f"run {run.number} is being cancelled"
+
+    def _approve(self, request, world: World) -> str:
+        run = self._active_run(world)
+        services.generation_approve(run=run, user=request.user)
+        return f"bible of run {run.number} approved; characters are being generated"
+
+    def _reject(self, request, world: World, feedback: str) -> str:
+        run = self._active_run(world)
+        services.generation_reject(run=run, feedback=feedback, user=request.user)
+        return f"bible of run {run.number} rejected; a new revision is being written"
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: form.cleaned_data[name] for name in form.changed_data}
+        if change:
+            services.world_update(world=obj, user=request.user, **fields)
+        else:
+            saved = services.world_create(user=request.user, **form.cleaned_data)
+            obj.pk, obj.created_by, obj._state.adding = saved.pk, saved.created_by, False
+
+    def delete_model(self, request, obj):
+        services.world_delete(world=obj, user=request.user)
+
+
+def _image(doc: dict) -> str:
+    if doc.get("image_status") == "rendered":
+        return format_html('<img src="/images/{}.png" alt="" loading="lazy">', doc["image_id"])
+    return format_html('<div class="wg-placeholder">image pending</div>')
 
 
 @admin.register(GenerationRun)
 class GenerationRunAdmin(admin.ModelAdmin):
     list_display = ("__str__", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used",
-                    "started_at", "finished_at")
+                    "started_by", "started_at", "finished_at")
     list_filter = ("status",)
-    readonly_fields = [field.name for field in GenerationRun._meta.fields]
+    list_select_related = ("world", "started_by")
+    fields = ("world", "number", "status", "timeline", "temporal", "error", ("characters_done", "characters_total"),
+              ("posts_done", "posts_total"), "degraded_items", "tokens_used", "bible_revision",
+              ("started_by", "approved_by", "rejected_by", "cancelled_by"), ("started_at", "finished_at"), "audit")
+    readonly_fields = [name for entry in fields for name in (entry if isinstance(entry, tuple) else (entry,))]
+
+    class Media:
+        css = {"all": ["worlds/admin.css"]}
+
+    @admin.display(description="Stage timeline")
+    def timeline(self, run: GenerationRun):
+        current = STAGES.index(run.stage) if run.stage in STAGES else -1
+        finished = run.status == "completed"
+        return format_html('<ol class="wg-timeline">{}</ol>', format_html_join(
+            "", '<li class="wg-{}">{}</li>',
+            (("done" if finished or i < current else "current" if i == current else "todo", stage)
+             for i, stage in enumerate(STAGES))))
+
+    @admin.display(description="Temporal")
+    def temporal(self, run: GenerationRun):
+        return temporal_link(run)
+
+    @admin.display(description="Audit trail")
+    def audit(self, run: GenerationRun):
+        return format_html('<ul>{}</ul>', format_html_join(
+            "", "<li>{} — {}: {} {}</li>",
+            ((e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor or "system", e.get_action_display(), e.detail)
+             for e in run.audit_events.select_related("actor"))))
 
     def has_add_permission(self, request):
-        return False  # runs are started through worlds.services, never typed in
+        return False  # runs are started from a world, through worlds.services
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("at", "actor", "action", "world", "run", "detail")
+    list_filter = ("action",)
+    list_select_related = ("actor", "world", "run")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
