@@ -2,14 +2,20 @@
 Real worker, Temporal, Mongo, LLM endpoint and media server behind it."""
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
 from django.test import Client
 
 from tests.test_generation import FINISHED, make_world, wait_for
 from worlds.models import AuditEvent, GenerationRun, World
+from worlds.roles import grant_roles
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)  # keeps the role groups
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def roles():
+    grant_roles(Group, Permission)  # transactional tests flush the groups the migration made
 
 
 def staff(username: str, *groups: str) -> Client:

@@ -9,5 +9,5 @@ urlpatterns = [
     path("images/<str:image_id>.png", views.image, name="image"),
     path("api/", include("worlds.api_urls")),
     path("worlds/", include("worlds.urls")),
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", RedirectView.as_view(url="/worlds/", permanent=False)),
 ]

@@ -1,17 +1,8 @@
-"""Staff roles as groups: editors define worlds and start runs; reviewers approve and reject."""
+"""Staff roles as groups (see worlds/roles.py)."""
 
 from django.db import migrations
 
-ROLES = {
-    "Editors": [
-        ("worlds", "world", ["add_world", "change_world", "delete_world", "view_world"]),
-        ("worlds", "generationrun", ["view_generationrun", "start_run", "cancel_run"]),
-    ],
-    "Reviewers": [
-        ("worlds", "world", ["view_world"]),
-        ("worlds", "generationrun", ["view_generationrun", "review_run"]),
-    ],
-}
+from worlds.roles import ROLES, grant_roles
 
 
 def create_roles(apps, schema_editor):
@@ -21,13 +12,7 @@ def create_roles(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for name, grants in ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        for app_label, model, codenames in grants:
-            group.permissions.add(*Permission.objects.filter(
-                content_type__app_label=app_label, content_type__model=model, codename__in=codenames))
+    grant_roles(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
 
 
 def remove_roles(apps, schema_editor):

@@ -1,0 +1,272 @@
+"""The public world viewer: server-rendered pages over the real Mongo (SecantusDB).
+
+Content is written with generation.store (no LLM); worlds use IDs from 880000 up so their
+Mongo documents never meet other tests' in the shared database."""
+
+import io
+import itertools
+import re
+
+import pytest
+from PIL import Image
+
+from generation import mongo, store
+from generation.contracts import RunRef
+from worlds.models import GenerationRun, World
+
+pytestmark = pytest.mark.django_db
+
+_world_ids = itertools.count(880_000)
+
+BIBLE = {
+    "title": "The Lantern Compact",
+    "setting": "Tea houses float between islands; sky-whales carry the mail.",
+    "history": "The Compact was signed when the last storm-bell rang.",
+    "tone": "warm, wry and curious",
+    "visual_style": "soft watercolor washes with lantern glow",
+    "themes": ["letters that arrive late", "borrowed light"],
+    "factions": ["The Wick Guild", "Whale Post Union"],
+    "rules": ["No lantern may be lit twice.", "Every letter is delivered, eventually."],
+}
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def db(stack_env):
+    """The test Mongo database; removes the documents of the worlds the test made."""
+    made: list[int] = []
+    yield mongo.get_db(), made
+    database = mongo.get_db()
+    for collection in ("bibles", "characters", "posts"):
+        database[collection].delete_many({"world_id": {"$in": made}})
+    for world_id in made:
+        database["images.files"].delete_many({"_id": {"$regex": f"^img-w{world_id}-"}})
+        database["images.chunks"].delete_many({"files_id": {"$regex": f"^img-w{world_id}-"}})
+
+
+@pytest.fixture
+def make_world(db):
+    _, made = db
+
+    def make(name="Lanternfall", premise="A floating archipelago of lantern-lit tea houses.") -> World:
+        world = World.objects.create(id=next(_world_ids), name=name, premise=premise)
+        made.append(world.pk)
+        return world
+
+    return make
+
+
+def make_run(world: World, number: int = 1, **fields) -> RunRef:
+    run = GenerationRun.objects.create(world=world, number=number, workflow_id=f"world-{world.pk}-run-{number}",
+                                       **{"status": "completed", "stage": "done", **fields})
+    return RunRef(run_id=run.pk, world_id=world.pk, number=number, workflow_id=run.workflow_id)
+
+
+def write_cast(database, ref: RunRef, cast: list[tuple[str, str]], *, pending_avatars: tuple[int, ...] = ()) -> None:
+    """The cast, (name, handle) each, with profiles and avatars (but those listed as pending)."""
+    store.save_cast(database, ref, [{"name": name, "handle": handle, "concept": f"concept of {name}"}
+                                    for name, handle in cast])
+    for index, (name, handle) in enumerate(cast):
+        store.save_profile(database, ref, index, {
+            "bio": f"Bio of {name}: keeps the lamps of the eastern pier.",
+            "personality": f"{name} is patient and quietly funny.",
+            "appearance": "ink-stained sleeves",
+            "interests": [f"{handle} kites", "tide tables"],
+        })
+        if index not in pending_avatars:
+            store.save_image(database, "characters", store.character_key(ref, index), png(), {})
+
+
+def write_post(database, ref: RunRef, character_index: int, index: int, *, handle: str, caption: str,
+               rendered: bool = True) -> None:
+    store.save_post(database, ref, character_index, index, {
+        "caption": caption, "image_prompt": f"a lantern over the sea, {handle}", "location": "Wick Harbour",
+        "hashtags": ["#Lanterns", "SkyWhales"]}, handle)
+    if rendered:
+        store.save_image(database, "posts", store.post_key(ref, character_index, index), png(), {})
+
+
+@pytest.fixture
+def lanternfall(db, make_world):
+    """A completed world: two characters (the second without an avatar yet), three posts each;
+    post 2 of character 0 is marked for re-render and post 2 of character 1 is still pending."""
+    database, _ = db
+    world = make_world()
+    ref = make_run(world)
+    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    write_cast(database, ref, [("Odile Wick", "odile_wick"), ("Bram Tidewell", "bram_tides")], pending_avatars=(1,))
+    for character_index, handle in enumerate(["odile_wick", "bram_tides"]):
+        for index in range(3):
+            write_post(database, ref, character_index, index, handle=handle,
+                       caption=f"caption-c{character_index}-p{index} from the pier", rendered=index < 2)
+    store.mark_image_for_rerender(database, "posts", store.post_key(ref, 0, 2), "media service unavailable")
+    return world, ref
+
+
+def page(client, url: str) -> str:
+    response = client.get(url)
+    assert response.status_code == 200, response
+    return response.content.decode()
+
+
+def test_the_world_list_shows_worlds_with_content_only(client, lanternfall, make_world):
+    world, ref = lanternfall
+    never_generated = make_world(name="Neverwhere")
+    still_writing = make_world(name="Inkwell Reach")
+    make_run(still_writing, status="running", stage="bible")
+    html = page(client, "/worlds/")
+    assert 'name="viewport" content="width=device-width, initial-scale=1"' in html
+    assert "Lanternfall" in html and "A floating archipelago of lantern-lit tea houses." in html
+    assert f'href="/worlds/{world.pk}/"' in html
+    assert f'src="/images/img-{ref.key}-c0.png"' in html  # cover: the first rendered avatar
+    assert "2 characters · 6 posts" in html and "completed" in html
+    assert never_generated.name not in html and still_writing.name not in html
+
+
+def test_the_world_page_shows_bible_characters_and_the_first_feed_page(client, lanternfall):
+    world, ref = lanternfall
+    html = page(client, f"/worlds/{world.pk}/")
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    for text in ["Lanternfall", "The Lantern Compact", BIBLE["setting"], BIBLE["history"], BIBLE["tone"],
+                 "letters that arrive late", "The Wick Guild", "No lantern may be lit twice."]:
+        assert text in html, text
+    assert "Odile Wick" in html and "@odile_wick" in html and "Bram Tidewell" in html and "@bram_tides" in html
+    assert f'href="/worlds/{world.pk}/characters/0/"' in html and f'href="/worlds/{world.pk}/characters/1/"' in html
+    assert f'<img class="avatar avatar-m" src="/images/img-{ref.key}-c0.png"' in html
+    assert 'aria-label="Avatar of Bram Tidewell (image pending)"' in html  # no avatar yet: a placeholder
+    assert html.count("3 posts") == 2
+    assert "caption-c0-p0 from the pier" in html and "caption-c1-p2 from the pier" in html
+    assert f'src="/images/img-{ref.key}-c0-p0.png"' in html
+    assert "generating…" not in html  # the run is complete: no progress badge
+
+
+def test_a_character_profile_shows_the_profile_and_only_their_posts(client, lanternfall):
+    world, ref = lanternfall
+    html = page(client, f"/worlds/{world.pk}/characters/0/")
+    for text in ["@odile_wick", "Odile Wick", "Bio of Odile Wick: keeps the lamps of the eastern pier.",
+                 "Odile Wick is patient and quietly funny.", "odile_wick kites", "tide tables", "3 posts",
+                 "Wick Harbour", "#Lanterns", "#SkyWhales"]:
+        assert text in html, text
+    assert f'<img class="avatar avatar-l" src="/images/img-{ref.key}-c0.png"' in html
+    assert client.get(f"/images/img-{ref.key}-c0.png")["Content-Type"] == "image/png"  # the src resolves
+    assert [f"caption-c0-p{i}" for i in range(3)] == re.findall(r"caption-c\d-p\d", html)
+    assert f'src="/images/img-{ref.key}-c0-p1.png"' in html
+    # post 2 needs a re-render: a placeholder, never a broken <img>
+    assert f"img-{ref.key}-c0-p2" not in html and html.count(">image pending<") == 1
+
+
+def test_pending_post_images_show_a_placeholder(client, lanternfall):
+    world, ref = lanternfall
+    html = page(client, f"/worlds/{world.pk}/characters/1/")
+    assert 'aria-label="Avatar of Bram Tidewell (image pending)"' in html
+    assert f"img-{ref.key}-c1-p2" not in html and html.count(">image pending<") == 1
+
+
+def test_the_feed_is_paginated_twelve_posts_a_page(client, db, make_world):
+    database, _ = db
+    world = make_world(name="Busy Harbour")
+    ref = make_run(world)
+    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    write_cast(database, ref, [("First Mate", "first_mate"), ("Second Mate", "second_mate")])
+    for character_index, handle in enumerate(["first_mate", "second_mate"]):
+        for index in range(8):
+            write_post(database, ref, character_index, index, handle=handle,
+                       caption=f"[c{character_index}-p{index:02}]", rendered=False)
+    # the feed interleaves characters: post 0 of each, then post 1 of each, ...
+    first_page = page(client, f"/worlds/{world.pk}/feed/")
+    assert re.findall(r"\[c\d-p\d\d\]", first_page)[:2] == ["[c0-p00]", "[c1-p00]"]
+    assert len(re.findall(r"\[c\d-p\d\d\]", first_page)) == 12
+    assert f'href="/worlds/{world.pk}/feed/?page=2"' in first_page and "Page 1 of 2" in first_page
+    second_page = page(client, f"/worlds/{world.pk}/feed/?page=2")
+    assert re.findall(r"\[c\d-p\d\d\]", second_page) == ["[c0-p06]", "[c1-p06]", "[c0-p07]", "[c1-p07]"]
+    assert "[c0-p00]" not in second_page and f'href="/worlds/{world.pk}/feed/?page=1"' in second_page
+    assert second_page.count(">image pending<") == 4 and "<img" in second_page  # the avatars
+    assert page(client, f"/worlds/{world.pk}/feed/?page=1") == first_page
+    for bad in ["999", "3", "0", "-1", "two", "1.5", ""]:
+        assert client.get(f"/worlds/{world.pk}/feed/", {"page": bad}).status_code == 404, bad
+    # the world page shows the first page and links to the next
+    world_page = page(client, f"/worlds/{world.pk}/")
+    assert "[c1-p05]" in world_page and "[c0-p06]" not in world_page
+    assert f'href="/worlds/{world.pk}/feed/?page=2"' in world_page
+
+
+def test_generated_text_is_escaped(client, db, make_world):
+    database, _ = db
+    world = make_world(name="<b>Bold</b> World")
+    ref = make_run(world)
+    store.save_bible(database, ref, {**BIBLE, "title": "<i>Title</i>"}, revision=0, feedback=None)
+    write_cast(database, ref, [("Eve <img src=x onerror=alert(1)>", "eve")])
+    write_post(database, ref, 0, 0, handle="eve", caption='Hello <script>alert("pwned")</script> & bye')
+    for url in [f"/worlds/{world.pk}/", f"/worlds/{world.pk}/feed/", f"/worlds/{world.pk}/characters/0/",
+                "/worlds/"]:
+        html = page(client, url)
+        assert "<script>" not in html and "<img src=x" not in html and "<b>Bold" not in html, url
+    html = page(client, f"/worlds/{world.pk}/feed/")
+    assert "Hello &lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; bye" in html
+    assert "&lt;b&gt;Bold&lt;/b&gt; World" in html
+
+
+def test_an_active_run_shows_its_progress_from_the_run_row(client, db, make_world):
+    database, _ = db
+    world = make_world(name="Halfway Isle")
+    ref = make_run(world, status="running", stage="posts", characters_done=1, characters_total=4,
+                   posts_done=3, posts_total=12)
+    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    write_cast(database, ref, [("Odile Wick", "odile_wick")])
+    html = page(client, f"/worlds/{world.pk}/")
+    assert re.search(r"generating…\s*3/12 posts", html)
+    assert "No posts yet" in html and "Odile Wick" in html
+    assert re.search(r"generating…\s*3/12 posts", page(client, f"/worlds/{world.pk}/characters/0/"))
+
+
+def test_a_stopped_run_shows_its_partial_content(client, db, make_world):
+    database, _ = db
+    world = make_world(name="Quiet Shoals")
+    ref = make_run(world, status="cancelled", stage="posts")
+    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    html = page(client, f"/worlds/{world.pk}/")
+    assert "cancelled · partial" in html and "The Lantern Compact" in html and "No characters yet." in html
+
+
+def test_the_latest_run_with_a_bible_is_shown(client, db, make_world):
+    database, _ = db
+    world = make_world(name="Twice Told")
+    first, second = make_run(world, 1), make_run(world, 2, status="failed", stage="cast")
+    store.save_bible(database, first, {**BIBLE, "title": "First Telling"}, revision=0, feedback=None)
+    store.save_bible(database, second, {**BIBLE, "title": "Second Telling"}, revision=0, feedback=None)
+    make_run(world, 3, status="running", stage="bible")  # no bible yet
+    html = page(client, f"/worlds/{world.pk}/")
+    assert "Second Telling" in html and "First Telling" not in html
+    assert "failed · partial" in html
+    assert "A new version of this world is being generated (run #3)" in html
+
+
+def test_a_world_without_content_yet_has_a_friendly_empty_state(client, make_world):
+    world = make_world(name="Blank Page")
+    make_run(world, status="awaiting_approval", stage="approval")
+    html = page(client, f"/worlds/{world.pk}/")
+    assert "Blank Page" in html and "Nothing to see yet" in html
+    assert "No posts yet" in page(client, f"/worlds/{world.pk}/feed/")
+    assert client.get(f"/worlds/{world.pk}/feed/?page=2").status_code == 404
+    assert client.get(f"/worlds/{world.pk}/characters/0/").status_code == 404
+
+
+def test_unknown_and_never_generated_worlds_and_characters_are_404(client, lanternfall, make_world):
+    world, _ = lanternfall
+    never_generated = make_world(name="Neverwhere")
+    for url in [f"/worlds/{never_generated.pk}/", f"/worlds/{never_generated.pk}/feed/",
+                f"/worlds/{never_generated.pk}/characters/0/", "/worlds/987654321/", "/worlds/987654321/feed/",
+                f"/worlds/{world.pk}/characters/2/", f"/worlds/{world.pk}/characters/99999999999999999999999/",
+                "/worlds/99999999999999999999999/", f"/worlds/{world.pk}/characters/x/", "/worlds/abc/"]:
+        assert client.get(url).status_code == 404, url
+
+
+def test_viewer_pages_are_public_and_read_only(client, lanternfall):
+    world, _ = lanternfall
+    assert client.get(f"/worlds/{world.pk}/").status_code == 200  # anonymous
+    assert client.post(f"/worlds/{world.pk}/").status_code == 405

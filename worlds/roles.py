@@ -1,0 +1,22 @@
+"""Staff roles as groups: editors define worlds and start runs; reviewers approve and reject."""
+
+ROLES = {
+    "Editors": [
+        ("world", ["add_world", "change_world", "delete_world", "view_world"]),
+        ("generationrun", ["view_generationrun", "start_run", "cancel_run"]),
+    ],
+    "Reviewers": [
+        ("world", ["view_world"]),
+        ("generationrun", ["view_generationrun", "review_run"]),
+    ],
+}
+
+
+def grant_roles(Group, Permission) -> None:
+    """Create the groups with their permissions (idempotent). Takes the models as
+    arguments so the data migration can pass its historical versions."""
+    for name, grants in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        for model, codenames in grants:
+            group.permissions.add(*Permission.objects.filter(
+                content_type__app_label="worlds", content_type__model=model, codename__in=codenames))
