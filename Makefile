@@ -23,7 +23,7 @@ demo: $(STAMP)
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
