@@ -80,7 +80,6 @@ def django_db_modify_db_settings(tmp_path_factory):
     """A file-backed test database, so worker subprocesses see the rows tests create."""
     path = tmp_path_factory.mktemp("sql") / "worldgen-test.sqlite3"
     settings.DATABASES["default"]["TEST"]["NAME"] = str(path)
-    settings.DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "generation",
     "worlds",
     "temporal_worker",
@@ -88,6 +89,9 @@ TEMPLATES = [
 DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{LOCAL_DATA_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["NAME"] == str(LOCAL_DATA_DIR / "db.sqlite3"):
     LOCAL_DATA_DIR.mkdir(exist_ok=True)  # the default local database lives there
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web requests and worker threads write at once: take the write lock up front and wait for it.
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -188,4 +192,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Define worlds, run their generation and read the generated content.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's assets are served from this app (no CDN needed).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }

@@ -47,7 +47,7 @@ def run_live_progress(*, run: GenerationRun):
     async def query(client):
         return await client.get_workflow_handle(run.workflow_id).query(WorldGenerationWorkflow.progress)
 
-    return temporal_call(query)
+    return temporal_call(query, timeout=5)
 
 
 # --- World viewer reads ---------------------------------------------------------------------------

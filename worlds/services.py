@@ -22,6 +22,14 @@ class GenerationPermissionDenied(GenerationError):
     """The user lacks the role for this action."""
 
 
+class GenerationInvalid(GenerationError):
+    """The world definition cannot be generated as it is."""
+
+
+class GenerationUnavailable(GenerationError):
+    """Temporal could not be reached; nothing was changed."""
+
+
 def _require(user, permission: str, action: str) -> None:
     """``user`` None is the system (management commands, run by operators)."""
     if user is not None and not user.has_perm(f"worlds.{permission}"):
@@ -87,7 +95,7 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         world.full_clean()
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
-        raise GenerationError(f"{world} cannot be generated: {problems}") from None
+        raise GenerationInvalid(f"{world} cannot be generated: {problems}") from None
     with transaction.atomic():
         World.objects.select_for_update().filter(pk=world.pk).first()  # serialise starts of one world
         if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
@@ -111,7 +119,7 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         raise GenerationError(f"{world} is already being generated (workflow {workflow_id} exists)") from None
     except TemporalUnavailable as exc:
         run.delete()
-        raise GenerationError(f"could not start the run: {exc}") from None
+        raise GenerationUnavailable(f"could not start the run: {exc}") from None
     _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=workflow_id)
     return run
 
@@ -123,7 +131,7 @@ def _signal(run: GenerationRun, decision: Decision) -> None:
     try:
         temporal_call(send)
     except TemporalUnavailable as exc:
-        raise GenerationError(str(exc)) from None
+        raise GenerationUnavailable(str(exc)) from None
 
 
 def _check_review(run: GenerationRun, user, verb: str) -> None:
@@ -164,7 +172,7 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
     try:
         temporal_call(cancel)
     except TemporalUnavailable as exc:
-        raise GenerationError(str(exc)) from None
+        raise GenerationUnavailable(str(exc)) from None
     GenerationRun.objects.filter(pk=run.pk).update(cancelled_by=user)
     _audit(AuditEvent.Action.RUN_CANCELLED, user=user, run=run)
 

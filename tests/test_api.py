@@ -1,0 +1,526 @@
+"""The DRF API. Requests go through DRF's in-process APIClient (real authentication,
+permissions, parsing and rendering); behind it Temporal, the worker process, Mongo,
+the local LLM and the media server are the real ones from conftest."""
+
+import json
+import time
+
+import pytest
+import yaml
+from django.contrib.auth.models import Group, Permission, User
+from drf_spectacular.validation import validate_schema
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from localstack import servers
+from temporal_worker import client as temporal_client
+from worlds import services
+from worlds.models import AuditEvent, GenerationRun, World
+from worlds.roles import grant_roles
+
+pytestmark = pytest.mark.django_db
+
+FINISHED = {"completed", "failed", "cancelled", "expired", "budget_exceeded"}
+PNG = b"\x89PNG\r\n\x1a\n"
+PREMISE = "A floating archipelago of lantern-lit tea houses where sky-whales carry letters between islands."
+
+
+# --- users and helpers ------------------------------------------------------------------
+
+@pytest.fixture
+def users() -> dict[str, User]:
+    """One user per role (a transactional test's flush removes the groups the migration made)."""
+    grant_roles(Group, Permission)
+
+    def user(username: str, *groups: str, staff: bool = True, superuser: bool = False) -> User:
+        made = User.objects.create_user(username, is_staff=staff, is_superuser=superuser)  # sessions: no password
+        made.groups.add(*Group.objects.filter(name__in=groups))
+        return made
+
+    return {
+        "admin": user("admin", superuser=True),
+        "editor": user("editor", "Editors"),
+        "reviewer": user("reviewer", "Reviewers"),
+        "lead": user("lead", "Editors", "Reviewers"),  # may start and review, but not review its own runs
+        "staff": user("staff"),  # staff without a role
+        "outsider": user("outsider", "Editors", "Reviewers", staff=False),  # roles but not staff
+    }
+
+
+def api(user: User | None = None) -> APIClient:
+    """A client logged in with a real session (or anonymous)."""
+    client = APIClient()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def world_body(**overrides) -> dict:
+    return {"name": "Lanternfall", "premise": PREMISE, "character_count": 1, "posts_per_character": 1, **overrides}
+
+
+def make_world(**overrides) -> World:
+    return World.objects.create(**world_body(**overrides))
+
+
+def make_run(world: World, status: str, number: int = 1, started_by: User | None = None) -> GenerationRun:
+    """A run row only (no workflow): for the checks made before Temporal is involved."""
+    return GenerationRun.objects.create(world=world, number=number, workflow_id=f"api-test-{world.pk}-{number}",
+                                        status=status, stage="done" if status in FINISHED else "approval",
+                                        started_by=started_by)
+
+
+def wait_for(client: APIClient, run_id: int, statuses: set[str], until=lambda run: True,
+             timeout: float = 180) -> dict:
+    """Poll GET /api/runs/{id}/ until the run has one of ``statuses`` (and ``until(run)``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/api/runs/{run_id}/")
+        assert response.status_code == 200, response.content
+        run = response.json()
+        if run["status"] in statuses and until(run):
+            return run
+        assert time.monotonic() < deadline, f"run stuck at {run['status']}/{run['stage']}: {run['error']}"
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def worker(start_worker):
+    """A worker for the test. Runs still active at the end are cancelled and waited for,
+    so nothing leaks into later tests."""
+    start_worker()
+    yield
+    for run in GenerationRun.objects.filter(status__in=GenerationRun.ACTIVE):
+        try:
+            services.generation_cancel(run=run)
+        except services.GenerationError:
+            pass  # it finished meanwhile
+    deadline = time.monotonic() + 60
+    while GenerationRun.objects.filter(status__in=GenerationRun.ACTIVE).exists():
+        assert time.monotonic() < deadline, "a run did not stop after cancel"
+        time.sleep(0.3)
+
+
+# --- worlds: CRUD, validation, 404s ------------------------------------------------------
+
+def test_world_create_read_update_delete(users):
+    editor = api(users["editor"])
+    response = editor.post("/api/worlds/", {**world_body(), "visual_style": "ink", "language": "fr"}, format="json")
+    assert response.status_code == 201, response.content
+    world = response.json()
+    assert world["name"] == "Lanternfall" and world["premise"] == PREMISE
+    assert (world["visual_style"], world["language"], world["genre"], world["token_budget"]) == \
+        ("ink", "fr", "fantasy", 500_000)
+    assert world["created_by"] == "editor" and world["latest_run"] is None
+
+    for index in range(3):
+        make_world(name=f"Other {index}")
+    page = editor.get("/api/worlds/?limit=2").json()
+    assert page["count"] == 4 and len(page["results"]) == 2
+    assert [w["name"] for w in page["results"]] == ["Other 2", "Other 1"]  # newest first
+    assert "offset=2" in page["next"] and page["previous"] is None
+    last = editor.get(page["next"]).json()
+    assert [w["name"] for w in last["results"]] == ["Other 0", "Lanternfall"] and last["next"] is None
+
+    url = f"/api/worlds/{world['id']}/"
+    assert editor.get(url).json() == world
+    response = editor.patch(url, {"character_count": 7, "tone": "eerie"}, format="json")
+    assert response.status_code == 200, response.content
+    assert (response.json()["character_count"], response.json()["tone"]) == (7, "eerie")
+    assert World.objects.get(pk=world["id"]).character_count == 7
+    response = editor.patch(url, {"character_count": 51}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"character_count": ["Ensure this value is less than or equal to 50."]}
+
+    assert editor.delete(url).status_code == 204
+    assert editor.get(url).status_code == 404
+    actions = list(AuditEvent.objects.filter(actor=users["editor"]).order_by("at").values_list("action", "detail"))
+    assert actions == [("world_created", ""), ("world_updated", "character_count, tone"),
+                       ("world_deleted", "Lanternfall")]
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"premise": PREMISE}, "name", "This field is required."),
+    ({"name": "X"}, "premise", "This field is required."),
+    (world_body(name=""), "name", "This field may not be blank."),
+    (world_body(name="x" * 121), "name", "Ensure this field has no more than 120 characters."),
+    (world_body(name=" " + "x" * 120), "name", "Ensure this field has no more than 120 characters."),
+    (world_body(character_count=0), "character_count", "Ensure this value is greater than or equal to 1."),
+    (world_body(character_count=51), "character_count", "Ensure this value is less than or equal to 50."),
+    (world_body(posts_per_character=-1), "posts_per_character", "Ensure this value is greater than or equal to 0."),
+    (world_body(posts_per_character=51), "posts_per_character", "Ensure this value is less than or equal to 50."),
+    (world_body(language="xx"), "language", '"xx" is not a valid choice.'),
+    (world_body(visual_style="crayon"), "visual_style", '"crayon" is not a valid choice.'),
+    (world_body(token_budget=999), "token_budget", "Ensure this value is greater than or equal to 1000."),
+    (world_body(token_budget=10**30), "token_budget", "Ensure this value is less than or equal to 2147483647."),
+    (world_body(character_count="many"), "character_count", "A valid integer is required."),
+    (world_body(character_count=[1]), "character_count", "A valid integer is required."),
+    (world_body(character_count="5"), "character_count", "A valid integer is required."),
+    (world_body(character_count=2.5), "character_count", "A valid integer is required."),
+    (world_body(requires_approval=0), "requires_approval", "Must be a valid boolean."),
+    (world_body(requires_approval="maybe"), "requires_approval", "Must be a valid boolean."),
+    (world_body(name={"a": 1}), "name", "Not a valid string."),
+    (world_body(model_override=0), "model_override", "Not a valid string."),
+    (world_body(tone="  "), "tone", "This field may not be blank."),
+    (world_body(tone="\x85\u3000\x1c"), "tone", "This field may not be blank."),
+    (world_body(premise="nul\x00byte"), "premise", "Null characters are not allowed."),
+    ([world_body()], "non_field_errors", "Invalid data. Expected a dictionary, but got list."),
+])
+def test_bad_world_input_is_a_400_with_field_messages(users, body, field, message):
+    response = api(users["editor"]).post("/api/worlds/", body, format="json")
+    assert response.status_code == 400
+    assert message in response.json()[field]
+    assert not World.objects.exists()
+
+
+@pytest.mark.parametrize(("content_type", "body", "status", "message"), [
+    ("application/json", b"{not json", 400, "JSON parse error"),
+    ("application/json", b'{"name": NaN}', 400, "JSON parse error"),
+    ("application/json", b"\xff\xfe", 400, "JSON parse error"),
+    ("text/plain", b"hello", 415, 'Unsupported media type "text/plain" in request.'),
+])
+def test_unparseable_bodies_are_refused(users, content_type, body, status, message):
+    response = api(users["editor"]).generic("POST", "/api/worlds/", body, content_type=content_type)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+def test_out_of_range_json_numbers_are_field_errors(users):
+    body = b'{"name": "X", "premise": "Y", "character_count": 1e999999, "token_budget": 1' + b"0" * 4000 + b"}"
+    response = api(users["editor"]).generic("POST", "/api/worlds/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"character_count": ["A valid integer is required."],
+                               "token_budget": ["Ensure this value is less than or equal to 2147483647."]}
+
+
+@pytest.mark.parametrize("query", ["limit=abc", "limit=", "limit=0", "limit=101", "offset=-1", "offset=",
+                                   "offset=99999999999999999999", "offset=1&offset=2", "offset=0.0", "limit=%205"])
+def test_bad_pagination_is_a_400(users, query):
+    response = api(users["editor"]).get(f"/api/worlds/?{query}")
+    assert response.status_code == 400
+    assert set(response.json()) <= {"limit", "offset"}
+
+
+@pytest.mark.parametrize("path", [
+    "/api/worlds/{missing}/", "/api/worlds/abc/", "/api/worlds/-1/", "/api/worlds/1.5/",
+    "/api/worlds/99999999999999999999999999/", "/api/worlds/{missing}/characters/", "/api/worlds/{missing}/posts/",
+    "/api/runs/{missing}/", "/api/runs/abc/", "/api/runs/99999999999999999999999999/", "/api/nothing/here/",
+])
+def test_missing_objects_are_a_json_404(users, path):
+    client = api(users["admin"])
+    response = client.get(path.format(missing=make_world().pk + 1000))
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."} or "matches the given query" in response.json()["detail"]
+    for command in ("/api/worlds/12345/generate/", "/api/runs/12345/approve/", "/api/runs/xyz/cancel/"):
+        assert client.post(command).status_code == 404
+    assert client.post("/api/runs/12345/reject/", {"feedback": "x"}, format="json").status_code == 404
+    assert client.delete("/api/worlds/abc/").status_code == 404
+    assert client.patch("/api/worlds/abc/", {}, format="json").status_code == 404
+
+
+# --- permissions and authentication --------------------------------------------------------
+
+def test_permissions_follow_the_staff_roles(users):
+    world = make_world(character_count=0)  # invalid: a permitted generate answers 400 without starting
+    valid = make_world(name="Valid")
+    done = make_run(valid, "completed", started_by=users["editor"])
+    routes = {
+        "list": ("get", "/api/worlds/", None),
+        "read": ("get", f"/api/worlds/{world.pk}/", None),
+        "characters": ("get", f"/api/worlds/{world.pk}/characters/", None),
+        "posts": ("get", f"/api/worlds/{world.pk}/posts/", None),
+        "run": ("get", f"/api/runs/{done.pk}/", None),
+        "create": ("post", "/api/worlds/", world_body()),
+        "change": ("patch", f"/api/worlds/{valid.pk}/", {"tone": "grim"}),
+        "generate": ("post", f"/api/worlds/{world.pk}/generate/", None),
+        "approve": ("post", f"/api/runs/{done.pk}/approve/", None),
+        "reject": ("post", f"/api/runs/{done.pk}/reject/", {"feedback": "More whales."}),
+        "cancel": ("post", f"/api/runs/{done.pk}/cancel/", None),
+    }
+    # allowed: 2xx, or the 400/409 that comes after the permission checks (invalid world, finished run)
+    allowed = {"list": 200, "read": 200, "characters": 200, "posts": 200, "run": 200, "create": 201, "change": 200,
+               "generate": 400, "approve": 409, "reject": 409, "cancel": 409}
+    can = {
+        "admin": set(allowed),
+        "editor": {"list", "read", "characters", "posts", "run", "create", "change", "generate", "cancel"},
+        "reviewer": {"list", "read", "characters", "posts", "run", "approve", "reject"},
+        "lead": set(allowed),
+        "staff": set(),
+        "outsider": set(),
+        None: set(),
+    }
+    for who, permitted in can.items():
+        client = api(users[who] if who else None)
+        for route, (method, path, body) in routes.items():
+            response = getattr(client, method)(path, body, format="json")
+            expected = allowed[route] if route in permitted else 403
+            assert response.status_code == expected, (who, route, response.content)
+            if expected == 403:
+                detail = response.json()["detail"]
+                assert detail == ("Authentication credentials were not provided." if who is None else
+                                  "You do not have permission to perform this action.")
+    delete = f"/api/worlds/{world.pk}/"
+    assert api(users["reviewer"]).delete(delete).status_code == 403
+    assert api(users["editor"]).delete(delete).status_code == 204
+
+
+def test_token_authentication(users):
+    token = Token.objects.create(user=users["editor"])
+    client = APIClient(enforce_csrf_checks=True)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    response = client.post("/api/worlds/", world_body(), format="json")
+    assert response.status_code == 201 and response.json()["created_by"] == "editor"
+    assert client.get("/api/worlds/").json()["count"] == 1
+
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    response = client.get("/api/worlds/")
+    assert response.status_code == 403 and response.json() == {"detail": "Invalid token."}
+
+    session = APIClient(enforce_csrf_checks=True)  # a session needs the CSRF token to write
+    session.force_login(users["editor"])
+    assert session.get("/api/worlds/").status_code == 200
+    response = session.post("/api/worlds/", world_body(), format="json")
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+
+
+# --- runs without Temporal: conflicts, 400s and the read side ---------------------------------
+
+def test_commands_on_a_finished_run_conflict(users):
+    world = make_world()
+    run = make_run(world, "completed", started_by=users["editor"])
+    reviewer, editor = api(users["reviewer"]), api(users["editor"])
+    response = reviewer.post(f"/api/runs/{run.pk}/approve/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "nothing is awaiting approval: Lanternfall run 1 is completed"}
+    response = reviewer.post(f"/api/runs/{run.pk}/reject/", {"feedback": "More whales."}, format="json")
+    assert response.status_code == 409 and "nothing is awaiting approval" in response.json()["detail"]
+    response = editor.post(f"/api/runs/{run.pk}/cancel/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Lanternfall run 1 is not running (it is completed)"}
+    for body in ({}, {"feedback": "   "}, {"feedback": None}, [1]):
+        response = reviewer.post(f"/api/runs/{run.pk}/reject/", body, format="json")
+        assert response.status_code == 400, body
+        assert set(response.json()) in ({"feedback"}, {"non_field_errors"})
+    assert not AuditEvent.objects.filter(run=run).exists()
+
+    run.status = "running"
+    run.save()
+    response = editor.delete(f"/api/worlds/{world.pk}/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Lanternfall is being generated; cancel the run before deleting the world"}
+
+
+def test_an_invalid_world_is_refused_with_the_reason(users):
+    world = make_world(character_count=0, posts_per_character=51)
+    response = api(users["editor"]).post(f"/api/worlds/{world.pk}/generate/")
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("Lanternfall cannot be generated: ")
+    assert "character_count: Ensure this value is greater than or equal to 1." in detail
+    assert "posts_per_character" in detail
+    assert not world.runs.exists()
+
+
+def test_a_world_never_generated_has_no_content(users):
+    world = make_world()
+    client = api(users["reviewer"])
+    assert client.get(f"/api/worlds/{world.pk}/characters/").json() == []
+    assert client.get(f"/api/worlds/{world.pk}/posts/").json() == {"next": None, "previous": None, "results": []}
+    for query, field in [("limit=0", "limit"), ("limit=101", "limit"), ("offset=x", "offset"),
+                         ("character=-1", "character"), ("character=50", "character"), ("character=", "character"),
+                         ("character=99999999999999999999999", "character")]:
+        response = client.get(f"/api/worlds/{world.pk}/posts/?{query}")
+        assert response.status_code == 400 and field in response.json(), query
+
+
+def test_temporal_trouble_never_makes_a_500(users, stack_env, settings, monkeypatch):
+    world = make_world(requires_approval=True)
+    run = make_run(world, "awaiting_approval", started_by=users["editor"])  # no such workflow in Temporal
+    reviewer = api(users["reviewer"])
+    response = reviewer.get(f"/api/runs/{run.pk}/")
+    assert response.status_code == 200
+    body = response.json()
+    assert "live" not in body and (body["status"], body["is_active"], body["started_by"]) == \
+        ("awaiting_approval", True, "editor")
+
+    address = f"127.0.0.1:{servers.free_port()}"  # nothing listens there
+    settings.TEMPORAL_ADDRESS = address  # restored after the test, as is the client below
+    monkeypatch.setattr(temporal_client, "_thread", None)
+    assert "live" not in reviewer.get(f"/api/runs/{run.pk}/").json()
+    response = reviewer.post(f"/api/runs/{run.pk}/approve/")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(f"Temporal is not reachable at {address}")
+    response = api(users["editor"]).post(f"/api/worlds/{make_world(name='Fresh').pk}/generate/")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("could not start the run: Temporal is not reachable")
+    assert not GenerationRun.objects.filter(world__name="Fresh").exists()
+
+
+# --- schema and docs --------------------------------------------------------------------------
+
+ROUTES = {
+    "/api/worlds/": {"get", "post"},
+    "/api/worlds/{world_id}/": {"get", "patch", "delete"},
+    "/api/worlds/{world_id}/generate/": {"post"},
+    "/api/worlds/{world_id}/characters/": {"get"},
+    "/api/worlds/{world_id}/posts/": {"get"},
+    "/api/runs/{run_id}/": {"get"},
+    "/api/runs/{run_id}/approve/": {"post"},
+    "/api/runs/{run_id}/reject/": {"post"},
+    "/api/runs/{run_id}/cancel/": {"post"},
+}
+
+
+def test_the_schema_is_valid_openapi_3_and_describes_every_route():
+    client = APIClient()  # the schema and the docs are public
+    response = client.get("/api/schema/")
+    assert response.status_code == 200 and response["Content-Type"].startswith("application/vnd.oai.openapi")
+    schema = yaml.safe_load(response.content)
+    as_json = client.get("/api/schema/?format=json")
+    assert as_json.status_code == 200 and json.loads(as_json.content) == schema
+
+    validate_schema(schema)  # the OpenAPI 3 JSON schema
+    assert schema["openapi"].startswith("3.")
+    assert {path: set(ops) for path, ops in schema["paths"].items()} == ROUTES
+    paths = schema["paths"]
+    assert set(paths["/api/worlds/{world_id}/generate/"]["post"]["responses"]) == \
+        {"202", "400", "403", "404", "409", "503"}
+    assert set(paths["/api/runs/{run_id}/reject/"]["post"]["responses"]) == {"202", "400", "403", "404", "409", "503"}
+    assert set(paths["/api/worlds/{world_id}/"]["delete"]["responses"]) == {"204", "403", "404", "409"}
+    assert set(paths["/api/worlds/"]["post"]["responses"]) == {"201", "400", "403"}
+    for path, operations in paths.items():
+        for operation in operations.values():
+            assert "403" in operation["responses"], path
+            assert ("{" in path) == ("404" in operation["responses"]), path
+    world_input = schema["components"]["schemas"]["WorldInput"]
+    assert world_input["required"] == ["name", "premise"]
+    assert world_input["properties"]["character_count"].items() >= {"minimum": 1, "maximum": 50}.items()
+    assert world_input["properties"]["token_budget"]["minimum"] == 1000
+    assert "live" not in schema["components"]["schemas"]["RunDetail"]["required"]
+
+
+def test_the_docs_page_is_served():
+    response = APIClient().get("/api/docs/")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/html")
+    page = response.content.decode()
+    assert "swagger-ui" in page and "/api/schema/" in page
+
+
+# --- generation end to end (worker, Temporal, LLM, media, Mongo) ---------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
+    editor = api(users["editor"])
+    world = editor.post("/api/worlds/", world_body(character_count=2, posts_per_character=2), format="json").json()
+    response = editor.post(f"/api/worlds/{world['id']}/generate/")
+    assert response.status_code == 202, response.content
+    run = response.json()
+    assert (run["world"], run["number"], run["workflow_id"]) == (world["id"], 1, f"world-{world['id']}-run-1")
+    assert (run["status"], run["started_by"], run["characters_total"], run["posts_total"]) == \
+        ("pending", "editor", 2, 4)
+
+    run = wait_for(editor, run["id"], FINISHED)
+    assert run["status"] == "completed", run["error"]
+    assert (run["characters_done"], run["posts_done"], run["degraded_items"], run["is_active"]) == (2, 4, 0, False)
+    assert run["tokens_used"] > 0 and run["finished_at"] and "live" not in run
+    latest = editor.get(f"/api/worlds/{world['id']}/").json()["latest_run"]
+    assert latest == {key: run[key] for key in ("id", "number", "status", "stage", "characters_done",
+                                                "characters_total", "posts_done", "posts_total")}
+    assert editor.get("/api/worlds/").json()["results"][0]["latest_run"]["status"] == "completed"
+
+    characters = editor.get(f"/api/worlds/{world['id']}/characters/").json()
+    assert [c["index"] for c in characters] == [0, 1]
+    key = f"w{world['id']}-r1"
+    for character in characters:
+        assert set(character) == {"index", "name", "handle", "bio", "personality", "appearance", "interests",
+                                  "image_status", "avatar_url", "post_count"}
+        assert character["name"] and character["handle"] and character["bio"] and character["personality"]
+        assert len(character["interests"]) >= 2 and all(isinstance(i, str) for i in character["interests"])
+        assert character["image_status"] == "rendered" and character["post_count"] == 2
+        assert character["avatar_url"] == f"/images/img-{key}-c{character['index']}.png"
+        image = editor.get(character["avatar_url"])
+        assert image.status_code == 200 and image["Content-Type"] == "image/png"
+        assert image.content.startswith(PNG)
+
+    posts_url = f"/api/worlds/{world['id']}/posts/"
+    page = editor.get(f"{posts_url}?limit=3").json()
+    assert [(p["index"], p["character_index"]) for p in page["results"]] == [(0, 0), (0, 1), (1, 0)]
+    assert page["previous"] is None and page["next"].endswith(f"{posts_url}?limit=3&offset=3")
+    rest = editor.get(page["next"]).json()
+    assert [(p["index"], p["character_index"]) for p in rest["results"]] == [(1, 1)]
+    assert rest["next"] is None and rest["previous"].endswith(f"{posts_url}?limit=3&offset=0")
+    handles = {c["index"]: c["handle"] for c in characters}
+    for post in page["results"] + rest["results"]:
+        assert set(post) == {"character_index", "index", "handle", "caption", "hashtags", "location",
+                             "image_status", "image_url"}
+        assert post["handle"] == handles[post["character_index"]] and post["caption"] and post["location"]
+        assert post["hashtags"] and post["image_status"] == "rendered"
+        assert post["image_url"] == f"/images/img-{key}-c{post['character_index']}-p{post['index']}.png"
+    assert editor.get(rest["results"][0]["image_url"]).content.startswith(PNG)
+    only = editor.get(f"{posts_url}?character=1").json()["results"]
+    assert [(p["character_index"], p["index"]) for p in only] == [(1, 0), (1, 1)]
+    assert editor.get(f"{posts_url}?character=7").json()["results"] == []
+    assert editor.get(f"{posts_url}?offset=50").json() == {"next": None, "previous": f"http://testserver"
+                                                           f"{posts_url}?offset=30", "results": []}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_approval_with_four_eyes_rejection_feedback_and_conflicts(users, worker):
+    lead, editor, reviewer = api(users["lead"]), api(users["editor"]), api(users["reviewer"])
+    world = lead.post("/api/worlds/", world_body(requires_approval=True, posts_per_character=0),
+                      format="json").json()
+    run = lead.post(f"/api/worlds/{world['id']}/generate/").json()
+    run = wait_for(reviewer, run["id"], {"awaiting_approval"} | FINISHED)
+    assert (run["status"], run["stage"], run["bible_revision"]) == ("awaiting_approval", "approval", 0)
+    assert run["live"]["awaiting_decision"] is True and run["live"]["stage"] == "approval"
+
+    response = lead.post(f"/api/worlds/{world['id']}/generate/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Lanternfall is already being generated; cancel that run first"}
+    assert editor.post(f"/api/runs/{run['id']}/approve/").status_code == 403  # no reviewer role
+    response = lead.post(f"/api/runs/{run['id']}/approve/")
+    assert response.status_code == 403
+    assert response.json() == {"detail": "you may not approve runs you started (four-eyes rule)"}
+    response = lead.post(f"/api/runs/{run['id']}/reject/", {"feedback": "Darker."}, format="json")
+    assert response.status_code == 403 and "four-eyes" in response.json()["detail"]
+    response = reviewer.post(f"/api/runs/{run['id']}/reject/", {"feedback": " "}, format="json")
+    assert response.status_code == 400 and response.json() == {"feedback": ["This field may not be blank."]}
+
+    response = reviewer.post(f"/api/runs/{run['id']}/reject/", {"feedback": "More sky-whales."}, format="json")
+    assert response.status_code == 202 and response.json()["rejected_by"] == "reviewer"
+    run = wait_for(reviewer, run["id"], {"awaiting_approval"} | FINISHED, until=lambda r: r["bible_revision"] == 1)
+    assert run["status"] == "awaiting_approval"
+
+    response = reviewer.post(f"/api/runs/{run['id']}/approve/")
+    assert response.status_code == 202 and response.json()["approved_by"] == "reviewer"
+    run = wait_for(reviewer, run["id"], FINISHED)
+    assert run["status"] == "completed", run["error"]
+    assert len(reviewer.get(f"/api/worlds/{world['id']}/characters/").json()) == 1
+    response = reviewer.post(f"/api/runs/{run['id']}/approve/")
+    assert response.status_code == 409 and "nothing is awaiting approval" in response.json()["detail"]
+    audit = AuditEvent.objects.filter(run_id=run["id"]).order_by("at").values_list("action", "actor__username",
+                                                                                   "detail")
+    assert list(audit) == [("run_started", "lead", f"world-{world['id']}-run-1"),
+                           ("run_rejected", "reviewer", "More sky-whales."),
+                           ("run_approved", "reviewer", "revision 1")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_an_active_run(users, worker):
+    editor, reviewer = api(users["editor"]), api(users["reviewer"])
+    world = editor.post("/api/worlds/", world_body(requires_approval=True), format="json").json()
+    run = editor.post(f"/api/worlds/{world['id']}/generate/").json()
+    run = wait_for(editor, run["id"], {"awaiting_approval"} | FINISHED)
+    assert run["status"] == "awaiting_approval"
+
+    assert reviewer.post(f"/api/runs/{run['id']}/cancel/").status_code == 403  # reviewers cannot cancel
+    response = editor.delete(f"/api/worlds/{world['id']}/")
+    assert response.status_code == 409 and "cancel the run before deleting" in response.json()["detail"]
+    response = editor.post(f"/api/runs/{run['id']}/cancel/")
+    assert response.status_code == 202 and response.json()["cancelled_by"] == "editor"
+    run = wait_for(editor, run["id"], FINISHED, timeout=60)
+    assert run["status"] == "cancelled" and run["finished_at"] and "live" not in run
+    response = editor.post(f"/api/runs/{run['id']}/cancel/")
+    assert response.status_code == 409 and "is not running (it is cancelled)" in response.json()["detail"]
+    assert editor.delete(f"/api/worlds/{world['id']}/").status_code == 204
+    assert editor.get(f"/api/runs/{run['id']}/").status_code == 404

@@ -1,0 +1,306 @@
+"""The integrator API. Views are thin: reads go through ``worlds.selectors``, writes
+through ``worlds.services`` (which check roles, write the audit trail and raise
+``GenerationError`` with a message for the user); this module maps those errors
+to HTTP statuses and describes every request and response for the OpenAPI schema.
+"""
+
+import logging
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.generics import get_object_or_404
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
+from rest_framework.views import APIView
+
+from worlds import selectors, services
+from worlds.models import GenerationRun, World
+from worlds.serializers import (
+    CharacterSerializer,
+    ErrorSerializer,
+    PageQuerySerializer,
+    PostPageSerializer,
+    PostQuerySerializer,
+    PostSerializer,
+    RejectInputSerializer,
+    RunDetailSerializer,
+    RunSerializer,
+    WorldInputSerializer,
+    WorldSerializer,
+)
+from worlds.services import GenerationError, GenerationInvalid, GenerationPermissionDenied, GenerationUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+class BadRequest(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid"
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "temporal_unavailable"
+
+
+def api_exception(exc: Exception) -> Exception:
+    """A service's exception as the DRF exception with the right status; others unchanged."""
+    if isinstance(exc, GenerationPermissionDenied):
+        return exceptions.PermissionDenied(str(exc))
+    if isinstance(exc, GenerationInvalid):
+        return BadRequest(str(exc))
+    if isinstance(exc, GenerationUnavailable):
+        return ServiceUnavailable(str(exc))
+    if isinstance(exc, GenerationError):
+        return Conflict(str(exc))
+    if isinstance(exc, DjangoValidationError):  # the model's full_clean() inside a service
+        return exceptions.ValidationError(getattr(exc, "message_dict", None) or {"non_field_errors": exc.messages})
+    return exc
+
+
+def errors(*codes: int) -> dict:
+    """Schema of the error responses of an operation (bodies as DRF renders them)."""
+    described = {
+        400: "Invalid input: `{field: [messages]}`, or `{detail}`.",
+        403: "Not authenticated, not staff, or missing the role for this action.",
+        404: "No such world or run.",
+        409: "Conflicts with the run's state (e.g. already being generated, nothing awaiting approval).",
+        503: "Temporal is not reachable; try again.",
+    }
+    return {code: OpenApiResponse(OpenApiTypes.OBJECT if code == 400 else ErrorSerializer, description=described[code])
+            for code in codes}
+
+
+# --- permissions and base view ---------------------------------------------------------
+
+class StaffRole(BasePermission):
+    """Staff only, with the model permissions the view lists for the method (superusers have all).
+    The services check roles too; this gives an early 403 before any input is read."""
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated and user.is_staff):
+            return False
+        method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
+        return user.has_perms(view.required_perms.get(method, ()))
+
+
+class Api(APIView):
+    parser_classes = [JSONParser]  # an integrator API: JSON bodies only
+    permission_classes = [StaffRole]
+    required_perms: dict[str, tuple[str, ...]] = {}
+
+    def handle_exception(self, exc):
+        return super().handle_exception(api_exception(exc))
+
+
+def query_data(request) -> dict:
+    """The query parameters for a serializer: as a plain dict, so that an empty value is invalid rather
+    than absent, and a repeated parameter stays a list, which is invalid too."""
+    return {key: values[0] if len(values) == 1 else values for key, values in request.query_params.lists()}
+
+
+class Pagination(LimitOffsetPagination):
+    """The default limit/offset pagination, but bad values are a 400 instead of being ignored."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        query = PageQuerySerializer(data=query_data(request))
+        query.is_valid(raise_exception=True)
+        self._query = query.validated_data
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_limit(self, request):
+        return self._query["limit"]
+
+    def get_offset(self, request):
+        return self._query["offset"]
+
+
+VIEW_WORLDS = ("worlds.view_world",)
+VIEW_RUNS = ("worlds.view_world", "worlds.view_generationrun")
+WORLD_ID = OpenApiParameter("world_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="ID of the world.")
+RUN_ID = OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="ID of the run.")
+
+
+def get_world(world_id: str) -> World:
+    return get_object_or_404(World.objects.select_related("created_by"), pk=world_id)
+
+
+def get_run(run_id: str) -> GenerationRun:
+    return get_object_or_404(GenerationRun, pk=run_id)
+
+
+# --- worlds -------------------------------------------------------------------------------
+
+class WorldListCreateApi(Api):
+    required_perms = {"GET": VIEW_WORLDS, "POST": ("worlds.add_world",)}
+    pagination_class = Pagination
+
+    @extend_schema(summary="List worlds, newest first, each with its latest run", parameters=[PageQuerySerializer],
+                   responses={200: WorldSerializer(many=True), **errors(400, 403)})
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(World.objects.select_related("created_by"), request, view=self)
+        return paginator.get_paginated_response(WorldSerializer(page, many=True).data)
+
+    @extend_schema(summary="Create a world", request=WorldInputSerializer,
+                   responses={201: WorldSerializer, **errors(400, 403)})
+    def post(self, request):
+        data = WorldInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        world = services.world_create(user=request.user, **data.validated_data)
+        return Response(WorldSerializer(world).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(parameters=[WORLD_ID])
+class WorldDetailApi(Api):
+    required_perms = {"GET": VIEW_WORLDS, "PATCH": ("worlds.change_world",), "DELETE": ("worlds.delete_world",)}
+
+    @extend_schema(summary="Get a world", responses={200: WorldSerializer, **errors(403, 404)})
+    def get(self, request, world_id):
+        return Response(WorldSerializer(get_world(world_id)).data)
+
+    @extend_schema(summary="Change a world (the next run uses the new definition)", request=WorldInputSerializer,
+                   responses={200: WorldSerializer, **errors(400, 403, 404)})
+    def patch(self, request, world_id):
+        world = get_world(world_id)
+        data = WorldInputSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        world = services.world_update(world=world, user=request.user, **data.validated_data)
+        return Response(WorldSerializer(world).data)
+
+    @extend_schema(summary="Delete a world and its runs (refused while a run is active)",
+                   responses={204: None, **errors(403, 404, 409)})
+    def delete(self, request, world_id):
+        services.world_delete(world=get_world(world_id), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(parameters=[WORLD_ID])
+class WorldGenerateApi(Api):
+    required_perms = {"POST": ("worlds.start_run",)}
+
+    @extend_schema(summary="Start generating a world", request=None,
+                   description="Starts a run and answers at once; follow it at `/api/runs/{id}/`.",
+                   responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)})
+    def post(self, request, world_id):
+        run = services.generation_start(world=get_world(world_id), user=request.user)
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(parameters=[WORLD_ID])
+class WorldCharactersApi(Api):
+    required_perms = {"GET": VIEW_RUNS}
+
+    @extend_schema(summary="Characters of the world's latest run (empty if it was never generated)",
+                   responses={200: CharacterSerializer(many=True), **errors(403, 404)})
+    def get(self, request, world_id):
+        run = selectors.world_latest_run(world=get_world(world_id))
+        if run is None:
+            return Response([])
+        post_counts = selectors.run_post_counts_by_character(run=run)
+        characters = selectors.run_characters(run=run)
+        return Response(CharacterSerializer(characters, many=True, context={"post_counts": post_counts}).data)
+
+
+@extend_schema(parameters=[WORLD_ID])
+class WorldPostsApi(Api):
+    required_perms = {"GET": VIEW_RUNS}
+
+    @extend_schema(summary="Feed of the world's latest run, in posting order (empty if it was never generated)",
+                   parameters=[PostQuerySerializer], responses={200: PostPageSerializer, **errors(400, 403, 404)})
+    def get(self, request, world_id):
+        query = PostQuerySerializer(data=query_data(request))
+        query.is_valid(raise_exception=True)
+        limit, offset = query.validated_data["limit"], query.validated_data["offset"]
+        run = selectors.world_latest_run(world=get_world(world_id))
+        posts = [] if run is None else selectors.run_posts(
+            run=run, character_index=query.validated_data.get("character"), offset=offset, limit=limit + 1)
+        url = request.build_absolute_uri()
+        return Response({
+            "next": replace_query_param(url, "offset", offset + limit) if len(posts) > limit else None,
+            "previous": replace_query_param(url, "offset", max(offset - limit, 0)) if offset else None,
+            "results": PostSerializer(posts[:limit], many=True).data,
+        })
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+@extend_schema(parameters=[RUN_ID])
+class RunDetailApi(Api):
+    required_perms = {"GET": ("worlds.view_generationrun",)}
+
+    @extend_schema(summary="A run's progress", responses={200: RunDetailSerializer, **errors(403, 404)},
+                   description="The progress mirrored on the run row; while the run is active also `live`, the "
+                               "workflow's own progress, unless Temporal does not answer.")
+    def get(self, request, run_id):
+        run = get_run(run_id)
+        if run.is_active:
+            try:
+                run.live = selectors.run_live_progress(run=run)
+            except Exception as exc:  # an optional extra: the mirrored fields still answer
+                logger.warning("live progress of %s unavailable: %s", run.workflow_id, exc)
+        return Response(RunDetailSerializer(run).data)
+
+
+class RunCommandApi(Api):
+    """POST a command about a run; answers 202 with the run (the workflow acts on it shortly)."""
+
+    def post(self, request, run_id):
+        run = get_run(run_id)
+        self.command(request, run)
+        run.refresh_from_db()
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(summary="Approve the world bible (not of a run you started)", parameters=[RUN_ID], request=None,
+               responses={202: RunSerializer, **errors(403, 404, 409, 503)})
+class RunApproveApi(RunCommandApi):
+    required_perms = {"POST": ("worlds.review_run",)}
+
+    def command(self, request, run):
+        services.generation_approve(run=run, user=request.user)
+
+
+@extend_schema(summary="Reject the world bible with feedback; it is regenerated with it", parameters=[RUN_ID],
+               request=RejectInputSerializer, responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)})
+class RunRejectApi(RunCommandApi):
+    required_perms = {"POST": ("worlds.review_run",)}
+
+    def command(self, request, run):
+        data = RejectInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.generation_reject(run=run, feedback=data.validated_data["feedback"], user=request.user)
+
+
+@extend_schema(summary="Cancel an active run (what was made is kept)", parameters=[RUN_ID], request=None,
+               responses={202: RunSerializer, **errors(403, 404, 409, 503)})
+class RunCancelApi(RunCommandApi):
+    required_perms = {"POST": ("worlds.cancel_run",)}
+
+    def command(self, request, run):
+        services.generation_cancel(run=run, user=request.user)
+
+
+@extend_schema(exclude=True)
+class NotFoundApi(APIView):
+    """Anything else under /api/: a JSON 404 rather than Django's HTML page."""
+
+    permission_classes = [AllowAny]
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        raise exceptions.NotFound()
+
+    options = http_method_not_allowed

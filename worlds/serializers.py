@@ -1,0 +1,227 @@
+"""API serializers: input serializers validate requests, output serializers shape responses.
+
+Output serializers are read-only; Mongo documents go through explicit fields, so no
+ObjectId, datetime or internal key ever leaks into a response.
+"""
+
+import re
+
+from django.core.validators import RegexValidator
+from django.db import models
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from worlds import selectors
+from worlds.models import MAX_CHARACTERS, GenerationRun, World
+
+MAX_OFFSET = 1_000_000_000
+
+
+# --- errors (for the schema) ---------------------------------------------------------
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(read_only=True, help_text="What went wrong, for the user.")
+
+
+# --- worlds and runs -----------------------------------------------------------------
+
+# DRF refuses NUL characters, and text that is blank once trimmed unless the field allows blank. These
+# validators say the same as a `pattern` in the schema, so clients and fuzzers know it. Linear-time regexes;
+# whitespace is spelled out (what str.strip() removes) because \s differs between Python and ECMA regexes;
+# NO_NUL needs one character because the schema offers blank as a separate `oneOf` alternative.
+WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NO_NUL = RegexValidator(r"^[^\x00]+$", "Null characters are not allowed.")
+NOT_BLANK = RegexValidator(rf"^[{WHITESPACE}]*[^{WHITESPACE}\x00][^\x00]*$", "Enter some text.")
+
+
+# JSON-strict fields: a value of the wrong JSON type is refused, as the schema says, where DRF's
+# fields would coerce it (the number 5 into "5", "5" into 5, 0 or "yes" into a boolean).
+
+class StrictTextField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if self.max_length is not None and len(data) > self.max_length:  # as sent, before trimming
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class WorldInputSerializer(serializers.ModelSerializer):
+    """Mirrors the model's validators (ranges, choices, required name and premise)."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictTextField, models.TextField: StrictTextField, models.BooleanField: StrictBooleanField,
+        models.PositiveSmallIntegerField: StrictIntegerField, models.PositiveIntegerField: StrictIntegerField,
+    }
+
+    class Meta:
+        model = World
+        fields = ["name", "premise", "genre", "tone", "language", "visual_style", "character_count",
+                  "posts_per_character", "requires_approval", "model_override", "token_budget"]
+        extra_kwargs = {
+            **{name: {"validators": [NOT_BLANK]} for name in ("name", "premise", "genre", "tone")},
+            "model_override": {"validators": [NO_NUL]},
+            "token_budget": {"max_value": 2**31 - 1},  # the same on every database
+        }
+
+
+class RunSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GenerationRun
+        fields = ["id", "number", "status", "stage", "characters_done", "characters_total", "posts_done",
+                  "posts_total"]
+        read_only_fields = fields
+
+
+def _username_field():
+    return serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True, help_text="Username.")
+
+
+class WorldSerializer(serializers.ModelSerializer):
+    created_by = _username_field()
+    latest_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = World
+        fields = ["id", *WorldInputSerializer.Meta.fields, "created_by", "created_at", "updated_at", "latest_run"]
+        read_only_fields = fields
+
+    @extend_schema_field(RunSummarySerializer(allow_null=True))
+    def get_latest_run(self, world: World) -> dict | None:
+        run = selectors.world_latest_run(world=world)
+        return run and RunSummarySerializer(run).data
+
+
+class RunSerializer(serializers.ModelSerializer):
+    started_by = _username_field()
+    approved_by = _username_field()
+    rejected_by = _username_field()
+    cancelled_by = _username_field()
+
+    class Meta:
+        model = GenerationRun
+        fields = ["id", "world", "number", "workflow_id", "status", "stage", "characters_done", "characters_total",
+                  "posts_done", "posts_total", "degraded_items", "tokens_used", "bible_revision", "error",
+                  "is_active", "started_by", "approved_by", "rejected_by", "cancelled_by", "started_at",
+                  "updated_at", "finished_at"]
+        read_only_fields = fields
+
+
+class LiveProgressSerializer(serializers.Serializer):
+    """The workflow's own progress (``generation.contracts.Progress``), fresher than the mirrored row."""
+
+    status = serializers.CharField(read_only=True)
+    stage = serializers.CharField(read_only=True)
+    bible_revision = serializers.IntegerField(read_only=True)
+    characters_done = serializers.IntegerField(read_only=True)
+    characters_total = serializers.IntegerField(read_only=True)
+    posts_done = serializers.IntegerField(read_only=True)
+    posts_total = serializers.IntegerField(read_only=True)
+    degraded_items = serializers.IntegerField(read_only=True)
+    tokens_used = serializers.IntegerField(read_only=True)
+    last_error = serializers.CharField(read_only=True)
+    awaiting_decision = serializers.BooleanField(read_only=True)
+
+
+class RunDetailSerializer(RunSerializer):
+    live = LiveProgressSerializer(required=False, help_text="Present while the run is active and Temporal answers.")
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "live"]
+
+
+class RejectInputSerializer(serializers.Serializer):
+    feedback = StrictTextField(validators=[NOT_BLANK], help_text="What should change in the world bible.")
+
+
+# --- generated content (Mongo documents) -----------------------------------------------
+
+def _image_url(doc: dict) -> str | None:
+    if doc.get("image_status") == "rendered" and doc.get("image_id"):
+        return reverse("image", args=[doc["image_id"]])
+    return None
+
+
+def _text(**kwargs):
+    return serializers.CharField(read_only=True, default="", **kwargs)
+
+
+def _strings():
+    return serializers.ListField(child=serializers.CharField(), read_only=True, default=list)
+
+
+class CharacterSerializer(serializers.Serializer):
+    index = serializers.IntegerField(read_only=True)
+    name = _text()
+    handle = _text()
+    bio = _text()
+    personality = _text()
+    appearance = _text()
+    interests = _strings()
+    image_status = _text(help_text="pending, rendered or needs_render")
+    avatar_url = serializers.SerializerMethodField()
+    post_count = serializers.SerializerMethodField()
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_avatar_url(self, doc: dict) -> str | None:
+        return _image_url(doc)
+
+    def get_post_count(self, doc: dict) -> int:
+        return self.context["post_counts"].get(doc["index"], 0)
+
+
+class PostSerializer(serializers.Serializer):
+    character_index = serializers.IntegerField(read_only=True)
+    index = serializers.IntegerField(read_only=True)
+    handle = _text()
+    caption = _text()
+    hashtags = _strings()
+    location = _text()
+    image_status = _text(help_text="pending, rendered or needs_render")
+    image_url = serializers.SerializerMethodField()
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_image_url(self, doc: dict) -> str | None:
+        return _image_url(doc)
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """Digits only (DRF's IntegerField would also take "1.0" or " 1 ")."""
+
+    def to_internal_value(self, data):
+        if not (isinstance(data, str) and re.fullmatch(r"-?[0-9]+", data)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class PageQuerySerializer(serializers.Serializer):
+    limit = QueryIntegerField(min_value=1, max_value=100, default=20, help_text="Items per page (at most 100).")
+    offset = QueryIntegerField(min_value=0, max_value=MAX_OFFSET, default=0, help_text="Items to skip.")
+
+
+class PostQuerySerializer(PageQuerySerializer):
+    character = QueryIntegerField(min_value=0, max_value=MAX_CHARACTERS - 1, required=False,
+                                  help_text="Only the posts of the character with this index.")
+
+
+class PostPageSerializer(serializers.Serializer):
+    next = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the next page, if any.")
+    previous = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the previous page, if any.")
+    results = PostSerializer(many=True, read_only=True)
+
