@@ -150,7 +150,10 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
             raise servers.StackError(f"the sample world was not generated; see the lines above and {logs}")
     print(f"""
   worldgen is up.
-    Admin:        http://127.0.0.1:{opts.web_port}/admin/   (user: admin, password: {password})
+    World viewer: http://127.0.0.1:{opts.web_port}/worlds/
+    Admin:        http://127.0.0.1:{opts.web_port}/admin/   (user: admin, password: {password};
+                  user "reviewer", same password, approves bibles: nobody approves their own run)
+    API docs:     http://127.0.0.1:{opts.web_port}/api/docs/
     Worlds:       http://127.0.0.1:{opts.web_port}/admin/worlds/world/  (runs: /admin/worlds/generationrun/)
     Temporal UI:  http://127.0.0.1:{opts.temporal_ui_port}/
     Worker:       http://127.0.0.1:{opts.worker_health_port}/healthz  (metrics: http://127.0.0.1:{opts.worker_metrics_port}/metrics)
