@@ -7,7 +7,7 @@ DEMO_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test check clean proto
+.PHONY: install demo test bench check clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
+
+# Figures in docs/PERFORMANCE.md; BENCH_ARGS="--worlds 100 --llm-latency 1" etc.
+BENCH_ARGS ?= --worlds 20
+bench: $(STAMP)
+	$(PY) manage.py bench_generation $(BENCH_ARGS) --json test-artifacts/bench.json
 
 proto: $(STAMP)
 	$(PY) generation/protos/generate.py

@@ -18,6 +18,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from generation.activities import LlmActivities, MediaActivities, StackCheckActivities, StoreActivities
+from generation.baseline import BaselineCharacterWorkflow, BaselineWorldWorkflow, baseline_noop
 from generation.llm import LlmClient
 from generation.media import MediaClient
 from generation.store import ensure_indexes
@@ -70,7 +71,8 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     for role in options.roles:
         kwargs = {}
         if role == "workflows":
-            kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, StackCheckWorkflow]
+            kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, StackCheckWorkflow,
+                                   BaselineWorldWorkflow, BaselineCharacterWorkflow]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
         if role == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
@@ -78,7 +80,7 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
             Worker(
                 client,
                 task_queue=task_queue_for(role),
-                activities=[stack_check.record_probe, *activities_by_role[role]],
+                activities=[stack_check.record_probe, baseline_noop, *activities_by_role[role]],
                 activity_executor=executor,
                 max_concurrent_activities=options.max_concurrent_activities,
                 max_activities_per_second=options.max_activities_per_second,

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-SANDBOXED_MODULES = ["generation.workflows", "generation.activities", "generation.contracts", "generation.llm",
+SANDBOXED_MODULES = ["generation.workflows", "generation.baseline", "generation.activities", "generation.contracts", "generation.llm",
                      "generation.media", "generation.store"]
 
 

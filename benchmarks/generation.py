@@ -1,0 +1,262 @@
+"""Benchmark: the generation pipeline against a no-op baseline of the same shape.
+
+Starts its own stack on free ports (Temporal dev server in memory, SecantusDB in
+memory, the local LLM endpoint with ``--llm-latency``, the media server) and
+``--workers`` worker processes, then runs, one after the other on the same
+Temporal server:
+
+- ``baseline``: ``BaselineWorldWorkflow`` (same activities per world, no-op);
+- ``pipeline``: the real generation of ``--worlds`` worlds.
+
+Prints a table and writes ``--json``. Figures are measured: activity counts from
+the workers' Prometheus metrics, Mongo connections from the server's
+``serverStatus``, worker RSS from ``/proc``.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from localstack import servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", type=int, default=20)
+    parser.add_argument("--characters", type=int, default=3)
+    parser.add_argument("--posts", type=int, default=3, help="posts per character")
+    parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds the local LLM waits per call")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--max-concurrent-activities", type=int, default=200)
+    parser.add_argument("--modes", default="baseline,pipeline")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    return parser.parse_args(argv)
+
+
+class Stack:
+    """The servers of one benchmark invocation, all on free ports, all stopped at the end."""
+
+    def __init__(self, opts: argparse.Namespace, workdir: Path) -> None:
+        self.opts, self.workdir, self.processes = opts, workdir, []
+        logs = workdir / "logs"
+        ports = {name: servers.free_port() for name in ("temporal", "mongo", "llm", "media")}
+        self._start("Temporal", servers.temporal_dev_server_args(port=ports["temporal"], ui_port=None), ports["temporal"], logs)
+        self._start("SecantusDB", servers.secantus_args(port=ports["mongo"], storage=None), ports["mongo"], logs)
+        self._start("localllm", [sys.executable, "-m", "localllm", "--port", str(ports["llm"]),
+                                 "--latency", str(opts.llm_latency)], ports["llm"], logs)
+        self._start("mediaserver", [sys.executable, "-m", "mediaserver", "--port", str(ports["media"])],
+                    ports["media"], logs)
+        self.env = {
+            **os.environ, "DJANGO_SETTINGS_MODULE": "worldgen_site.settings", "LOG_FORMAT": "json",
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "MONGO_URI": servers.mongo_uri(ports["mongo"]),
+            "MONGO_DB": "worldgen_bench", "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "LLM_BASE_URL": f"http://127.0.0.1:{ports['llm']}/v1", "MEDIA_GRPC_TARGET": f"127.0.0.1:{ports['media']}",
+            "LLM_RATE_LIMIT_PER_SECOND": "100000", "GENERATION_CHARACTER_CONCURRENCY": "5",
+        }
+
+    def _start(self, name: str, args: list[str], port: int, logs: Path) -> None:
+        process = servers.start(name, args, log_path=logs / f"{name}.log", cwd=ROOT)
+        self.processes.append(process)
+        servers.wait_for_port(process, port, timeout=90)
+
+    def start_workers(self, tag: str) -> list[tuple[servers.ManagedProcess, str]]:
+        workers = []
+        for index in range(self.opts.workers):
+            metrics, health = servers.free_port(), servers.free_port()
+            process = servers.start(f"worker-{tag}-{index}", [
+                sys.executable, "manage.py", "run_temporal_worker", "--metrics-port", str(metrics),
+                "--health-port", str(health), "--max-concurrent-activities", str(self.opts.max_concurrent_activities),
+                "--max-concurrent-workflow-tasks", "200"],
+                log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log", env=self.env, cwd=ROOT)
+            servers.wait_for_port(process, health, timeout=120)
+            workers.append((process, f"http://127.0.0.1:{metrics}/metrics"))
+        return workers
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+class Sampler(threading.Thread):
+    """Samples the server's Mongo connection count and the workers' RSS until stopped."""
+
+    def __init__(self, mongo_uri: str, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        import pymongo
+
+        self.observer = pymongo.MongoClient(mongo_uri, maxPoolSize=1)
+        self.baseline = self._connections()
+        self.pids, self.peak_connections, self.peak_rss_mb = pids, 0, 0.0
+        self.running = True
+
+    def _connections(self) -> int:
+        return self.observer.admin.command("serverStatus")["connections"]["current"]
+
+    def run(self) -> None:
+        while self.running:
+            self.peak_connections = max(self.peak_connections, self._connections() - self.baseline)
+            self.peak_rss_mb = max(self.peak_rss_mb, max(_rss_mb(pid) for pid in self.pids))
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.running = False
+        self.join()
+        self.observer.close()
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def completed_activities(metrics_urls: list[str]) -> int:
+    total = 0
+    for url in metrics_urls:
+        for line in httpx.get(url, timeout=10).text.splitlines():
+            if line.startswith("temporal_activity_execution_latency_count"):
+                total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
+    workers = stack.start_workers(mode)
+    sampler = Sampler(stack.env["MONGO_URI"], [process.popen.pid for process, _ in workers])
+    sampler.start()
+    started = time.monotonic()
+    try:
+        outcome = (run_baseline if mode == "baseline" else run_pipeline)(opts)
+    finally:
+        wall = time.monotonic() - started
+        sampler.stop()
+    activities = completed_activities([url for _, url in workers])
+    for process, _ in workers:
+        process.stop()
+    return {**outcome, "wall_s": round(wall, 2), "activities": activities,
+            "activities_per_s": round(activities / wall, 1), "peak_mongo_connections": sampler.peak_connections,
+            "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1)}
+
+
+def run_baseline(opts: argparse.Namespace) -> dict:
+    from django.conf import settings
+
+    from generation.baseline import BaselineInput, BaselineWorldWorkflow
+    from temporal_worker.client import temporal_call
+
+    async def all_worlds(client):
+        async def one(index: int) -> float:
+            started = time.monotonic()
+            await client.execute_workflow(BaselineWorldWorkflow.run, BaselineInput(
+                index, opts.characters, opts.posts, settings.GENERATION_CHARACTER_CONCURRENCY,
+                settings.TEMPORAL_TASK_QUEUE_WORKFLOWS, settings.TEMPORAL_TASK_QUEUE_LLM,
+                settings.TEMPORAL_TASK_QUEUE_MEDIA), id=f"baseline-{index}-{time.time_ns()}",
+                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS)
+            return time.monotonic() - started
+
+        return await asyncio.gather(*(one(index) for index in range(opts.worlds)))
+
+    durations = temporal_call(all_worlds, timeout=opts.timeout)
+    return {"worlds_completed": len(durations), "worlds_failed": 0, **_percentiles(durations)}
+
+
+def run_pipeline(opts: argparse.Namespace) -> dict:
+    from generation import mongo
+    from worlds.models import GenerationRun, World
+    from worlds.services import generation_start
+
+    worlds = [World.objects.create(name=f"Bench world {index}", premise="A benchmark archipelago of tea houses.",
+                                   character_count=opts.characters, posts_per_character=opts.posts,
+                                   token_budget=10_000_000) for index in range(opts.worlds)]
+    runs = [generation_start(world=world) for world in worlds]
+    deadline = time.monotonic() + opts.timeout
+    while GenerationRun.objects.filter(pk__in=[run.pk for run in runs], status__in=GenerationRun.ACTIVE).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"pipeline did not finish within {opts.timeout:.0f}s")
+        time.sleep(0.5)
+    finished = list(GenerationRun.objects.filter(pk__in=[run.pk for run in runs]))
+    db, keys = mongo.get_db(), [f"w{run.world_id}-r{run.number}" for run in finished]
+    expected_posts, expected_characters = opts.characters * opts.posts, opts.characters
+    duplicates = 0
+    for key in keys:  # documents beyond what a world should have (keys are deterministic, so 0)
+        duplicates += max(0, db.posts.count_documents({"run_key": key}) - expected_posts)
+        duplicates += max(0, db.characters.count_documents({"run_key": key}) - expected_characters)
+    return {
+        "worlds_completed": sum(run.status == "completed" for run in finished),
+        "worlds_failed": sum(run.status != "completed" for run in finished),
+        "duplicates": duplicates,
+        **_percentiles([(run.finished_at - run.started_at).total_seconds() for run in finished]),
+    }
+
+
+def _percentiles(durations: list[float]) -> dict:
+    ordered = sorted(durations)
+    return {"p50_world_s": round(statistics.median(ordered), 2),
+            "p95_world_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2)}
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="worldgen-bench-"))
+    stack = Stack(opts, workdir)
+    try:
+        os.environ.update(stack.env)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        results = {mode: run_mode(mode, stack, opts) for mode in opts.modes.split(",")}
+    finally:
+        stack.stop()
+    report = {"machine": f"{os.cpu_count()} cores", "options": {k: str(v) for k, v in vars(opts).items()},
+              **_summary(results), "modes": results}
+    print(_table(results))
+    print(json.dumps({k: v for k, v in report.items() if k != "modes"}, indent=2))
+    if opts.json:
+        opts.json.write_text(json.dumps(report, indent=2))
+    return 0 if not any(r.get("worlds_failed") for r in results.values()) else 1
+
+
+def _summary(results: dict) -> dict:
+    summary = {}
+    if "pipeline" in results:
+        pipeline = results["pipeline"]
+        summary.update({key: pipeline[key] for key in ("worlds_completed", "worlds_failed", "duplicates", "activities",
+                                                       "wall_s", "p50_world_s", "p95_world_s",
+                                                       "peak_mongo_connections", "worker_peak_rss_mb")})
+        summary["pipeline_activities_per_s"] = pipeline["activities_per_s"]
+    if "baseline" in results:
+        summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
+    if "baseline" in results and "pipeline" in results:
+        summary["ratio"] = round(summary["pipeline_activities_per_s"] / summary["baseline_activities_per_s"], 3)
+    return summary
+
+
+def _table(results: dict) -> str:
+    columns = ["worlds_completed", "worlds_failed", "activities", "wall_s", "activities_per_s", "p50_world_s",
+               "p95_world_s", "peak_mongo_connections", "worker_peak_rss_mb"]
+    lines = [f"{'mode':<10}" + "".join(f"{c:>24}" for c in columns)]
+    for mode, figures in results.items():
+        lines.append(f"{mode:<10}" + "".join(f"{figures.get(c, '-')!s:>24}" for c in columns))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
