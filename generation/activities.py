@@ -70,6 +70,7 @@ class StackCheckActivities:
 
 
 REPAIR_ATTEMPTS = 2  # extra LLM calls that show the model its own invalid reply
+MEDIA_ATTEMPTS_BEFORE_DEGRADING = 3
 
 
 class LlmActivities:
@@ -202,7 +203,10 @@ class MediaActivities:
         except MediaRejected as err:
             raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
         except MediaUnavailable as err:
-            raise ApplicationError(str(err), type="MediaUnavailable") from err
+            # The media service gets a few attempts, then the item is degraded; other failures
+            # (e.g. Mongo briefly down while storing) keep retrying under the workflow's policy.
+            give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
+            raise ApplicationError(str(err), type="MediaUnavailable", non_retryable=give_up) from err
         metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
         await asyncio.to_thread(store.save_image, self.db, collection, key, image.png, metadata)
         await asyncio.to_thread(store.record_task, self.db, inp.run, kind, key, {

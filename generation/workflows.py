@@ -103,8 +103,10 @@ class StackCheckWorkflow:
 
 LLM_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                         maximum_interval=timedelta(seconds=60), maximum_attempts=8)
-MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10),
-                          maximum_attempts=3)
+# Unlimited attempts bounded by MEDIA_SCHEDULE_TO_CLOSE: the activity itself stops retrying
+# an unavailable media service after a few attempts (the item is then degraded).
+MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
+MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 # Long activities heartbeat, so a cancel reaches them within seconds. (TRY_CANCEL, the
 # default: with WAIT_CANCELLATION_COMPLETED an activity that finishes before it sees
 # the cancel would swallow the workflow's cancellation.)
@@ -316,7 +318,8 @@ class CharacterWorkflow:
         try:
             await workflow.execute_activity_method(
                 MediaActivities.render_image, item, task_queue=media_queue, retry_policy=MEDIA_RETRY,
-                start_to_close_timeout=timedelta(seconds=60), heartbeat_timeout=timedelta(seconds=10),
+                start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
+                heartbeat_timeout=timedelta(seconds=10),
                 priority=_fairness(item.world.world_id))
             return 0
         except ActivityError:
