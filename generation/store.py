@@ -112,6 +112,7 @@ def save_image(db: Database, collection: str, key: str, png: bytes, metadata: di
     image_id = f"img-{key}"
     fs = gridfs.GridFS(db, collection="images")
     if not fs.exists(image_id):  # rendering is deterministic: a retry stores nothing new
+        fs.delete(image_id)  # chunks left by an attempt interrupted mid-write (the file document comes last)
         fs.put(png, _id=image_id, filename=f"{key}.png", content_type="image/png", metadata=metadata)
     db[collection].update_one({"_id": key}, {"$set": {"image_id": image_id, "image_status": "rendered",
                                                       "updated_at": now()}})
