@@ -157,6 +157,30 @@ def test_worker_killed_five_times_mid_run_every_world_completes_exactly_once(sta
         assert_complete_and_exact(run, characters, posts_per_character)
 
 
+def run_through_outage(server: "RestartableServer", down_seconds: float, llm_server: str, characters: int,
+                       posts_per_character: int, before_stop=lambda run: None,
+                       while_down=lambda: None) -> GenerationRun:
+    """Start a world; once its first post exists stop ``server``, keep it down, restart it, wait for the end."""
+    llm_control(llm_server, {"latency_s": 0.3})
+    try:
+        run = generation_start(world=make_world(character_count=characters, posts_per_character=posts_per_character))
+
+        def first_post_done():
+            run.refresh_from_db()
+            assert run.status not in FINISHED, (run.status, run.error)
+            return run.posts_done >= 1
+
+        wait_until(first_post_done, 90, "the first post")
+        before_stop(run)
+        server.stop()
+        time.sleep(down_seconds)
+        while_down()
+        server.start()
+        return wait_for(run, FINISHED, timeout=180)
+    finally:
+        llm_control(llm_server, {"reset": True})
+
+
 # --- 2. MongoDB restarted mid-run ----------------------------------------------------------
 
 MONGO_DOWN_SECONDS = float(os.environ.get("CHAOS_MONGO_DOWN_SECONDS", "8"))
@@ -187,23 +211,12 @@ def restartable_mongo(stack_env, tmp_path, logs_dir):
 def test_mongo_restarted_mid_run_the_world_still_completes_exactly(restartable_mongo, llm_server, start_worker):
     characters, posts_per_character = 3, 3
     start_worker(env={"MONGO_URI": servers.mongo_uri(restartable_mongo.port)})
-    llm_control(llm_server, {"latency_s": 0.3})
-    try:
-        run = generation_start(world=make_world(character_count=characters, posts_per_character=posts_per_character))
 
-        def first_post_done():
-            run.refresh_from_db()
-            assert run.status not in FINISHED, (run.status, run.error)
-            return run.posts_done >= 1
-
-        wait_until(first_post_done, 90, "the first post")
+    def first_post_is_in_mongo(run):
         assert mongo.get_db().posts.count_documents({"run_key": f"w{run.world_id}-r{run.number}"}) >= 1
-        restartable_mongo.stop()
-        time.sleep(MONGO_DOWN_SECONDS)
-        restartable_mongo.start()
-        wait_for(run, FINISHED, timeout=180)
-    finally:
-        llm_control(llm_server, {"reset": True})
+
+    run = run_through_outage(restartable_mongo, MONGO_DOWN_SECONDS, llm_server, characters, posts_per_character,
+                             before_stop=first_post_is_in_mongo)
     assert len(restartable_mongo.processes) == 2
     assert_complete_and_exact(run, characters, posts_per_character)
     key = f"w{run.world_id}-r{run.number}"
@@ -244,23 +257,12 @@ def test_temporal_restarted_mid_run_the_worker_reconnects_and_the_world_complete
 
     characters, posts_per_character = 3, 3
     worker = start_worker(env={"TEMPORAL_ADDRESS": f"127.0.0.1:{restartable_temporal.port}"})
-    llm_control(llm_server, {"latency_s": 0.3})
-    try:
-        run = generation_start(world=make_world(character_count=characters, posts_per_character=posts_per_character))
 
-        def first_post_done():
-            run.refresh_from_db()
-            assert run.status not in FINISHED, (run.status, run.error)
-            return run.posts_done >= 1
-
-        wait_until(first_post_done, 90, "the first post")
-        restartable_temporal.stop()
-        time.sleep(TEMPORAL_DOWN_SECONDS)
+    def worker_survives():
         assert worker.process.alive(), f"worker exited while Temporal was down:\n{worker.process.log_tail(40)}"
-        restartable_temporal.start()
-        wait_for(run, FINISHED, timeout=180)
-    finally:
-        llm_control(llm_server, {"reset": True})
+
+    run = run_through_outage(restartable_temporal, TEMPORAL_DOWN_SECONDS, llm_server, characters,
+                             posts_per_character, while_down=worker_survives)
     assert worker.process.alive(), f"worker exited:\n{worker.process.log_tail(40)}"
     assert len(restartable_temporal.processes) == 2
     assert run.stage and run.finished_at is not None
