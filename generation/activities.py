@@ -208,10 +208,13 @@ class MediaActivities:
             give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
             raise ApplicationError(str(err), type="MediaUnavailable", non_retryable=give_up) from err
         metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
-        await asyncio.to_thread(store.save_image, self.db, collection, key, image.png, metadata)
+        image_id = await asyncio.to_thread(store.store_image_file, self.db, key, image.png, metadata)
+        # The task record is written before the image is marked rendered: a worker killed in between
+        # re-runs this activity instead of skipping it, so the record is never lost.
         await asyncio.to_thread(store.record_task, self.db, inp.run, kind, key, {
             "status": "succeeded", "prompt": prompt, "attempt": activity.info().attempt, "output": metadata,
             "latency_s": time.monotonic() - started, "finished_at": store.now()})
+        await asyncio.to_thread(store.mark_image_rendered, self.db, collection, key, image_id)
 
 
 class StoreActivities:

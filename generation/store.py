@@ -109,11 +109,20 @@ def image_target(db: Database, run: RunRef, character_index: int, post_index: in
 
 
 def save_image(db: Database, collection: str, key: str, png: bytes, metadata: dict) -> None:
+    mark_image_rendered(db, collection, key, store_image_file(db, key, png, metadata))
+
+
+def store_image_file(db: Database, key: str, png: bytes, metadata: dict) -> str:
     image_id = f"img-{key}"
     fs = gridfs.GridFS(db, collection="images")
     if not fs.exists(image_id):  # rendering is deterministic: a retry stores nothing new
         fs.delete(image_id)  # chunks left by an attempt interrupted mid-write (the file document comes last)
         fs.put(png, _id=image_id, filename=f"{key}.png", content_type="image/png", metadata=metadata)
+    return image_id
+
+
+def mark_image_rendered(db: Database, collection: str, key: str, image_id: str) -> None:
+    """The commit point of a render: once set, a retried activity does nothing."""
     db[collection].update_one({"_id": key}, {"$set": {"image_id": image_id, "image_status": "rendered",
                                                       "updated_at": now()}})
 

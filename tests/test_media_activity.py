@@ -1,0 +1,60 @@
+"""The render activity against the real media server and Mongo, run in Temporal's ActivityEnvironment."""
+
+import asyncio
+
+import grpc
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from generation import mongo, store
+from generation.activities import MediaActivities
+from generation.contracts import ItemInput, RunRef, WorldSnapshot
+from generation.media import MediaClient, channel_options
+
+pytestmark = pytest.mark.timeout(60)
+
+WORLD = WorldSnapshot(world_id=9001, name="Render", premise="Glass deserts under two moons.", genre="", tone="",
+                      language="en", visual_style="ink", character_count=1, posts_per_character=0,
+                      requires_approval=False, token_budget=0)
+
+
+class WriteInterrupted(Exception):
+    pass
+
+
+def test_a_render_interrupted_after_storing_the_image_still_records_its_task(stack_env, monkeypatch):
+    """A worker killed between storing the image and recording the task must not lose the task record:
+    the retried activity renders again instead of skipping an item that looks finished."""
+    db = mongo.get_db()
+    run = RunRef(run_id=1, world_id=WORLD.world_id, number=1, workflow_id="world-9001-run-1")
+    for collection in ("characters", "generation_tasks", "images.files"):
+        db[collection].delete_many({"_id": {"$regex": f"^(img-)?{run.key}"}})
+    db["images.chunks"].delete_many({"files_id": f"img-{store.character_key(run, 0)}"})
+    store.save_cast(db, run, [{"name": "Ada", "handle": "ada", "concept": "a cartographer of dunes"}])
+    item = ItemInput(run=run, world=WORLD, character_index=0)
+
+    real_record_task = store.record_task
+    calls = {"n": 0}
+
+    def record_task_interrupted_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise WriteInterrupted("worker killed here")
+        return real_record_task(*args, **kwargs)
+
+    monkeypatch.setattr(store, "record_task", record_task_interrupted_once)
+
+    async def attempt_twice() -> None:
+        async with grpc.aio.insecure_channel(stack_env["MEDIA_GRPC_TARGET"], options=channel_options()) as channel:
+            activities = MediaActivities(MediaClient(channel), db)
+            with pytest.raises(WriteInterrupted):
+                await ActivityEnvironment().run(activities.render_image, item)
+            await ActivityEnvironment().run(activities.render_image, item)  # the retry
+
+    asyncio.run(attempt_twice())
+
+    key = store.character_key(run, 0)
+    task = db.generation_tasks.find_one({"_id": store.task_key(run, "avatar", key)})
+    assert task is not None and task["status"] == "succeeded"
+    assert db.characters.find_one({"_id": key})["image_status"] == "rendered"
+    assert db["images.files"].count_documents({"_id": f"img-{key}"}) == 1
