@@ -6,7 +6,9 @@ memory, the local LLM endpoint with ``--llm-latency``, the media server) and
 Temporal server:
 
 - ``baseline``: ``BaselineWorldWorkflow`` (same activities per world, no-op);
-- ``pipeline``: the real generation of ``--worlds`` worlds.
+- ``pipeline``: the real generation of ``--worlds`` worlds;
+- ``per-activity-connections``: the same pipeline, but the workers open a new
+  MongoClient for every activity (the anti-pattern), for comparison.
 
 Prints a table and writes ``--json``. Figures are measured: activity counts from
 the workers' Prometheus metrics, Mongo connections from the server's
@@ -31,6 +33,9 @@ from localstack import servers
 ROOT = Path(__file__).resolve().parent.parent
 
 
+MODES = ("baseline", "pipeline", "per-activity-connections")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", type=int, default=20)
@@ -39,9 +44,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds the local LLM waits per call")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--max-concurrent-activities", type=int, default=200)
-    parser.add_argument("--modes", default="baseline,pipeline")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--mongo-auth", action="store_true",
+                        help="run Mongo with SCRAM-SHA-256 authentication, as production does "
+                             "(every new connection then authenticates)")
     return parser.parse_args(argv)
 
 
@@ -53,32 +61,50 @@ class Stack:
         logs = workdir / "logs"
         ports = {name: servers.free_port() for name in ("temporal", "mongo", "llm", "media")}
         self._start("Temporal", servers.temporal_dev_server_args(port=ports["temporal"], ui_port=None), ports["temporal"], logs)
-        self._start("SecantusDB", servers.secantus_args(port=ports["mongo"], storage=None), ports["mongo"], logs)
+        mongo_uri = self._start_mongo(ports["mongo"], logs)
         self._start("localllm", [sys.executable, "-m", "localllm", "--port", str(ports["llm"]),
                                  "--latency", str(opts.llm_latency)], ports["llm"], logs)
         self._start("mediaserver", [sys.executable, "-m", "mediaserver", "--port", str(ports["media"])],
                     ports["media"], logs)
         self.env = {
             **os.environ, "DJANGO_SETTINGS_MODULE": "worldgen_site.settings", "LOG_FORMAT": "json",
-            "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "MONGO_URI": servers.mongo_uri(ports["mongo"]),
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "MONGO_URI": mongo_uri,
             "MONGO_DB": "worldgen_bench", "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
             "LLM_BASE_URL": f"http://127.0.0.1:{ports['llm']}/v1", "MEDIA_GRPC_TARGET": f"127.0.0.1:{ports['media']}",
             "LLM_RATE_LIMIT_PER_SECOND": "100000", "GENERATION_CHARACTER_CONCURRENCY": "5",
         }
 
-    def _start(self, name: str, args: list[str], port: int, logs: Path) -> None:
+    def _start(self, name: str, args: list[str], port: int, logs: Path) -> servers.ManagedProcess:
         process = servers.start(name, args, log_path=logs / f"{name}.log", cwd=ROOT)
         self.processes.append(process)
         servers.wait_for_port(process, port, timeout=90)
+        return process
 
-    def start_workers(self, tag: str) -> list[tuple[servers.ManagedProcess, str]]:
+    def _start_mongo(self, port: int, logs: Path) -> str:
+        """SecantusDB in memory; with --mongo-auth on disk, restarted with a user and --auth. Returns the URI."""
+        uri = servers.mongo_uri(port)
+        if not self.opts.mongo_auth:
+            self._start("SecantusDB", servers.secantus_args(port=port, storage=None), port, logs)
+            return uri
+        import pymongo
+
+        storage = self.workdir / "mongo"
+        setup = self._start("SecantusDB-setup", servers.secantus_args(port=port, storage=storage), port, logs)
+        with pymongo.MongoClient(uri) as client:
+            client.admin.command("createUser", "bench", pwd="bench-password", roles=["root"])
+        setup.stop()
+        self.processes.remove(setup)
+        self._start("SecantusDB", [*servers.secantus_args(port=port, storage=storage), "--auth"], port, logs)
+        return uri.replace("mongodb://", "mongodb://bench:bench-password@")
+
+    def start_workers(self, tag: str, *extra_args: str) -> list[tuple[servers.ManagedProcess, str]]:
         workers = []
         for index in range(self.opts.workers):
             metrics, health = servers.free_port(), servers.free_port()
             process = servers.start(f"worker-{tag}-{index}", [
                 sys.executable, "manage.py", "run_temporal_worker", "--metrics-port", str(metrics),
                 "--health-port", str(health), "--max-concurrent-activities", str(self.opts.max_concurrent_activities),
-                "--max-concurrent-workflow-tasks", "200"],
+                "--max-concurrent-workflow-tasks", "200", *extra_args],
                 log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log", env=self.env, cwd=ROOT)
             servers.wait_for_port(process, health, timeout=120)
             workers.append((process, f"http://127.0.0.1:{metrics}/metrics"))
@@ -126,6 +152,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def completed_activities(metrics_urls: list[str]) -> int:
     total = 0
     for url in metrics_urls:
@@ -136,24 +171,29 @@ def completed_activities(metrics_urls: list[str]) -> int:
 
 
 def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
-    workers = stack.start_workers(mode)
+    workers = stack.start_workers(mode, *(["--mongo-client-per-activity"] if mode == "per-activity-connections" else []))
     sampler = Sampler(stack.env["MONGO_URI"], [process.popen.pid for process, _ in workers])
     sampler.start()
+    processes = {p.name: p.popen.pid for p in stack.processes} | {
+        f"worker {index}": process.popen.pid for index, (process, _) in enumerate(workers)}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
     started = time.monotonic()
     try:
-        outcome = (run_baseline if mode == "baseline" else run_pipeline)(opts)
+        outcome = (run_baseline if mode == "baseline" else run_pipeline)(opts, tag=mode)
     finally:
         wall = time.monotonic() - started
         sampler.stop()
+    cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
     activities = completed_activities([url for _, url in workers])
     for process, _ in workers:
         process.stop()
     return {**outcome, "wall_s": round(wall, 2), "activities": activities,
             "activities_per_s": round(activities / wall, 1), "peak_mongo_connections": sampler.peak_connections,
-            "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1)}
+            "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
+            "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before}}
 
 
-def run_baseline(opts: argparse.Namespace) -> dict:
+def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
     from django.conf import settings
 
     from generation.baseline import BaselineInput, BaselineWorldWorkflow
@@ -175,12 +215,12 @@ def run_baseline(opts: argparse.Namespace) -> dict:
     return {"worlds_completed": len(durations), "worlds_failed": 0, **_percentiles(durations)}
 
 
-def run_pipeline(opts: argparse.Namespace) -> dict:
+def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     from generation import mongo
     from worlds.models import GenerationRun, World
     from worlds.services import generation_start
 
-    worlds = [World.objects.create(name=f"Bench world {index}", premise="A benchmark archipelago of tea houses.",
+    worlds = [World.objects.create(name=f"Bench {tag} world {index}", premise="A benchmark archipelago of tea houses.",
                                    character_count=opts.characters, posts_per_character=opts.posts,
                                    token_budget=10_000_000) for index in range(opts.worlds)]
     runs = [generation_start(world=world) for world in worlds]
@@ -212,6 +252,9 @@ def _percentiles(durations: list[float]) -> dict:
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
+    modes = [mode.strip() for mode in opts.modes.split(",") if mode.strip()]
+    if not modes or set(modes) - set(MODES):
+        raise SystemExit(f"--modes takes a comma list of {', '.join(MODES)}; got {opts.modes!r}")
     workdir = Path(tempfile.mkdtemp(prefix="worldgen-bench-"))
     stack = Stack(opts, workdir)
     try:
@@ -222,12 +265,14 @@ def main(argv: list[str]) -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        results = {mode: run_mode(mode, stack, opts) for mode in opts.modes.split(",")}
+        results = {mode: run_mode(mode, stack, opts) for mode in modes}
     finally:
         stack.stop()
     report = {"machine": f"{os.cpu_count()} cores", "options": {k: str(v) for k, v in vars(opts).items()},
               **_summary(results), "modes": results}
     print(_table(results))
+    for mode, figures in results.items():
+        print(f"{mode} CPU seconds by process: {figures['cpu_s_by_process']}")
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}, indent=2))
     if opts.json:
         opts.json.write_text(json.dumps(report, indent=2))
@@ -246,15 +291,20 @@ def _summary(results: dict) -> dict:
         summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
     if "baseline" in results and "pipeline" in results:
         summary["ratio"] = round(summary["pipeline_activities_per_s"] / summary["baseline_activities_per_s"], 3)
+    if "per-activity-connections" in results:
+        anti = results["per-activity-connections"]
+        summary["per_activity_activities_per_s"] = anti["activities_per_s"]
+        summary["per_activity_peak_mongo_connections"] = anti["peak_mongo_connections"]
+        summary["per_activity_worlds_failed"] = anti["worlds_failed"]
     return summary
 
 
 def _table(results: dict) -> str:
     columns = ["worlds_completed", "worlds_failed", "activities", "wall_s", "activities_per_s", "p50_world_s",
                "p95_world_s", "peak_mongo_connections", "worker_peak_rss_mb"]
-    lines = [f"{'mode':<10}" + "".join(f"{c:>24}" for c in columns)]
+    lines = [f"{'mode':<26}" + "".join(f"{c:>24}" for c in columns)]
     for mode, figures in results.items():
-        lines.append(f"{mode:<10}" + "".join(f"{figures.get(c, '-')!s:>24}" for c in columns))
+        lines.append(f"{mode:<26}" + "".join(f"{figures.get(c, '-')!s:>24}" for c in columns))
     return "\n".join(lines)
 
 

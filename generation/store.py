@@ -18,6 +18,11 @@ def ensure_indexes(db: Database) -> None:
                            ("index", ASCENDING)], unique=True, name="post_position")
     db.generation_tasks.create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
     db.bibles.create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
+    # Reads (worlds.selectors) find a run's content by run_key; the feed sorts by (index, character_index).
+    db.posts.create_index([("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)],
+                          name="post_feed_order")
+    db.characters.create_index([("run_key", ASCENDING), ("index", ASCENDING)], name="character_run_order")
+    db.bibles.create_index([("run_key", ASCENDING)], name="bible_run_key")
 
 
 def now() -> datetime:

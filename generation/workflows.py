@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
-
-from temporalio.common import Priority
-from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
+from temporalio.common import Priority, RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    TimeoutError,
+    TimeoutType,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -113,6 +117,7 @@ MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 LLM_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
+THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # patch: histories recorded before it signal every post
 
 
 class BudgetExceeded(Exception):
@@ -295,6 +300,7 @@ class CharacterWorkflow:
         config, world = inp.config, inp.world
         parent = workflow.info().parent
         progress = CharacterProgress(index=inp.index)
+        last_signal = workflow.now()
         item = ItemInput(inp.run, world, inp.index)
         progress.tokens += (await workflow.execute_activity_method(
             LlmActivities.generate_character, item, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
@@ -307,10 +313,19 @@ class CharacterWorkflow:
                 priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
             progress.degraded += await self._render(post, config.media_queue, config.workflows_queue)
             progress.posts_done += 1
-            if parent is not None:
+            if parent is not None and self._progress_signal_due(post_index, world.posts_per_character, last_signal):
+                last_signal = workflow.now()
                 await workflow.get_external_workflow_handle(parent.workflow_id).signal(
                     WorldGenerationWorkflow.character_progress, progress)
         return progress
+
+    @staticmethod
+    def _progress_signal_due(post_index: int, posts: int, last_signal) -> bool:
+        if not workflow.patched(THROTTLED_PROGRESS_SIGNALS):
+            return True  # histories recorded before the patch signal after every post
+        # The parent mirrors at most every PROGRESS_MIRROR_INTERVAL, and gets the last post's
+        # progress as this workflow's result: signal no more often than that.
+        return post_index < posts - 1 and workflow.now() - last_signal >= PROGRESS_MIRROR_INTERVAL
 
     @staticmethod
     async def _render(item: ItemInput, media_queue: str, workflows_queue: str) -> int:

@@ -32,9 +32,9 @@ def render_png(*, prompt: str, style: str, seed: int, width: int, height: int, k
     draw_scene = _avatar if kind == "avatar" else _post
     image = draw_scene(rng, palette, width * scale, height * scale, prompt)
     if scale > 1:
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        image = image.reduce(scale)  # box-filter downscale: smooth edges at a fraction of LANCZOS's cost
     out = io.BytesIO()
-    image.save(out, "PNG")
+    image.save(out, "PNG", compress_level=1)  # fast zlib: ~4x cheaper to encode, files ~1.5x larger
     return out.getvalue()
 
 
@@ -68,15 +68,24 @@ def _palette(rng: random.Random, style: str) -> dict[str, Color]:
 
 
 def _gradient(w: int, h: int, top: Color, bottom: Color) -> Image.Image:
-    mask = Image.linear_gradient("L").resize((w, h))  # 0 at the top, 255 at the bottom
-    return Image.composite(Image.new("RGB", (w, h), bottom), Image.new("RGB", (w, h), top), mask)
+    column = Image.linear_gradient("L").resize((1, h))  # 0 at the top, 255 at the bottom
+    sky = Image.composite(Image.new("RGB", (1, h), bottom), Image.new("RGB", (1, h), top), column)
+    return sky.resize((w, h), Image.Resampling.NEAREST)
 
 
 def _glow(image: Image.Image, cx: float, cy: float, r: float, color: Color, strength: float = 0.6) -> None:
-    mask = Image.new("L", image.size, 0)
-    ImageDraw.Draw(mask).ellipse((cx - r, cy - r, cx + r, cy + r), fill=round(255 * strength))
-    mask = mask.filter(ImageFilter.GaussianBlur(max(1.0, r / 2)))
-    image.paste(Image.new("RGB", image.size, color), (0, 0), mask)
+    q = 4  # a blurred glow has no detail: draw and blur it at a quarter of the resolution, in its own box
+    reach = r * 2.5  # the ellipse plus ~3 sigma of blur
+    box = (max(0, int(cx - reach)), max(0, int(cy - reach)),
+           min(image.width, int(cx + reach) + 1), min(image.height, int(cy + reach) + 1))
+    if box[0] >= box[2] or box[1] >= box[3]:
+        return
+    size = (box[2] - box[0], box[3] - box[1])
+    mask = Image.new("L", (max(1, size[0] // q), max(1, size[1] // q)), 0)
+    x, y = (cx - box[0]) / q, (cy - box[1]) / q
+    ImageDraw.Draw(mask).ellipse((x - r / q, y - r / q, x + r / q, y + r / q), fill=round(255 * strength))
+    mask = mask.filter(ImageFilter.GaussianBlur(max(1.0, r / 2 / q))).resize(size, Image.Resampling.BILINEAR)
+    image.paste(color, box, mask)
 
 
 def _post(rng: random.Random, pal: dict[str, Color], w: int, h: int, prompt: str) -> Image.Image:
@@ -125,9 +134,7 @@ def _caption(image: Image.Image, prompt: str, unit: int) -> None:
         return
     font = ImageFont.load_default(size=size)
     w, h = image.size
-    band = Image.new("L", image.size, 0)
-    ImageDraw.Draw(band).rectangle((0, h - size * 2, w, h), fill=110)
-    image.paste(Image.new("RGB", image.size, (0, 0, 0)), (0, 0), band)
+    image.paste((0, 0, 0), (0, h - size * 2, w, h), Image.new("L", (w, size * 2), 110))  # a darker band
     ImageDraw.Draw(image).text((size * 0.6, h - size * 1.6), words, font=font, fill=(245, 245, 245))
 
 

@@ -54,11 +54,16 @@ class WorkerOptions:
     health_host: str = "127.0.0.1"
     health_port: int = 0  # 0: any free port; None: no endpoint
     metrics_port: int | None = None
+    mongo_client_per_activity: bool = False  # the benchmark's anti-pattern; never in production
 
 
 def build_workers(client: Client, clients: SharedClients, options: WorkerOptions,
                   executor: ThreadPoolExecutor) -> list[Worker]:
-    db = clients.mongo[settings.MONGO_DB]
+    db, interceptors = clients.mongo[settings.MONGO_DB], []
+    if options.mongo_client_per_activity:
+        from benchmarks.per_activity_mongo import MongoClientPerActivity, PerActivityDatabase
+
+        db, interceptors = PerActivityDatabase(), [MongoClientPerActivity(settings.MONGO_URI, settings.MONGO_DB)]
     stack_check = StackCheckActivities(db)
     llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
@@ -85,6 +90,7 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
                 max_concurrent_activities=options.max_concurrent_activities,
                 max_activities_per_second=options.max_activities_per_second,
                 graceful_shutdown_timeout=timedelta(seconds=options.graceful_shutdown_seconds),
+                interceptors=interceptors,
                 **kwargs,
             )
         )

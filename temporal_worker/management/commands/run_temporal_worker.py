@@ -44,6 +44,9 @@ class Command(BaseCommand):
                             help="GET /healthz on this port; 0 picks a free port, -1 disables it")
         parser.add_argument("--metrics-port", type=int, default=9464,
                             help="Prometheus metrics from the Temporal SDK; -1 disables them")
+        parser.add_argument("--mongo-client-per-activity", action="store_true",
+                            help="benchmark only: a new MongoClient for every activity (the anti-pattern "
+                                 "bench_generation compares shared clients against)")
 
     def handle(self, *args, **opts):
         for name in ("max_concurrent_activities", "max_concurrent_workflow_tasks"):
@@ -62,6 +65,7 @@ class Command(BaseCommand):
             health_host=opts["health_host"],
             health_port=_port(opts["health_port"]),
             metrics_port=_port(opts["metrics_port"]),
+            mongo_client_per_activity=opts["mongo_client_per_activity"],
         )
         try:
             asyncio.run(run_worker(options))
