@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -97,7 +98,7 @@ class Stack:
         self._start("SecantusDB", [*servers.secantus_args(port=port, storage=storage), "--auth"], port, logs)
         return uri.replace("mongodb://", "mongodb://bench:bench-password@")
 
-    def start_workers(self, tag: str, *extra_args: str) -> list[tuple[servers.ManagedProcess, str]]:
+    def start_workers(self, tag: str, *extra_args: str) -> list["BenchWorker"]:
         workers = []
         for index in range(self.opts.workers):
             metrics, health = servers.free_port(), servers.free_port()
@@ -107,12 +108,24 @@ class Stack:
                 "--max-concurrent-workflow-tasks", "200", *extra_args],
                 log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log", env=self.env, cwd=ROOT)
             servers.wait_for_port(process, health, timeout=120)
-            workers.append((process, f"http://127.0.0.1:{metrics}/metrics"))
+            workers.append(BenchWorker(process, f"http://127.0.0.1:{metrics}/metrics",
+                                       f"http://127.0.0.1:{health}/healthz"))
         return workers
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+@dataclass
+class BenchWorker:
+    process: servers.ManagedProcess
+    metrics_url: str
+    health_url: str
+
+    def mongo_pool_peak(self) -> int:
+        """The most pooled connections its shared client had open (pymongo's pool listener)."""
+        return httpx.get(self.health_url, timeout=10).json()["mongo"]["pool"]["peak_open"]
 
 
 class Sampler(threading.Thread):
@@ -172,10 +185,10 @@ def completed_activities(metrics_urls: list[str]) -> int:
 
 def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
     workers = stack.start_workers(mode, *(["--mongo-client-per-activity"] if mode == "per-activity-connections" else []))
-    sampler = Sampler(stack.env["MONGO_URI"], [process.popen.pid for process, _ in workers])
+    sampler = Sampler(stack.env["MONGO_URI"], [worker.process.popen.pid for worker in workers])
     sampler.start()
     processes = {p.name: p.popen.pid for p in stack.processes} | {
-        f"worker {index}": process.popen.pid for index, (process, _) in enumerate(workers)}
+        f"worker {index}": worker.process.popen.pid for index, worker in enumerate(workers)}
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
     started = time.monotonic()
     try:
@@ -184,12 +197,13 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
         wall = time.monotonic() - started
         sampler.stop()
     cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
-    activities = completed_activities([url for _, url in workers])
-    for process, _ in workers:
-        process.stop()
+    activities = completed_activities([worker.metrics_url for worker in workers])
+    pool_peaks = [worker.mongo_pool_peak() for worker in workers]
+    for worker in workers:
+        worker.process.stop()
     return {**outcome, "wall_s": round(wall, 2), "activities": activities,
             "activities_per_s": round(activities / wall, 1), "peak_mongo_connections": sampler.peak_connections,
-            "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
+            "worker_mongo_pool_peaks": pool_peaks, "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
             "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before}}
 
 
@@ -268,7 +282,10 @@ def main(argv: list[str]) -> int:
         results = {mode: run_mode(mode, stack, opts) for mode in modes}
     finally:
         stack.stop()
+    from django.conf import settings
+
     report = {"machine": f"{os.cpu_count()} cores", "options": {k: str(v) for k, v in vars(opts).items()},
+              "mongo_pool_size": settings.MONGO_MAX_POOL_SIZE,
               **_summary(results), "modes": results}
     print(_table(results))
     for mode, figures in results.items():
@@ -285,7 +302,8 @@ def _summary(results: dict) -> dict:
         pipeline = results["pipeline"]
         summary.update({key: pipeline[key] for key in ("worlds_completed", "worlds_failed", "duplicates", "activities",
                                                        "wall_s", "p50_world_s", "p95_world_s",
-                                                       "peak_mongo_connections", "worker_peak_rss_mb")})
+                                                       "peak_mongo_connections", "worker_mongo_pool_peaks",
+                                                       "worker_peak_rss_mb")})
         summary["pipeline_activities_per_s"] = pipeline["activities_per_s"]
     if "baseline" in results:
         summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
