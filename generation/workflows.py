@@ -117,7 +117,9 @@ MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 LLM_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
-THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # patch: histories recorded before it signal every post
+# Patches (workflow.patched): histories recorded before them replay the old way.
+THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # children signalled after every post
+EVENT_DRIVEN_PROGRESS = "event-driven-progress"  # the parent woke every PROGRESS_MIRROR_INTERVAL
 
 
 class BudgetExceeded(Exception):
@@ -247,14 +249,17 @@ class WorldGenerationWorkflow:
                         parent_close_policy=ParentClosePolicy.REQUEST_CANCEL)
                     running[handle] = next_index
                     next_index += 1
-                done, _ = await workflow.wait(list(running), timeout=PROGRESS_MIRROR_INTERVAL.total_seconds(),
-                                              return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
+                if workflow.patched(EVENT_DRIVEN_PROGRESS):
+                    await self._wait_for_progress(running)
+                else:  # histories recorded before the patch woke every PROGRESS_MIRROR_INTERVAL
+                    await workflow.wait(list(running), timeout=PROGRESS_MIRROR_INTERVAL.total_seconds(),
+                                        return_when=asyncio.FIRST_COMPLETED)
+                for finished in [handle for handle in running if handle.done()]:
                     running.pop(finished)
                     self.character_progress(finished.result())
                     self._progress.characters_done += 1
                 self._check_budget()
-                if self._unmirrored_progress:
+                if self._unmirrored_progress and self._mirror_due():
                     await self._mirror("running", "posts" if inp.world.posts_per_character else "characters")
         except BaseException:
             for handle in running:
@@ -262,6 +267,25 @@ class WorldGenerationWorkflow:
             if running:  # let them stop, so nothing is still writing when the run is reported finished
                 await workflow.wait(list(running))
             raise
+
+    async def _wait_for_progress(self, running: dict) -> None:
+        """Until a character finishes or, when progress waits to be mirrored, its turn comes.
+        No timer while nothing changes: 1,000 idle worlds cost the server nothing."""
+        pending = self._unmirrored_progress
+        timeout = None
+        if pending:
+            timeout = max(0.001, (self._last_mirror + PROGRESS_MIRROR_INTERVAL - workflow.now()).total_seconds())
+        try:
+            await workflow.wait_condition(
+                lambda: any(handle.done() for handle in running) or (self._unmirrored_progress and not pending),
+                timeout=timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _mirror_due(self) -> bool:
+        if not workflow.patched(EVENT_DRIVEN_PROGRESS):
+            return True
+        return workflow.now() - self._last_mirror >= PROGRESS_MIRROR_INTERVAL
 
     def _add_tokens(self, usage: TokenUsage) -> None:
         self._base_tokens += usage.tokens
@@ -282,6 +306,7 @@ class WorldGenerationWorkflow:
         if error:
             self._progress.last_error = error
         self._unmirrored_progress = False
+        self._last_mirror = workflow.now()
         await workflow.execute_activity(
             MIRROR_ACTIVITY, RunStatusUpdate(self._inp.run.run_id, self._progress, finished),
             task_queue=self._inp.config.workflows_queue, start_to_close_timeout=timedelta(seconds=30),

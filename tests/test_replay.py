@@ -18,6 +18,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 def test_histories_are_recorded():
     assert {path.stem for path in HISTORIES} >= {"world_completed", "character_completed",
                                                  "character_completed_before_throttled_signals",
+                                                 "world_completed_before_event_driven_progress",
                                                  "world_rejected_then_approved", "world_cancelled",
                                                  "world_budget_exceeded"}
 
