@@ -7,7 +7,7 @@ DEMO_ARGS ?=
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test bench check clean proto
+.PHONY: install demo test bench bench-web check clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: $(STAMP) $(CHROMIUM)
 BENCH_ARGS ?= --worlds 20
 bench: $(STAMP)
 	$(PY) manage.py bench_generation $(BENCH_ARGS) --json test-artifacts/bench.json
+
+# Admin world list and feed API latency over seeded fake worlds (default 10,000 worlds, 100,000 posts);
+# BENCH_WEB_ARGS="--worlds 1000 --posts 10000 --requests 50" etc.
+BENCH_WEB_ARGS ?=
+bench-web: $(STAMP)
+	$(PY) -m benchmarks.web $(BENCH_WEB_ARGS) --json test-artifacts/bench-web.json
 
 proto: $(STAMP)
 	$(PY) generation/protos/generate.py
