@@ -1,4 +1,4 @@
-"""Benchmark: latency of the admin world list and the feed API over seeded (fake) worlds.
+"""Benchmark: latency of the admin world list, the feed API and the viewer's world list over seeded (fake) worlds.
 
 Starts SecantusDB in memory on a free port and a temporary SQLite database, migrates,
 seeds ``--worlds`` worlds holding ``--posts`` posts (``worlds.seeding``), then times
@@ -34,7 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def endpoints(world_ids: list[int], pages: int, rng: random.Random) -> dict:
+def endpoints(world_ids: list[int], pages: int, viewer_pages: int, rng: random.Random) -> dict:
     """name -> function returning the next URL to ask for."""
     other_pages = [p for p in (2, pages // 2, pages) if p > 1] or [1]
     return {
@@ -42,6 +42,7 @@ def endpoints(world_ids: list[int], pages: int, rng: random.Random) -> dict:
         "admin world list, other pages": lambda: f"/admin/worlds/world/?p={rng.choice(other_pages)}",
         "feed API, first page": lambda: f"/api/worlds/{rng.choice(world_ids)}/posts/",
         "feed API, offset": lambda: f"/api/worlds/{rng.choice(world_ids)}/posts/?limit=5&offset=5",
+        "viewer world list, any page": lambda: f"/worlds/?page={rng.randint(1, viewer_pages)}",
     }
 
 
@@ -78,6 +79,7 @@ def run(opts: argparse.Namespace) -> dict:
     from worlds.admin import WorldAdmin
     from worlds.models import World
     from worlds.seeding import seed_worlds
+    from worlds.selectors import VIEWER_WORLDS_PER_PAGE
 
     call_command("migrate", verbosity=0)
     print(f"seeding FAKE content: {opts.worlds} worlds, {opts.posts} posts", flush=True)
@@ -88,9 +90,10 @@ def run(opts: argparse.Namespace) -> dict:
     client.force_login(admin)
     world_ids = list(World.objects.values_list("pk", flat=True))
     pages = -(-len(world_ids) // WorldAdmin.list_per_page)
+    viewer_pages = -(-len(world_ids) // VIEWER_WORLDS_PER_PAGE)
     rng = random.Random(opts.seed)
     results = {}
-    for name, next_url in endpoints(world_ids, pages, rng).items():
+    for name, next_url in endpoints(world_ids, pages, viewer_pages, rng).items():
         results[name] = measure(client, next_url, opts.requests)
         print(f"  {name}: {results[name]}", flush=True)
     return {"seeding": {"worlds": seeded.worlds, "posts": seeded.posts, "characters": seeded.characters,

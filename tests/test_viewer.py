@@ -12,6 +12,7 @@ from PIL import Image
 
 from generation import mongo, store
 from generation.contracts import RunRef
+from worlds import selectors
 from worlds.models import GenerationRun, World
 
 pytestmark = pytest.mark.django_db
@@ -112,6 +113,20 @@ def page(client, url: str) -> str:
     response = client.get(url)
     assert response.status_code == 200, response
     return response.content.decode()
+
+
+def test_the_world_list_is_paginated_newest_first(client, db, make_world, monkeypatch):
+    database, _ = db
+    monkeypatch.setattr(selectors, "VIEWER_WORLDS_PER_PAGE", 2)
+    for name in ("Alpha Reach", "Beta Reach", "Gamma Reach"):
+        ref = make_run(make_world(name=name))
+        store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    first, second = page(client, "/worlds/"), page(client, "/worlds/?page=2")
+    assert "Gamma Reach" in first and "Beta Reach" in first and "Alpha Reach" not in first
+    assert "Page 1 of 2" in first and 'href="?page=2"' in first
+    assert "Alpha Reach" in second and "Gamma Reach" not in second and 'href="?page=1"' in second
+    for bad in ("0", "-3", "abc", "99999"):  # a bad page number is not an error
+        assert "Reach" in page(client, f"/worlds/?page={bad}")
 
 
 def test_the_world_list_shows_worlds_with_content_only(client, lanternfall, make_world):

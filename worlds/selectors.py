@@ -2,6 +2,7 @@
 
 import gridfs
 from django.conf import settings
+from django.core.paginator import Page, Paginator
 
 from generation import mongo
 from temporal_worker.client import temporal_call
@@ -85,10 +86,21 @@ def run_post_counts_by_character(*, run: GenerationRun) -> dict[int, int]:
     return {group["_id"]: group["count"] for group in groups}
 
 
-def viewer_world_cards() -> list[dict]:
-    """Worlds with generated content, newest first, each as {world, run (shown), latest_run, cover_image_id,
-    character_count, post_count}. A handful of queries in all, whatever the number of worlds."""
-    worlds = list(World.objects.filter(runs__isnull=False).distinct())
+VIEWER_WORLDS_PER_PAGE = 24
+
+
+def viewer_world_page(*, page) -> tuple[Page, list[dict]]:
+    """One page of worlds that have runs, newest first, and the cards of those with content
+    (a bible). ``page`` is the raw ``?page=`` value: anything invalid gives the first or last page."""
+    worlds = World.objects.filter(runs__isnull=False).distinct().order_by("-created_at", "-pk")
+    paginator = Paginator(worlds, VIEWER_WORLDS_PER_PAGE)
+    page_obj = paginator.get_page(page)
+    return page_obj, _world_cards(list(page_obj.object_list))
+
+
+def _world_cards(worlds: list[World]) -> list[dict]:
+    """Each world with content as {world, run (shown), latest_run, cover_image_id, character_count,
+    post_count}. A handful of queries in all, whatever the number of worlds."""
     runs: dict[int, dict[int, GenerationRun]] = {}
     for run in GenerationRun.objects.filter(world__in=worlds):
         runs.setdefault(run.world_id, {})[run.number] = run

@@ -30,7 +30,8 @@ def image(request, image_id: str):
 
 @require_GET
 def world_list(request):
-    return render(request, "worlds/world_list.html", {"cards": selectors.viewer_world_cards()})
+    page, cards = selectors.viewer_world_page(page=request.GET.get("page"))
+    return render(request, "worlds/world_list.html", {"cards": cards, "page": page})
 
 
 @require_GET
