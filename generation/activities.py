@@ -18,7 +18,6 @@ from temporalio.exceptions import ApplicationError
 
 from generation import prompts, schemas, store
 from generation.contracts import BibleInput, CastInput, ItemInput, RunRef, TokenUsage
-from generation.heartbeat import heartbeating
 from generation.llm import LlmClient, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError
 from generation.media import MediaClient, MediaRejected, MediaUnavailable
 
@@ -137,9 +136,8 @@ class LlmActivities:
         try:
             for repair in range(REPAIR_ATTEMPTS + 1):
                 try:
-                    async with heartbeating():
-                        reply = await self.llm.complete_json(messages=messages, schema=schema, schema_name=name,
-                                                             model=model)
+                    reply = await self.llm.complete_json(messages=messages, schema=schema, schema_name=name,
+                                                         model=model)
                 except LlmInvalidOutput as invalid:
                     if repair == REPAIR_ATTEMPTS:
                         raise
@@ -197,9 +195,8 @@ class MediaActivities:
         seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
         started = time.monotonic()
         try:
-            async with heartbeating():
-                image = await self.media.render_image(prompt=prompt or inp.world.premise, style=inp.world.visual_style,
-                                                      seed=seed, width=width, height=height, kind=kind)
+            image = await self.media.render_image(prompt=prompt or inp.world.premise, style=inp.world.visual_style,
+                                                  seed=seed, width=width, height=height, kind=kind)
         except MediaRejected as err:
             raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
         except MediaUnavailable as err:

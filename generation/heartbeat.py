@@ -1,18 +1,23 @@
-"""Heartbeat while an async activity awaits something slow, so cancellation
-and worker loss reach it promptly."""
+"""Heartbeats for every async activity that has a heartbeat timeout, for its whole
+run: the remote call and the Mongo work around it (which can wait for a pooled
+connection under load). Cancellation and worker loss then reach it promptly."""
 
 import asyncio
 import contextlib
+import inspect
 
 from temporalio import activity
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+
+MAX_INTERVAL_S = 2.0
 
 
 @contextlib.asynccontextmanager
-async def heartbeating(every: float = 2.0, *details):
+async def heartbeating(every: float = MAX_INTERVAL_S):
     async def beat():
-        while True:  # the first beat waits: most calls finish sooner and need none
+        while True:  # the first beat waits: most activities finish sooner and need none
             await asyncio.sleep(every)
-            activity.heartbeat(*details)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:
@@ -21,3 +26,18 @@ async def heartbeating(every: float = 2.0, *details):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class HeartbeatInterceptor(Interceptor):
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _HeartbeatAround(next)
+
+
+class _HeartbeatAround(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput):
+        timeout = activity.info().heartbeat_timeout
+        if timeout is None or not inspect.iscoroutinefunction(input.fn):
+            return await self.next.execute_activity(input)
+        # Well inside the timeout (the SDK sends at most one heartbeat per 80% of it).
+        async with heartbeating(every=min(MAX_INTERVAL_S, timeout.total_seconds() / 4)):
+            return await self.next.execute_activity(input)

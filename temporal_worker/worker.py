@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from generation.activities import LlmActivities, MediaActivities, StackCheckActivities, StoreActivities
 from generation.baseline import BaselineCharacterWorkflow, BaselineWorldWorkflow, baseline_noop
+from generation.heartbeat import HeartbeatInterceptor
 from generation.llm import LlmClient
 from generation.media import MediaClient
 from generation.store import ensure_indexes
@@ -59,11 +60,12 @@ class WorkerOptions:
 
 def build_workers(client: Client, clients: SharedClients, options: WorkerOptions,
                   executor: ThreadPoolExecutor) -> list[Worker]:
-    db, interceptors = clients.mongo[settings.MONGO_DB], []
+    db, interceptors = clients.mongo[settings.MONGO_DB], [HeartbeatInterceptor()]
     if options.mongo_client_per_activity:
         from benchmarks.per_activity_mongo import MongoClientPerActivity, PerActivityDatabase
 
-        db, interceptors = PerActivityDatabase(), [MongoClientPerActivity(settings.MONGO_URI, settings.MONGO_DB)]
+        db = PerActivityDatabase()
+        interceptors.append(MongoClientPerActivity(settings.MONGO_URI, settings.MONGO_DB))
     stack_check = StackCheckActivities(db)
     llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
