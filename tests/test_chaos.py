@@ -165,10 +165,10 @@ def run_through_outage(server: "RestartableServer", down_seconds: float, llm_ser
     try:
         run = generation_start(world=make_world(character_count=characters, posts_per_character=posts_per_character))
 
-        def first_post_done():
+        def first_post_done():  # in Mongo: the run row's counts are mirrored at most every 2 s
             run.refresh_from_db()
             assert run.status not in FINISHED, (run.status, run.error)
-            return run.posts_done >= 1
+            return mongo.get_db().posts.count_documents({"run_key": f"w{run.world_id}-r{run.number}"}) >= 1
 
         wait_until(first_post_done, 90, "the first post")
         before_stop(run)
