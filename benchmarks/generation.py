@@ -292,6 +292,7 @@ def main(argv: list[str]) -> int:
         print(f"{mode} CPU seconds by process: {figures['cpu_s_by_process']}")
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}, indent=2))
     if opts.json:
+        opts.json.parent.mkdir(parents=True, exist_ok=True)
         opts.json.write_text(json.dumps(report, indent=2))
     return 0 if not any(r.get("worlds_failed") for r in results.values()) else 1
 
