@@ -1,0 +1,48 @@
+"""The benchmarks run end to end at a tiny size (their figures belong in docs/PERFORMANCE.md, not here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(args: list[str], tmp_path: Path) -> dict:
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, *args, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=280)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_bench_generation_runs_all_three_modes(tmp_path):
+    figures = run(["manage.py", "bench_generation", "--worlds", "2", "--characters", "1", "--posts", "1"], tmp_path)
+    assert set(figures["modes"]) == {"baseline", "pipeline", "per-activity-connections"}
+    assert (figures["worlds_completed"], figures["worlds_failed"], figures["duplicates"]) == (2, 0, 0)
+    for key in ("activities", "wall_s", "baseline_activities_per_s", "pipeline_activities_per_s", "ratio",
+                "p50_world_s", "p95_world_s", "per_activity_activities_per_s", "worker_peak_rss_mb"):
+        assert figures[key] > 0, key
+    assert 0 < figures["worker_mongo_pool_peaks"][0] <= figures["mongo_pool_size"]
+    # A client per activity opens more connections than the shared pool ever holds.
+    assert figures["per_activity_peak_mongo_connections"] > figures["worker_mongo_pool_peaks"][0]
+    assert figures["modes"]["pipeline"]["cpu_s_by_process"]["mediaserver"] > 0
+
+
+def test_bench_generation_refuses_an_unknown_mode():
+    done = subprocess.run([sys.executable, "manage.py", "bench_generation", "--modes", "pipeline,turbo"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--modes takes a comma list of" in done.stderr
+
+
+def test_bench_web_times_every_endpoint(tmp_path):
+    figures = run(["-m", "benchmarks.web", "--worlds", "30", "--posts", "120", "--requests", "5",
+                   "--target-p95-ms", "100000"], tmp_path)
+    assert figures["seeding"]["worlds"] == 30 and figures["seeding"]["posts"] == 120
+    assert len(figures["endpoints"]) == 5
+    assert all(r["requests"] == 5 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"]
+               for r in figures["endpoints"].values())
