@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from generation import prompts, schemas, store
-from generation.contracts import BibleInput, CastInput, ItemInput, RunRef, TokenUsage
+from generation.contracts import BibleInput, CastInput, ImageRef, ItemInput, RunRef, TokenUsage
 from generation.llm import LlmClient, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError
 from generation.media import MediaClient, MediaRejected, MediaUnavailable
 
@@ -219,6 +219,10 @@ class StoreActivities:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @activity.defn
+    def list_images_to_rerender(self, run: RunRef) -> list[ImageRef]:
+        return [ImageRef(character, post) for character, post in store.images_to_rerender(self.db, run)]
 
     @activity.defn
     def mark_image_for_rerender(self, inp: ItemInput) -> None:

@@ -122,6 +122,22 @@ class Progress:
 
 
 @dataclass
+class ImageRef:
+    """An image to (re-)render: a character's avatar (``post_index`` None) or a post's image."""
+
+    character_index: int
+    post_index: int | None = None
+
+
+@dataclass
+class DegradedItemsUpdate:
+    """After a re-render: how many of the run's images are still missing."""
+
+    run_id: int
+    degraded_items: int
+
+
+@dataclass
 class RunStatusUpdate:
     """A workflow's progress, mirrored onto its Django run row."""
 

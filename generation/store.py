@@ -137,6 +137,14 @@ def mark_image_for_rerender(db: Database, collection: str, key: str, reason: str
                                                       "updated_at": now()}})
 
 
+def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]]:
+    """(character index, post index or None) of every image of the run marked ``needs_render``."""
+    query, fields = {"run_key": run.key, "image_status": "needs_render"}, {"index": 1, "character_index": 1}
+    avatars = [(doc["index"], None) for doc in db.characters.find(query, fields)]
+    posts = [(doc["character_index"], doc["index"]) for doc in db.posts.find(query, fields)]
+    return sorted(avatars, key=lambda ref: ref[0]) + sorted(posts)
+
+
 def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields: dict) -> None:
     """One document per generation task: inputs, prompt, raw reply, parsed output, usage, latency, attempt."""
     db.generation_tasks.update_one(

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         CharacterInput,
         CharacterProgress,
         Decision,
+        DegradedItemsUpdate,
         ItemInput,
         Progress,
         RunStatusUpdate,
@@ -116,6 +117,7 @@ MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 # the cancel would swallow the workflow's cancellation.)
 LLM_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
+DEGRADED_MIRROR_ACTIVITY = "record_degraded_items"  # likewise
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
 # Patches (workflow.patched): histories recorded before them replay the old way.
 THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # children signalled after every post
@@ -367,3 +369,31 @@ class CharacterWorkflow:
                 StoreActivities.mark_image_for_rerender, item, task_queue=workflows_queue,
                 start_to_close_timeout=timedelta(seconds=30))
             return 1
+
+
+@workflow.defn
+class RerenderImagesWorkflow:
+    """Renders again the images of a finished run that the media service could not make
+    (marked ``needs_render``), a few at a time; returns how many are still missing."""
+
+    @workflow.run
+    async def run(self, inp: WorldRunInput) -> int:
+        config = inp.config
+        refs = await workflow.execute_activity_method(
+            StoreActivities.list_images_to_rerender, inp.run, task_queue=config.workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30))
+        waiting = [ItemInput(inp.run, inp.world, ref.character_index, ref.post_index) for ref in refs]
+        running: set[asyncio.Task] = set()
+        still_missing = 0
+        while waiting or running:
+            while waiting and len(running) < config.character_concurrency:
+                item = waiting.pop(0)
+                running.add(asyncio.create_task(CharacterWorkflow._render(item, config.media_queue,
+                                                                          config.workflows_queue)))
+            done, running = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            still_missing += sum(task.result() for task in done)
+        await workflow.execute_activity(
+            DEGRADED_MIRROR_ACTIVITY, DegradedItemsUpdate(inp.run.run_id, still_missing),
+            task_queue=config.workflows_queue, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+        return still_missing

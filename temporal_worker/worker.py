@@ -23,7 +23,12 @@ from generation.heartbeat import HeartbeatInterceptor
 from generation.llm import LlmClient
 from generation.media import MediaClient
 from generation.store import ensure_indexes
-from generation.workflows import CharacterWorkflow, StackCheckWorkflow, WorldGenerationWorkflow
+from generation.workflows import (
+    CharacterWorkflow,
+    RerenderImagesWorkflow,
+    StackCheckWorkflow,
+    WorldGenerationWorkflow,
+)
 from temporal_worker.backoff import wait_until_ready
 from temporal_worker.client import connect_client
 from temporal_worker.health import HealthServer
@@ -69,8 +74,10 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     stack_check = StackCheckActivities(db)
     llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
+    store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     activities_by_role = {
-        "workflows": [StoreActivities(db).mark_image_for_rerender, RunMirrorActivities().record_run_status],
+        "workflows": [store_activities.mark_image_for_rerender, store_activities.list_images_to_rerender,
+                      mirror.record_run_status, mirror.record_degraded_items],
         "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.generate_post],
         "media": [media.render_image],
     }
@@ -78,8 +85,8 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     for role in options.roles:
         kwargs = {}
         if role == "workflows":
-            kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, StackCheckWorkflow,
-                                   BaselineWorldWorkflow, BaselineCharacterWorkflow]
+            kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow,
+                                   StackCheckWorkflow, BaselineWorldWorkflow, BaselineCharacterWorkflow]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
         if role == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit

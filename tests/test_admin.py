@@ -140,3 +140,26 @@ def test_buttons_need_post_and_staff():
     editor.get(f"/admin/worlds/world/{world.pk}/generate/")
     assert not world.runs.exists()  # a GET changes nothing
     assert editor.post("/admin/worlds/world/999999/generate/").status_code == 404
+
+
+def test_rerender_action_needs_the_start_role_and_explains_refusals():
+    world = make_world(name="Glassmere")
+    running = GenerationRun.objects.create(world=world, number=1, workflow_id="world-glassmere-run-1",
+                                           status="running", stage="posts", degraded_items=2)
+    clean = GenerationRun.objects.create(world=world, number=2, workflow_id="world-glassmere-run-2",
+                                         status="completed", stage="done")
+    reviewer = staff("reviewer9", "Reviewers")
+    assert "rerender_images" not in reviewer.get("/admin/worlds/generationrun/").content.decode()
+    reviewer.post("/admin/worlds/generationrun/", {"action": "rerender_images", "_selected_action": [running.pk]})
+    assert not AuditEvent.objects.filter(action="images_rerendered").exists()
+
+    editor = staff("editor9", "Editors")
+    assert "rerender_images" in editor.get("/admin/worlds/generationrun/").content.decode()
+    response = editor.post("/admin/worlds/generationrun/", {"action": "rerender_images",
+                                                             "_selected_action": [running.pk, clean.pk]}, follow=True)
+    assert response.status_code == 200
+    assert sorted(messages_of(response)) == [
+        "Glassmere run 1 is still running; its images are retried as it goes",
+        "Glassmere run 2 has no images waiting for a re-render",
+    ]
+    assert not AuditEvent.objects.filter(action="images_rerendered").exists()

@@ -17,6 +17,7 @@ from worlds.services import (
     generation_approve,
     generation_cancel,
     generation_reject,
+    generation_rerender,
     generation_start,
 )
 
@@ -173,16 +174,30 @@ def test_exhausted_quota_fails_the_run_with_a_readable_error(start_worker, llm_s
     assert "quota" in run.error.lower() and "Traceback" not in run.error
 
 
-def test_media_down_degrades_gracefully(start_worker):
+def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_worker):
     from localstack import servers
 
-    start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{servers.free_port()}"})
+    degraded_worker = start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{servers.free_port()}"})
     run = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=1)), FINISHED)
     assert run.status == "completed", run.error
     assert run.degraded_items == 4
     db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
     assert db.posts.count_documents({"run_key": key, "image_status": "needs_render"}) == 2
     assert db.characters.count_documents({"run_key": key, "image_status": "needs_render"}) == 2
+    assert counts(run)["images"] == 0
+
+    degraded_worker.process.stop()
+    start_worker()  # the media service is back
+    workflow_id = generation_rerender(run=run)
+    with pytest.raises(GenerationError, match="already being re-rendered"):
+        generation_rerender(run=run)
+    still_missing = temporal_call(lambda client: client.get_workflow_handle(workflow_id).result(), timeout=120)
+    run.refresh_from_db()
+    assert still_missing == 0 and run.degraded_items == 0 and run.status == "completed"
+    assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 4}
+    assert db.posts.count_documents({"run_key": key, "image_status": "rendered"}) == 2
+    with pytest.raises(GenerationError, match="no images waiting for a re-render"):
+        generation_rerender(run=run)
 
 
 def test_token_budget_stops_the_run_cleanly(start_worker):

@@ -4,7 +4,7 @@ workflows call them by name so that workflow modules import nothing from Django.
 from django.db import close_old_connections
 from temporalio import activity
 
-from generation.contracts import RunStatusUpdate
+from generation.contracts import DegradedItemsUpdate, RunStatusUpdate
 from worlds import services
 
 
@@ -15,5 +15,13 @@ class RunMirrorActivities:
         close_old_connections()
         try:
             services.run_status_record(update=update)
+        finally:
+            close_old_connections()
+
+    @activity.defn(name="record_degraded_items")
+    def record_degraded_items(self, update: DegradedItemsUpdate) -> None:
+        close_old_connections()
+        try:
+            services.run_degraded_record(update=update)
         finally:
             close_old_connections()

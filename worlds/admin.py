@@ -266,9 +266,23 @@ class GenerationRunAdmin(admin.ModelAdmin):
               ("posts_done", "posts_total"), "degraded_items", "tokens_used", "bible_revision",
               ("started_by", "approved_by", "rejected_by", "cancelled_by"), ("started_at", "finished_at"), "audit")
     readonly_fields = [name for entry in fields for name in (entry if isinstance(entry, tuple) else (entry,))]
+    actions = ["rerender_images"]
 
     class Media:
         css = {"all": ["worlds/admin.css"]}
+
+    @admin.action(description="Re-render missing images of the selected runs", permissions=["start_run"])
+    def rerender_images(self, request, queryset):
+        for run in queryset.select_related("world"):
+            try:
+                services.generation_rerender(run=run, user=request.user)
+            except services.GenerationError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"Re-rendering the {run.degraded_items} missing images of {run}.")
+
+    def has_start_run_permission(self, request):
+        return request.user.has_perm("worlds.start_run")
 
     @admin.display(description="Stage timeline")
     def timeline(self, run: GenerationRun):

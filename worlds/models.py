@@ -119,6 +119,7 @@ class AuditEvent(models.Model):
         RUN_APPROVED = "run_approved", "Bible approved"
         RUN_REJECTED = "run_rejected", "Bible rejected"
         RUN_CANCELLED = "run_cancelled", "Run cancelled"
+        IMAGES_RERENDERED = "images_rerendered", "Images re-rendered"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,

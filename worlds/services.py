@@ -8,8 +8,16 @@ from django.utils import timezone
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from generation.contracts import Decision, RunConfig, RunRef, RunStatusUpdate, WorldRunInput, WorldSnapshot
-from generation.workflows import WorldGenerationWorkflow
+from generation.contracts import (
+    Decision,
+    DegradedItemsUpdate,
+    RunConfig,
+    RunRef,
+    RunStatusUpdate,
+    WorldRunInput,
+    WorldSnapshot,
+)
+from generation.workflows import RerenderImagesWorkflow, WorldGenerationWorkflow
 from temporal_worker.client import TemporalUnavailable, temporal_call
 from worlds.models import AuditEvent, GenerationRun, World
 
@@ -175,6 +183,36 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
         raise GenerationUnavailable(str(exc)) from None
     GenerationRun.objects.filter(pk=run.pk).update(cancelled_by=user)
     _audit(AuditEvent.Action.RUN_CANCELLED, user=user, run=run)
+
+
+def generation_rerender(*, run: GenerationRun, user=None) -> str:
+    """Render again the images of a finished run that the media service could not make
+    (with the world's current visual style). Returns the re-render's workflow ID."""
+    _require(user, "start_run", "re-render images")
+    run.refresh_from_db()
+    if run.is_active:
+        raise GenerationError(f"{run} is still running; its images are retried as it goes")
+    if not run.degraded_items:
+        raise GenerationError(f"{run} has no images waiting for a re-render")
+    workflow_id = f"{run.workflow_id}-rerender"
+    run_input = WorldRunInput(RunRef(run.pk, run.world_id, run.number, run.workflow_id), world_snapshot(run.world),
+                              run_config())
+    try:
+        temporal_call(lambda client: client.start_workflow(
+            RerenderImagesWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL))
+    except WorkflowAlreadyStartedError:
+        raise GenerationError(f"the images of {run} are already being re-rendered") from None
+    except TemporalUnavailable as exc:
+        raise GenerationUnavailable(f"could not start the re-render: {exc}") from None
+    _audit(AuditEvent.Action.IMAGES_RERENDERED, user=user, run=run, detail=f"{run.degraded_items} images")
+    return workflow_id
+
+
+def run_degraded_record(*, update: DegradedItemsUpdate) -> None:
+    """After a re-render: the images still missing (called by an activity)."""
+    GenerationRun.objects.filter(pk=update.run_id).update(degraded_items=update.degraded_items,
+                                                           updated_at=timezone.now())
 
 
 def run_status_record(*, update: RunStatusUpdate) -> None:
