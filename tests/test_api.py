@@ -236,13 +236,15 @@ def test_permissions_follow_the_staff_roles(users):
         "approve": ("post", f"/api/runs/{done.pk}/approve/", None),
         "reject": ("post", f"/api/runs/{done.pk}/reject/", {"feedback": "More whales."}),
         "cancel": ("post", f"/api/runs/{done.pk}/cancel/", None),
+        "rerender": ("post", f"/api/runs/{done.pk}/rerender/", None),
     }
     # allowed: 2xx, or the 400/409 that comes after the permission checks (invalid world, finished run)
     allowed = {"list": 200, "read": 200, "characters": 200, "posts": 200, "run": 200, "create": 201, "change": 200,
-               "generate": 400, "approve": 409, "reject": 409, "cancel": 409}
+               "generate": 400, "approve": 409, "reject": 409, "cancel": 409, "rerender": 409}
     can = {
         "admin": set(allowed),
-        "editor": {"list", "read", "characters", "posts", "run", "create", "change", "generate", "cancel"},
+        "editor": {"list", "read", "characters", "posts", "run", "create", "change", "generate", "cancel",
+                   "rerender"},
         "reviewer": {"list", "read", "characters", "posts", "run", "approve", "reject"},
         "lead": set(allowed),
         "staff": set(),
@@ -368,6 +370,7 @@ ROUTES = {
     "/api/runs/{run_id}/approve/": {"post"},
     "/api/runs/{run_id}/reject/": {"post"},
     "/api/runs/{run_id}/cancel/": {"post"},
+    "/api/runs/{run_id}/rerender/": {"post"},
 }
 
 

@@ -294,6 +294,15 @@ class RunCancelApi(RunCommandApi):
         services.generation_cancel(run=run, user=request.user)
 
 
+@extend_schema(summary="Render again the images of a finished run that the media service could not make",
+               parameters=[RUN_ID], request=None, responses={202: RunSerializer, **errors(403, 404, 409, 503)})
+class RunRerenderApi(RunCommandApi):
+    required_perms = {"POST": ("worlds.start_run",)}
+
+    def command(self, request, run):
+        services.generation_rerender(run=run, user=request.user)
+
+
 @extend_schema(exclude=True)
 class NotFoundApi(APIView):
     """Anything else under /api/: a JSON 404 rather than Django's HTML page."""

@@ -15,6 +15,7 @@ urlpatterns = [
     path("runs/<str:run_id>/approve/", api.RunApproveApi.as_view(), name="api-run-approve"),
     path("runs/<str:run_id>/reject/", api.RunRejectApi.as_view(), name="api-run-reject"),
     path("runs/<str:run_id>/cancel/", api.RunCancelApi.as_view(), name="api-run-cancel"),
+    path("runs/<str:run_id>/rerender/", api.RunRerenderApi.as_view(), name="api-run-rerender"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"", api.NotFoundApi.as_view()),  # a JSON 404 for any other path under /api/
