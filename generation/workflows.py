@@ -118,6 +118,8 @@ MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 LLM_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
 DEGRADED_MIRROR_ACTIVITY = "record_degraded_items"  # likewise
+MIRROR_OPTIONS = {"start_to_close_timeout": timedelta(seconds=30),
+                  "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30))}
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
 # Patches (workflow.patched): histories recorded before them replay the old way.
 THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # children signalled after every post
@@ -311,8 +313,7 @@ class WorldGenerationWorkflow:
         self._last_mirror = workflow.now()
         await workflow.execute_activity(
             MIRROR_ACTIVITY, RunStatusUpdate(self._inp.run.run_id, self._progress, finished),
-            task_queue=self._inp.config.workflows_queue, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+            task_queue=self._inp.config.workflows_queue, **MIRROR_OPTIONS)
 
     async def _finish(self, status: str, stage: str, error: str = "") -> None:
         await self._mirror(status, stage, error, finished=True)
@@ -332,13 +333,13 @@ class CharacterWorkflow:
         progress.tokens += (await workflow.execute_activity_method(
             LlmActivities.generate_character, item, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
             priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
-        progress.degraded += await self._render(item, config.media_queue, config.workflows_queue)
+        progress.degraded += await render_or_degrade(item, config.media_queue, config.workflows_queue)
         for post_index in range(world.posts_per_character):
             post = ItemInput(inp.run, world, inp.index, post_index)
             progress.tokens += (await workflow.execute_activity_method(
                 LlmActivities.generate_post, post, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
                 priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
-            progress.degraded += await self._render(post, config.media_queue, config.workflows_queue)
+            progress.degraded += await render_or_degrade(post, config.media_queue, config.workflows_queue)
             progress.posts_done += 1
             if parent is not None and self._progress_signal_due(post_index, world.posts_per_character, last_signal):
                 last_signal = workflow.now()
@@ -354,21 +355,21 @@ class CharacterWorkflow:
         # progress as this workflow's result: signal no more often than that.
         return post_index < posts - 1 and workflow.now() - last_signal >= PROGRESS_MIRROR_INTERVAL
 
-    @staticmethod
-    async def _render(item: ItemInput, media_queue: str, workflows_queue: str) -> int:
-        """Render an image; if the media service stays down, keep the item and mark it (returns 1 if degraded)."""
-        try:
-            await workflow.execute_activity_method(
-                MediaActivities.render_image, item, task_queue=media_queue, retry_policy=MEDIA_RETRY,
-                start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=10),
-                priority=_fairness(item.world.world_id))
-            return 0
-        except ActivityError:
-            await workflow.execute_activity_method(
-                StoreActivities.mark_image_for_rerender, item, task_queue=workflows_queue,
-                start_to_close_timeout=timedelta(seconds=30))
-            return 1
+
+async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: str) -> int:
+    """Render an image; if the media service stays down, keep the item and mark it (returns 1 if degraded)."""
+    try:
+        await workflow.execute_activity_method(
+            MediaActivities.render_image, item, task_queue=media_queue, retry_policy=MEDIA_RETRY,
+            start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=10),
+            priority=_fairness(item.world.world_id))
+        return 0
+    except ActivityError:
+        await workflow.execute_activity_method(
+            StoreActivities.mark_image_for_rerender, item, task_queue=workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30))
+        return 1
 
 
 @workflow.defn
@@ -388,12 +389,10 @@ class RerenderImagesWorkflow:
         while waiting or running:
             while waiting and len(running) < config.character_concurrency:
                 item = waiting.pop(0)
-                running.add(asyncio.create_task(CharacterWorkflow._render(item, config.media_queue,
-                                                                          config.workflows_queue)))
+                running.add(asyncio.create_task(render_or_degrade(item, config.media_queue, config.workflows_queue)))
             done, running = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
             still_missing += sum(task.result() for task in done)
         await workflow.execute_activity(
             DEGRADED_MIRROR_ACTIVITY, DegradedItemsUpdate(inp.run.run_id, still_missing),
-            task_queue=config.workflows_queue, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)))
+            task_queue=config.workflows_queue, **MIRROR_OPTIONS)
         return still_missing

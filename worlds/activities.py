@@ -1,6 +1,8 @@
 """Activities that write Django models. Registered on the workflows task queue;
 workflows call them by name so that workflow modules import nothing from Django."""
 
+import contextlib
+
 from django.db import close_old_connections
 from temporalio import activity
 
@@ -8,20 +10,23 @@ from generation.contracts import DegradedItemsUpdate, RunStatusUpdate
 from worlds import services
 
 
+@contextlib.contextmanager
+def _fresh_db_connections():
+    # Workers never pass through Django's request cycle: drop stale connections ourselves.
+    close_old_connections()
+    try:
+        yield
+    finally:
+        close_old_connections()
+
+
 class RunMirrorActivities:
     @activity.defn(name="record_run_status")
     def record_run_status(self, update: RunStatusUpdate) -> None:
-        # Workers never pass through Django's request cycle: drop stale connections ourselves.
-        close_old_connections()
-        try:
+        with _fresh_db_connections():
             services.run_status_record(update=update)
-        finally:
-            close_old_connections()
 
     @activity.defn(name="record_degraded_items")
     def record_degraded_items(self, update: DegradedItemsUpdate) -> None:
-        close_old_connections()
-        try:
+        with _fresh_db_connections():
             services.run_degraded_record(update=update)
-        finally:
-            close_old_connections()
