@@ -4,10 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
+# Settings fail closed (production) unless told otherwise: every local target says development.
+DEV := WORLDGEN_ENV=development
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test bench bench-web check clean proto
+.PHONY: install demo test test-fast bench bench-web check clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m localstack $(DEMO_ARGS)
+	$(DEV) $(PY) -m localstack $(DEMO_ARGS)
 
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 $(CHROMIUM):
@@ -26,24 +28,28 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest
+	$(DEV) $(PY) -m pytest
+
+# In process, no servers but Temporal's time-skipping test server: for every change.
+test-fast: $(STAMP)
+	$(DEV) $(PY) -m pytest -m fast
 
 # Figures in docs/PERFORMANCE.md; BENCH_ARGS="--worlds 100 --llm-latency 1" etc.
 BENCH_ARGS ?= --worlds 20
 bench: $(STAMP)
-	$(PY) manage.py bench_generation $(BENCH_ARGS) --json test-artifacts/bench.json
+	$(DEV) $(PY) manage.py bench_generation $(BENCH_ARGS) --json test-artifacts/bench.json
 
 # Admin world list and feed API latency over seeded fake worlds (default 10,000 worlds, 100,000 posts);
 # BENCH_WEB_ARGS="--worlds 1000 --posts 10000 --requests 50" etc.
 BENCH_WEB_ARGS ?=
 bench-web: $(STAMP)
-	$(PY) -m benchmarks.web $(BENCH_WEB_ARGS) --json test-artifacts/bench-web.json
+	$(DEV) $(PY) -m benchmarks.web $(BENCH_WEB_ARGS) --json test-artifacts/bench-web.json
 
 proto: $(STAMP)
 	$(PY) generation/protos/generate.py
 
 check: $(STAMP)
-	$(PY) manage.py check
+	$(DEV) $(PY) manage.py check
 
 clean:
 	rm -rf $(VENV) .localdata .pytest_cache test-artifacts

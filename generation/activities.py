@@ -5,6 +5,7 @@ references) inside the Temporal sandbox.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -17,8 +18,17 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from generation import prompts, schemas, store
-from generation.contracts import BibleInput, CastInput, ImageRef, ItemInput, RunRef, TokenUsage
-from generation.llm import LlmClient, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError
+from generation.contracts import (
+    BUDGET_EXCEEDED,
+    BibleInput,
+    CastInput,
+    ImageRef,
+    ItemInput,
+    RunRef,
+    TokenUsage,
+    WorldSnapshot,
+)
+from generation.llm import LlmClient, LlmError, LlmInvalidOutput, LlmReply, LlmRetryableError
 from generation.media import MediaClient, MediaRejected, MediaUnavailable
 
 WORKER_IDENTITY = f"{socket.gethostname()}:{os.getpid()}"
@@ -70,11 +80,44 @@ class StackCheckActivities:
 
 REPAIR_ATTEMPTS = 2  # extra LLM calls that show the model its own invalid reply
 MEDIA_ATTEMPTS_BEFORE_DEGRADING = 3
+# max_tokens of each call: the most one reply may cost. A cast grows with its size.
+MAX_TOKENS = {"bible": 1500, "character": 800, "post": 500}
+
+
+def cast_max_tokens(characters: int) -> int:
+    return 200 + 80 * characters
+
+
+def prompt_token_bound(messages: list[dict]) -> int:
+    """What a prompt may cost, on the safe side: half its UTF-8 bytes (tokenizers average 3 to 4
+    characters a token in English, about one a character in CJK scripts) plus 8 a message."""
+    return sum(len(message["content"].encode()) // 2 + 8 for message in messages)
+
+
+async def in_thread(fn, *args):
+    """Run a blocking (Mongo) call in a thread. A cancel does not cut it off: it is waited for, so
+    nothing is written after the activity reports itself cancelled."""
+    call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await call
+        raise
+
+
+@dataclass
+class Bill:
+    """What one activity attempt's LLM calls cost, and the run's ledger total after them."""
+
+    tokens: int = 0
+    run_tokens: int = 0
 
 
 class LlmActivities:
     """LLM stages: build the prompt from the snapshot and Mongo, call the LLM,
-    validate (repairing invalid output), store idempotently, record the task."""
+    validate (repairing invalid output), store idempotently, record the task.
+    Every call is reserved on the run's token ledger first and settled with what was billed."""
 
     def __init__(self, llm: LlmClient, db: Database) -> None:
         self.llm = llm
@@ -84,60 +127,60 @@ class LlmActivities:
     async def generate_bible(self, inp: BibleInput) -> TokenUsage:
         previous = None
         if inp.feedback:
-            previous = await asyncio.to_thread(store.load_bible, self.db, inp.run)
+            previous = await in_thread(store.load_bible, self.db, inp.run)
         messages = prompts.bible(inp.world, previous=previous, feedback=inp.feedback)
-        reply, tokens = await self._complete(inp.run, "bible", inp.revision, messages, schemas.BIBLE, "world_bible",
-                                             inp.world.model)
-        await asyncio.to_thread(store.save_bible, self.db, inp.run, reply.content, inp.revision, inp.feedback)
-        return TokenUsage(tokens)
+        reply, bill = await self._complete(inp.run, inp.world, "bible", inp.revision, messages, schemas.BIBLE,
+                                           "world_bible", MAX_TOKENS["bible"])
+        await in_thread(store.save_bible, self.db, inp.run, reply.content, inp.revision, inp.feedback)
+        return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
     async def generate_cast(self, inp: CastInput) -> TokenUsage:
-        bible = await asyncio.to_thread(store.load_bible, self.db, inp.run)
+        bible = await in_thread(store.load_bible, self.db, inp.run)
         messages = prompts.cast(inp.world, bible)
-        reply, tokens = await self._complete(inp.run, "cast", 0, messages, schemas.cast(inp.world.character_count),
-                                             "cast", inp.world.model)
+        reply, bill = await self._complete(inp.run, inp.world, "cast", 0, messages,
+                                           schemas.cast(inp.world.character_count), "cast",
+                                           cast_max_tokens(inp.world.character_count))
         members = reply.content["characters"]
         for index, member in enumerate(members):  # handles must be unique within a world
             member["handle"] = _handle(member["handle"], index, [m["handle"] for m in members[:index]])
-        await asyncio.to_thread(store.save_cast, self.db, inp.run, members)
-        return TokenUsage(tokens)
+        await in_thread(store.save_cast, self.db, inp.run, members)
+        return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
     async def generate_character(self, inp: ItemInput) -> TokenUsage:
-        bible = await asyncio.to_thread(store.load_bible, self.db, inp.run)
-        member = await asyncio.to_thread(store.load_character, self.db, inp.run, inp.character_index)
+        bible = await in_thread(store.load_bible, self.db, inp.run)
+        member = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         messages = prompts.character(inp.world, bible, member)
-        reply, tokens = await self._complete(inp.run, "character", inp.character_index, messages, schemas.CHARACTER,
-                                             "character_profile", inp.world.model)
-        await asyncio.to_thread(store.save_profile, self.db, inp.run, inp.character_index, reply.content)
-        return TokenUsage(tokens)
+        reply, bill = await self._complete(inp.run, inp.world, "character", inp.character_index, messages,
+                                           schemas.CHARACTER, "character_profile", MAX_TOKENS["character"])
+        await in_thread(store.save_profile, self.db, inp.run, inp.character_index, reply.content)
+        return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
     async def generate_post(self, inp: ItemInput) -> TokenUsage:
-        bible = await asyncio.to_thread(store.load_bible, self.db, inp.run)
-        profile = await asyncio.to_thread(store.load_character, self.db, inp.run, inp.character_index)
-        earlier = await asyncio.to_thread(store.earlier_captions, self.db, inp.run, inp.character_index,
-                                          inp.post_index)
+        bible = await in_thread(store.load_bible, self.db, inp.run)
+        profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
+        earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
         messages = prompts.post(inp.world, bible, profile, earlier, inp.post_index)
-        reply, tokens = await self._complete(inp.run, "post", f"{inp.character_index}.{inp.post_index}", messages,
-                                             schemas.POST, "post", inp.world.model)
-        await asyncio.to_thread(store.save_post, self.db, inp.run, inp.character_index, inp.post_index,
-                                reply.content, profile["handle"])
-        return TokenUsage(tokens)
+        reply, bill = await self._complete(inp.run, inp.world, "post", f"{inp.character_index}.{inp.post_index}",
+                                           messages, schemas.POST, "post", MAX_TOKENS["post"])
+        await in_thread(store.save_post, self.db, inp.run, inp.character_index, inp.post_index, reply.content,
+                        profile["handle"])
+        return TokenUsage(bill.tokens, bill.run_tokens)
 
-    async def _complete(self, run: RunRef, stage: str, index, messages: list[dict], schema: dict, name: str,
-                        model: str | None) -> tuple[LlmReply, int]:
+    async def _complete(self, run: RunRef, world: WorldSnapshot, stage: str, index, messages: list[dict],
+                        schema: dict, name: str, max_tokens: int) -> tuple[LlmReply, Bill]:
         attempt = activity.info().attempt
         task = {"prompt": messages, "schema_name": name, "attempt": attempt, "status": "running",
-                "started_at": store.now()}
-        await asyncio.to_thread(store.record_task, self.db, run, stage, index, task)
-        tokens = 0
+                "max_tokens": max_tokens, "started_at": store.now()}
+        await in_thread(store.record_task, self.db, run, stage, index, task)
+        bill = Bill()
         try:
             for repair in range(REPAIR_ATTEMPTS + 1):
                 try:
-                    reply = await self.llm.complete_json(messages=messages, schema=schema, schema_name=name,
-                                                         model=model)
+                    reply = await self._billed_call(run, world, f"{stage}:{index}", messages, schema, name,
+                                                    max_tokens, bill)
                 except LlmInvalidOutput as invalid:
                     if repair == REPAIR_ATTEMPTS:
                         raise
@@ -147,21 +190,48 @@ class LlmActivities:
                                                     "Reply again with only JSON that matches the schema."},
                     ]
                     continue
-                tokens += reply.prompt_tokens + reply.completion_tokens
-                await asyncio.to_thread(store.record_task, self.db, run, stage, index, {
+                await in_thread(store.record_task, self.db, run, stage, index, {
                     "status": "succeeded", "raw_response": reply.raw, "output": reply.content, "model": reply.model,
                     "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
-                    "latency_s": reply.latency_s, "repairs": repair, "finished_at": store.now()})
-                return reply, tokens
-        except (LlmRetryableError, LlmFatalError, LlmInvalidOutput) as err:
-            await asyncio.to_thread(store.record_task, self.db, run, stage, index, {
+                    "billed_tokens": bill.tokens, "latency_s": reply.latency_s, "repairs": repair,
+                    "finished_at": store.now()})
+                return reply, bill
+        except (LlmError, BudgetRefused) as err:
+            await in_thread(store.record_task, self.db, run, stage, index, {
                 "status": "failed", "error": str(err), "raw_response": getattr(err, "raw", None),
-                "finished_at": store.now()})
+                "billed_tokens": bill.tokens, "finished_at": store.now()})
             raise _as_application_error(err) from err
         raise AssertionError("unreachable")
 
+    async def _billed_call(self, run: RunRef, world: WorldSnapshot, call: str, messages: list[dict], schema: dict,
+                           name: str, max_tokens: int, bill: Bill) -> LlmReply:
+        """One LLM call under the run's budget: reserved before, settled with what the provider reported."""
+        need = prompt_token_bound(messages) + max_tokens
+        granted, used, others = await in_thread(store.reserve_tokens, self.db, run, world.token_budget, call, need)
+        if not granted:
+            raise BudgetRefused(f"token budget of {world.token_budget} reached: {used} used, {others} reserved by "
+                                f"calls in flight, and the next call may cost {need}")
+        billed = 0
+        try:
+            reply = await self.llm.complete_json(messages=messages, schema=schema, schema_name=name,
+                                                 model=world.model, max_tokens=max_tokens)
+            billed = reply.prompt_tokens + reply.completion_tokens
+            return reply
+        except LlmError as err:
+            billed = err.tokens
+            raise
+        finally:
+            bill.tokens += billed
+            bill.run_tokens = await in_thread(store.settle_tokens, self.db, run, call, billed)
+
+
+class BudgetRefused(Exception):
+    """The run's token ledger has no room for the next call."""
+
 
 def _as_application_error(err: Exception) -> ApplicationError:
+    if isinstance(err, BudgetRefused):
+        return ApplicationError(str(err), type=BUDGET_EXCEEDED, non_retryable=True)
     if isinstance(err, LlmRetryableError):
         delay = timedelta(seconds=err.retry_after) if err.retry_after else None
         return ApplicationError(str(err), type="LlmRetryable", next_retry_delay=delay)
@@ -185,8 +255,8 @@ class MediaActivities:
 
     @activity.defn
     async def render_image(self, inp: ItemInput) -> None:
-        collection, key, doc = await asyncio.to_thread(store.image_target, self.db, inp.run, inp.character_index,
-                                                       inp.post_index)
+        collection, key, doc = await in_thread(store.image_target, self.db, inp.run, inp.character_index,
+                                               inp.post_index)
         if doc.get("image_status") == "rendered":
             return
         kind = "avatar" if inp.post_index is None else "post"
@@ -205,13 +275,13 @@ class MediaActivities:
             give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
             raise ApplicationError(str(err), type="MediaUnavailable", non_retryable=give_up) from err
         metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
-        image_id = await asyncio.to_thread(store.store_image_file, self.db, key, image.png, metadata)
+        image_id = await in_thread(store.store_image_file, self.db, key, image.png, metadata)
         # The task record is written before the image is marked rendered: a worker killed in between
         # re-runs this activity instead of skipping it, so the record is never lost.
-        await asyncio.to_thread(store.record_task, self.db, inp.run, kind, key, {
+        await in_thread(store.record_task, self.db, inp.run, kind, key, {
             "status": "succeeded", "prompt": prompt, "attempt": activity.info().attempt, "output": metadata,
             "latency_s": time.monotonic() - started, "finished_at": store.now()})
-        await asyncio.to_thread(store.mark_image_rendered, self.db, collection, key, image_id)
+        await in_thread(store.mark_image_rendered, self.db, collection, key, image_id)
 
 
 class StoreActivities:

@@ -3,6 +3,8 @@ world definition snapshot, never generated text. Imports nothing from Django."""
 
 from dataclasses import dataclass
 
+BUDGET_EXCEEDED = "BudgetExceeded"  # ApplicationError type: the run's token ledger refused an LLM call
+
 
 @dataclass
 class WorldSnapshot:
@@ -78,7 +80,8 @@ class CastInput:
 
 @dataclass
 class TokenUsage:
-    tokens: int
+    tokens: int  # billed to this activity attempt, repairs included
+    run_tokens: int = 0  # the run's token ledger after it: every billed token of the run so far
 
 
 @dataclass
@@ -97,6 +100,7 @@ class CharacterProgress:
     tokens: int = 0
     posts_done: int = 0
     degraded: int = 0
+    run_tokens: int = 0  # the largest run ledger total this character saw
 
 
 @dataclass
@@ -119,6 +123,7 @@ class Progress:
     tokens_used: int = 0
     last_error: str = ""
     awaiting_decision: bool = False
+    bible_approved: bool = False  # a reviewer approved the current bible revision
 
 
 @dataclass
@@ -144,3 +149,4 @@ class RunStatusUpdate:
     run_id: int
     progress: Progress
     finished: bool = False
+    run_key: str = ""  # where the run's token ledger is (RunRef.key)

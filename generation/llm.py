@@ -9,8 +9,14 @@ retries activities, and the point of this module is to classify failures:
   5xx, connection errors and timeouts;
 - ``LlmFatalError``: bad credentials (401/403), exhausted quota (429
   ``insufficient_quota``), bad request / unknown model (400/404/422), other 4xx;
-- ``LlmInvalidOutput`` (``.raw``, ``.errors``): the reply is not JSON or does
-  not validate against the schema (the caller may ask for a repair).
+- ``LlmInvalidOutput`` (``.raw``, ``.errors``): the reply is not JSON, does
+  not validate against the schema, was refused, or was cut off by
+  ``max_tokens`` (``finish_reason`` "length"); the caller may ask for a repair.
+
+Every call sends ``max_tokens``. Tokens the provider reports (its ``usage``)
+are on the reply and also on any ``LlmError`` whose body carried ``usage``
+(``.prompt_tokens``, ``.completion_tokens``, ``.tokens``; 0 when not reported),
+so a caller can count every billed token, failed attempts included.
 
 Messages are one readable line and never contain the API key.
 Imports nothing from Django (used from Temporal activities).
@@ -36,9 +42,17 @@ class LlmError(Exception):
 
     retryable = False
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, prompt_tokens: int = 0,
+                 completion_tokens: int = 0) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the provider reported for this failed call (0 when it reported none)."""
+        return self.prompt_tokens + self.completion_tokens
 
 
 class LlmRetryableError(LlmError):
@@ -46,8 +60,8 @@ class LlmRetryableError(LlmError):
 
     retryable = True
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, status_code=status_code)
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
         self.retry_after = retry_after
 
 
@@ -56,10 +70,11 @@ class LlmFatalError(LlmError):
 
 
 class LlmInvalidOutput(LlmError):
-    """The reply's content is not JSON or does not validate; ``raw`` keeps it as received."""
+    """The reply is not JSON, does not validate, was refused or cut off; ``raw`` keeps it as received."""
 
-    def __init__(self, message: str, *, raw: str = "", errors: list[str] | None = None) -> None:
-        super().__init__(message, status_code=200)
+    def __init__(self, message: str, *, raw: str = "", errors: list[str] | None = None, prompt_tokens: int = 0,
+                 completion_tokens: int = 0) -> None:
+        super().__init__(message, status_code=200, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         self.raw = raw
         self.errors = errors or []
 
@@ -79,14 +94,17 @@ class LlmClient:
         self.http = http
         self.default_model = default_model
 
-    async def complete_json(self, *, messages: list[dict], schema: dict, schema_name: str,
+    async def complete_json(self, *, messages: list[dict], schema: dict, schema_name: str, max_tokens: int,
                             model: str | None = None, seed: int | None = None,
                             timeout: float | None = None) -> LlmReply:
-        """One chat completion constrained to ``schema``; the parsed, validated content."""
+        """One chat completion constrained to ``schema`` and ``max_tokens``; the parsed, validated content."""
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         model = model or self.default_model
         payload: dict = {
             "model": model,
             "messages": messages,
+            "max_tokens": max_tokens,
             "response_format": {"type": "json_schema",
                                 "json_schema": {"name": schema_name, "schema": schema, "strict": True}},
         }
@@ -112,53 +130,59 @@ class LlmClient:
 
     def parse_reply(self, response: httpx.Response, *, schema: dict, schema_name: str, model: str,
                     latency_s: float) -> LlmReply:
+        envelope = json_body(response)
+        usage = reported_usage(envelope)
         try:
-            envelope = response.json()
             choice = envelope["choices"][0]
             message = choice["message"]
             if not isinstance(message, dict):
                 raise TypeError("message is not an object")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError) as exc:
             raise LlmRetryableError(self.clean(
                 f"LLM returned a malformed response ({response.status_code}): {response.text[:200]}"),
-                status_code=response.status_code) from exc
+                status_code=response.status_code, **usage) from exc
         if message.get("refusal"):
             raise LlmInvalidOutput(self.clean(f"LLM refused to answer '{schema_name}': {message['refusal']}"),
-                                   raw=str(message["refusal"]))
+                                   raw=str(message["refusal"]), **usage)
         raw = message.get("content")
         if not isinstance(raw, str):
-            raise LlmInvalidOutput(f"LLM reply for '{schema_name}' has no text content", raw=json.dumps(message))
+            raise LlmInvalidOutput(f"LLM reply for '{schema_name}' has no text content", raw=json.dumps(message),
+                                   **usage)
+        cut_off = choice.get("finish_reason") == "length"
         try:
             content = json.loads(raw)
         except json.JSONDecodeError as exc:
-            cut_off = " (finish_reason=length: cut off)" if choice.get("finish_reason") == "length" else ""
             raise LlmInvalidOutput(
                 f"LLM output for '{schema_name}' is not valid JSON: {exc.msg} at line {exc.lineno} "
-                f"column {exc.colno}{cut_off}", raw=raw) from None
+                f"column {exc.colno}{' (finish_reason=length: cut off by max_tokens)' if cut_off else ''}",
+                raw=raw, **usage) from None
+        if cut_off:
+            raise LlmInvalidOutput(f"LLM output for '{schema_name}' was cut off by max_tokens (finish_reason=length)",
+                                   raw=raw, **usage)
         errors = validate(content, schema)
         if errors:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise LlmInvalidOutput(self.clean(f"LLM output does not match schema '{schema_name}': {errors[0]}{more}"),
-                                   raw=raw, errors=errors)
-        usage = envelope.get("usage") or {}
-        return LlmReply(content=content, raw=raw, model=envelope.get("model") or model,
-                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0), latency_s=latency_s)
+                                   raw=raw, errors=errors, **usage)
+        return LlmReply(content=content, raw=raw, model=envelope.get("model") or model, latency_s=latency_s,
+                        **usage)
 
     def status_error(self, response: httpx.Response) -> LlmError:
         status = response.status_code
-        message, code = error_detail(response)
+        body = json_body(response)
+        message, code = error_detail(response, body)
+        known = {"status_code": status, **reported_usage(body)}
         if status in (401, 403):
-            return LlmFatalError(self.clean(f"LLM rejected the credentials ({status}): {message}"), status_code=status)
+            return LlmFatalError(self.clean(f"LLM rejected the credentials ({status}): {message}"), **known)
         if status == 429 and code == "insufficient_quota":
-            return LlmFatalError(self.clean(f"LLM quota exhausted ({status}): {message}"), status_code=status)
+            return LlmFatalError(self.clean(f"LLM quota exhausted ({status}): {message}"), **known)
         if status in RETRYABLE_STATUSES or status >= 500:
             what = "rate limited" if status == 429 else "unavailable"
-            return LlmRetryableError(self.clean(f"LLM {what} ({status}): {message}"), status_code=status,
-                                     retry_after=parse_retry_after(response.headers))
+            return LlmRetryableError(self.clean(f"LLM {what} ({status}): {message}"),
+                                     retry_after=parse_retry_after(response.headers), **known)
         if status in (400, 404, 422):
-            return LlmFatalError(self.clean(f"LLM rejected the request ({status}): {message}"), status_code=status)
-        return LlmFatalError(self.clean(f"LLM returned unexpected status {status}: {message}"), status_code=status)
+            return LlmFatalError(self.clean(f"LLM rejected the request ({status}): {message}"), **known)
+        return LlmFatalError(self.clean(f"LLM returned unexpected status {status}: {message}"), **known)
 
     def endpoint(self) -> str:
         """The chat URL without credentials or query (safe for messages)."""
@@ -177,12 +201,30 @@ class LlmClient:
         return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def error_detail(response: httpx.Response) -> tuple[str, str | None]:
-    """The (message, code) of an OpenAI-style error body, or a short excerpt of any other body."""
+def json_body(response: httpx.Response) -> object:
+    """The parsed JSON body, or None when it is not JSON."""
     try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        error = None
+        return response.json()
+    except ValueError:
+        return None
+
+
+def reported_usage(body: object) -> dict[str, int]:
+    """``prompt_tokens``/``completion_tokens`` of an OpenAI ``usage`` object; 0 for any missing or bad value."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(value: object) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return {"prompt_tokens": count(usage.get("prompt_tokens")),
+            "completion_tokens": count(usage.get("completion_tokens"))}
+
+
+def error_detail(response: httpx.Response, body: object) -> tuple[str, str | None]:
+    """The (message, code) of an OpenAI-style error body, or a short excerpt of any other body."""
+    error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         code = error.get("code") or error.get("type")
         if error.get("type") == "insufficient_quota":

@@ -5,7 +5,7 @@ Imports nothing from Django."""
 from datetime import datetime, timezone
 
 import gridfs
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 
 from generation.contracts import RunRef
@@ -143,6 +143,48 @@ def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]
     avatars = [(doc["index"], None) for doc in db.characters.find(query, fields)]
     posts = [(doc["character_index"], doc["index"]) for doc in db.posts.find(query, fields)]
     return sorted(avatars, key=lambda ref: ref[0]) + sorted(posts)
+
+
+# --- The token ledger: one document per run, counting every token the provider reports ---------------
+# A call first reserves what it could cost at most (its prompt's size plus max_tokens). It is refused
+# when used + every other reservation + its own would pass the run's budget. Once the provider answers,
+# the reservation becomes what was really billed. A retried attempt overwrites its own reservation, so
+# a crashed worker leaks nothing. Writes are conditional on a version (optimistic concurrency).
+
+LEDGER_RETRIES = 100
+
+
+def _ledger(db: Database, run: RunRef, limit: int) -> dict:
+    db.token_ledgers.update_one({"_id": run.key}, {"$setOnInsert": {**_run_fields(run), "used": 0, "reserved": {},
+                                                                     "version": 0, "limit": limit}}, upsert=True)
+    return db.token_ledgers.find_one({"_id": run.key})
+
+
+def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int) -> tuple[bool, int, int]:
+    """Reserve ``tokens`` for ``call`` under ``limit``: (granted, tokens used, tokens reserved by others)."""
+    call = call.replace(".", "_")
+    for _ in range(LEDGER_RETRIES):
+        doc = _ledger(db, run, limit)
+        others = sum(amount for key, amount in doc["reserved"].items() if key != call)
+        if doc["used"] + others + tokens > limit:
+            return False, doc["used"], others
+        if db.token_ledgers.update_one({"_id": run.key, "version": doc["version"]},
+                                       {"$set": {f"reserved.{call}": tokens}, "$inc": {"version": 1}}).modified_count:
+            return True, doc["used"], others
+    raise RuntimeError(f"the token ledger of {run.key} stayed contended")
+
+
+def settle_tokens(db: Database, run: RunRef, call: str, billed: int) -> int:
+    """Replace ``call``'s reservation by what the provider billed; returns the run's tokens used."""
+    doc = db.token_ledgers.find_one_and_update(
+        {"_id": run.key}, {"$inc": {"used": billed, "version": 1}, "$unset": {f"reserved.{call.replace('.', '_')}": ""}},
+        projection={"used": 1}, return_document=ReturnDocument.AFTER)
+    return doc["used"] if doc else billed
+
+
+def tokens_used(db: Database, run_key: str) -> int:
+    doc = db.token_ledgers.find_one({"_id": run_key}, {"used": 1})
+    return doc["used"] if doc else 0
 
 
 def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields: dict) -> None:

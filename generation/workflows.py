@@ -17,7 +17,7 @@ from temporalio.exceptions import (
     TimeoutType,
     is_cancelled_exception,
 )
-from temporalio.workflow import ParentClosePolicy
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from generation.activities import (
@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         StoreActivities,
     )
     from generation.contracts import (
+        BUDGET_EXCEEDED,
         BibleInput,
         CastInput,
         CharacterInput,
@@ -124,10 +125,42 @@ PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row
 # Patches (workflow.patched): histories recorded before them replay the old way.
 THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # children signalled after every post
 EVENT_DRIVEN_PROGRESS = "event-driven-progress"  # the parent woke every PROGRESS_MIRROR_INTERVAL
+# Before it: a cancel did not wait for activities to stop (and could be swallowed), children were
+# started one at a time, and the budget was checked on tokens summed from activity results only.
+EXACT_RUNS = "exact-cancel-and-budget"
 
 
 class BudgetExceeded(Exception):
     pass
+
+
+def cancel_requested(err: BaseException) -> bool:
+    """The error is, or arrived because of, a cancellation of this workflow (an activity that timed
+    out or failed while it was being cancelled counts too)."""
+    return is_cancelled_exception(err) or workflow.cancellation_reason() is not None
+
+
+async def run_activity(activity, arg, *, exact: bool, after_cancel: bool = False, **options):
+    """Every activity of a run goes through here. ``exact`` (runs started after EXACT_RUNS): a cancel
+    waits until the activity has really stopped, and a cancel that arrives while the activity completes
+    is raised rather than swallowed (sdk-python#620). ``after_cancel``: the run's last words, sent once it
+    was cancelled (no second raise)."""
+    if not exact:
+        return await workflow.execute_activity(activity, arg, **options)
+    result = await workflow.execute_activity(
+        activity, arg, cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **options)
+    if not after_cancel and workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError()
+    return result
+
+
+def budget_stop(err: BaseException) -> str | None:
+    """The ledger's message if ``err`` (or one of its causes) is a refused LLM call."""
+    while err is not None:
+        if isinstance(err, ApplicationError) and err.type == BUDGET_EXCEEDED:
+            return err.message
+        err = getattr(err, "cause", None)
+    return None
 
 
 def _fairness(world_id: int) -> Priority:
@@ -154,7 +187,11 @@ class WorldGenerationWorkflow:
         self._posts_by_character: dict[int, int] = {}
         self._degraded_by_character: dict[int, int] = {}
         self._base_tokens = 0
+        self._ledger_tokens = 0  # the run's token ledger (every billed token), as last reported
         self._unmirrored_progress = False
+        self._exact = False
+        self._children: dict[int, asyncio.Future] = {}  # started character workflows (exact runs)
+        self._stopping = False
 
     @workflow.query
     def progress(self) -> Progress:
@@ -170,12 +207,14 @@ class WorldGenerationWorkflow:
         self._tokens_by_character[tick.index] = tick.tokens
         self._posts_by_character[tick.index] = tick.posts_done
         self._degraded_by_character[tick.index] = tick.degraded
+        self._ledger_tokens = max(self._ledger_tokens, tick.run_tokens)
         self._recount()
         self._unmirrored_progress = True
 
     @workflow.run
     async def run(self, inp: WorldRunInput) -> Progress:
         self._inp = inp
+        self._exact = workflow.patched(EXACT_RUNS)
         world = inp.world
         self._progress.characters_total = world.character_count
         self._progress.posts_total = world.character_count * world.posts_per_character
@@ -191,21 +230,29 @@ class WorldGenerationWorkflow:
             await self._finish("budget_exceeded", self._progress.stage,
                                f"token budget of {world.token_budget} exceeded ({self._progress.tokens_used} used)")
         except (asyncio.CancelledError, ActivityError, ChildWorkflowError, ApplicationError) as err:
-            if is_cancelled_exception(err):
+            if is_cancelled_exception(err) or (self._exact and cancel_requested(err)):
                 await self._finish("cancelled", self._progress.stage, "cancelled by staff")
+                if self._exact:
+                    raise asyncio.CancelledError() from err
                 raise
+            stop = budget_stop(err) if self._exact else None
+            if stop:
+                await self._finish("budget_exceeded", self._progress.stage, stop)
+                return self._progress
             message = describe_failure(err)
             await self._finish("failed", self._progress.stage, message)
             raise ApplicationError(message, non_retryable=True) from err
         return self._progress
 
+    async def _llm(self, activity, arg) -> None:
+        usage = await run_activity(activity, arg, exact=self._exact, task_queue=self._inp.config.llm_queue,
+                                   retry_policy=LLM_RETRY, priority=_fairness(self._inp.world.world_id),
+                                   **LLM_TIMEOUTS)
+        self._add_tokens(usage)
+
     async def _generate_bible(self, revision: int, feedback: str | None) -> None:
         self._progress.bible_revision = revision
-        usage = await workflow.execute_activity_method(
-            LlmActivities.generate_bible, BibleInput(self._inp.run, self._inp.world, revision, feedback),
-            task_queue=self._inp.config.llm_queue, retry_policy=LLM_RETRY, priority=_fairness(self._inp.world.world_id),
-            **LLM_TIMEOUTS)
-        self._add_tokens(usage)
+        await self._llm(LlmActivities.generate_bible, BibleInput(self._inp.run, self._inp.world, revision, feedback))
 
     async def _approval_gate(self) -> bool:
         """Wait for approve, or reject-with-feedback (regenerate); False when it times out."""
@@ -222,6 +269,7 @@ class WorldGenerationWorkflow:
             finally:
                 self._progress.awaiting_decision = False
             if self._decision.approved:
+                self._progress.bible_approved = True
                 await self._mirror("running", "characters")
                 return True
             revision = self._progress.bible_revision + 1
@@ -235,10 +283,7 @@ class WorldGenerationWorkflow:
         inp = self._inp
         self._progress.stage = "characters"
         await self._mirror("running", "characters")
-        usage = await workflow.execute_activity_method(
-            LlmActivities.generate_cast, CastInput(inp.run, inp.world), task_queue=inp.config.llm_queue,
-            retry_policy=LLM_RETRY, priority=_fairness(inp.world.world_id), **LLM_TIMEOUTS)
-        self._add_tokens(usage)
+        await self._llm(LlmActivities.generate_cast, CastInput(inp.run, inp.world))
 
         # Sliding window: at most `character_concurrency` character workflows at once.
         running: dict[asyncio.Future, int] = {}
@@ -246,12 +291,7 @@ class WorldGenerationWorkflow:
         try:
             while next_index < inp.world.character_count or running:
                 while next_index < inp.world.character_count and len(running) < inp.config.character_concurrency:
-                    handle = await workflow.start_child_workflow(
-                        CharacterWorkflow.run, CharacterInput(inp.run, inp.world, inp.config, next_index),
-                        id=f"{inp.run.workflow_id}-character-{next_index}",
-                        task_queue=inp.config.workflows_queue,
-                        parent_close_policy=ParentClosePolicy.REQUEST_CANCEL)
-                    running[handle] = next_index
+                    running[await self._start_character(next_index)] = next_index
                     next_index += 1
                 if workflow.patched(EVENT_DRIVEN_PROGRESS):
                     await self._wait_for_progress(running)
@@ -266,11 +306,34 @@ class WorldGenerationWorkflow:
                 if self._unmirrored_progress and self._mirror_due():
                     await self._mirror("running", "posts" if inp.world.posts_per_character else "characters")
         except BaseException:
-            for handle in running:
-                handle.cancel()
+            self._stopping = True
+            for future, index in running.items():
+                if not self._exact:
+                    future.cancel()
+                elif index in self._children:  # one still starting is cancelled once started
+                    self._children[index].cancel()
             if running:  # let them stop, so nothing is still writing when the run is reported finished
                 await workflow.wait(list(running))
             raise
+
+    async def _start_character(self, index: int) -> asyncio.Future:
+        """A running character workflow, as a future of its result. Exact runs start it in a task of
+        its own, which a cancel of this workflow does not interrupt mid-start."""
+        inp = self._inp
+        args = (CharacterWorkflow.run, CharacterInput(inp.run, inp.world, inp.config, index))
+        options = {"id": f"{inp.run.workflow_id}-character-{index}", "task_queue": inp.config.workflows_queue,
+                   "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL}
+        if not self._exact:
+            return await workflow.start_child_workflow(*args, **options)
+
+        async def character() -> CharacterProgress:
+            child = await workflow.start_child_workflow(*args, **options)
+            self._children[index] = child
+            if self._stopping:
+                child.cancel()
+            return await child
+
+        return asyncio.create_task(character())
 
     async def _wait_for_progress(self, running: dict) -> None:
         """Until a character finishes or, when progress waits to be mirrored, its turn comes.
@@ -293,11 +356,13 @@ class WorldGenerationWorkflow:
 
     def _add_tokens(self, usage: TokenUsage) -> None:
         self._base_tokens += usage.tokens
+        self._ledger_tokens = max(self._ledger_tokens, usage.run_tokens)
         self._recount()
         self._check_budget()
 
     def _recount(self) -> None:
-        self._progress.tokens_used = self._base_tokens + sum(self._tokens_by_character.values())
+        summed = self._base_tokens + sum(self._tokens_by_character.values())
+        self._progress.tokens_used = max(summed, self._ledger_tokens)
         self._progress.posts_done = sum(self._posts_by_character.values())
         self._progress.degraded_items = sum(self._degraded_by_character.values())
 
@@ -311,9 +376,9 @@ class WorldGenerationWorkflow:
             self._progress.last_error = error
         self._unmirrored_progress = False
         self._last_mirror = workflow.now()
-        await workflow.execute_activity(
-            MIRROR_ACTIVITY, RunStatusUpdate(self._inp.run.run_id, self._progress, finished),
-            task_queue=self._inp.config.workflows_queue, **MIRROR_OPTIONS)
+        await run_activity(MIRROR_ACTIVITY, RunStatusUpdate(self._inp.run.run_id, self._progress, finished, self._inp.run.key),
+                           exact=self._exact, after_cancel=finished, task_queue=self._inp.config.workflows_queue,
+                           **MIRROR_OPTIONS)
 
     async def _finish(self, status: str, stage: str, error: str = "") -> None:
         await self._mirror(status, stage, error, finished=True)
@@ -325,21 +390,25 @@ class CharacterWorkflow:
 
     @workflow.run
     async def run(self, inp: CharacterInput) -> CharacterProgress:
+        exact = workflow.patched(EXACT_RUNS)
         config, world = inp.config, inp.world
         parent = workflow.info().parent
         progress = CharacterProgress(index=inp.index)
         last_signal = workflow.now()
+
+        async def llm(activity, item: ItemInput) -> None:
+            usage = await run_activity(activity, item, exact=exact, task_queue=config.llm_queue,
+                                       retry_policy=LLM_RETRY, priority=_fairness(world.world_id), **LLM_TIMEOUTS)
+            progress.tokens += usage.tokens
+            progress.run_tokens = max(progress.run_tokens, usage.run_tokens)
+
         item = ItemInput(inp.run, world, inp.index)
-        progress.tokens += (await workflow.execute_activity_method(
-            LlmActivities.generate_character, item, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
-            priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
-        progress.degraded += await render_or_degrade(item, config.media_queue, config.workflows_queue)
+        await llm(LlmActivities.generate_character, item)
+        progress.degraded += await render_or_degrade(item, config.media_queue, config.workflows_queue, exact)
         for post_index in range(world.posts_per_character):
             post = ItemInput(inp.run, world, inp.index, post_index)
-            progress.tokens += (await workflow.execute_activity_method(
-                LlmActivities.generate_post, post, task_queue=config.llm_queue, retry_policy=LLM_RETRY,
-                priority=_fairness(world.world_id), **LLM_TIMEOUTS)).tokens
-            progress.degraded += await render_or_degrade(post, config.media_queue, config.workflows_queue)
+            await llm(LlmActivities.generate_post, post)
+            progress.degraded += await render_or_degrade(post, config.media_queue, config.workflows_queue, exact)
             progress.posts_done += 1
             if parent is not None and self._progress_signal_due(post_index, world.posts_per_character, last_signal):
                 last_signal = workflow.now()
@@ -356,43 +425,63 @@ class CharacterWorkflow:
         return post_index < posts - 1 and workflow.now() - last_signal >= PROGRESS_MIRROR_INTERVAL
 
 
-async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: str) -> int:
-    """Render an image; if the media service stays down, keep the item and mark it (returns 1 if degraded)."""
+async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: str, exact: bool) -> int:
+    """Render an image; if the media service stays down, keep the item and mark it (returns 1 if degraded).
+    A cancellation is never taken for an outage: it goes through."""
     try:
-        await workflow.execute_activity_method(
-            MediaActivities.render_image, item, task_queue=media_queue, retry_policy=MEDIA_RETRY,
+        await run_activity(
+            MediaActivities.render_image, item, exact=exact, task_queue=media_queue, retry_policy=MEDIA_RETRY,
             start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=10),
-            priority=_fairness(item.world.world_id))
+            heartbeat_timeout=timedelta(seconds=10), priority=_fairness(item.world.world_id))
         return 0
-    except ActivityError:
-        await workflow.execute_activity_method(
-            StoreActivities.mark_image_for_rerender, item, task_queue=workflows_queue,
-            start_to_close_timeout=timedelta(seconds=30))
+    except ActivityError as err:
+        if exact and cancel_requested(err):
+            raise
+        await run_activity(StoreActivities.mark_image_for_rerender, item, exact=exact, task_queue=workflows_queue,
+                           start_to_close_timeout=timedelta(seconds=30))
         return 1
 
 
 @workflow.defn
 class RerenderImagesWorkflow:
     """Renders again the images of a finished run that the media service could not make
-    (marked ``needs_render``), a few at a time; returns how many are still missing."""
+    (marked ``needs_render``), a few at a time; returns how many are still missing.
+    Cancelled, it stops its renders and still records how many are missing."""
 
     @workflow.run
     async def run(self, inp: WorldRunInput) -> int:
+        exact = workflow.patched(EXACT_RUNS)
         config = inp.config
-        refs = await workflow.execute_activity_method(
-            StoreActivities.list_images_to_rerender, inp.run, task_queue=config.workflows_queue,
-            start_to_close_timeout=timedelta(seconds=30))
+        refs = await run_activity(StoreActivities.list_images_to_rerender, inp.run, exact=exact,
+                                  task_queue=config.workflows_queue, start_to_close_timeout=timedelta(seconds=30))
         waiting = [ItemInput(inp.run, inp.world, ref.character_index, ref.post_index) for ref in refs]
         running: set[asyncio.Task] = set()
         still_missing = 0
-        while waiting or running:
-            while waiting and len(running) < config.character_concurrency:
-                item = waiting.pop(0)
-                running.add(asyncio.create_task(render_or_degrade(item, config.media_queue, config.workflows_queue)))
-            done, running = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            still_missing += sum(task.result() for task in done)
-        await workflow.execute_activity(
-            DEGRADED_MIRROR_ACTIVITY, DegradedItemsUpdate(inp.run.run_id, still_missing),
-            task_queue=config.workflows_queue, **MIRROR_OPTIONS)
+        try:
+            while waiting or running:
+                while waiting and len(running) < config.character_concurrency:
+                    item = waiting.pop(0)
+                    running.add(asyncio.create_task(
+                        render_or_degrade(item, config.media_queue, config.workflows_queue, exact)))
+                done, pending = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running = set(pending)  # workflow.wait returns lists
+                still_missing += sum(task.result() for task in done)
+        except BaseException:
+            if not exact:
+                raise
+            for task in running:
+                task.cancel()
+            if running:
+                await workflow.wait(running)
+            left = await run_activity(StoreActivities.list_images_to_rerender, inp.run, exact=exact,
+                                      after_cancel=True, task_queue=config.workflows_queue,
+                                      start_to_close_timeout=timedelta(seconds=30))
+            await self._record(inp, len(left), exact, after_cancel=True)
+            raise
+        await self._record(inp, still_missing, exact)
         return still_missing
+
+    @staticmethod
+    async def _record(inp: WorldRunInput, still_missing: int, exact: bool, after_cancel: bool = False) -> None:
+        await run_activity(DEGRADED_MIRROR_ACTIVITY, DegradedItemsUpdate(inp.run.run_id, still_missing), exact=exact,
+                           after_cancel=after_cancel, task_queue=inp.config.workflows_queue, **MIRROR_OPTIONS)

@@ -7,6 +7,12 @@ once. Endpoints:
 - ``POST /v1/chat/completions``: OpenAI request and reply shapes; the content
   is made by ``localllm.content`` (deterministic, valid against the request's
   ``response_format`` JSON schema). Unknown ``model`` → 404 ``model_not_found``.
+  Tokens are estimated at ~4 characters each. ``max_tokens`` (and
+  ``max_completion_tokens``; the smaller wins) is honoured: a longer completion
+  is cut to fit, with ``finish_reason`` "length" and ``completion_tokens`` equal
+  to the limit (so JSON output is left invalid, as with a real model); a value
+  that is not an integer >= 1 → 400 ``invalid_request_error``. Every 200
+  reply reports ``usage``.
 - ``GET /v1/models`` (and ``/v1/models/{id}``): the one model.
 - ``POST /_control``: fault-injection switches, e.g.
   ``{"latency_s": 0.5, "queue": [{"status": 429, "retry_after": 2}, {"hang": true}]}``.
@@ -17,9 +23,15 @@ once. Endpoints:
   ``{"hang": true}`` (never answer; held until the client disconnects or the
   server stops), ``{"invalid_json": true}`` (a 200 whose content is truncated
   JSON), ``{"content": "..."}`` (a 200 with exactly this content).
+  Any item but a hang may add ``"usage": {"prompt_tokens": P, "completion_tokens": C}``
+  to report that usage instead of the estimate; on an error status the error
+  body then carries this ``usage`` too (some providers bill failed requests).
   ``{"reset": true}`` empties the queue, restores the start-up latency and
   zeroes the counters. ``GET /_control`` shows the switches.
-- ``GET /_stats``: ``{"chat_requests", "by_status", "in_flight", "peak_in_flight"}``.
+- ``GET /_stats``: ``{"chat_requests", "by_status", "in_flight", "peak_in_flight",
+  "billed_tokens", "without_max_tokens"}``; ``billed_tokens`` sums prompt + completion tokens of every
+  ``usage`` in a reply made (the provider's bill; a reply whose client has gone
+  away still counts, as a provider would still bill it).
 
 With an API key, ``/v1/*`` needs ``Authorization: Bearer <key>``; the ``/_``
 endpoints never do (this is a local test server: bind it to 127.0.0.1).
@@ -39,6 +51,7 @@ from localllm.content import completion_content, message_text
 log = logging.getLogger("localllm")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+CHARS_PER_TOKEN = 4  # the usage estimate
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
            413: "Payload Too Large", 422: "Unprocessable Entity", 429: "Too Many Requests",
@@ -76,7 +89,7 @@ def error(status: int, message: str, type_: str = "invalid_request_error", code:
 
 
 def estimate_tokens(text: str) -> int:
-    return max(1, len(text) // 4)
+    return max(1, len(text) // CHARS_PER_TOKEN)
 
 
 class BadRequest(Exception):
@@ -90,7 +103,8 @@ class LocalLlmServer:
         self.start_latency_s = self.latency_s = latency_s
         self.queue: deque[dict] = deque()
         self.by_status: Counter[str] = Counter()
-        self.chat_requests = self.in_flight = self.peak_in_flight = 0
+        self.chat_requests = self.in_flight = self.peak_in_flight = self.billed_tokens = 0
+        self.without_max_tokens = 0  # chat requests that set no max_tokens
         self.connections: set[asyncio.Task] = set()
         self.server: asyncio.AbstractServer | None = None
 
@@ -117,12 +131,15 @@ class LocalLlmServer:
             self.queue.clear()
             self.latency_s = self.start_latency_s
             self.by_status.clear()
-            self.chat_requests, self.peak_in_flight = 0, self.in_flight
+            self.chat_requests, self.peak_in_flight, self.billed_tokens = 0, self.in_flight, 0
+            self.without_max_tokens = 0
         if "latency_s" in control:
             self.latency_s = float(control["latency_s"])
         for item in control.get("queue", []):
             if not isinstance(item, dict):
                 raise ValueError("queue items must be objects")
+            if "usage" in item and not is_usage(item["usage"]):
+                raise ValueError('"usage" must be {"prompt_tokens": P, "completion_tokens": C} (integers >= 0)')
             self.queue.append(item)
 
     def control_state(self) -> dict:
@@ -130,7 +147,14 @@ class LocalLlmServer:
 
     def stats(self) -> dict:
         return {"chat_requests": self.chat_requests, "by_status": dict(self.by_status),
-                "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight}
+                "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+                "billed_tokens": self.billed_tokens, "without_max_tokens": self.without_max_tokens}
+
+    def bill(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        """An OpenAI ``usage`` object, added to ``billed_tokens``."""
+        self.billed_tokens += prompt_tokens + completion_tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
 
     # --- HTTP -------------------------------------------------------------------
 
@@ -248,6 +272,16 @@ class LocalLlmServer:
             schema, schema_name = spec.get("schema"), spec.get("name", "")
             if not isinstance(schema, dict):
                 return error(400, "response_format.json_schema.schema must be an object", code="invalid_schema")
+        limits = []
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                return error(400, f"Invalid '{name}': expected an integer >= 1, got {json.dumps(value)}.",
+                             code="invalid_value")
+            limits.append(value)
+        self.without_max_tokens += not limits
 
         fault = self.queue.popleft() if self.queue else {}
         if fault.get("hang"):
@@ -255,7 +289,10 @@ class LocalLlmServer:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         if "status" in fault and fault["status"] != 200:
-            return fault_response(fault)
+            response = fault_response(fault)
+            if "usage" in fault:
+                response.body["usage"] = self.bill(fault["usage"]["prompt_tokens"], fault["usage"]["completion_tokens"])
+            return response
 
         if "content" in fault:
             content = str(fault["content"])
@@ -263,8 +300,11 @@ class LocalLlmServer:
             content = completion_content(messages, schema, schema_name=schema_name, seed=body.get("seed"))
         if fault.get("invalid_json"):
             content = content[: max(1, len(content) // 2)]
-        prompt_tokens = estimate_tokens("".join(message_text(m) for m in messages))
-        completion_tokens = estimate_tokens(content)
+        finish_reason = "stop"
+        if limits and estimate_tokens(content) > min(limits):
+            content, finish_reason = content[: min(limits) * CHARS_PER_TOKEN], "length"
+        usage = fault.get("usage") or {"prompt_tokens": estimate_tokens("".join(message_text(m) for m in messages)),
+                                       "completion_tokens": estimate_tokens(content)}
         return Response(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -272,9 +312,8 @@ class LocalLlmServer:
             "model": MODEL_ID,
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                         "logprobs": None, "finish_reason": finish_reason}],
+            "usage": self.bill(usage["prompt_tokens"], usage["completion_tokens"]),
         })
 
 
@@ -291,6 +330,12 @@ def fault_response(fault: dict) -> Response:
     else:
         message, type_, code = FAULT_MESSAGES.get(status, (f"Injected error {status}", "server_error", None))
     return error(status, fault.get("message", message), fault.get("type", type_), fault.get("code", code), headers)
+
+
+def is_usage(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(value.get(key), int) and not isinstance(value.get(key), bool) and value[key] >= 0
+        for key in ("prompt_tokens", "completion_tokens"))
 
 
 def parse_json_object(body: bytes) -> dict:

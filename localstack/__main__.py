@@ -3,7 +3,8 @@
 Starts SecantusDB, the Temporal dev server (with its UI), the local LLM
 endpoint, the media server, the worker and Django's server, all from this
 venv; generates the sample world; keeps every byte of data under
-``.localdata/``; stops everything it started on Ctrl-C or SIGTERM.
+``.localdata/``; stops everything it started on Ctrl-C or SIGTERM. Runs with
+``WORLDGEN_ENV=development`` unless the environment sets it.
 """
 
 import argparse
@@ -175,6 +176,8 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
+    # The local development stack: settings fail closed to production, so say so for every process it starts.
+    os.environ.setdefault("WORLDGEN_ENV", "development")
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
         signal.signal(sig, _interrupt)
     started: list[servers.ManagedProcess] = []

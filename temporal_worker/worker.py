@@ -38,6 +38,9 @@ from worlds.activities import RunMirrorActivities
 log = logging.getLogger(__name__)
 
 ROLES = ("workflows", "llm", "media")
+# Heartbeats reach the server at least this often (the SDK's default waits 80% of the heartbeat
+# timeout): a cancel reaches a running activity within about this long.
+HEARTBEAT_FLUSH_INTERVAL = timedelta(seconds=2)
 
 
 def task_queue_for(role: str) -> str:
@@ -99,6 +102,7 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
                 max_concurrent_activities=options.max_concurrent_activities,
                 max_activities_per_second=options.max_activities_per_second,
                 graceful_shutdown_timeout=timedelta(seconds=options.graceful_shutdown_seconds),
+                max_heartbeat_throttle_interval=HEARTBEAT_FLUSH_INTERVAL,
                 interceptors=interceptors,
                 **kwargs,
             )

@@ -2,6 +2,7 @@
 endpoint, media server and Mongo. Content is procedural; transports are real."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from generation import mongo
 from temporal_worker.client import temporal_call
+from tests.conftest import ROOT
 from worlds.models import GenerationRun, World
 from worlds.selectors import run_live_progress
 from worlds.services import (
@@ -192,6 +194,7 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     with pytest.raises(GenerationError, match="already being re-rendered"):
         generation_rerender(run=run)
     still_missing = temporal_call(lambda client: client.get_workflow_handle(workflow_id).result(), timeout=120)
+    record_history(workflow_id, "rerender_completed")
     run.refresh_from_db()
     assert still_missing == 0 and run.degraded_items == 0 and run.status == "completed"
     assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 4}
@@ -200,13 +203,69 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
         generation_rerender(run=run)
 
 
-def test_token_budget_stops_the_run_cleanly(start_worker):
+def llm_stats(llm_server: str) -> dict:
+    return httpx.get(llm_server.removesuffix("/v1") + "/_stats", timeout=5).json()
+
+
+def test_token_budget_is_a_hard_cap(start_worker, llm_server):
+    """One character, so calls are strictly sequential: the run stops before the call that could
+    pass the budget, and what it counted is exactly what the provider billed."""
     start_worker()
-    run = wait_for(generation_start(world=make_world(token_budget=1000, character_count=5, posts_per_character=5)),
+    llm_control(llm_server, {"reset": True})
+    run = wait_for(generation_start(world=make_world(token_budget=6000, character_count=1, posts_per_character=12)),
                    FINISHED)
-    assert run.status == "budget_exceeded"
-    assert "token budget of 1000 exceeded" in run.error and run.tokens_used > 1000
+    assert run.status == "budget_exceeded", run.error
+    assert "token budget of 6000 reached" in run.error
+    stats = llm_stats(llm_server)
+    assert 0 < run.tokens_used == stats["billed_tokens"] <= 6000
+    assert stats["without_max_tokens"] == 0  # every call set max_tokens
+    assert 0 < run.posts_done < 12
     record_history(run.workflow_id, "world_budget_exceeded")
+
+
+def test_every_billed_token_is_counted_repairs_and_failed_attempts_included(start_worker, llm_server):
+    """The bible's first reply is invalid JSON (repaired), the repair call fails with a 500 that is
+    billed anyway (the attempt is retried): all of it counts."""
+    start_worker()
+    llm_control(llm_server, {"reset": True, "queue": [
+        {"invalid_json": True, "usage": {"prompt_tokens": 30000, "completion_tokens": 10}},
+        {"status": 500, "usage": {"prompt_tokens": 20000, "completion_tokens": 0}}]})
+    run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
+    assert run.status == "completed", run.error
+    billed = llm_stats(llm_server)["billed_tokens"]
+    assert billed > 50_010 and run.tokens_used == billed
+    task = mongo.get_db().generation_tasks.find_one({"_id": f"w{run.world_id}-r{run.number}:bible:0"})
+    assert task["status"] == "succeeded" and task["attempt"] == 2 and task["max_tokens"] > 0
+
+
+def test_cancel_during_a_slow_render_stops_the_run_before_any_post(start_worker, logs_dir):
+    """Each image takes 8 s: cancelled while the avatars render, the run writes no post and no
+    image afterwards (it used to write all 12 posts and their images, then report cancelled)."""
+    from localstack import servers
+
+    port = servers.free_port()
+    slow = servers.start("slow media server", [sys.executable, "-m", "mediaserver", "--port", str(port),
+                                                "--delay", "8"], log_path=logs_dir / "slow-mediaserver.log", cwd=ROOT)
+    try:
+        servers.wait_for_port(slow, port)
+        start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"})
+        run = generation_start(world=make_world(character_count=2, posts_per_character=6))
+        db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+        deadline = time.monotonic() + 60
+        while not db.generation_tasks.count_documents({"run_key": key, "stage": "character", "status": "succeeded"}):
+            assert time.monotonic() < deadline, "no profile was written"
+            time.sleep(0.1)
+        time.sleep(1)  # the avatar render is in flight (it takes 8 s)
+        generation_cancel(run=run)
+        wait_for(run, FINISHED, timeout=60)
+        assert run.status == "cancelled", (run.status, run.error)
+        made = counts(run)
+        time.sleep(10)  # longer than a render: anything still going would land now
+        assert counts(run) == made
+        assert made["posts"] == 0 and made["images"] == 0, made
+        assert db.characters.count_documents({"run_key": key, "image_status": "needs_render"}) == 0
+    finally:
+        slow.stop()
 
 
 def test_killed_worker_is_restarted_and_the_world_completes_without_duplicates(start_worker, llm_server):

@@ -1,6 +1,7 @@
 """generation.llm.LlmClient against the real localllm server: replies and the classification of failures."""
 
 import asyncio
+import inspect
 import json
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -10,7 +11,7 @@ import pytest
 
 from generation.json_schema import validate
 from generation.llm import (LlmClient, LlmError, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError,
-                            parse_retry_after)
+                            parse_retry_after, reported_usage)
 from localllm import MODEL_ID
 from localstack import servers
 from tests.conftest import start_localllm
@@ -32,6 +33,7 @@ CHARACTERS = {
     }}},
 }
 GOOD_CHARACTER = {"name": "Wren Mosslight", "handle": "wren.mosslight", "bio": "Canal poet."}
+MAX_TOKENS = 4096
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,14 @@ def control(base: str, switches: dict) -> None:
     httpx.post(f"{base}/_control", json=switches, timeout=10).raise_for_status()
 
 
+def stats(base: str) -> dict:
+    return httpx.get(f"{base}/_stats", timeout=10).json()
+
+
 def complete(base: str, *, api_key: str | None = None, **kwargs) -> LlmReply:
     """One ``complete_json`` call through a client built like the worker's shared one."""
-    kwargs = {"messages": MESSAGES, "schema": CHARACTERS, "schema_name": "characters", **kwargs}
+    kwargs = {"messages": MESSAGES, "schema": CHARACTERS, "schema_name": "characters", "max_tokens": MAX_TOKENS,
+              **kwargs}
 
     async def go() -> LlmReply:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -95,6 +102,7 @@ def test_rate_limit_is_retryable_with_retry_after(llm):
     control(llm, {"queue": [{"status": 429, "retry_after": 2}]})
     error = failure(LlmRetryableError, llm)
     assert error.retry_after == 2.0 and error.status_code == 429 and error.retryable
+    assert (error.prompt_tokens, error.completion_tokens, error.tokens) == (0, 0, 0)  # no usage reported
     assert str(error).startswith("LLM rate limited (429): ")
 
 
@@ -159,6 +167,7 @@ def test_invalid_json_keeps_the_raw_output(llm):
     error = failure(LlmInvalidOutput, llm)
     assert str(error).startswith("LLM output for 'characters' is not valid JSON: ")
     assert error.raw and error.raw.startswith("{") and not error.retryable
+    assert error.prompt_tokens >= 1 and error.completion_tokens == max(1, len(error.raw) // 4)
     assert json.loads(complete(llm).raw)  # the same request succeeds once the fault is spent
     assert complete(llm).raw.startswith(error.raw)
 
@@ -170,6 +179,64 @@ def test_output_violating_the_schema_names_the_path(llm):
     problem = "$.characters[2].handle: expected string, got integer"
     assert str(error) == f"LLM output does not match schema 'characters': {problem}"
     assert json.loads(error.raw) == bad and error.errors == [problem]
+    assert error.completion_tokens == len(error.raw) // 4
+
+
+def test_max_tokens_is_sent_and_a_cut_off_reply_is_invalid_output_with_its_usage(llm):
+    error = failure(LlmInvalidOutput, llm, max_tokens=5)
+    assert "cut off by max_tokens" in str(error) and str(error).startswith("LLM output for 'characters' is not valid")
+    assert error.completion_tokens == 5 and error.prompt_tokens >= 1 and len(error.raw) == 20
+    assert complete(llm).raw.startswith(error.raw)
+
+
+def test_a_cut_off_reply_is_invalid_even_when_it_parses(llm):
+    control(llm, {"queue": [{"content": "12345678"}]})
+    error = failure(LlmInvalidOutput, llm, max_tokens=1)
+    assert str(error) == "LLM output for 'characters' was cut off by max_tokens (finish_reason=length)"
+    assert error.raw == "1234" and error.completion_tokens == 1
+
+
+@pytest.mark.parametrize("max_tokens", [0, -3, 2.5, None, True])
+def test_max_tokens_is_required_and_positive(llm, max_tokens):
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
+        complete(llm, max_tokens=max_tokens)
+    assert stats(llm)["chat_requests"] == 0
+    required = inspect.signature(LlmClient.complete_json).parameters["max_tokens"]
+    assert required.default is inspect.Parameter.empty and required.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("fault,error_type", [({"status": 503}, LlmRetryableError),
+                                              ({"status": 400}, LlmFatalError),
+                                              ({"status": 429, "code": "insufficient_quota"}, LlmFatalError),
+                                              ({"content": "[]"}, LlmInvalidOutput)])
+def test_usage_reported_with_a_failure_is_on_the_error(llm, fault, error_type):
+    control(llm, {"queue": [{**fault, "usage": {"prompt_tokens": 120, "completion_tokens": 7}}]})
+    error = failure(error_type, llm)
+    assert (error.prompt_tokens, error.completion_tokens, error.tokens) == (120, 7, 127)
+
+
+def test_billed_tokens_equal_the_usage_of_every_reply_and_failure(llm):
+    control(llm, {"queue": [{"invalid_json": True}, {"status": 429}, {"content": "{}"},
+                            {"status": 500, "usage": {"prompt_tokens": 9, "completion_tokens": 0}}]})
+    counted = 0
+    for max_tokens in (MAX_TOKENS, MAX_TOKENS, MAX_TOKENS, MAX_TOKENS, 3, MAX_TOKENS):  # ...cut off, valid
+        try:
+            reply = complete(llm, max_tokens=max_tokens)
+            counted += reply.prompt_tokens + reply.completion_tokens
+        except LlmError as error:
+            counted += error.tokens
+    assert counted > 9 and stats(llm)["billed_tokens"] == counted
+    control(llm, {"reset": True})
+    assert stats(llm)["billed_tokens"] == 0
+
+
+def test_reported_usage_tolerates_missing_and_bad_values():
+    assert reported_usage({"usage": {"prompt_tokens": 3, "completion_tokens": 4.0, "total_tokens": 7}}) == {
+        "prompt_tokens": 3, "completion_tokens": 4}
+    for body in (None, [], "x", {}, {"usage": None}, {"usage": [1, 2]},
+                 {"usage": {"prompt_tokens": "3", "completion_tokens": True}},
+                 {"usage": {"prompt_tokens": -1, "completion_tokens": 2.5}}):
+        assert reported_usage(body) == {"prompt_tokens": 0, "completion_tokens": 0}
 
 
 def test_output_checked_against_a_stricter_schema_than_the_server_honours(llm):
@@ -188,12 +255,13 @@ def test_many_concurrent_calls_share_one_client(llm):
                                      limits=httpx.Limits(max_connections=100)) as http:
             client = LlmClient(http, default_model=MODEL_ID)
             return await asyncio.gather(*(
-                client.complete_json(messages=MESSAGES, schema=CHARACTERS, schema_name="characters", seed=i)
+                client.complete_json(messages=MESSAGES, schema=CHARACTERS, schema_name="characters",
+                                     max_tokens=MAX_TOKENS, seed=i)
                 for i in range(80)))
 
     replies = asyncio.run(go())
     assert len({r.raw for r in replies}) == 80
-    assert httpx.get(f"{llm}/_stats", timeout=10).json()["peak_in_flight"] >= 60
+    assert stats(llm)["peak_in_flight"] >= 60
 
 
 def test_parse_retry_after_forms():

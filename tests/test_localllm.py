@@ -229,9 +229,12 @@ def test_invalid_json_and_fixed_content_switches(llm):
     request(llm, "POST", "/_control", json={"queue": [{"invalid_json": True}, {"content": "{\"a\": 1}"}]})
     broken = chat(llm, chat_body())
     assert broken.status_code == 200
+    broken_content = broken.json()["choices"][0]["message"]["content"]
     with pytest.raises(json.JSONDecodeError):
-        json.loads(broken.json()["choices"][0]["message"]["content"])
-    assert content_of(chat(llm, chat_body())) == {"a": 1}
+        json.loads(broken_content)
+    assert broken.json()["usage"]["completion_tokens"] == len(broken_content) // 4
+    fixed = chat(llm, chat_body())
+    assert content_of(fixed) == {"a": 1} and fixed.json()["usage"]["completion_tokens"] == 2
     assert validate(content_of(chat(llm, chat_body())), WORLD) == []
 
 
@@ -301,3 +304,48 @@ def test_signal_stops_the_server_cleanly_even_with_a_hanging_request(logs_dir, s
         assert sock.recv(1024) == b""  # the held request was dropped, not answered
     log = process.log_path.read_text()
     assert "localllm: listening on" in log and "localllm: stopped" in log
+
+
+def test_max_tokens_cuts_the_completion_off(llm):
+    full = chat(llm, chat_body()).json()
+    full_content = full["choices"][0]["message"]["content"]
+    for limits, expected in (({"max_tokens": 10}, 10), ({"max_tokens": 50, "max_completion_tokens": 8}, 8),
+                             ({"max_tokens": 7, "max_completion_tokens": None}, 7)):
+        reply = chat(llm, chat_body(**limits)).json()
+        content = reply["choices"][0]["message"]["content"]
+        assert reply["choices"][0]["finish_reason"] == "length"
+        assert reply["usage"]["completion_tokens"] == expected and content == full_content[: expected * 4]
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(content)
+    roomy = chat(llm, chat_body(max_completion_tokens=full["usage"]["completion_tokens"])).json()
+    assert roomy["choices"][0]["finish_reason"] == "stop" and roomy["choices"][0]["message"]["content"] == full_content
+
+
+@pytest.mark.parametrize("limits", [{"max_tokens": 0}, {"max_tokens": -5}, {"max_tokens": "10"},
+                                    {"max_tokens": 2.5}, {"max_tokens": True}, {"max_completion_tokens": 0}])
+def test_bad_max_tokens_is_rejected_like_openai(llm, limits):
+    request(llm, "POST", "/_control", json={"queue": [{"status": 503}]})
+    response = chat(llm, chat_body(**limits))
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+    assert list(limits)[0] in response.json()["error"]["message"]
+    assert "usage" not in response.json()
+    assert chat(llm, chat_body()).status_code == 503  # the fault was not spent on the rejected request
+
+
+def test_usage_override_and_billed_tokens(llm):
+    usage = {"prompt_tokens": 321, "completion_tokens": 12}
+    queue = [{"usage": usage}, {"invalid_json": True, "usage": usage}, {"content": "{}", "usage": usage},
+             {"status": 503, "usage": usage}, {"status": 429}, {}]
+    request(llm, "POST", "/_control", json={"queue": queue})
+    responses = [chat(llm, chat_body()) for _ in queue]
+    assert [r.status_code for r in responses] == [200, 200, 200, 503, 429, 200]
+    reported = [r.json().get("usage") for r in responses]
+    assert reported[:4] == [{**usage, "total_tokens": 333}] * 4
+    assert reported[4] is None and responses[3].json()["error"]["message"]
+    billed = request(llm, "GET", "/_stats").json()["billed_tokens"]
+    assert billed == 4 * 333 + reported[5]["total_tokens"]
+    request(llm, "POST", "/_control", json={"reset": True})
+    assert request(llm, "GET", "/_stats").json()["billed_tokens"] == 0
+    for bad in ({"prompt_tokens": 1}, {"prompt_tokens": -1, "completion_tokens": 0}, [1, 2],
+                {"prompt_tokens": "1", "completion_tokens": 2}):
+        assert request(llm, "POST", "/_control", json={"queue": [{"usage": bad}]}).status_code == 400

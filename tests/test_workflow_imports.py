@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.fast
+
 SANDBOXED_MODULES = ["generation.workflows", "generation.baseline", "generation.activities", "generation.contracts", "generation.llm",
                      "generation.media", "generation.store"]
 

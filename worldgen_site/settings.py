@@ -1,8 +1,11 @@
 """worldgen settings. Every deployment value comes from the environment.
 
-``WORLDGEN_ENV=production`` switches on the secure settings that
-``manage.py check --deploy`` expects and makes the secrets mandatory.
-The README's configuration table lists every variable.
+Fail closed: unless ``WORLDGEN_ENV`` is exactly ``development`` (which
+``make demo``, ``make test`` and ``python -m localstack`` set), this is
+production: the secrets are mandatory, ``DEBUG`` is forbidden and the secure
+settings that ``manage.py check --deploy`` expects are on. Secrets are masked
+on debug pages and in logs (``worldgen_site.logs``). The README's
+configuration table lists every variable.
 """
 
 from pathlib import Path
@@ -22,23 +25,25 @@ from worldgen_site.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_DATA_DIR = BASE_DIR / ".localdata"
 
-WORLDGEN_ENV = env_str("WORLDGEN_ENV", "development")
-if WORLDGEN_ENV not in ("development", "production"):
-    raise SettingsError(f"WORLDGEN_ENV must be development or production, got {WORLDGEN_ENV!r}")
-PRODUCTION = WORLDGEN_ENV == "production"
+# Anything but the explicit "development" (unset, "staging", a typo) is production.
+PRODUCTION = env_str("WORLDGEN_ENV", "production") != "development"
+WORLDGEN_ENV = "production" if PRODUCTION else "development"
+_PROD = "in production (WORLDGEN_ENV is not development)"
 
 _DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
-SECRET_KEY = env_str("SECRET_KEY", None if PRODUCTION else _DEV_SECRET_KEY)
+SECRET_KEY = env_str("SECRET_KEY", "" if PRODUCTION else _DEV_SECRET_KEY)
+if PRODUCTION and not SECRET_KEY:
+    raise SettingsError(f"SECRET_KEY is required {_PROD}")
 if PRODUCTION and (len(SECRET_KEY) < 50 or SECRET_KEY == _DEV_SECRET_KEY):
-    raise SettingsError("SECRET_KEY must be a random string of at least 50 characters in production")
+    raise SettingsError(f"SECRET_KEY must be a random string of at least 50 characters {_PROD}")
 
 DEBUG = env_bool("DEBUG", not PRODUCTION)
 if PRODUCTION and DEBUG:
-    raise SettingsError("DEBUG must be false when WORLDGEN_ENV=production")
+    raise SettingsError(f"DEBUG must be false {_PROD}")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
 if PRODUCTION and not ALLOWED_HOSTS:
-    raise SettingsError("ALLOWED_HOSTS is required in production (comma-separated host names)")
+    raise SettingsError(f"ALLOWED_HOSTS is required {_PROD} (comma-separated host names)")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -170,10 +175,20 @@ LOGGING = {
         "json": {"()": "worldgen_site.logs.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "filters": {"secrets": {"()": "worldgen_site.logs.MaskSecrets"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {name: {"level": "WARNING"} for name in ("temporalio", "pymongo", "httpx", "httpcore")},
+    "loggers": {
+        # Drop Django's default handlers here: they print django.* records a second time, unmasked.
+        "django": {"handlers": []},
+        **{name: {"level": "WARNING"} for name in ("temporalio", "pymongo", "httpx", "httpcore")},
+    },
 }
+
+# Debug pages hide settings (and request META, which holds os.environ under runserver)
+# whose names look secret, and mask secret values wherever they appear.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "worldgen_site.logs.SecretSettingsFilter"
+DEFAULT_EXCEPTION_REPORTER = "worldgen_site.logs.MaskingExceptionReporter"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

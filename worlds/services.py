@@ -17,6 +17,7 @@ from generation.contracts import (
     WorldRunInput,
     WorldSnapshot,
 )
+from generation import mongo, store
 from generation.workflows import RerenderImagesWorkflow, WorldGenerationWorkflow
 from temporal_worker.client import TemporalUnavailable, temporal_call
 from worlds.models import AuditEvent, GenerationRun, World
@@ -216,15 +217,22 @@ def run_degraded_record(*, update: DegradedItemsUpdate) -> None:
 
 
 def run_status_record(*, update: RunStatusUpdate) -> None:
-    """Mirror a workflow's progress onto its run row (called by an activity)."""
+    """Mirror a workflow's progress onto its run row (called by an activity). Tokens come from the
+    run's token ledger (every billed token, failed attempts included); a finished run's post count
+    from what is stored (posts of a character that failed count too)."""
     progress = update.progress
     fields = {
         "status": progress.status, "stage": progress.stage, "characters_done": progress.characters_done,
         "characters_total": progress.characters_total, "posts_done": progress.posts_done,
         "posts_total": progress.posts_total, "degraded_items": progress.degraded_items,
-        "tokens_used": progress.tokens_used, "bible_revision": progress.bible_revision, "error": progress.last_error,
-        "updated_at": timezone.now(),
+        "tokens_used": progress.tokens_used, "bible_revision": progress.bible_revision,
+        "error": progress.last_error, "updated_at": timezone.now(),
     }
+    if update.run_key:
+        db = mongo.get_db()
+        fields["tokens_used"] = max(progress.tokens_used, store.tokens_used(db, update.run_key))
+        if update.finished:
+            fields["posts_done"] = max(progress.posts_done, db.posts.count_documents({"run_key": update.run_key}))
     if update.finished:
         fields["finished_at"] = timezone.now()
     GenerationRun.objects.filter(pk=update.run_id).update(**fields)
