@@ -6,6 +6,7 @@ references) inside the Temporal sandbox.
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -15,7 +16,9 @@ from datetime import datetime, timedelta, timezone
 
 from pymongo.database import Database
 from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from generation import prompts, schemas, store
 from generation.contracts import (
@@ -26,6 +29,7 @@ from generation.contracts import (
     ItemInput,
     RunRef,
     TokenUsage,
+    WorldCleanupResult,
     WorldSnapshot,
 )
 from generation.llm import LlmClient, LlmError, LlmInvalidOutput, LlmReply, LlmRetryableError
@@ -298,3 +302,68 @@ class StoreActivities:
     def mark_image_for_rerender(self, inp: ItemInput) -> None:
         collection, key, _ = store.image_target(self.db, inp.run, inp.character_index, inp.post_index)
         store.mark_image_for_rerender(self.db, collection, key, "media service unavailable")
+
+
+STOP_POLL_S = 1.0  # how often stop_workflows asks Temporal whether the workflows have stopped
+
+
+class CleanupActivities:
+    """What a deleted world leaves behind: its running workflows, then its Mongo content."""
+
+    def __init__(self, client: Client, db: Database) -> None:
+        self.client = client
+        self.db = db
+
+    @activity.defn
+    async def stop_workflows(self, workflow_ids: list[str]) -> int:
+        """Cancel those of the workflows that are running and wait until Temporal reports none of them
+        running; returns how many were running. Only Temporal's answers count: nothing is assumed."""
+        running = await self._running(workflow_ids)
+        count, cancelled = len(running), set()
+        while running:
+            for workflow_id, run_id in running.items():
+                if run_id not in cancelled:
+                    await self._cancel(workflow_id, run_id)
+                    cancelled.add(run_id)
+            await asyncio.sleep(STOP_POLL_S)
+            activity.heartbeat()
+            running = await self._running(list(running))
+        return count
+
+    @activity.defn
+    async def delete_world_content(self, world_id: int) -> WorldCleanupResult:
+        on_batch = _between_batches(asyncio.get_running_loop())
+        documents, images = await in_thread(
+            functools.partial(store.delete_world_content, self.db, world_id, on_batch=on_batch))
+        return WorldCleanupResult(documents=documents, images=images)
+
+    async def _running(self, workflow_ids: list[str]) -> dict[str, str]:
+        """{workflow ID: run ID} of those whose latest run is running."""
+        runs = await asyncio.gather(*(self._running_run(workflow_id) for workflow_id in workflow_ids))
+        return {workflow_id: run_id for workflow_id, run_id in zip(workflow_ids, runs) if run_id}
+
+    async def _running_run(self, workflow_id: str) -> str | None:
+        try:
+            described = await self.client.get_workflow_handle(workflow_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:  # Temporal does not know it: nothing runs
+                return None
+            raise
+        return described.run_id if described.status == WorkflowExecutionStatus.RUNNING else None
+
+    async def _cancel(self, workflow_id: str, run_id: str) -> None:
+        try:
+            await self.client.get_workflow_handle(workflow_id, run_id=run_id).cancel()
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it closed since we asked
+                raise
+
+
+def _between_batches(loop: asyncio.AbstractEventLoop):
+    """``on_batch`` for store calls run in a thread: heartbeats on the activity's event loop
+    (the thread carries the activity's context), and stops the work once the activity is cancelled."""
+    def on_batch() -> None:
+        if activity.is_cancelled():
+            raise asyncio.CancelledError()
+        loop.call_soon_threadsafe(activity.heartbeat)
+    return on_batch

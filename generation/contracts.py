@@ -150,3 +150,24 @@ class RunStatusUpdate:
     progress: Progress
     finished: bool = False
     run_key: str = ""  # where the run's token ledger is (RunRef.key)
+
+
+@dataclass
+class WorldCleanupInput:
+    """A deleted world: its ID and the IDs of every workflow it may still have running
+    (its runs ``world-<id>-run-<n>`` and their re-renders ``world-<id>-run-<n>-rerender``)."""
+
+    world_id: int
+    workflow_ids: list[str]
+
+
+@dataclass
+class WorldCleanupResult:
+    stopped_workflows: int = 0  # running when the cleanup asked (then cancelled and waited for)
+    documents: int = 0  # Mongo documents deleted
+    images: int = 0  # GridFS image files deleted
+
+
+def cleanup_workflow_id(world_id: int) -> str:
+    """The ID of a world's cleanup workflow: one per world."""
+    return f"world-{world_id}-cleanup"

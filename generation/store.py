@@ -2,6 +2,7 @@
 and every write is an upsert, so a retried activity never duplicates anything.
 Imports nothing from Django."""
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import gridfs
@@ -23,6 +24,8 @@ def ensure_indexes(db: Database) -> None:
                           name="post_feed_order")
     db.characters.create_index([("run_key", ASCENDING), ("index", ASCENDING)], name="character_run_order")
     db.bibles.create_index([("run_key", ASCENDING)], name="bible_run_key")
+    # A deleted world's content is deleted by world_id (the other collections' indexes start with it).
+    db.generation_tasks.create_index([("world_id", ASCENDING)], name="task_world")
 
 
 def now() -> datetime:
@@ -56,6 +59,10 @@ def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: 
          "$addToSet": {"history": {"revision": revision, "feedback": feedback, "bible": bible}}},
         upsert=True,
     )
+
+
+def has_bible(db: Database, run: RunRef) -> bool:
+    return db.bibles.count_documents({"_id": bible_key(run)}, limit=1) > 0
 
 
 def load_bible(db: Database, run: RunRef) -> dict:
@@ -195,3 +202,43 @@ def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields:
          "$setOnInsert": {"created_at": now()}},
         upsert=True,
     )
+
+
+# --- A deleted world's content ----------------------------------------------------------------------
+
+CONTENT_COLLECTIONS = ("bibles", "characters", "posts", "generation_tasks", "token_ledgers")
+
+
+def world_image_ids(world_id: int) -> dict:
+    """Matches the GridFS IDs of a world's images (``img-w<world>-r<run>-...``); the ``-r`` keeps
+    world 1 from matching world 12."""
+    return {"$regex": f"^img-w{world_id}-r"}
+
+
+def delete_world_content(db: Database, world_id: int, *, batch: int = 500,
+                         on_batch: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Delete every document and image of a world: (documents deleted, images deleted).
+    Idempotent, and safe to interrupt anywhere: running it again finishes the job.
+    ``on_batch`` is called between batches (heartbeats)."""
+    on_batch = on_batch or (lambda: None)
+    documents = 0
+    for name in CONTENT_COLLECTIONS:
+        documents += db[name].delete_many({"world_id": world_id}).deleted_count
+        on_batch()
+    return documents, _delete_world_images(db, world_id, batch, on_batch)
+
+
+def _delete_world_images(db: Database, world_id: int, batch: int, on_batch: Callable[[], None]) -> int:
+    # The file document goes first, as GridFS itself deletes: a reader then finds no file rather than
+    # a file without its chunks. Chunks left behind (an interrupted run, or an interrupted
+    # store_image_file, which writes chunks before the file) are swept by their files_id after.
+    files, chunks, ids = db["images.files"], db["images.chunks"], world_image_ids(world_id)
+    deleted = 0
+    while found := [doc["_id"] for doc in files.find({"_id": ids}, {"_id": 1}).limit(batch)]:
+        deleted += files.delete_many({"_id": {"$in": found}}).deleted_count
+        chunks.delete_many({"files_id": {"$in": found}})
+        on_batch()
+    while orphans := [doc["_id"] for doc in chunks.find({"files_id": ids}, {"_id": 1}).limit(batch)]:
+        chunks.delete_many({"_id": {"$in": orphans}})
+        on_batch()
+    return deleted

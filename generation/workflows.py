@@ -21,6 +21,7 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from generation.activities import (
+        CleanupActivities,
         LlmActivities,
         MediaActivities,
         ProbeInput,
@@ -40,6 +41,8 @@ with workflow.unsafe.imports_passed_through():
         Progress,
         RunStatusUpdate,
         TokenUsage,
+        WorldCleanupInput,
+        WorldCleanupResult,
         WorldRunInput,
     )
 
@@ -485,3 +488,26 @@ class RerenderImagesWorkflow:
     async def _record(inp: WorldRunInput, still_missing: int, exact: bool, after_cancel: bool = False) -> None:
         await run_activity(DEGRADED_MIRROR_ACTIVITY, DegradedItemsUpdate(inp.run.run_id, still_missing), exact=exact,
                            after_cancel=after_cancel, task_queue=inp.config.workflows_queue, **MIRROR_OPTIONS)
+
+
+# --- Deleted worlds -------------------------------------------------------------------
+
+# Both steps are idempotent and must finish: retried without limit, backing off to once a minute.
+CLEANUP_OPTIONS = {"start_to_close_timeout": timedelta(minutes=10), "heartbeat_timeout": timedelta(seconds=30),
+                   "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1),
+                                               maximum_interval=timedelta(minutes=1))}
+
+
+@workflow.defn
+class WorldCleanupWorkflow:
+    """Deletes what a deleted world left behind: stops its workflows, then deletes its documents and images."""
+
+    @workflow.run
+    async def run(self, inp: WorldCleanupInput) -> WorldCleanupResult:
+        queue = workflow.info().task_queue
+        stopped = await workflow.execute_activity_method(CleanupActivities.stop_workflows, inp.workflow_ids,
+                                                         task_queue=queue, **CLEANUP_OPTIONS)
+        result = await workflow.execute_activity_method(CleanupActivities.delete_world_content, inp.world_id,
+                                                        task_queue=queue, **CLEANUP_OPTIONS)
+        result.stopped_workflows = stopped
+        return result

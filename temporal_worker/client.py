@@ -17,12 +17,23 @@ from typing import TypeVar
 from django.conf import settings
 from temporalio.client import Client
 from temporalio.runtime import Runtime
+from temporalio.service import RPCError, RPCStatusCode
 
 T = TypeVar("T")
 
 
 class TemporalUnavailable(Exception):
-    """Temporal could not be reached, or did not answer in time."""
+    """Temporal could not be reached: the call did not happen."""
+
+
+class TemporalNoAnswer(TemporalUnavailable):
+    """The call was sent but no answer came (timeout, connection lost): it may have taken effect.
+    Never guess what happened: ask Temporal (describe) once it answers again."""
+
+
+# Statuses after which a call may or may not have reached the server.
+AMBIGUOUS_STATUSES = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
+                      RPCStatusCode.UNKNOWN, RPCStatusCode.INTERNAL}
 
 
 async def connect_client(*, runtime: Runtime | None = None) -> Client:
@@ -67,8 +78,11 @@ def _client_thread() -> _ClientThread:
         return _thread
 
 
-def temporal_call(fn: Callable[[Client], Awaitable[T]], *, timeout: float = 30.0) -> T:
-    """Run ``fn(client)`` on the shared client from synchronous code."""
+def temporal_call(fn: Callable[[Client], Awaitable[T]], *, timeout: float | None = None) -> T:
+    """Run ``fn(client)`` on the shared client from synchronous code. Raises ``TemporalUnavailable``
+    when nothing was sent, ``TemporalNoAnswer`` when the call may or may not have taken effect, and
+    Temporal's own errors (e.g. ``RPCError`` NOT_FOUND, ``WorkflowAlreadyStartedError``) as they are."""
+    timeout = settings.TEMPORAL_CALL_TIMEOUT_SECONDS if timeout is None else timeout
     thread = _client_thread()
 
     async def run() -> T:
@@ -76,12 +90,17 @@ def temporal_call(fn: Callable[[Client], Awaitable[T]], *, timeout: float = 30.0
             client = await thread.client()
         except Exception as exc:
             raise TemporalUnavailable(f"Temporal is not reachable at {settings.TEMPORAL_ADDRESS}: {exc}") from exc
-        return await fn(client)
+        try:
+            return await fn(client)
+        except RPCError as exc:
+            if exc.status in AMBIGUOUS_STATUSES:
+                raise TemporalNoAnswer(f"Temporal did not answer ({exc.status.name}): {exc.message}") from exc
+            raise
 
     future = asyncio.run_coroutine_threadsafe(run(), thread.loop)
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()
-        raise TemporalUnavailable(f"Temporal did not answer within {timeout:.0f}s") from None
+        raise TemporalNoAnswer(f"Temporal did not answer within {timeout:.0f}s") from None
 

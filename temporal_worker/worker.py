@@ -17,7 +17,13 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from generation.activities import LlmActivities, MediaActivities, StackCheckActivities, StoreActivities
+from generation.activities import (
+    CleanupActivities,
+    LlmActivities,
+    MediaActivities,
+    StackCheckActivities,
+    StoreActivities,
+)
 from generation.baseline import BaselineCharacterWorkflow, BaselineWorldWorkflow, baseline_noop
 from generation.heartbeat import HeartbeatInterceptor
 from generation.llm import LlmClient
@@ -27,6 +33,7 @@ from generation.workflows import (
     CharacterWorkflow,
     RerenderImagesWorkflow,
     StackCheckWorkflow,
+    WorldCleanupWorkflow,
     WorldGenerationWorkflow,
 )
 from temporal_worker.backoff import wait_until_ready
@@ -34,6 +41,7 @@ from temporal_worker.client import connect_client
 from temporal_worker.health import HealthServer
 from temporal_worker.resources import SharedClients
 from worlds.activities import RunMirrorActivities
+from worlds.reconciler import reconcile_forever
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +86,11 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
+    cleanup = CleanupActivities(client, db)
     activities_by_role = {
         "workflows": [store_activities.mark_image_for_rerender, store_activities.list_images_to_rerender,
-                      mirror.record_run_status, mirror.record_degraded_items],
+                      mirror.record_run_status, mirror.record_degraded_items,
+                      cleanup.stop_workflows, cleanup.delete_world_content],
         "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.generate_post],
         "media": [media.render_image],
     }
@@ -89,7 +99,8 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
         kwargs = {}
         if role == "workflows":
             kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow,
-                                   StackCheckWorkflow, BaselineWorldWorkflow, BaselineCharacterWorkflow]
+                                   WorldCleanupWorkflow, StackCheckWorkflow, BaselineWorldWorkflow,
+                                   BaselineCharacterWorkflow]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
         if role == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
@@ -154,12 +165,17 @@ async def run_worker(options: WorkerOptions) -> None:
             )
             await health.start()
         runs = [asyncio.create_task(worker.run()) for worker in workers]
+        reconciler = None
+        if "workflows" in options.roles and settings.RECONCILE_INTERVAL_SECONDS:
+            reconciler = asyncio.create_task(reconcile_forever(client))
         log.info("worker started", extra={"task_queues": [task_queue_for(r) for r in options.roles],
                                           "max_concurrent_activities": options.max_concurrent_activities})
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *runs], return_when=asyncio.FIRST_COMPLETED)
         failed = [task for task in runs if task in done]
         log.info("worker shutting down", extra={"graceful_timeout_s": options.graceful_shutdown_seconds})
+        if reconciler is not None:
+            reconciler.cancel()
         await asyncio.gather(*(worker.shutdown() for worker in workers))
         await asyncio.gather(*runs, return_exceptions=True)
         executor.shutdown(wait=True)

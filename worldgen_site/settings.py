@@ -137,6 +137,8 @@ TEMPORAL_NAMESPACE = env_str("TEMPORAL_NAMESPACE", "default")
 TEMPORAL_TLS = env_bool("TEMPORAL_TLS", False)
 TEMPORAL_API_KEY = env_str("TEMPORAL_API_KEY", "")  # Temporal Cloud; never put in workflow inputs
 TEMPORAL_UI_URL = env_str("TEMPORAL_UI_URL", "http://127.0.0.1:8233")
+# How long the web process waits for Temporal's answer (a start that gets none is checked later).
+TEMPORAL_CALL_TIMEOUT_SECONDS = env_float("TEMPORAL_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 TEMPORAL_TASK_QUEUE_WORKFLOWS = env_str("TEMPORAL_TASK_QUEUE_WORKFLOWS", "worldgen-workflows")
 TEMPORAL_TASK_QUEUE_LLM = env_str("TEMPORAL_TASK_QUEUE_LLM", "worldgen-llm")
 TEMPORAL_TASK_QUEUE_MEDIA = env_str("TEMPORAL_TASK_QUEUE_MEDIA", "worldgen-media")
@@ -153,11 +155,19 @@ LLM_RATE_LIMIT_PER_SECOND = env_float("LLM_RATE_LIMIT_PER_SECOND", 50.0)
 GENERATION_APPROVAL_TIMEOUT_SECONDS = env_int("GENERATION_APPROVAL_TIMEOUT_SECONDS", 7 * 24 * 3600, minimum=1)
 GENERATION_MAX_BIBLE_REVISIONS = env_int("GENERATION_MAX_BIBLE_REVISIONS", 3)
 GENERATION_CHARACTER_CONCURRENCY = env_int("GENERATION_CHARACTER_CONCURRENCY", 5, minimum=1)
+GENERATION_MAX_TOKEN_BUDGET = env_int("GENERATION_MAX_TOKEN_BUDGET", 5_000_000, minimum=1000)
+WORLD_PREMISE_MAX_CHARS = env_int("WORLD_PREMISE_MAX_CHARS", 4000, minimum=100)
+REVIEW_FEEDBACK_MAX_CHARS = env_int("REVIEW_FEEDBACK_MAX_CHARS", 2000, minimum=100)
+# Run rows are checked against Temporal (workflows that ended, were terminated elsewhere or vanished).
+RECONCILE_INTERVAL_SECONDS = env_int("RECONCILE_INTERVAL_SECONDS", 60, minimum=0)  # in each worker; 0 = off
+RECONCILE_START_GRACE_SECONDS = env_int("RECONCILE_START_GRACE_SECONDS", 120, minimum=1)
 
 # --- Upstreams ---------------------------------------------------------------------
 LLM_BASE_URL = env_url("LLM_BASE_URL", "http://127.0.0.1:8090/v1", schemes=("http", "https"))
 LLM_API_KEY = env_str("LLM_API_KEY", "")
 LLM_MODEL = env_str("LLM_MODEL", "worldgen-procedural-1")
+# Models a world may choose as its model_override (the default model is always allowed).
+LLM_ALLOWED_MODELS = list(dict.fromkeys([LLM_MODEL, *env_list("LLM_ALLOWED_MODELS", [])]))
 LLM_TIMEOUT_SECONDS = env_float("LLM_TIMEOUT_SECONDS", 120.0, minimum=1.0)
 MEDIA_GRPC_TARGET = env_host_port("MEDIA_GRPC_TARGET", "127.0.0.1:50051")
 

@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.views.main import ChangeList
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -18,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
 from worlds import selectors, services
-from worlds.models import AuditEvent, GenerationRun, World
+from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
 
 STAGES = ["bible", "approval", "characters", "posts", "done"]
 
@@ -43,6 +44,7 @@ def temporal_link(run: GenerationRun) -> str:
 
 class FeedbackForm(forms.Form):
     feedback = forms.CharField(widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
+                               validators=[validate_feedback_length],
                                help_text="What should change in the world bible? The bible is regenerated with it.")
 
 
@@ -50,13 +52,17 @@ class RunInline(admin.TabularInline):
     model = GenerationRun
     extra = 0
     can_delete = False
-    fields = ("number", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used",
+    fields = ("number", "live", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used",
               "started_by", "error")
     readonly_fields = fields
     show_change_link = True
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Live")
+    def live(self, run: GenerationRun):
+        return "live" if run.world.live_run_id == run.pk else ""
 
 
 WORLD_LIST_COLUMNS = ("name", "genre", "character_count", "posts_per_character", "requires_approval")
@@ -77,13 +83,13 @@ class WorldAdmin(admin.ModelAdmin):
     search_fields = ("name", "premise")
     list_filter = ("requires_approval", "visual_style", "language")
     inlines = [RunInline]
-    actions = ["generate", "cancel", "approve", "reject"]
-    readonly_fields = ("generation", "viewer_link", "preview")
+    actions = ["generate", "cancel", "approve", "reject", "delete_selected"]
+    readonly_fields = ("generation", "live", "viewer_link", "preview")
     fieldsets = [
         (None, {"fields": ("name", "premise", ("genre", "tone"), ("language", "visual_style"))}),
         ("Size and review", {"fields": (("character_count", "posts_per_character"), "requires_approval",
                                         "token_budget", "model_override")}),
-        ("Generated", {"fields": ("generation", "viewer_link", "preview")}),
+        ("Generated", {"fields": ("generation", "live", "viewer_link", "preview")}),
     ]
 
     class Media:
@@ -107,17 +113,28 @@ class WorldAdmin(admin.ModelAdmin):
         runs = sorted(world.runs.all(), key=lambda run: run.number) if world.pk else []
         return progress_bar(runs[-1] if runs else None)
 
+    @admin.display(description="Live run")
+    def live(self, world: World):
+        if world.live_run is None:
+            return "Not published: viewers do not see this world. Publish a finished run from the run list."
+        run = world.live_run
+        return format_html('<a href="{}">Run {}</a> ({}), published: viewers see it. To roll back, publish an '
+                           'earlier run from the run list.', reverse("admin:worlds_generationrun_change", args=[run.pk]),
+                           run.number, run.get_status_display().lower())
+
     @admin.display(description="World viewer")
     def viewer_link(self, world: World):
         if not world.pk:
             return "-"
         return format_html('<a href="/worlds/{}/" target="_blank">Open the world viewer</a>', world.pk)
 
-    @admin.display(description="Preview")
+    @admin.display(description="Preview of the latest run (staff only)")
     def preview(self, world: World):
         run = selectors.world_latest_run(world=world) if world.pk else None
         if run is None:
             return "Nothing generated yet."
+        if not run.bible_cleared:
+            return f"Run {run.number}: its bible is waiting for a reviewer (see the world bible on the run's approval)."
         bible = selectors.run_bible(run=run) or {}
         characters = selectors.run_characters(run=run)
         posts = selectors.run_posts(run=run, limit=6)
@@ -138,6 +155,7 @@ class WorldAdmin(admin.ModelAdmin):
             path("<int:world_id>/cancel/", view(self.cancel_view), name="worlds_world_cancel"),
             path("<int:world_id>/approve/", view(self.approve_view), name="worlds_world_approve"),
             path("<int:world_id>/reject/", view(self.reject_view), name="worlds_world_reject"),
+            path("<int:world_id>/unpublish/", view(self.unpublish_view), name="worlds_world_unpublish"),
         ] + super().get_urls()
 
     def _world_action(self, request, world_id: int, do) -> HttpResponseRedirect:
@@ -154,6 +172,9 @@ class WorldAdmin(admin.ModelAdmin):
 
     def approve_view(self, request, world_id: int):
         return self._world_action(request, world_id, lambda world: self._approve(request, world))
+
+    def unpublish_view(self, request, world_id: int):
+        return self._world_action(request, world_id, lambda world: self._unpublish(request, world))
 
     def reject_view(self, request, world_id: int):
         world = get_object_or_404(World, pk=world_id)
@@ -197,6 +218,40 @@ class WorldAdmin(admin.ModelAdmin):
     def has_review_run_permission(self, request):
         return request.user.has_perm("worlds.review_run")
 
+    # --- deletion: always through worlds.services.world_delete (stops runs, removes content) --------
+    @admin.action(description="Delete selected worlds, their runs and all their content", permissions=["delete"])
+    def delete_selected(self, request, queryset):
+        if not request.POST.get("post"):
+            return django_delete_selected(self, request, queryset)  # Django's confirmation page
+        for world in queryset:
+            self._report(request, world, lambda w: self._delete(request, w))
+        return None
+
+    def get_deleted_objects(self, objs, request):
+        """What the confirmation page lists. The runs and their content go with the world (the service
+        deletes them), so no permission on runs is needed."""
+        worlds = list(objs)
+        runs = sum(world.runs.count() for world in worlds)
+        summary = [f"{world} ({world.runs.count()} runs, with every document and image they made)" for world in worlds]
+        return summary, {"worlds": len(worlds), "runs": runs}, set(), []
+
+    def delete_model(self, request, obj):
+        try:
+            self._delete(request, obj)
+        except services.GenerationError as exc:
+            request._world_delete_error = str(exc)
+
+    def response_delete(self, request, obj_display, obj_id):
+        error = getattr(request, "_world_delete_error", None)
+        if error:
+            self.message_user(request, f"{obj_display} was not deleted: {error}", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:worlds_world_change", args=[obj_id]))
+        return super().response_delete(request, obj_display, obj_id)
+
+    def _delete(self, request, world: World) -> str:
+        services.world_delete(world=world, user=request.user)
+        return "deleted; its runs are stopped and their content is being removed"
+
     # --- helpers -------------------------------------------------------------------
     def _feedback_page(self, request, worlds: list[World], form: FeedbackForm, bulk: bool = False):
         context = {**self.admin_site.each_context(request), "title": "Reject the world bible", "worlds": worlds,
@@ -233,6 +288,10 @@ class WorldAdmin(admin.ModelAdmin):
         services.generation_approve(run=run, user=request.user)
         return f"bible of run {run.number} approved; characters are being generated"
 
+    def _unpublish(self, request, world: World) -> str:
+        services.world_unpublish(world=world, user=request.user)
+        return "unpublished: viewers no longer see it"
+
     def _reject(self, request, world: World, feedback: str) -> str:
         run = self._active_run(world)
         services.generation_reject(run=run, feedback=feedback, user=request.user)
@@ -246,8 +305,6 @@ class WorldAdmin(admin.ModelAdmin):
             saved = services.world_create(user=request.user, **form.cleaned_data)
             obj.pk, obj.created_by, obj._state.adding = saved.pk, saved.created_by, False
 
-    def delete_model(self, request, obj):
-        services.world_delete(world=obj, user=request.user)
 
 
 def _image(doc: dict) -> str:
@@ -258,18 +315,52 @@ def _image(doc: dict) -> str:
 
 @admin.register(GenerationRun)
 class GenerationRunAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used",
-                    "started_by", "started_at", "finished_at")
+    list_display = ("__str__", "live", "status", "stage", "characters_done", "posts_done", "degraded_items",
+                    "tokens_used", "started_by", "started_at", "finished_at")
     list_filter = ("status",)
     list_select_related = ("world", "started_by")
-    fields = ("world", "number", "status", "timeline", "temporal", "error", ("characters_done", "characters_total"),
+    fields = ("world", "number", "live", "status", "timeline", "temporal", "error", ("requires_approval", "bible_approved"),
+              ("characters_done", "characters_total"),
               ("posts_done", "posts_total"), "degraded_items", "tokens_used", "bible_revision",
               ("started_by", "approved_by", "rejected_by", "cancelled_by"), ("started_at", "finished_at"), "audit")
     readonly_fields = [name for entry in fields for name in (entry if isinstance(entry, tuple) else (entry,))]
-    actions = ["rerender_images"]
+    actions = ["publish", "rerender_images", "reconcile"]
 
     class Media:
         css = {"all": ["worlds/admin.css"]}
+
+    @admin.display(description="Live")
+    def live(self, run: GenerationRun):
+        return "live" if run.world.live_run_id == run.pk else ""
+
+    @admin.action(description="Publish the selected run (viewers see it; an earlier run rolls the world back)",
+                  permissions=["publish_run"])
+    def publish(self, request, queryset):
+        for run in queryset.select_related("world"):
+            try:
+                services.run_publish(run=run, user=request.user)
+            except services.GenerationError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"{run} is live.")
+
+    @admin.action(description="Check the selected runs against Temporal (correct stale rows)",
+                  permissions=["cancel_run"])
+    def reconcile(self, request, queryset):
+        try:
+            changes = services.runs_reconcile(run_ids=list(queryset.values_list("pk", flat=True)), user=request.user)
+        except services.GenerationError as exc:
+            messages.error(request, str(exc))
+            return
+        for change in changes:
+            messages.warning(request, change)
+        messages.success(request, f"{len(changes)} of {queryset.count()} runs corrected from Temporal.")
+
+    def has_publish_run_permission(self, request):
+        return request.user.has_perm("worlds.publish_run")
+
+    def has_cancel_run_permission(self, request):
+        return request.user.has_perm("worlds.cancel_run")
 
     @admin.action(description="Re-render missing images of the selected runs", permissions=["start_run"])
     def rerender_images(self, request, queryset):
@@ -316,8 +407,9 @@ class GenerationRunAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("at", "actor", "action", "world", "run", "detail")
+    list_display = ("at", "actor", "action", "world_pk", "world_name", "run_number", "detail")
     list_filter = ("action",)
+    search_fields = ("world_name", "detail")
     list_select_related = ("actor", "world", "run")
 
     def has_add_permission(self, request):

@@ -135,7 +135,7 @@ RUN_ID = OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, des
 
 
 def get_world(world_id: str) -> World:
-    return get_object_or_404(World.objects.select_related("created_by"), pk=world_id)
+    return get_object_or_404(World.objects.select_related("created_by", "live_run"), pk=world_id)
 
 
 def get_run(run_id: str) -> GenerationRun:
@@ -152,7 +152,7 @@ class WorldListCreateApi(Api):
                    responses={200: WorldSerializer(many=True), **errors(400, 403)})
     def get(self, request):
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(World.objects.select_related("created_by"), request, view=self)
+        page = paginator.paginate_queryset(World.objects.select_related("created_by", "live_run"), request, view=self)
         return paginator.get_paginated_response(WorldSerializer(page, many=True).data)
 
     @extend_schema(summary="Create a world", request=WorldInputSerializer,
@@ -181,8 +181,10 @@ class WorldDetailApi(Api):
         world = services.world_update(world=world, user=request.user, **data.validated_data)
         return Response(WorldSerializer(world).data)
 
-    @extend_schema(summary="Delete a world and its runs (refused while a run is active)",
-                   responses={204: None, **errors(403, 404, 409)})
+    @extend_schema(summary="Delete a world, its runs and all their content",
+                   description="Active runs are stopped and every document and image is removed by a durable "
+                               "cleanup workflow; the world is gone (and nothing of it public) at once.",
+                   responses={204: None, **errors(403, 404, 503)})
     def delete(self, request, world_id):
         services.world_delete(world=get_world(world_id), user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -204,10 +206,10 @@ class WorldGenerateApi(Api):
 class WorldCharactersApi(Api):
     required_perms = {"GET": VIEW_RUNS}
 
-    @extend_schema(summary="Characters of the world's latest run (empty if it was never generated)",
+    @extend_schema(summary="Characters of the world's live (published) run (empty if nothing is published)",
                    responses={200: CharacterSerializer(many=True), **errors(403, 404)})
     def get(self, request, world_id):
-        run = selectors.world_latest_run(world=get_world(world_id))
+        run = get_world(world_id).live_run
         if run is None:
             return Response([])
         post_counts = selectors.run_post_counts_by_character(run=run)
@@ -219,13 +221,14 @@ class WorldCharactersApi(Api):
 class WorldPostsApi(Api):
     required_perms = {"GET": VIEW_RUNS}
 
-    @extend_schema(summary="Feed of the world's latest run, in posting order (empty if it was never generated)",
+    @extend_schema(summary="Feed of the world's live (published) run, in posting order (empty if nothing is "
+                           "published)",
                    parameters=[PostQuerySerializer], responses={200: PostPageSerializer, **errors(400, 403, 404)})
     def get(self, request, world_id):
         query = PostQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         limit, offset = query.validated_data["limit"], query.validated_data["offset"]
-        run = selectors.world_latest_run(world=get_world(world_id))
+        run = get_world(world_id).live_run
         posts = [] if run is None else selectors.run_posts(
             run=run, character_index=query.validated_data.get("character"), offset=offset, limit=limit + 1)
         url = request.build_absolute_uri()
@@ -301,6 +304,26 @@ class RunRerenderApi(RunCommandApi):
 
     def command(self, request, run):
         services.generation_rerender(run=run, user=request.user)
+
+
+@extend_schema(summary="Publish a finished run: it becomes what viewers see (also: roll back to an earlier run)",
+               parameters=[RUN_ID], request=None, responses={202: RunSerializer, **errors(403, 404, 409)})
+class RunPublishApi(RunCommandApi):
+    required_perms = {"POST": ("worlds.publish_run",)}
+
+    def command(self, request, run):
+        services.run_publish(run=run, user=request.user)
+
+
+@extend_schema(parameters=[WORLD_ID])
+class WorldUnpublishApi(Api):
+    required_perms = {"POST": ("worlds.publish_run",)}
+
+    @extend_schema(summary="Unpublish a world: viewers no longer see it", request=None,
+                   responses={200: WorldSerializer, **errors(403, 404, 409)})
+    def post(self, request, world_id):
+        services.world_unpublish(world=get_world(world_id), user=request.user)
+        return Response(WorldSerializer(get_world(world_id)).data)
 
 
 @extend_schema(exclude=True)

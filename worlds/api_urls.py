@@ -11,11 +11,13 @@ urlpatterns = [
     path("worlds/<str:world_id>/generate/", api.WorldGenerateApi.as_view(), name="api-world-generate"),
     path("worlds/<str:world_id>/characters/", api.WorldCharactersApi.as_view(), name="api-world-characters"),
     path("worlds/<str:world_id>/posts/", api.WorldPostsApi.as_view(), name="api-world-posts"),
+    path("worlds/<str:world_id>/unpublish/", api.WorldUnpublishApi.as_view(), name="api-world-unpublish"),
     path("runs/<str:run_id>/", api.RunDetailApi.as_view(), name="api-run"),
     path("runs/<str:run_id>/approve/", api.RunApproveApi.as_view(), name="api-run-approve"),
     path("runs/<str:run_id>/reject/", api.RunRejectApi.as_view(), name="api-run-reject"),
     path("runs/<str:run_id>/cancel/", api.RunCancelApi.as_view(), name="api-run-cancel"),
     path("runs/<str:run_id>/rerender/", api.RunRerenderApi.as_view(), name="api-run-rerender"),
+    path("runs/<str:run_id>/publish/", api.RunPublishApi.as_view(), name="api-run-publish"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"", api.NotFoundApi.as_view()),  # a JSON 404 for any other path under /api/

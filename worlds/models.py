@@ -1,11 +1,44 @@
 """World definitions and their generation runs (SQL). Generated content lives in Mongo."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 MAX_CHARACTERS = 50
 MAX_POSTS_PER_CHARACTER = 50
+MIN_TOKEN_BUDGET = 1000
+
+
+# Limits that deployments set (settings, read when a value is checked): the forms, the API and the
+# services all go through these validators.
+
+def validate_premise_length(value: str) -> None:
+    limit = settings.WORLD_PREMISE_MAX_CHARS
+    if len(value) > limit:
+        raise ValidationError(f"Keep the premise to at most {limit} characters (it has {len(value)}).",
+                              code="max_length")
+
+
+def validate_feedback_length(value: str) -> None:
+    limit = settings.REVIEW_FEEDBACK_MAX_CHARS
+    if len(value) > limit:
+        raise ValidationError(f"Keep the feedback to at most {limit} characters (it has {len(value)}).",
+                              code="max_length")
+
+
+def validate_token_budget(value: int) -> None:
+    limit = settings.GENERATION_MAX_TOKEN_BUDGET
+    if value > limit:
+        raise ValidationError(f"The token budget may be at most {limit} (GENERATION_MAX_TOKEN_BUDGET).",
+                              code="max_value")
+
+
+def validate_allowed_model(value: str) -> None:
+    if value and value not in settings.LLM_ALLOWED_MODELS:
+        raise ValidationError(f"{value!r} is not an allowed model; choose one of: "
+                              f"{', '.join(settings.LLM_ALLOWED_MODELS)} (LLM_ALLOWED_MODELS), or leave it blank.",
+                              code="invalid_choice")
 
 
 class World(models.Model):
@@ -28,7 +61,8 @@ class World(models.Model):
         OIL = "oil", "Oil painting"
 
     name = models.CharField(max_length=120)
-    premise = models.TextField(help_text="What the world is about, in a few sentences.")
+    premise = models.TextField(help_text="What the world is about, in a few sentences.",
+                               validators=[validate_premise_length])
     genre = models.CharField(max_length=60, default="fantasy")
     tone = models.CharField(max_length=60, default="whimsical")
     language = models.CharField(max_length=8, choices=Language.choices, default=Language.ENGLISH)
@@ -38,9 +72,13 @@ class World(models.Model):
     posts_per_character = models.PositiveSmallIntegerField(
         default=3, validators=[MinValueValidator(0), MaxValueValidator(MAX_POSTS_PER_CHARACTER)])
     requires_approval = models.BooleanField(default=False, help_text="Wait for staff to approve the world bible.")
-    model_override = models.CharField(max_length=100, blank=True, help_text="LLM model for this world (blank: default).")
-    token_budget = models.PositiveIntegerField(default=500_000, validators=[MinValueValidator(1000)],
-                                               help_text="The run stops cleanly when it has used this many tokens.")
+    model_override = models.CharField(max_length=100, blank=True, validators=[validate_allowed_model],
+                                      help_text="LLM model for this world (blank: default).")
+    token_budget = models.PositiveIntegerField(
+        default=500_000, validators=[MinValueValidator(MIN_TOKEN_BUDGET), validate_token_budget],
+        help_text="A hard cap: the run stops before any LLM call that could take it past this many tokens.")
+    live_run = models.ForeignKey("GenerationRun", null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+", help_text="The published run: what viewers see.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -56,6 +94,7 @@ class World(models.Model):
 class GenerationRun(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
+        START_UNCONFIRMED = "start_unconfirmed", "Start unconfirmed (being checked)"
         RUNNING = "running", "Running"
         AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
         COMPLETED = "completed", "Completed"
@@ -64,7 +103,7 @@ class GenerationRun(models.Model):
         EXPIRED = "expired", "Expired (approval timed out)"
         BUDGET_EXCEEDED = "budget_exceeded", "Stopped: token budget exceeded"
 
-    ACTIVE = (Status.PENDING, Status.RUNNING, Status.AWAITING_APPROVAL)
+    ACTIVE = (Status.PENDING, Status.START_UNCONFIRMED, Status.RUNNING, Status.AWAITING_APPROVAL)
 
     world = models.ForeignKey(World, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()
@@ -78,6 +117,8 @@ class GenerationRun(models.Model):
     degraded_items = models.PositiveIntegerField(default=0)
     tokens_used = models.PositiveIntegerField(default=0)
     bible_revision = models.PositiveIntegerField(default=0)
+    requires_approval = models.BooleanField(default=False, help_text="The world required approval when it started.")
+    bible_approved = models.BooleanField(default=False, help_text="A reviewer approved its bible.")
     error = models.TextField(blank=True)
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -98,6 +139,7 @@ class GenerationRun(models.Model):
             ("start_run", "Can start generation runs"),
             ("cancel_run", "Can cancel generation runs"),
             ("review_run", "Can approve or reject world bibles"),
+            ("publish_run", "Can publish, unpublish and roll back runs"),
         ]
 
     def __str__(self) -> str:
@@ -106,6 +148,11 @@ class GenerationRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+    @property
+    def bible_cleared(self) -> bool:
+        """Its bible may be shown: the world did not require approval, or a reviewer gave it."""
+        return not self.requires_approval or self.bible_approved
 
 
 class AuditEvent(models.Model):
@@ -120,6 +167,9 @@ class AuditEvent(models.Model):
         RUN_REJECTED = "run_rejected", "Bible rejected"
         RUN_CANCELLED = "run_cancelled", "Run cancelled"
         IMAGES_RERENDERED = "images_rerendered", "Images re-rendered"
+        RUN_PUBLISHED = "run_published", "Run published"
+        RUN_UNPUBLISHED = "run_unpublished", "World unpublished"
+        RUN_RECONCILED = "run_reconciled", "Run corrected from Temporal"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -128,6 +178,10 @@ class AuditEvent(models.Model):
     world = models.ForeignKey(World, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
     run = models.ForeignKey(GenerationRun, null=True, blank=True, on_delete=models.SET_NULL,
                             related_name="audit_events")
+    # Kept when the world is deleted (the foreign keys above become empty).
+    world_pk = models.PositiveBigIntegerField(null=True, blank=True, db_index=True, verbose_name="world ID")
+    world_name = models.CharField(max_length=120, blank=True)
+    run_number = models.PositiveIntegerField(null=True, blank=True)
     detail = models.TextField(blank=True)
 
     class Meta:

@@ -1,9 +1,9 @@
-"""Staff roles as groups: editors define worlds and start runs; reviewers approve and reject."""
+"""Staff roles as groups: editors define worlds, start and publish runs; reviewers approve and reject."""
 
 ROLES = {
     "Editors": [
         ("world", ["add_world", "change_world", "delete_world", "view_world"]),
-        ("generationrun", ["view_generationrun", "start_run", "cancel_run"]),
+        ("generationrun", ["view_generationrun", "start_run", "cancel_run", "publish_run"]),
     ],
     "Reviewers": [
         ("world", ["view_world"]),

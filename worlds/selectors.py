@@ -1,5 +1,7 @@
 """World reads: generated content from Mongo, runs from SQL."""
 
+import re
+
 import gridfs
 from django.conf import settings
 from django.core.paginator import Page, Paginator
@@ -51,23 +53,22 @@ def run_live_progress(*, run: GenerationRun):
     return temporal_call(query, timeout=5)
 
 
-# --- World viewer reads ---------------------------------------------------------------------------
-# Viewers see the content of a world's latest run that has a bible; worlds with no runs stay hidden.
+# --- Published content ----------------------------------------------------------------------------
+# Viewers, the feed API and anonymous image requests see a world's live (published) run only;
+# worlds with nothing published stay hidden.
+
+IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?$")
 
 
 def viewer_world(*, world_id: int) -> World | None:
-    """The world, if it has at least one run (worlds that were never generated are not shown)."""
-    return World.objects.filter(pk=world_id, runs__isnull=False).distinct().first()
+    """The world, if it is published."""
+    return World.objects.filter(pk=world_id, live_run__isnull=False).select_related("live_run").first()
 
 
-def world_content_run(*, world: World) -> GenerationRun | None:
-    """The world's latest run that has a bible (it may still be running, or have stopped part-way)."""
-    numbers = list(world.runs.values_list("number", flat=True))
-    if not numbers:
-        return None
-    doc = mongo.get_db().bibles.find_one({"world_id": world.pk, "run_number": {"$in": numbers}},
-                                         {"run_number": 1}, sort=[("run_number", -1)])
-    return None if doc is None else world.runs.get(number=doc["run_number"])
+def image_is_public(*, image_id: str) -> bool:
+    """The image belongs to a world's live run."""
+    match = IMAGE_ID.match(image_id)
+    return bool(match) and World.objects.filter(pk=int(match["world"]), live_run__number=int(match["run"])).exists()
 
 
 def run_character(*, run: GenerationRun, index: int) -> dict | None:
@@ -90,40 +91,28 @@ VIEWER_WORLDS_PER_PAGE = 24
 
 
 def viewer_world_page(*, page) -> tuple[Page, list[dict]]:
-    """One page of worlds that have runs, newest first, and the cards of those with content
-    (a bible). ``page`` is the raw ``?page=`` value: anything invalid gives the first or last page."""
-    worlds = World.objects.filter(runs__isnull=False).distinct().order_by("-created_at", "-pk")
+    """One page of published worlds, newest first, and their cards. ``page`` is the raw ``?page=``
+    value: anything invalid gives the first or last page."""
+    worlds = World.objects.filter(live_run__isnull=False).select_related("live_run").order_by("-created_at", "-pk")
     paginator = Paginator(worlds, VIEWER_WORLDS_PER_PAGE)
     page_obj = paginator.get_page(page)
     return page_obj, _world_cards(list(page_obj.object_list))
 
 
 def _world_cards(worlds: list[World]) -> list[dict]:
-    """Each world with content as {world, run (shown), latest_run, cover_image_id, character_count,
-    post_count}. A handful of queries in all, whatever the number of worlds."""
-    runs: dict[int, dict[int, GenerationRun]] = {}
-    for run in GenerationRun.objects.filter(world__in=worlds):
-        runs.setdefault(run.world_id, {})[run.number] = run
+    """Each world as {world, run (live), cover_image_id, character_count, post_count}. A handful of
+    queries in all, whatever the number of worlds."""
     db = mongo.get_db()
-    shown: dict[int, GenerationRun] = {}
-    for doc in db.bibles.find({"world_id": {"$in": list(runs)}}, {"world_id": 1, "run_number": 1}):
-        run = runs.get(doc["world_id"], {}).get(doc["run_number"])
-        if run and (doc["world_id"] not in shown or run.number > shown[doc["world_id"]].number):
-            shown[doc["world_id"]] = run
-    keys = [_run_key(run) for run in shown.values()]
+    keys = [_run_key(world.live_run) for world in worlds]
     characters = _count_by_run_key(db.characters, keys)
     posts = _count_by_run_key(db.posts, keys)
     covers: dict[str, str] = {}
     for doc in db.characters.find({"run_key": {"$in": keys}, "image_status": "rendered"},
                                   {"run_key": 1, "image_id": 1}).sort("index", 1):
         covers.setdefault(doc["run_key"], doc["image_id"])
-    return [
-        {"world": world, "run": shown[world.pk], "latest_run": max(runs[world.pk].values(), key=lambda r: r.number),
-         "cover_image_id": covers.get(_run_key(shown[world.pk])),
-         "character_count": characters.get(_run_key(shown[world.pk]), 0),
-         "post_count": posts.get(_run_key(shown[world.pk]), 0)}
-        for world in worlds if world.pk in shown
-    ]
+    return [{"world": world, "run": world.live_run, "cover_image_id": covers.get(key),
+             "character_count": characters.get(key, 0), "post_count": posts.get(key, 0)}
+            for world, key in zip(worlds, keys)]
 
 
 def _count_by_run_key(collection, keys: list[str]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from worlds import selectors
-from worlds.models import MAX_CHARACTERS, GenerationRun, World
+from worlds.models import MAX_CHARACTERS, GenerationRun, World, validate_feedback_length
 
 MAX_OFFSET = 1_000_000_000
 
@@ -96,16 +96,22 @@ def _username_field():
 class WorldSerializer(serializers.ModelSerializer):
     created_by = _username_field()
     latest_run = serializers.SerializerMethodField()
+    live_run = serializers.SerializerMethodField()
 
     class Meta:
         model = World
-        fields = ["id", *WorldInputSerializer.Meta.fields, "created_by", "created_at", "updated_at", "latest_run"]
+        fields = ["id", *WorldInputSerializer.Meta.fields, "created_by", "created_at", "updated_at", "latest_run",
+                  "live_run"]
         read_only_fields = fields
 
     @extend_schema_field(RunSummarySerializer(allow_null=True))
     def get_latest_run(self, world: World) -> dict | None:
         run = selectors.world_latest_run(world=world)
         return run and RunSummarySerializer(run).data
+
+    @extend_schema_field(RunSummarySerializer(allow_null=True, help_text="The published run viewers see."))
+    def get_live_run(self, world: World) -> dict | None:
+        return world.live_run and RunSummarySerializer(world.live_run).data
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -118,7 +124,7 @@ class RunSerializer(serializers.ModelSerializer):
         model = GenerationRun
         fields = ["id", "world", "number", "workflow_id", "status", "stage", "characters_done", "characters_total",
                   "posts_done", "posts_total", "degraded_items", "tokens_used", "bible_revision", "error",
-                  "is_active", "started_by", "approved_by", "rejected_by", "cancelled_by", "started_at",
+                  "is_active", "requires_approval", "bible_approved", "started_by", "approved_by", "rejected_by", "cancelled_by", "started_at",
                   "updated_at", "finished_at"]
         read_only_fields = fields
 
@@ -147,7 +153,8 @@ class RunDetailSerializer(RunSerializer):
 
 
 class RejectInputSerializer(serializers.Serializer):
-    feedback = StrictTextField(validators=[NOT_BLANK], help_text="What should change in the world bible.")
+    feedback = StrictTextField(validators=[NOT_BLANK, validate_feedback_length],
+                               help_text="What should change in the world bible (REVIEW_FEEDBACK_MAX_CHARS at most).")
 
 
 # --- generated content (Mongo documents) -----------------------------------------------

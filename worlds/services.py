@@ -1,26 +1,35 @@
 """World services: every write about worlds and runs. Admin, API, commands and
 activities call these; none of them talk to Temporal or the ORM directly."""
 
+import contextlib
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
+from generation import mongo, store
 from generation.contracts import (
     Decision,
     DegradedItemsUpdate,
     RunConfig,
     RunRef,
     RunStatusUpdate,
+    WorldCleanupInput,
     WorldRunInput,
     WorldSnapshot,
+    cleanup_workflow_id,
 )
-from generation import mongo, store
-from generation.workflows import RerenderImagesWorkflow, WorldGenerationWorkflow
-from temporal_worker.client import TemporalUnavailable, temporal_call
-from worlds.models import AuditEvent, GenerationRun, World
+from generation.workflows import RerenderImagesWorkflow, WorldCleanupWorkflow, WorldGenerationWorkflow
+from temporal_worker.client import TemporalNoAnswer, TemporalUnavailable, temporal_call
+from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
+
+Status = GenerationRun.Status
+FINISHED_FROM_TEMPORAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT"}
 
 
 class GenerationError(Exception):
@@ -32,11 +41,11 @@ class GenerationPermissionDenied(GenerationError):
 
 
 class GenerationInvalid(GenerationError):
-    """The world definition cannot be generated as it is."""
+    """The world definition (or the request) cannot be carried out as it is."""
 
 
 class GenerationUnavailable(GenerationError):
-    """Temporal could not be reached; nothing was changed."""
+    """Temporal could not be reached, or did not answer; the message says what is known."""
 
 
 def _require(user, permission: str, action: str) -> None:
@@ -47,8 +56,29 @@ def _require(user, permission: str, action: str) -> None:
 
 def _audit(action: str, *, user=None, world: World | None = None, run: GenerationRun | None = None,
            detail: str = "") -> None:
-    AuditEvent.objects.create(action=action, actor=user, world=world or (run and run.world), run=run, detail=detail)
+    world = world or (run and run.world)
+    AuditEvent.objects.create(action=action, actor=user, world=world, run=run, detail=detail,
+                              world_pk=world and world.pk, world_name=world.name if world else "",
+                              run_number=run and run.number)
 
+
+def _temporal(call, *, what: str, timeout: float | None = None):
+    """``temporal_call(call)`` with Temporal's failures as messages for the user. NOT_FOUND and
+    WorkflowAlreadyStartedError are left to the caller, who knows what they mean."""
+    try:
+        return temporal_call(call, timeout=timeout)
+    except TemporalNoAnswer as exc:
+        raise GenerationUnavailable(f"Temporal did not answer while trying to {what}; try again ({exc})") from None
+    except TemporalUnavailable as exc:
+        raise GenerationUnavailable(f"could not {what}: {exc}") from None
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise
+        raise GenerationUnavailable(f"could not {what}: Temporal answered {exc.status.name}: {exc.message}") \
+            from None
+
+
+# --- worlds ----------------------------------------------------------------------------------
 
 def world_create(*, user=None, **fields) -> World:
     _require(user, "add_world", "create worlds")
@@ -69,12 +99,22 @@ def world_update(*, world: World, user=None, **fields) -> World:
     return world
 
 
-def world_delete(*, world: World, user=None) -> None:
+def world_delete(*, world: World, user=None) -> str:
+    """Delete ``world``: a durable cleanup workflow stops its runs and removes every document and
+    image of them; the world and its runs leave the SQL database at once (so nothing of it is public
+    any more). If Temporal cannot take the cleanup, nothing is deleted. Returns the cleanup's ID."""
     _require(user, "delete_world", "delete worlds")
-    if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
-        raise GenerationError(f"{world} is being generated; cancel the run before deleting the world")
-    _audit(AuditEvent.Action.WORLD_DELETED, user=user, world=world, detail=world.name)
+    workflow_ids = [wid for run_wid in world.runs.values_list("workflow_id", flat=True)
+                    for wid in (run_wid, f"{run_wid}-rerender")]
+    cleanup_id = cleanup_workflow_id(world.pk)
+    _temporal(lambda client: client.start_workflow(
+        WorldCleanupWorkflow.run, WorldCleanupInput(world.pk, workflow_ids), id=cleanup_id,
+        task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING), what=f"start the cleanup of {world}")
+    _audit(AuditEvent.Action.WORLD_DELETED, user=user, world=world,
+           detail=f"{world.name}; {world.runs.count()} runs; content removed by {cleanup_id}")
     world.delete()
+    return cleanup_id
 
 
 def world_snapshot(world: World) -> WorldSnapshot:
@@ -97,6 +137,15 @@ def run_config() -> RunConfig:
     )
 
 
+def run_ref(run: GenerationRun) -> RunRef:
+    return RunRef(run.pk, run.world_id, run.number, run.workflow_id)
+
+
+# --- starting a run ---------------------------------------------------------------------------
+# The row is created first and never deleted: its run number and workflow ID are never reused. If
+# Temporal refuses the start, the row is marked failed; if the answer is lost, it is marked
+# start_unconfirmed and Temporal is asked (describe) until it is known whether the workflow exists.
+
 def generation_start(*, world: World, user=None) -> GenerationRun:
     """Start a run of ``world``. Refused while another run of it is active."""
     _require(user, "start_run", "start generation runs")
@@ -105,6 +154,8 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
         raise GenerationInvalid(f"{world} cannot be generated: {problems}") from None
+    for stale in world.runs.filter(status__in=GenerationRun.ACTIVE):
+        run_reconcile(run=stale)  # a row whose workflow ended or vanished must not block the world
     with transaction.atomic():
         World.objects.select_for_update().filter(pk=world.pk).first()  # serialise starts of one world
         if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
@@ -113,40 +164,82 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         workflow_id = f"world-{world.pk}-run-{number}"
         try:
             run = GenerationRun.objects.create(world=world, number=number, workflow_id=workflow_id, started_by=user,
-                                               status=GenerationRun.Status.PENDING, stage="queued",
+                                               status=Status.PENDING, stage="queued",
+                                               requires_approval=world.requires_approval,
                                                characters_total=world.character_count,
                                                posts_total=world.character_count * world.posts_per_character)
         except IntegrityError:
             raise GenerationError(f"{world} is already being generated") from None
-    run_input = WorldRunInput(RunRef(run.pk, world.pk, number, workflow_id), world_snapshot(world), run_config())
+    run_input = WorldRunInput(run_ref(run), world_snapshot(world), run_config())
     try:  # after the commit, so the workflow's first status update finds the row
         temporal_call(lambda client: client.start_workflow(
             WorldGenerationWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL))
-    except WorkflowAlreadyStartedError:
-        run.delete()
-        raise GenerationError(f"{world} is already being generated (workflow {workflow_id} exists)") from None
-    except TemporalUnavailable as exc:
-        run.delete()
-        raise GenerationUnavailable(f"could not start the run: {exc}") from None
+    except TemporalNoAnswer as exc:
+        _set_status(run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING)
+        _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=f"{workflow_id} (start unconfirmed)")
+        with contextlib.suppress(GenerationUnavailable):
+            run_reconcile(run=run)  # Temporal may answer now; if not, the reconciler asks again
+        run.refresh_from_db()
+        if run.status == Status.START_UNCONFIRMED:
+            raise GenerationUnavailable(f"Temporal did not confirm the start of {run}; it is being checked and "
+                                        "shows as start unconfirmed until Temporal answers") from None
+        return run
+    except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
+        message = _start_refusal(exc, workflow_id)
+        _set_status(run, Status.FAILED, message, expect=Status.PENDING, finished=True)
+        if isinstance(exc, RPCError) and exc.status in (RPCStatusCode.INVALID_ARGUMENT,
+                                                         RPCStatusCode.FAILED_PRECONDITION):
+            raise GenerationInvalid(f"{world} could not be started: {message}") from None
+        raise GenerationUnavailable(f"{world} could not be started: {message}") from None
     _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=workflow_id)
     return run
 
 
-def _signal(run: GenerationRun, decision: Decision) -> None:
+def _start_refusal(exc: Exception, workflow_id: str) -> str:
+    if isinstance(exc, WorkflowAlreadyStartedError):
+        return f"Temporal already has a workflow {workflow_id} (from another installation?); start again"
+    if isinstance(exc, RPCError):
+        return f"Temporal refused the start ({exc.status.name}): {exc.message}"
+    return f"nothing was started: {exc}"
+
+
+def _set_status(run: GenerationRun, status: str, error: str, *, expect=None, finished: bool = False) -> bool:
+    """Move ``run`` to ``status`` unless its row changed meanwhile (``expect``: the status it must have)."""
+    rows = GenerationRun.objects.filter(pk=run.pk)
+    if expect is not None:
+        rows = rows.filter(status__in=[expect] if isinstance(expect, str) else expect)
+    fields = {"status": status, "error": error, "updated_at": timezone.now()}
+    if finished:
+        fields["finished_at"] = timezone.now()
+    return bool(rows.update(**fields))
+
+
+# --- commands to a running run ------------------------------------------------------------------
+
+def _send(run: GenerationRun, call, *, what: str) -> None:
+    """Send a command to ``run``'s workflow. A workflow Temporal no longer has is looked into (the row
+    is corrected) and reported as such."""
+    try:
+        _temporal(call, what=what)
+    except RPCError:  # NOT_FOUND
+        run_reconcile(run=run)
+        run.refresh_from_db()
+        raise GenerationError(f"could not {what}: Temporal has no running workflow {run.workflow_id}; "
+                              f"{run} is now {run.get_status_display().lower()}") from None
+
+
+def _signal(run: GenerationRun, decision: Decision, what: str) -> None:
     async def send(client):
         await client.get_workflow_handle(run.workflow_id).signal(WorldGenerationWorkflow.decide, decision)
 
-    try:
-        temporal_call(send)
-    except TemporalUnavailable as exc:
-        raise GenerationUnavailable(str(exc)) from None
+    _send(run, send, what=what)
 
 
 def _check_review(run: GenerationRun, user, verb: str) -> None:
     _require(user, "review_run", f"{verb} world bibles")
     run.refresh_from_db()
-    if run.status != GenerationRun.Status.AWAITING_APPROVAL:
+    if run.status != Status.AWAITING_APPROVAL:
         raise GenerationError(f"nothing is awaiting approval: {run} is {run.get_status_display().lower()}")
     if user is not None and run.started_by_id == user.pk:
         raise GenerationPermissionDenied(f"you may not {verb} runs you started (four-eyes rule)")
@@ -154,7 +247,7 @@ def _check_review(run: GenerationRun, user, verb: str) -> None:
 
 def generation_approve(*, run: GenerationRun, user=None) -> None:
     _check_review(run, user, "approve")
-    _signal(run, Decision(approved=True, by=getattr(user, "username", "")))
+    _signal(run, Decision(approved=True, by=getattr(user, "username", "")), f"approve the bible of {run}")
     GenerationRun.objects.filter(pk=run.pk).update(approved_by=user)
     _audit(AuditEvent.Action.RUN_APPROVED, user=user, run=run, detail=f"revision {run.bible_revision}")
 
@@ -162,28 +255,46 @@ def generation_approve(*, run: GenerationRun, user=None) -> None:
 def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
     feedback = (feedback or "").strip()
     if not feedback:
-        raise GenerationError("say what should change: feedback is required to reject")
+        raise GenerationInvalid("say what should change: feedback is required to reject")
+    try:
+        validate_feedback_length(feedback)
+    except ValidationError as exc:
+        raise GenerationInvalid(exc.messages[0]) from None
     _check_review(run, user, "reject")
-    _signal(run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")))
+    _signal(run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")),
+            f"reject the bible of {run}")
     GenerationRun.objects.filter(pk=run.pk).update(rejected_by=user)
     _audit(AuditEvent.Action.RUN_REJECTED, user=user, run=run, detail=feedback)
 
 
 def generation_cancel(*, run: GenerationRun, user=None) -> None:
+    """Cancel an active run, or the re-render of a finished one."""
     _require(user, "cancel_run", "cancel generation runs")
     run.refresh_from_db()
+    workflow_id = run.workflow_id
     if not run.is_active:
-        raise GenerationError(f"{run} is not running (it is {run.get_status_display().lower()})")
+        if not rerender_running(run=run):
+            raise GenerationError(f"{run} is not running (it is {run.get_status_display().lower()})")
+        workflow_id = f"{run.workflow_id}-rerender"
 
     async def cancel(client):
-        await client.get_workflow_handle(run.workflow_id).cancel()
+        await client.get_workflow_handle(workflow_id).cancel()
 
-    try:
-        temporal_call(cancel)
-    except TemporalUnavailable as exc:
-        raise GenerationUnavailable(str(exc)) from None
+    _send(run, cancel, what=f"cancel {run}")
     GenerationRun.objects.filter(pk=run.pk).update(cancelled_by=user)
-    _audit(AuditEvent.Action.RUN_CANCELLED, user=user, run=run)
+    _audit(AuditEvent.Action.RUN_CANCELLED, user=user, run=run, detail=workflow_id)
+
+
+def rerender_running(*, run: GenerationRun) -> bool:
+    async def describe(client):
+        try:
+            return (await client.get_workflow_handle(f"{run.workflow_id}-rerender").describe()).status.name
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+
+    return _temporal(describe, what=f"look up the re-render of {run}") == "RUNNING"
 
 
 def generation_rerender(*, run: GenerationRun, user=None) -> str:
@@ -196,19 +307,51 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
     if not run.degraded_items:
         raise GenerationError(f"{run} has no images waiting for a re-render")
     workflow_id = f"{run.workflow_id}-rerender"
-    run_input = WorldRunInput(RunRef(run.pk, run.world_id, run.number, run.workflow_id), world_snapshot(run.world),
-                              run_config())
+    run_input = WorldRunInput(run_ref(run), world_snapshot(run.world), run_config())
     try:
-        temporal_call(lambda client: client.start_workflow(
+        _temporal(lambda client: client.start_workflow(
             RerenderImagesWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL))
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL),
+            what=f"start the re-render of {run}")
     except WorkflowAlreadyStartedError:
         raise GenerationError(f"the images of {run} are already being re-rendered") from None
-    except TemporalUnavailable as exc:
-        raise GenerationUnavailable(f"could not start the re-render: {exc}") from None
     _audit(AuditEvent.Action.IMAGES_RERENDERED, user=user, run=run, detail=f"{run.degraded_items} images")
     return workflow_id
 
+
+# --- publishing --------------------------------------------------------------------------------
+# Viewers see a world's live run only. A completed run publishes itself; staff may publish a failed,
+# cancelled or stopped one (never one whose bible still needed approval), roll back to an earlier
+# run by publishing it, or unpublish the world.
+
+def run_publish(*, run: GenerationRun, user=None) -> None:
+    _require(user, "publish_run", "publish runs")
+    run.refresh_from_db()
+    if run.is_active:
+        raise GenerationError(f"{run} is still {run.get_status_display().lower()}; publish it once it has finished")
+    if not run.bible_cleared:
+        raise GenerationError(f"{run} cannot be published: its world bible was never approved")
+    if not store.has_bible(mongo.get_db(), run_ref(run)):
+        raise GenerationError(f"{run} has nothing to show: it stopped before its world bible was written")
+    world = run.world
+    if world.live_run_id == run.pk:
+        raise GenerationError(f"{run} is already live")
+    World.objects.filter(pk=world.pk).update(live_run=run)
+    _audit(AuditEvent.Action.RUN_PUBLISHED, user=user, run=run,
+           detail=f"replaces run {world.live_run.number}" if world.live_run else "")
+
+
+def world_unpublish(*, world: World, user=None) -> None:
+    _require(user, "publish_run", "unpublish worlds")
+    world.refresh_from_db()
+    if world.live_run is None:
+        raise GenerationError(f"{world} is not published")
+    run = world.live_run
+    World.objects.filter(pk=world.pk).update(live_run=None)
+    _audit(AuditEvent.Action.RUN_UNPUBLISHED, user=user, run=run)
+
+
+# --- mirrored state (called by activities and the reconciler) -------------------------------------
 
 def run_degraded_record(*, update: DegradedItemsUpdate) -> None:
     """After a re-render: the images still missing (called by an activity)."""
@@ -219,7 +362,7 @@ def run_degraded_record(*, update: DegradedItemsUpdate) -> None:
 def run_status_record(*, update: RunStatusUpdate) -> None:
     """Mirror a workflow's progress onto its run row (called by an activity). Tokens come from the
     run's token ledger (every billed token, failed attempts included); a finished run's post count
-    from what is stored (posts of a character that failed count too)."""
+    from what is stored (posts of a character that failed count too). A completed run goes live."""
     progress = update.progress
     fields = {
         "status": progress.status, "stage": progress.stage, "characters_done": progress.characters_done,
@@ -228,6 +371,8 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
         "tokens_used": progress.tokens_used, "bible_revision": progress.bible_revision,
         "error": progress.last_error, "updated_at": timezone.now(),
     }
+    if progress.bible_approved:
+        fields["bible_approved"] = True
     if update.run_key:
         db = mongo.get_db()
         fields["tokens_used"] = max(progress.tokens_used, store.tokens_used(db, update.run_key))
@@ -235,4 +380,62 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
             fields["posts_done"] = max(progress.posts_done, db.posts.count_documents({"run_key": update.run_key}))
     if update.finished:
         fields["finished_at"] = timezone.now()
-    GenerationRun.objects.filter(pk=update.run_id).update(**fields)
+    with transaction.atomic():
+        GenerationRun.objects.filter(pk=update.run_id).update(**fields)
+        if update.finished and progress.status == Status.COMPLETED:
+            run = GenerationRun.objects.filter(pk=update.run_id).select_related("world__live_run").first()
+            live = run and run.world.live_run
+            if run is not None and (live is None or live.number < run.number):
+                World.objects.filter(pk=run.world_id).update(live_run=run)
+                _audit(AuditEvent.Action.RUN_PUBLISHED, run=run, detail="completed")
+
+
+def runs_reconcile(*, run_ids: list[int] | None = None, user=None) -> list[str]:
+    """Check active run rows against Temporal now (all of them, or ``run_ids``); returns the corrections."""
+    from worlds.reconciler import reconcile_runs
+
+    _require(user, "cancel_run", "correct runs from Temporal")
+    return _temporal(lambda client: reconcile_runs(client, run_ids=run_ids, quiet_for=timedelta(0), user=user),
+                     what="check runs against Temporal", timeout=300)
+
+
+def run_reconcile(*, run: GenerationRun, user=None) -> str | None:
+    """Ask Temporal about one active run and correct its row; returns what changed, if anything."""
+    from worlds.reconciler import observe_run
+
+    observed = _temporal(lambda client: observe_run(client, run.workflow_id), what=f"look up {run}")
+    return run_reconcile_record(run=run, observed=observed, user=user)
+
+
+def run_reconcile_record(*, run: GenerationRun, observed, user=None) -> str | None:
+    """Correct ``run``'s row from what Temporal said (``worlds.reconciler.Observed``). Only a row still
+    in the status it was read with is changed: a workflow's own report always wins."""
+    run.refresh_from_db()
+    if not run.is_active:
+        return None
+    if observed.state == "running":
+        if run.status in (Status.PENDING, Status.START_UNCONFIRMED):
+            if _set_status(run, Status.RUNNING, "", expect=run.status):
+                return _reconciled(run, "the workflow is running", user)
+        return None
+    if observed.state == "missing":
+        grace = timedelta(seconds=settings.RECONCILE_START_GRACE_SECONDS)
+        if run.status in (Status.PENDING, Status.START_UNCONFIRMED) and timezone.now() - run.started_at < grace:
+            return None  # a start may still be on its way
+        message = ("the workflow never started" if run.status in (Status.PENDING, Status.START_UNCONFIRMED)
+                   else "Temporal no longer has this workflow")
+        if _set_status(run, Status.FAILED, message, expect=run.status, finished=True):
+            return _reconciled(run, message, user)
+        return None
+    if observed.progress is not None:  # completed: its own final report
+        run_status_record(update=RunStatusUpdate(run.pk, observed.progress, True, run_ref(run).key))
+        return _reconciled(run, f"the workflow completed ({observed.progress.status})", user)
+    status = Status.CANCELLED if observed.status == "CANCELED" else Status.FAILED
+    if _set_status(run, status, observed.error, expect=run.status, finished=True):
+        return _reconciled(run, observed.error, user)
+    return None
+
+
+def _reconciled(run: GenerationRun, what: str, user) -> str:
+    _audit(AuditEvent.Action.RUN_RECONCILED, user=user, run=run, detail=what)
+    return f"{run}: {what}"

@@ -1,10 +1,9 @@
 """World viewer pages and the image endpoint.
 
 Who may view: everyone. The pages are public and read-only (GET only): they show generated,
-fictional content and nothing about who made it. Worlds that were never generated (no runs)
-are not shown at all: they 404 like unknown worlds. A world shows the content of its latest
-run that has a bible, even while that run is still going or after it stopped part-way;
-progress comes from the mirrored GenerationRun row, never from Temporal.
+fictional content and nothing about who made it. A world shows the content of its live
+(published) run only; worlds with nothing published 404 like unknown worlds. Images of
+unpublished or deleted content are 404 for anyone but staff.
 """
 
 from django.core.paginator import InvalidPage, Paginator
@@ -20,12 +19,21 @@ FEED_PAGE_SIZE = 12
 
 @require_GET
 def image(request, image_id: str):
+    public = selectors.image_is_public(image_id=image_id)
+    if not (public or _staff_viewer(request.user)):
+        raise Http404("no such image")
     png = selectors.image_png(image_id=image_id)
     if png is None:
         raise Http404("no such image")
     response = HttpResponse(png, content_type="image/png")
-    response["Cache-Control"] = "public, max-age=86400, immutable"  # rendered images never change
+    # Short-lived in shared caches: unpublishing or deleting a world takes its images down.
+    response["Cache-Control"] = "public, max-age=300" if public else "private, no-store"
     return response
+
+
+def _staff_viewer(user) -> bool:
+    """Staff who may see runs (previews in the admin and the API) see unpublished images too."""
+    return user.is_authenticated and user.is_staff and user.has_perm("worlds.view_generationrun")
 
 
 @require_GET
@@ -37,23 +45,19 @@ def world_list(request):
 @require_GET
 def world_detail(request, world_id: int):
     world, run = _world_and_run(world_id)
-    context = {"world": world, "run": run, "latest_run": selectors.world_latest_run(world=world)}
-    if run is not None:
-        counts = selectors.run_post_counts_by_character(run=run)
-        characters = selectors.run_characters(run=run)
-        for character in characters:
-            character["post_count"] = counts.get(character["index"], 0)
-        context |= {"bible": selectors.run_bible(run=run), "characters": characters,
-                    "page": _with_authors(_feed_page(run, "1"), characters)}
-    return render(request, "worlds/world_detail.html", context)
+    counts = selectors.run_post_counts_by_character(run=run)
+    characters = selectors.run_characters(run=run)
+    for character in characters:
+        character["post_count"] = counts.get(character["index"], 0)
+    return render(request, "worlds/world_detail.html", {
+        "world": world, "run": run, "bible": selectors.run_bible(run=run), "characters": characters,
+        "page": _with_authors(_feed_page(run, "1"), characters)})
 
 
 @require_GET
 def character_detail(request, world_id: int, index: int):
     world, run = _world_and_run(world_id)
-    character = None
-    if run is not None and index < MAX_CHARACTERS:
-        character = selectors.run_character(run=run, index=index)
+    character = selectors.run_character(run=run, index=index) if index < MAX_CHARACTERS else None
     if character is None:
         raise Http404("no such character")
     posts = selectors.run_posts(run=run, character_index=index, limit=MAX_POSTS_PER_CHARACTER)
@@ -64,12 +68,7 @@ def character_detail(request, world_id: int, index: int):
 @require_GET
 def world_feed(request, world_id: int):
     world, run = _world_and_run(world_id)
-    page_number = request.GET.get("page", "1")
-    if run is None:
-        if page_number != "1":
-            raise Http404("no such page")
-        return render(request, "worlds/feed.html", {"world": world, "run": None})
-    page = _with_authors(_feed_page(run, page_number), selectors.run_characters(run=run))
+    page = _with_authors(_feed_page(run, request.GET.get("page", "1")), selectors.run_characters(run=run))
     return render(request, "worlds/feed.html", {"world": world, "run": run, "page": page})
 
 
@@ -77,7 +76,7 @@ def _world_and_run(world_id: int):
     world = selectors.viewer_world(world_id=world_id)
     if world is None:
         raise Http404("no such world")
-    return world, selectors.world_content_run(world=world)
+    return world, world.live_run
 
 
 class _RunPosts:
