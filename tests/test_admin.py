@@ -1,12 +1,22 @@
 """The admin for content staff: roles, buttons, bulk actions, messages, previews.
 Real worker, Temporal, Mongo, LLM endpoint and media server behind it."""
 
+import html
+import re
+import time
+
 import pytest
+from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
 from django.test import Client
 
+from generation import mongo, store
+from localstack import servers
+from temporal_worker import client as temporal_client
+from tests.test_api import cleanup_status
 from tests.test_generation import FINISHED, make_world, wait_for
+from worlds import services
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.roles import grant_roles
 
@@ -18,8 +28,8 @@ def roles():
     grant_roles(Group, Permission)  # transactional tests flush the groups the migration made
 
 
-def staff(username: str, *groups: str) -> Client:
-    user = User.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
+def staff(username: str, *groups: str, superuser: bool = False) -> Client:
+    user = User.objects.create_user(username, password="pw-for-tests-only", is_staff=True, is_superuser=superuser)
     user.groups.add(*Group.objects.filter(name__in=groups))
     client = Client()
     client.force_login(user)
@@ -56,6 +66,7 @@ def test_editor_defines_and_generates_a_world_and_sees_it_complete(start_worker)
 
     page = editor.get(f"/admin/worlds/world/{world.pk}/change/").content.decode()
     assert 'data-action="generate"' in page and 'data-action="approve"' not in page  # editors do not review
+    assert 'data-action="unpublish"' in page and "Run 1</a> (completed), published" in page  # it went live
     assert page.count('<img src="/images/img-') == 2 + 2  # two avatars and two post images
     assert "Completed" in page and "2/2 characters, 2/2 posts" in page
     listing = editor.get("/admin/worlds/world/").content.decode()
@@ -64,8 +75,8 @@ def test_editor_defines_and_generates_a_world_and_sees_it_complete(start_worker)
     run_page = editor.get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode()
     assert f"/workflows/{run.workflow_id}" in run_page and 'class="wg-timeline"' in run_page
     assert "Run started" in run_page
-    assert list(AuditEvent.objects.filter(world=world).values_list("action", flat=True).order_by("at")) == [
-        "world_created", "run_started"]
+    assert list(AuditEvent.objects.filter(world=world).values_list("action", flat=True).order_by("at", "pk")) == [
+        "world_created", "run_started", "run_published"]
 
 
 def test_review_flow_four_eyes_and_permissions(start_worker):
@@ -93,7 +104,6 @@ def test_review_flow_four_eyes_and_permissions(start_worker):
     run.refresh_from_db()
     assert run.rejected_by.username == "reviewer"
 
-    import time
     deadline = time.monotonic() + 60
     while not (run.status == "awaiting_approval" and run.bible_revision == 1):
         assert time.monotonic() < deadline, run.status
@@ -109,8 +119,9 @@ def test_review_flow_four_eyes_and_permissions(start_worker):
     response = reviewer.post("/admin/worlds/world/", {"action": "approve", "_selected_action": [world.pk]},
                              follow=True)
     assert any("nothing is running" in m for m in messages_of(response))
-    actions = list(AuditEvent.objects.filter(run=run).values_list("actor__username", "action").order_by("at"))
-    assert actions == [("editor2", "run_started"), ("reviewer", "run_rejected"), ("reviewer", "run_approved")]
+    actions = list(AuditEvent.objects.filter(run=run).values_list("actor__username", "action").order_by("at", "pk"))
+    assert actions == [("editor2", "run_started"), ("reviewer", "run_rejected"), ("reviewer", "run_approved"),
+                       (None, "run_published")]
 
 
 def test_bulk_reject_asks_for_feedback_and_cancel_needs_the_role(start_worker):
@@ -163,3 +174,206 @@ def test_rerender_action_needs_the_start_role_and_explains_refusals():
         "Glassmere run 2 has no images waiting for a re-render",
     ]
     assert not AuditEvent.objects.filter(action="images_rerendered").exists()
+
+
+# --- deleting worlds (through worlds.services.world_delete) ------------------------------------------
+
+def with_runs(name: str, *statuses: str) -> World:
+    world = make_world(name=name)
+    for number, status in enumerate(statuses, start=1):
+        GenerationRun.objects.create(world=world, number=number, workflow_id=f"admin-{world.pk}-{number}",
+                                     status=status, stage="done")
+    return world
+
+
+def test_a_superuser_deletes_a_world_with_runs_from_its_page(world_cleanups):
+    admin_client = staff("root", superuser=True)
+    world = with_runs("Lanternfall", "completed", "running")
+    world_pk = world.pk
+    assert f'href="/admin/worlds/world/{world_pk}/delete/"' in \
+        admin_client.get(f"/admin/worlds/world/{world_pk}/change/").content.decode()
+    confirm = admin_client.get(f"/admin/worlds/world/{world_pk}/delete/")
+    assert confirm.status_code == 200
+    assert "Lanternfall (2 runs, with every document and image they made)" in confirm.content.decode()
+    assert World.objects.filter(pk=world_pk).exists()  # the page deletes nothing
+    assert staff("reviewer-d", "Reviewers").get(f"/admin/worlds/world/{world_pk}/delete/").status_code == 403
+
+    response = admin_client.post(f"/admin/worlds/world/{world_pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and response["Location"] == "/admin/worlds/world/"
+    assert any("was deleted successfully" in m for m in messages_of(admin_client.get(response["Location"])))
+    assert not World.objects.filter(pk=world_pk).exists() and not GenerationRun.objects.exists()
+    assert cleanup_status(world_pk) == "RUNNING"  # started (no worker runs it here)
+    deleted = AuditEvent.objects.get(action="world_deleted")
+    assert (deleted.actor.username, deleted.world_pk, deleted.world_name) == ("root", world_pk, "Lanternfall")
+    assert deleted.detail.startswith("Lanternfall; 2 runs;")
+
+
+def test_bulk_delete_asks_first_then_deletes_each_world_through_the_service(world_cleanups):
+    editor = staff("editor-d", "Editors")
+    worlds = [with_runs("Emberfen", "completed"), with_runs("Glassmere", "awaiting_approval", "failed")]
+    pks = [world.pk for world in worlds]
+    assert 'value="delete_selected"' in editor.get("/admin/worlds/world/").content.decode()
+    reviewer = staff("reviewer-b", "Reviewers")
+    assert 'value="delete_selected"' not in reviewer.get("/admin/worlds/world/").content.decode()
+
+    confirm = editor.post("/admin/worlds/world/", {"action": "delete_selected", "_selected_action": pks})
+    assert confirm.status_code == 200
+    page = confirm.content.decode()
+    assert "Emberfen (1 run, with every document and image they made)" in page
+    assert "Glassmere (2 runs, with every document and image they made)" in page
+    assert World.objects.count() == 2 and not AuditEvent.objects.filter(action="world_deleted").exists()
+
+    response = editor.post("/admin/worlds/world/", {"action": "delete_selected", "_selected_action": pks,
+                                                    "post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert sorted(messages_of(response)) == [
+        "Emberfen: deleted; its runs are stopped and their content is being removed",
+        "Glassmere: deleted; its runs are stopped and their content is being removed"]
+    assert not World.objects.exists() and not GenerationRun.objects.exists()
+    deleted = AuditEvent.objects.filter(action="world_deleted").order_by("world_pk")
+    assert [(e.actor.username, e.world_pk, e.world_name) for e in deleted] == \
+        [("editor-d", pks[0], "Emberfen"), ("editor-d", pks[1], "Glassmere")]
+    assert sorted(LogEntry.objects.filter(action_flag=DELETION).values_list("object_repr", flat=True)) == \
+        ["Emberfen", "Glassmere"]
+    assert [cleanup_status(pk) for pk in pks] == ["RUNNING", "RUNNING"]
+
+
+def test_deleting_without_temporal_is_an_error_message_and_keeps_the_world(stack_env, settings, monkeypatch):
+    admin_client = staff("root2", superuser=True)
+    world = with_runs("Quietreach", "completed")
+    address = f"127.0.0.1:{servers.free_port()}"  # nothing listens there
+    settings.TEMPORAL_ADDRESS = address  # restored after the test, as is the client below
+    monkeypatch.setattr(temporal_client, "_thread", None)
+
+    response = admin_client.post(f"/admin/worlds/world/{world.pk}/delete/", {"post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain == [(f"/admin/worlds/world/{world.pk}/change/", 302)]
+    assert messages_of(response)[0].startswith("Quietreach was not deleted: could not start the cleanup of "
+                                               f"Quietreach: Temporal is not reachable at {address}")
+    response = admin_client.post("/admin/worlds/world/", {"action": "delete_selected", "_selected_action": [world.pk],
+                                                          "post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert messages_of(response)[0].startswith("Quietreach: could not start the cleanup of Quietreach: Temporal is not "
+                                               "reachable")
+    assert World.objects.filter(pk=world.pk).exists() and world.runs.count() == 1
+    assert not AuditEvent.objects.filter(action="world_deleted").exists()
+    assert not LogEntry.objects.filter(action_flag=DELETION).exists()  # the admin log does not say deleted
+
+
+# --- publishing ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bibles(stack_env):
+    """Writes a run's world bible into Mongo (what publishing needs); removes the worlds' content after."""
+    db, worlds = mongo.get_db(), set()
+
+    def write(run: GenerationRun) -> None:
+        if run.world_id not in worlds:
+            worlds.add(run.world_id)
+            store.delete_world_content(db, run.world_id)
+        store.save_bible(db, services.run_ref(run), {"title": f"Bible of {run}"}, 0, None)
+
+    yield write
+    for world_id in worlds:
+        store.delete_world_content(db, world_id)
+
+
+def run_action(client: Client, action: str, *runs: GenerationRun):
+    return client.post("/admin/worlds/generationrun/", {"action": action, "_selected_action": [r.pk for r in runs]},
+                       follow=True)
+
+
+def test_publishing_and_unpublishing_need_the_permission(bibles):
+    world = with_runs("Saltmere", "completed", "failed")
+    first, second = world.runs.order_by("number")
+    bibles(first)  # run 2 failed before its bible
+    editor, reviewer = staff("editor-p", "Editors"), staff("reviewer-p", "Reviewers")
+    assert 'value="publish"' in editor.get("/admin/worlds/generationrun/").content.decode()
+    assert 'value="publish"' not in reviewer.get("/admin/worlds/generationrun/").content.decode()
+    run_action(reviewer, "publish", first)  # not an action of theirs: nothing happens
+    world.refresh_from_db()
+    assert world.live_run is None
+    page = editor.get(f"/admin/worlds/world/{world.pk}/change/").content.decode()
+    assert "Not published: viewers do not see this world." in page and 'data-action="unpublish"' not in page
+
+    response = run_action(editor, "publish", first, second)
+    assert sorted(messages_of(response)) == [
+        "Saltmere run 1 is live.",
+        "Saltmere run 2 has nothing to show: it stopped before its world bible was written"]
+    world.refresh_from_db()
+    assert world.live_run == first
+    listing = editor.get("/admin/worlds/generationrun/").content.decode()
+    assert listing.count('<td class="field-live">live</td>') == 1
+    page = editor.get(f"/admin/worlds/world/{world.pk}/change/").content.decode()
+    assert f'/admin/worlds/generationrun/{first.pk}/change/">Run 1</a> (completed), published' in page
+    assert 'data-action="unpublish"' in page
+    assert re.findall(r'<td class="field-live">\s*<p>(.*?)</p>', page) == ["", "live"]  # the inline: runs 2 and 1
+    assert 'data-action="unpublish"' not in reviewer.get(f"/admin/worlds/world/{world.pk}/change/").content.decode()
+
+    response = post_button(reviewer, world, "unpublish")
+    assert messages_of(response) == ["Saltmere: you do not have permission to unpublish worlds"]
+    world.refresh_from_db()
+    assert world.live_run == first
+    response = post_button(editor, world, "unpublish")
+    assert messages_of(response) == ["Saltmere: unpublished: viewers no longer see it"]
+    world.refresh_from_db()
+    assert world.live_run is None
+    response = post_button(editor, world, "unpublish")
+    assert messages_of(response) == ["Saltmere: Saltmere is not published"]
+    actions = AuditEvent.objects.filter(world=world).order_by("at", "pk").values_list("actor__username", "action")
+    assert list(actions) == [("editor-p", "run_published"), ("editor-p", "run_unpublished")]
+
+
+def test_the_reconcile_action_corrects_stale_rows_from_temporal(stack_env):
+    world = with_runs("Driftwood", "running")
+    run = world.runs.get()  # its workflow never existed in Temporal
+    assert 'value="reconcile"' not in staff("reviewer-r", "Reviewers").get(
+        "/admin/worlds/generationrun/").content.decode()
+    response = run_action(staff("editor-r", "Editors"), "reconcile", run)
+    assert messages_of(response) == ["Driftwood run 1: Temporal no longer has this workflow",
+                                     "1 of 1 runs corrected from Temporal."]
+    run.refresh_from_db()
+    assert (run.status, run.error) == ("failed", "Temporal no longer has this workflow")
+    assert AuditEvent.objects.filter(run=run, action="run_reconciled", actor__username="editor-r").exists()
+
+
+# --- limits in the forms ------------------------------------------------------------------------------
+
+def test_the_feedback_forms_refuse_over_long_feedback():
+    world = make_world(name="Glasswater", requires_approval=True)
+    reviewer = staff("reviewer-f", "Reviewers")
+    too_long = "x" * 2001
+    expected = "Keep the feedback to at most 2000 characters (it has 2001)."
+    response = reviewer.post(f"/admin/worlds/world/{world.pk}/reject/", {"feedback": too_long})
+    assert response.status_code == 200 and response.context["form"].errors == {"feedback": [expected]}
+    response = reviewer.post("/admin/worlds/world/", {"action": "reject", "_selected_action": [world.pk],
+                                                      "feedback": too_long})
+    assert response.status_code == 200 and response.context["form"].errors == {"feedback": [expected]}
+    assert expected in html.unescape(response.content.decode())
+    assert not AuditEvent.objects.filter(action="run_rejected").exists()
+
+
+def test_the_world_form_refuses_an_over_long_premise_and_a_disallowed_model():
+    editor = staff("editor-f", "Editors")
+    fields = {"name": "Mossmarket", "premise": "p" * 4001, "genre": "fantasy", "tone": "playful", "language": "en",
+              "visual_style": "ink", "character_count": 2, "posts_per_character": 1, "token_budget": 5_000_001,
+              "model_override": "gpt-9", "runs-TOTAL_FORMS": 0, "runs-INITIAL_FORMS": 0, "runs-MIN_NUM_FORMS": 0,
+              "runs-MAX_NUM_FORMS": 1000}
+    expected = {
+        "premise": ["Keep the premise to at most 4000 characters (it has 4001)."],
+        "token_budget": ["The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET)."],
+        "model_override": ["'gpt-9' is not an allowed model; choose one of: worldgen-procedural-1 "
+                           "(LLM_ALLOWED_MODELS), or leave it blank."],
+    }
+    response = editor.post("/admin/worlds/world/add/", fields)
+    assert response.status_code == 200 and response.context["adminform"].form.errors == expected
+    page = html.unescape(response.content.decode())
+    assert all(message in page for messages in expected.values() for message in messages)
+    assert not World.objects.exists()
+
+    world = make_world(name="Mossmarket")
+    response = editor.post(f"/admin/worlds/world/{world.pk}/change/", {**fields, "premise": "A short premise."})
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {k: v for k, v in expected.items() if k != "premise"}
+    world.refresh_from_db()
+    assert (world.token_budget, world.model_override) == (500_000, "")

@@ -12,8 +12,11 @@ from drf_spectacular.validation import validate_schema
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from generation import mongo, store
+from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
 from temporal_worker import client as temporal_client
+from temporal_worker.client import temporal_call
 from worlds import services
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.roles import grant_roles
@@ -63,11 +66,56 @@ def make_world(**overrides) -> World:
     return World.objects.create(**world_body(**overrides))
 
 
-def make_run(world: World, status: str, number: int = 1, started_by: User | None = None) -> GenerationRun:
+def make_run(world: World, status: str, number: int = 1, started_by: User | None = None, **fields) -> GenerationRun:
     """A run row only (no workflow): for the checks made before Temporal is involved."""
     return GenerationRun.objects.create(world=world, number=number, workflow_id=f"api-test-{world.pk}-{number}",
                                         status=status, stage="done" if status in FINISHED else "approval",
-                                        started_by=started_by)
+                                        started_by=started_by, **fields)
+
+
+@pytest.fixture
+def content(stack_env):
+    """Writes a run's content straight into Mongo with generation.store (no LLM): a bible, characters
+    and posts whose texts name the run. The worlds' content is removed before and after (world IDs
+    come back after a rolled-back test)."""
+    db, worlds = mongo.get_db(), set()
+
+    def write(run: GenerationRun, *, characters: int = 2, posts: int = 2) -> None:
+        if run.world_id not in worlds:
+            worlds.add(run.world_id)
+            store.delete_world_content(db, run.world_id)
+        ref = services.run_ref(run)
+        store.save_bible(db, ref, {"title": f"Bible of run {run.number}"}, 0, None)
+        store.save_cast(db, ref, [{"name": f"Run {run.number} character {index}", "handle": f"r{run.number}_c{index}",
+                                   "concept": "a lamplighter"} for index in range(characters)])
+        for character in range(characters):
+            for index in range(posts):
+                store.save_post(db, ref, character, index, {"caption": f"run {run.number} post {character}.{index}"},
+                                f"r{run.number}_c{character}")
+
+    yield write
+    for world_id in worlds:
+        store.delete_world_content(db, world_id)
+
+
+def cleanup_status(world_pk: int) -> str:
+    """Temporal's status of the world's cleanup workflow (RUNNING while no worker has run it)."""
+    description = temporal_call(lambda client: client.get_workflow_handle(cleanup_workflow_id(world_pk)).describe())
+    return description.status.name
+
+
+def cleanup_result(world_pk: int) -> WorldCleanupResult:
+    return temporal_call(lambda client: client.get_workflow_handle(
+        cleanup_workflow_id(world_pk), result_type=WorldCleanupResult).result(), timeout=120)
+
+
+def world_content(world_pk: int) -> dict[str, int]:
+    """How many documents and images of the world Mongo holds."""
+    db = mongo.get_db()
+    found = {name: db[name].count_documents({"world_id": world_pk}) for name in store.CONTENT_COLLECTIONS}
+    found["images"] = db["images.files"].count_documents({"_id": {"$regex": f"^img-w{world_pk}-r"}})
+    found["image chunks"] = db["images.chunks"].count_documents({"files_id": {"$regex": f"^img-w{world_pk}-r"}})
+    return found
 
 
 def wait_for(client: APIClient, run_id: int, statuses: set[str], until=lambda run: True,
@@ -103,7 +151,7 @@ def worker(start_worker):
 
 # --- worlds: CRUD, validation, 404s ------------------------------------------------------
 
-def test_world_create_read_update_delete(users):
+def test_world_create_read_update_delete(users, world_cleanups):
     editor = api(users["editor"])
     response = editor.post("/api/worlds/", {**world_body(), "visual_style": "ink", "language": "fr"}, format="json")
     assert response.status_code == 201, response.content
@@ -132,11 +180,15 @@ def test_world_create_read_update_delete(users):
     assert response.status_code == 400
     assert response.json() == {"character_count": ["Ensure this value is less than or equal to 50."]}
 
-    assert editor.delete(url).status_code == 204
+    response = editor.delete(url)
+    assert response.status_code == 204 and response.content == b""
     assert editor.get(url).status_code == 404
+    assert cleanup_status(world["id"]) == "RUNNING"  # started; it waits for a worker (there is none here)
     actions = list(AuditEvent.objects.filter(actor=users["editor"]).order_by("at").values_list("action", "detail"))
     assert actions == [("world_created", ""), ("world_updated", "character_count, tone"),
-                       ("world_deleted", "Lanternfall")]
+                       ("world_deleted", f"Lanternfall; 0 runs; content removed by world-{world['id']}-cleanup")]
+    deleted = AuditEvent.objects.get(action="world_deleted")
+    assert (deleted.world, deleted.world_pk, deleted.world_name) == (None, world["id"], "Lanternfall")
 
 
 @pytest.mark.parametrize(("body", "field", "message"), [
@@ -165,6 +217,12 @@ def test_world_create_read_update_delete(users):
     (world_body(tone="\x85\u3000\x1c"), "tone", "This field may not be blank."),
     (world_body(premise="nul\x00byte"), "premise", "Null characters are not allowed."),
     ([world_body()], "non_field_errors", "Invalid data. Expected a dictionary, but got list."),
+    # the limits deployments set (defaults: WORLD_PREMISE_MAX_CHARS, GENERATION_MAX_TOKEN_BUDGET, LLM_ALLOWED_MODELS)
+    (world_body(premise="p" * 4001), "premise", "Keep the premise to at most 4000 characters (it has 4001)."),
+    (world_body(token_budget=5_000_001), "token_budget",
+     "The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET)."),
+    (world_body(model_override="gpt-9"), "model_override",
+     "'gpt-9' is not an allowed model; choose one of: worldgen-procedural-1 (LLM_ALLOWED_MODELS), or leave it blank."),
 ])
 def test_bad_world_input_is_a_400_with_field_messages(users, body, field, message):
     response = api(users["editor"]).post("/api/worlds/", body, format="json")
@@ -189,8 +247,40 @@ def test_out_of_range_json_numbers_are_field_errors(users):
     body = b'{"name": "X", "premise": "Y", "character_count": 1e999999, "token_budget": 1' + b"0" * 4000 + b"}"
     response = api(users["editor"]).generic("POST", "/api/worlds/", body, content_type="application/json")
     assert response.status_code == 400
-    assert response.json() == {"character_count": ["A valid integer is required."],
-                               "token_budget": ["Ensure this value is less than or equal to 2147483647."]}
+    assert response.json() == {
+        "character_count": ["A valid integer is required."],
+        "token_budget": ["The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET).",
+                         "Ensure this value is less than or equal to 2147483647."]}
+
+
+def test_the_limits_are_field_errors_together_and_read_when_checked(users, settings):
+    editor = api(users["editor"])
+    over = world_body(premise="p" * 4001, token_budget=5_000_001, model_override="gpt-9", character_count=0)
+    response = editor.post("/api/worlds/", over, format="json")
+    assert response.status_code == 400
+    assert set(response.json()) == {"premise", "token_budget", "model_override", "character_count"}  # all at once
+    at_the_limits = world_body(premise="p" * 4000, token_budget=5_000_000, model_override=settings.LLM_MODEL)
+    response = editor.post("/api/worlds/", at_the_limits, format="json")
+    assert response.status_code == 201, response.content
+    url = f"/api/worlds/{response.json()['id']}/"
+
+    settings.WORLD_PREMISE_MAX_CHARS, settings.GENERATION_MAX_TOKEN_BUDGET = 100, 20_000
+    settings.LLM_ALLOWED_MODELS = [settings.LLM_MODEL, "gpt-4o-mini"]
+    response = editor.patch(url, {"premise": "q" * 101, "token_budget": 20_001, "model_override": "gpt-9"},
+                            format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "premise": ["Keep the premise to at most 100 characters (it has 101)."],
+        "token_budget": ["The token budget may be at most 20000 (GENERATION_MAX_TOKEN_BUDGET)."],
+        "model_override": [f"'gpt-9' is not an allowed model; choose one of: {settings.LLM_MODEL}, gpt-4o-mini "
+                           "(LLM_ALLOWED_MODELS), or leave it blank."]}
+    assert World.objects.get(name="Lanternfall").premise == "p" * 4000  # unchanged
+    response = editor.patch(url, {"premise": "q" * 100, "token_budget": 20_000, "model_override": "gpt-4o-mini"},
+                            format="json")
+    assert response.status_code == 200, response.content
+    assert (response.json()["token_budget"], response.json()["model_override"]) == (20_000, "gpt-4o-mini")
+    response = editor.patch(url, {"model_override": ""}, format="json")  # blank: the default model
+    assert response.status_code == 200 and response.json()["model_override"] == ""
 
 
 @pytest.mark.parametrize("query", ["limit=abc", "limit=", "limit=0", "limit=101", "offset=-1", "offset=",
@@ -220,10 +310,11 @@ def test_missing_objects_are_a_json_404(users, path):
 
 # --- permissions and authentication --------------------------------------------------------
 
-def test_permissions_follow_the_staff_roles(users):
+def test_permissions_follow_the_staff_roles(users, world_cleanups):
     world = make_world(character_count=0)  # invalid: a permitted generate answers 400 without starting
     valid = make_world(name="Valid")
     done = make_run(valid, "completed", started_by=users["editor"])
+    store.delete_world_content(mongo.get_db(), valid.pk)  # no bible: a permitted publish answers 409
     routes = {
         "list": ("get", "/api/worlds/", None),
         "read": ("get", f"/api/worlds/{world.pk}/", None),
@@ -237,14 +328,18 @@ def test_permissions_follow_the_staff_roles(users):
         "reject": ("post", f"/api/runs/{done.pk}/reject/", {"feedback": "More whales."}),
         "cancel": ("post", f"/api/runs/{done.pk}/cancel/", None),
         "rerender": ("post", f"/api/runs/{done.pk}/rerender/", None),
+        "publish": ("post", f"/api/runs/{done.pk}/publish/", None),
+        "unpublish": ("post", f"/api/worlds/{valid.pk}/unpublish/", None),
     }
-    # allowed: 2xx, or the 400/409 that comes after the permission checks (invalid world, finished run)
+    # allowed: 2xx, or the 400/409 that comes after the permission checks (invalid world, finished run without
+    # a bible, world not published)
     allowed = {"list": 200, "read": 200, "characters": 200, "posts": 200, "run": 200, "create": 201, "change": 200,
-               "generate": 400, "approve": 409, "reject": 409, "cancel": 409, "rerender": 409}
+               "generate": 400, "approve": 409, "reject": 409, "cancel": 409, "rerender": 409, "publish": 409,
+               "unpublish": 409}
     can = {
         "admin": set(allowed),
         "editor": {"list", "read", "characters", "posts", "run", "create", "change", "generate", "cancel",
-                   "rerender"},
+                   "rerender", "publish", "unpublish"},
         "reviewer": {"list", "read", "characters", "posts", "run", "approve", "reject"},
         "lead": set(allowed),
         "staff": set(),
@@ -263,7 +358,9 @@ def test_permissions_follow_the_staff_roles(users):
                                   "You do not have permission to perform this action.")
     delete = f"/api/worlds/{world.pk}/"
     assert api(users["reviewer"]).delete(delete).status_code == 403
+    assert World.objects.filter(pk=world.pk).exists() and not AuditEvent.objects.filter(action="world_deleted")
     assert api(users["editor"]).delete(delete).status_code == 204
+    assert not World.objects.filter(pk=world.pk).exists()
 
 
 def test_token_authentication(users):
@@ -287,7 +384,7 @@ def test_token_authentication(users):
 
 # --- runs without Temporal: conflicts, 400s and the read side ---------------------------------
 
-def test_commands_on_a_finished_run_conflict(users):
+def test_commands_on_a_finished_run_conflict(users, stack_env):
     world = make_world()
     run = make_run(world, "completed", started_by=users["editor"])
     reviewer, editor = api(users["reviewer"]), api(users["editor"])
@@ -299,17 +396,25 @@ def test_commands_on_a_finished_run_conflict(users):
     response = editor.post(f"/api/runs/{run.pk}/cancel/")
     assert response.status_code == 409
     assert response.json() == {"detail": "Lanternfall run 1 is not running (it is completed)"}
-    for body in ({}, {"feedback": "   "}, {"feedback": None}, [1]):
+    for body in ({}, {"feedback": "   "}, {"feedback": None}, [1], {"feedback": "x" * 2001}):
         response = reviewer.post(f"/api/runs/{run.pk}/reject/", body, format="json")
         assert response.status_code == 400, body
         assert set(response.json()) in ({"feedback"}, {"non_field_errors"})
     assert not AuditEvent.objects.filter(run=run).exists()
 
-    run.status = "running"
-    run.save()
-    response = editor.delete(f"/api/worlds/{world.pk}/")
-    assert response.status_code == 409
-    assert response.json() == {"detail": "Lanternfall is being generated; cancel the run before deleting the world"}
+
+def test_feedback_over_the_limit_is_a_400_before_anything_is_sent(users, settings):
+    run = make_run(make_world(requires_approval=True), "awaiting_approval", started_by=users["editor"])
+    reviewer = api(users["reviewer"])
+    response = reviewer.post(f"/api/runs/{run.pk}/reject/", {"feedback": "x" * 2001}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"feedback": ["Keep the feedback to at most 2000 characters (it has 2001)."]}
+    settings.REVIEW_FEEDBACK_MAX_CHARS = 100
+    response = reviewer.post(f"/api/runs/{run.pk}/reject/", {"feedback": "  " + "y" * 101 + "  "}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"feedback": ["Keep the feedback to at most 100 characters (it has 101)."]}
+    run.refresh_from_db()
+    assert run.rejected_by is None and not AuditEvent.objects.filter(run=run).exists()
 
 
 def test_an_invalid_world_is_refused_with_the_reason(users):
@@ -351,11 +456,142 @@ def test_temporal_trouble_never_makes_a_500(users, stack_env, settings, monkeypa
     assert "live" not in reviewer.get(f"/api/runs/{run.pk}/").json()
     response = reviewer.post(f"/api/runs/{run.pk}/approve/")
     assert response.status_code == 503
-    assert response.json()["detail"].startswith(f"Temporal is not reachable at {address}")
-    response = api(users["editor"]).post(f"/api/worlds/{make_world(name='Fresh').pk}/generate/")
+    assert response.json()["detail"].startswith(
+        f"could not approve the bible of Lanternfall run 1: Temporal is not reachable at {address}")
+    response = api(users["editor"]).post(f"/api/runs/{run.pk}/cancel/")
     assert response.status_code == 503
-    assert response.json()["detail"].startswith("could not start the run: Temporal is not reachable")
-    assert not GenerationRun.objects.filter(world__name="Fresh").exists()
+    assert response.json()["detail"].startswith(f"could not cancel Lanternfall run 1: Temporal is not reachable")
+    run.refresh_from_db()
+    assert (run.status, run.approved_by, run.cancelled_by) == ("awaiting_approval", None, None)
+
+    fresh = make_world(name="Fresh")
+    response = api(users["editor"]).post(f"/api/worlds/{fresh.pk}/generate/")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(
+        f"Fresh could not be started: nothing was started: Temporal is not reachable at {address}")
+    kept = fresh.runs.get()  # the row is kept, failed, so its number is never reused
+    assert (kept.number, kept.status, kept.workflow_id) == (1, "failed", f"world-{fresh.pk}-run-1")
+    assert kept.error.startswith("nothing was started: Temporal is not reachable") and kept.finished_at
+    body = api(users["editor"]).get(f"/api/runs/{kept.pk}/").json()
+    assert (body["status"], body["is_active"], body["error"]) == ("failed", False, kept.error)
+    assert not AuditEvent.objects.filter(run=kept).exists()  # nothing was started
+
+
+def test_deleting_without_temporal_is_a_503_and_deletes_nothing(users, content, settings, monkeypatch):
+    world = make_world()
+    run = make_run(world, "completed")
+    content(run)
+    before = world_content(world.pk)
+    address = f"127.0.0.1:{servers.free_port()}"  # nothing listens there
+    settings.TEMPORAL_ADDRESS = address  # restored after the test, as is the client below
+    monkeypatch.setattr(temporal_client, "_thread", None)
+    response = api(users["editor"]).delete(f"/api/worlds/{world.pk}/")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(
+        f"could not start the cleanup of Lanternfall: Temporal is not reachable at {address}")
+    assert World.objects.filter(pk=world.pk).exists() and GenerationRun.objects.filter(pk=run.pk).exists()
+    assert world_content(world.pk) == before and before["bibles"] == 1 and before["posts"] == 4
+    assert not AuditEvent.objects.filter(action="world_deleted").exists()
+
+
+# --- publishing: what the characters and posts routes serve ----------------------------------------
+
+def summary(run: GenerationRun) -> dict:
+    return {"id": run.pk, "number": run.number, "status": run.status, "stage": run.stage,
+            "characters_done": run.characters_done, "characters_total": run.characters_total,
+            "posts_done": run.posts_done, "posts_total": run.posts_total}
+
+
+def served(client: APIClient, world: World) -> tuple[list[str], list[str]]:
+    """The handles of the characters and the captions of the feed the API serves for ``world``."""
+    characters = client.get(f"/api/worlds/{world.pk}/characters/")
+    posts = client.get(f"/api/worlds/{world.pk}/posts/?limit=100")
+    assert characters.status_code == posts.status_code == 200
+    return [c["handle"] for c in characters.json()], [p["caption"] for p in posts.json()["results"]]
+
+
+RUN_1 = (["r1_c0", "r1_c1"], ["run 1 post 0.0", "run 1 post 1.0", "run 1 post 0.1", "run 1 post 1.1"])
+RUN_2 = (["r2_c0", "r2_c1"], ["run 2 post 0.0", "run 2 post 1.0", "run 2 post 0.1", "run 2 post 1.1"])
+
+
+def test_the_api_serves_the_live_run_and_editors_publish_and_unpublish(users, content):
+    world = make_world()
+    first = make_run(world, "completed", 1, characters_total=2, characters_done=2, posts_total=4, posts_done=4)
+    second = make_run(world, "running", 2, characters_total=2, characters_done=1, posts_total=4, posts_done=1)
+    content(first)
+    content(second)  # the newer run's content is in Mongo already, while it runs
+    editor, reviewer = api(users["editor"]), api(users["reviewer"])
+    assert editor.get(f"/api/worlds/{world.pk}/").json()["live_run"] is None
+    assert served(reviewer, world) == ([], [])  # nothing is published: nothing is served
+
+    for who in ("reviewer", "staff"):
+        response = api(users[who]).post(f"/api/runs/{first.pk}/publish/")
+        assert response.status_code == 403, who
+        assert response.json() == {"detail": "You do not have permission to perform this action."}
+    response = editor.post(f"/api/runs/{first.pk}/publish/")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert (body["id"], body["status"], body["requires_approval"], body["bible_approved"]) == \
+        (first.pk, "completed", False, False)
+    shown = editor.get(f"/api/worlds/{world.pk}/").json()
+    assert shown["live_run"] == summary(first) and shown["latest_run"] == summary(second)
+    assert editor.get("/api/worlds/").json()["results"][0]["live_run"] == summary(first)
+    assert served(reviewer, world) == RUN_1  # the live run, not the newer one still running
+    response = reviewer.get(f"/api/worlds/{world.pk}/posts/?character=1")
+    assert [p["caption"] for p in response.json()["results"]] == ["run 1 post 1.0", "run 1 post 1.1"]
+
+    response = editor.post(f"/api/runs/{first.pk}/publish/")
+    assert response.status_code == 409 and response.json() == {"detail": "Lanternfall run 1 is already live"}
+    response = editor.post(f"/api/runs/{second.pk}/publish/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Lanternfall run 2 is still running; publish it once it has finished"}
+
+    GenerationRun.objects.filter(pk=second.pk).update(status="cancelled", stage="posts")  # stopped part-way
+    assert editor.post(f"/api/runs/{second.pk}/publish/").status_code == 202  # staff may publish a stopped run
+    assert editor.get(f"/api/worlds/{world.pk}/").json()["live_run"]["id"] == second.pk
+    assert served(reviewer, world) == RUN_2
+    assert editor.post(f"/api/runs/{first.pk}/publish/").status_code == 202  # roll back
+    assert served(reviewer, world) == RUN_1
+
+    response = reviewer.post(f"/api/worlds/{world.pk}/unpublish/")
+    assert response.status_code == 403
+    response = editor.post(f"/api/worlds/{world.pk}/unpublish/")
+    assert response.status_code == 200
+    assert response.json()["id"] == world.pk and response.json()["live_run"] is None
+    assert served(reviewer, world) == ([], [])
+    response = editor.post(f"/api/worlds/{world.pk}/unpublish/")
+    assert response.status_code == 409 and response.json() == {"detail": "Lanternfall is not published"}
+    audit = AuditEvent.objects.filter(world=world).order_by("at", "pk").values_list(
+        "action", "actor__username", "run_number", "detail")
+    assert list(audit) == [("run_published", "editor", 1, ""), ("run_published", "editor", 2, "replaces run 1"),
+                           ("run_published", "editor", 1, "replaces run 2"), ("run_unpublished", "editor", 1, "")]
+
+
+def test_a_run_is_published_only_with_a_cleared_bible(users, content):
+    world = make_world(name="Glasswater", requires_approval=True)
+    never_approved = make_run(world, "expired", 1, requires_approval=True)
+    no_bible = make_run(world, "failed", 2, requires_approval=True, bible_approved=True)
+    approved = make_run(world, "cancelled", 3, requires_approval=True, bible_approved=True)
+    content(never_approved)
+    content(approved)
+    editor = api(users["editor"])
+    response = editor.post(f"/api/runs/{never_approved.pk}/publish/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Glasswater run 1 cannot be published: its world bible was never approved"}
+    response = editor.post(f"/api/runs/{no_bible.pk}/publish/")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Glasswater run 2 has nothing to show: it stopped before its world bible "
+                                         "was written"}
+    response = editor.get(f"/api/runs/{never_approved.pk}/").json()
+    assert (response["requires_approval"], response["bible_approved"]) == (True, False)
+    assert editor.get(f"/api/worlds/{world.pk}/").json()["live_run"] is None
+    response = editor.post(f"/api/runs/{approved.pk}/publish/")
+    assert response.status_code == 202 and response.json()["bible_approved"] is True
+    assert editor.get(f"/api/worlds/{world.pk}/").json()["live_run"] == summary(approved)
+    assert served(editor, world)[0] == ["r3_c0", "r3_c1"]
+    response = editor.post("/api/runs/987654/publish/")
+    assert response.status_code == 404
+    assert editor.post("/api/worlds/987654/unpublish/").status_code == 404
 
 
 # --- schema and docs --------------------------------------------------------------------------
@@ -371,6 +607,8 @@ ROUTES = {
     "/api/runs/{run_id}/reject/": {"post"},
     "/api/runs/{run_id}/cancel/": {"post"},
     "/api/runs/{run_id}/rerender/": {"post"},
+    "/api/runs/{run_id}/publish/": {"post"},
+    "/api/worlds/{world_id}/unpublish/": {"post"},
 }
 
 
@@ -389,7 +627,9 @@ def test_the_schema_is_valid_openapi_3_and_describes_every_route():
     assert set(paths["/api/worlds/{world_id}/generate/"]["post"]["responses"]) == \
         {"202", "400", "403", "404", "409", "503"}
     assert set(paths["/api/runs/{run_id}/reject/"]["post"]["responses"]) == {"202", "400", "403", "404", "409", "503"}
-    assert set(paths["/api/worlds/{world_id}/"]["delete"]["responses"]) == {"204", "403", "404", "409"}
+    assert set(paths["/api/worlds/{world_id}/"]["delete"]["responses"]) == {"204", "403", "404", "503"}
+    assert set(paths["/api/runs/{run_id}/publish/"]["post"]["responses"]) == {"202", "403", "404", "409"}
+    assert set(paths["/api/worlds/{world_id}/unpublish/"]["post"]["responses"]) == {"200", "403", "404", "409"}
     assert set(paths["/api/worlds/"]["post"]["responses"]) == {"201", "400", "403"}
     for path, operations in paths.items():
         for operation in operations.values():
@@ -400,6 +640,10 @@ def test_the_schema_is_valid_openapi_3_and_describes_every_route():
     assert world_input["properties"]["character_count"].items() >= {"minimum": 1, "maximum": 50}.items()
     assert world_input["properties"]["token_budget"]["minimum"] == 1000
     assert "live" not in schema["components"]["schemas"]["RunDetail"]["required"]
+    world = schema["components"]["schemas"]["World"]["properties"]
+    assert world["live_run"]["nullable"] is True and world["live_run"]["readOnly"] is True
+    run = schema["components"]["schemas"]["Run"]["properties"]
+    assert run["requires_approval"]["type"] == run["bible_approved"]["type"] == "boolean"
 
 
 def test_the_docs_page_is_served():
@@ -426,9 +670,10 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
     assert run["status"] == "completed", run["error"]
     assert (run["characters_done"], run["posts_done"], run["degraded_items"], run["is_active"]) == (2, 4, 0, False)
     assert run["tokens_used"] > 0 and run["finished_at"] and "live" not in run
-    latest = editor.get(f"/api/worlds/{world['id']}/").json()["latest_run"]
-    assert latest == {key: run[key] for key in ("id", "number", "status", "stage", "characters_done",
-                                                "characters_total", "posts_done", "posts_total")}
+    shown = editor.get(f"/api/worlds/{world['id']}/").json()
+    assert shown["latest_run"] == {key: run[key] for key in ("id", "number", "status", "stage", "characters_done",
+                                                             "characters_total", "posts_done", "posts_total")}
+    assert shown["live_run"] == shown["latest_run"]  # a completed run publishes itself
     assert editor.get("/api/worlds/").json()["results"][0]["latest_run"]["status"] == "completed"
 
     characters = editor.get(f"/api/worlds/{world['id']}/characters/").json()
@@ -476,6 +721,11 @@ def test_approval_with_four_eyes_rejection_feedback_and_conflicts(users, worker)
     run = wait_for(reviewer, run["id"], {"awaiting_approval"} | FINISHED)
     assert (run["status"], run["stage"], run["bible_revision"]) == ("awaiting_approval", "approval", 0)
     assert run["live"]["awaiting_decision"] is True and run["live"]["stage"] == "approval"
+    assert (run["requires_approval"], run["bible_approved"]) == (True, False)
+    response = lead.post(f"/api/runs/{run['id']}/publish/")  # an unapproved bible is never public
+    assert response.status_code == 409 and "still awaiting approval" in response.json()["detail"]
+    assert reviewer.get(f"/api/worlds/{world['id']}/").json()["live_run"] is None
+    assert reviewer.get(f"/api/worlds/{world['id']}/characters/").json() == []
 
     response = lead.post(f"/api/worlds/{world['id']}/generate/")
     assert response.status_code == 409
@@ -498,18 +748,21 @@ def test_approval_with_four_eyes_rejection_feedback_and_conflicts(users, worker)
     assert response.status_code == 202 and response.json()["approved_by"] == "reviewer"
     run = wait_for(reviewer, run["id"], FINISHED)
     assert run["status"] == "completed", run["error"]
+    assert run["bible_approved"] is True
+    assert reviewer.get(f"/api/worlds/{world['id']}/").json()["live_run"]["id"] == run["id"]
     assert len(reviewer.get(f"/api/worlds/{world['id']}/characters/").json()) == 1
     response = reviewer.post(f"/api/runs/{run['id']}/approve/")
     assert response.status_code == 409 and "nothing is awaiting approval" in response.json()["detail"]
-    audit = AuditEvent.objects.filter(run_id=run["id"]).order_by("at").values_list("action", "actor__username",
-                                                                                   "detail")
+    audit = AuditEvent.objects.filter(run_id=run["id"]).order_by("at", "pk").values_list(
+        "action", "actor__username", "detail")
     assert list(audit) == [("run_started", "lead", f"world-{world['id']}-run-1"),
                            ("run_rejected", "reviewer", "More sky-whales."),
-                           ("run_approved", "reviewer", "revision 1")]
+                           ("run_approved", "reviewer", "revision 1"),
+                           ("run_published", None, "completed")]  # by the run itself, once completed
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cancel_an_active_run(users, worker):
+def test_cancel_an_active_run_and_delete_a_world_while_it_generates(users, worker):
     editor, reviewer = api(users["editor"]), api(users["reviewer"])
     world = editor.post("/api/worlds/", world_body(requires_approval=True), format="json").json()
     run = editor.post(f"/api/worlds/{world['id']}/generate/").json()
@@ -517,13 +770,51 @@ def test_cancel_an_active_run(users, worker):
     assert run["status"] == "awaiting_approval"
 
     assert reviewer.post(f"/api/runs/{run['id']}/cancel/").status_code == 403  # reviewers cannot cancel
-    response = editor.delete(f"/api/worlds/{world['id']}/")
-    assert response.status_code == 409 and "cancel the run before deleting" in response.json()["detail"]
     response = editor.post(f"/api/runs/{run['id']}/cancel/")
     assert response.status_code == 202 and response.json()["cancelled_by"] == "editor"
     run = wait_for(editor, run["id"], FINISHED, timeout=60)
     assert run["status"] == "cancelled" and run["finished_at"] and "live" not in run
     response = editor.post(f"/api/runs/{run['id']}/cancel/")
     assert response.status_code == 409 and "is not running (it is cancelled)" in response.json()["detail"]
-    assert editor.delete(f"/api/worlds/{world['id']}/").status_code == 204
+
+    second = editor.post(f"/api/worlds/{world['id']}/generate/").json()
+    assert wait_for(editor, second["id"], {"awaiting_approval"} | FINISHED)["status"] == "awaiting_approval"
+    assert reviewer.delete(f"/api/worlds/{world['id']}/").status_code == 403
+    assert editor.delete(f"/api/worlds/{world['id']}/").status_code == 204  # while run 2 waits: it is stopped
+    assert editor.get(f"/api/runs/{second['id']}/").status_code == 404
+    assert editor.get(f"/api/worlds/{world['id']}/").status_code == 404
+    result = cleanup_result(world["id"])
+    assert result.stopped_workflows == 1
+    status = temporal_call(lambda client: client.get_workflow_handle(second["workflow_id"]).describe()).status.name
+    assert status == "CANCELED"
+    assert world_content(world["id"]) == dict.fromkeys(world_content(world["id"]), 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_generated_world_removes_all_its_content(users, worker, client):
+    editor = api(users["editor"])
+    world = editor.post("/api/worlds/", world_body(character_count=2, posts_per_character=1), format="json").json()
+    run = editor.post(f"/api/worlds/{world['id']}/generate/").json()
+    assert wait_for(editor, run["id"], FINISHED)["status"] == "completed"
+    before = world_content(world["id"])
+    assert before["bibles"] == 1 and before["characters"] == 2 and before["posts"] == 2 and before["images"] == 4
+    assert before["generation_tasks"] and before["token_ledgers"] and before["image chunks"]
+    avatar = editor.get(f"/api/worlds/{world['id']}/characters/").json()[0]["avatar_url"]
+    assert client.get(avatar).status_code == 200  # public: the run is live
+
+    response = editor.delete(f"/api/worlds/{world['id']}/")
+    assert response.status_code == 204
+    assert client.get(avatar).status_code == 404  # at once, before the cleanup has run
+    assert editor.get(f"/api/worlds/{world['id']}/").status_code == 404
     assert editor.get(f"/api/runs/{run['id']}/").status_code == 404
+    result = cleanup_result(world["id"])
+    assert (result.stopped_workflows, result.images) == (0, 4)
+    assert result.documents == sum(before[name] for name in store.CONTENT_COLLECTIONS)
+    assert world_content(world["id"]) == dict.fromkeys(before, 0)
+    deleted = AuditEvent.objects.get(action="world_deleted")
+    assert (deleted.actor.username, deleted.world, deleted.world_pk, deleted.world_name) == \
+        ("editor", None, world["id"], "Lanternfall")
+    assert deleted.detail == f"Lanternfall; 1 run; content removed by world-{world['id']}-cleanup"
+    started = AuditEvent.objects.get(action="run_started")  # the history keeps which world and run
+    assert (started.world, started.run, started.world_pk, started.world_name, started.run_number) == \
+        (None, None, world["id"], "Lanternfall", 1)

@@ -6,8 +6,8 @@ must not be a server error and must match what the schema declares for it: statu
 body and headers. A failure prints the reproducing curl command.
 
 Generation routes are real: starting a run starts a workflow on the test Temporal dev server (no
-worker, so it just waits); every workflow started here is terminated afterwards, so nothing is picked
-up by a later test's worker.
+worker, so it just waits), as does deleting a world (its cleanup workflow); every workflow started
+here is terminated afterwards, so nothing is picked up by a later test's worker.
 """
 
 import re
@@ -30,6 +30,7 @@ from schemathesis.checks import (  # registered checks, looked up by name
 from schemathesis.generation.meta import TestPhase
 
 from temporal_worker import client as temporal_client
+from tests.conftest import terminate_world_cleanups
 from worlds import services
 from worlds.models import GenerationRun, World
 
@@ -123,6 +124,7 @@ def fuzz_env(stack_env, settings, monkeypatch):
         GenerationRun.objects.exclude(workflow_id__startswith="fuzz-").values_list("workflow_id", flat=True))
     for workflow_id in workflow_ids:
         terminate(workflow_id)
+    terminate_world_cleanups()  # of the worlds a DELETE removed: no worker runs them here
     GenerationRun.objects.all().delete()  # the transactional test's flush would too
 
 

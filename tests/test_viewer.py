@@ -1,18 +1,21 @@
 """The public world viewer: server-rendered pages over the real Mongo (SecantusDB).
 
 Content is written with generation.store (no LLM); worlds use IDs from 880000 up so their
-Mongo documents never meet other tests' in the shared database."""
+Mongo documents never meet other tests' in the shared database. Viewers see a world's live
+(published) run only; runs are published through worlds.services.run_publish."""
 
 import io
 import itertools
 import re
 
 import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
 from PIL import Image
 
 from generation import mongo, store
 from generation.contracts import RunRef
-from worlds import selectors
+from worlds import selectors, services
 from worlds.models import GenerationRun, World
 
 pytestmark = pytest.mark.django_db
@@ -68,6 +71,11 @@ def make_run(world: World, number: int = 1, **fields) -> RunRef:
     return RunRef(run_id=run.pk, world_id=world.pk, number=number, workflow_id=run.workflow_id)
 
 
+def publish(ref: RunRef) -> None:
+    """Make the run its world's live run, as staff do (its bible must be written)."""
+    services.run_publish(run=GenerationRun.objects.get(pk=ref.run_id))
+
+
 def write_cast(database, ref: RunRef, cast: list[tuple[str, str]], *, pending_avatars: tuple[int, ...] = ()) -> None:
     """The cast, (name, handle) each, with profiles and avatars (but those listed as pending)."""
     store.save_cast(database, ref, [{"name": name, "handle": handle, "concept": f"concept of {name}"}
@@ -106,6 +114,7 @@ def lanternfall(db, make_world):
             write_post(database, ref, character_index, index, handle=handle,
                        caption=f"caption-c{character_index}-p{index} from the pier", rendered=index < 2)
     store.mark_image_for_rerender(database, "posts", store.post_key(ref, 0, 2), "media service unavailable")
+    publish(ref)
     return world, ref
 
 
@@ -121,6 +130,7 @@ def test_the_world_list_is_paginated_newest_first(client, db, make_world, monkey
     for name in ("Alpha Reach", "Beta Reach", "Gamma Reach"):
         ref = make_run(make_world(name=name))
         store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+        publish(ref)
     first, second = page(client, "/worlds/"), page(client, "/worlds/?page=2")
     assert "Gamma Reach" in first and "Beta Reach" in first and "Alpha Reach" not in first
     assert "Page 1 of 2" in first and 'href="?page=2"' in first
@@ -129,18 +139,29 @@ def test_the_world_list_is_paginated_newest_first(client, db, make_world, monkey
         assert "Reach" in page(client, f"/worlds/?page={bad}")
 
 
-def test_the_world_list_shows_worlds_with_content_only(client, lanternfall, make_world):
+def test_the_world_list_shows_published_worlds_only(client, db, lanternfall, make_world):
+    database, _ = db
     world, ref = lanternfall
     never_generated = make_world(name="Neverwhere")
     still_writing = make_world(name="Inkwell Reach")
-    make_run(still_writing, status="running", stage="bible")
+    store.save_bible(database, make_run(still_writing, status="running", stage="cast"), BIBLE, revision=0,
+                     feedback=None)
+    unpublished = make_world(name="Hushed Quay")
+    store.save_bible(database, make_run(unpublished), BIBLE, revision=0, feedback=None)  # completed, not live
     html = page(client, "/worlds/")
     assert 'name="viewport" content="width=device-width, initial-scale=1"' in html
     assert "Lanternfall" in html and "A floating archipelago of lantern-lit tea houses." in html
     assert f'href="/worlds/{world.pk}/"' in html
     assert f'src="/images/img-{ref.key}-c0.png"' in html  # cover: the first rendered avatar
-    assert "2 characters · 6 posts" in html and "completed" in html
-    assert never_generated.name not in html and still_writing.name not in html
+    assert "2 characters · 6 posts" in html
+    for hidden in (never_generated, still_writing, unpublished):
+        assert hidden.name not in html and f'href="/worlds/{hidden.pk}/"' not in html
+
+
+def test_with_nothing_published_the_list_says_so(client, make_world):
+    make_run(make_world(name="Hushed Quay"))
+    html = page(client, "/worlds/")
+    assert "No worlds are published yet." in html and "Hushed Quay" not in html
 
 
 def test_the_world_page_shows_bible_characters_and_the_first_feed_page(client, lanternfall):
@@ -187,6 +208,7 @@ def test_the_feed_is_paginated_twelve_posts_a_page(client, db, make_world):
     world = make_world(name="Busy Harbour")
     ref = make_run(world)
     store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    publish(ref)
     write_cast(database, ref, [("First Mate", "first_mate"), ("Second Mate", "second_mate")])
     for character_index, handle in enumerate(["first_mate", "second_mate"]):
         for index in range(8):
@@ -217,6 +239,7 @@ def test_generated_text_is_escaped(client, db, make_world):
     store.save_bible(database, ref, {**BIBLE, "title": "<i>Title</i>"}, revision=0, feedback=None)
     write_cast(database, ref, [("Eve <img src=x onerror=alert(1)>", "eve")])
     write_post(database, ref, 0, 0, handle="eve", caption='Hello <script>alert("pwned")</script> & bye')
+    publish(ref)
     for url in [f"/worlds/{world.pk}/", f"/worlds/{world.pk}/feed/", f"/worlds/{world.pk}/characters/0/",
                 "/worlds/"]:
         html = page(client, url)
@@ -226,56 +249,79 @@ def test_generated_text_is_escaped(client, db, make_world):
     assert "&lt;b&gt;Bold&lt;/b&gt; World" in html
 
 
-def test_an_active_run_shows_its_progress_from_the_run_row(client, db, make_world):
-    database, _ = db
-    world = make_world(name="Halfway Isle")
-    ref = make_run(world, status="running", stage="posts", characters_done=1, characters_total=4,
-                   posts_done=3, posts_total=12)
-    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
-    write_cast(database, ref, [("Odile Wick", "odile_wick")])
-    html = page(client, f"/worlds/{world.pk}/")
-    assert re.search(r"generating…\s*3/12 posts", html)
-    assert "No posts yet" in html and "Odile Wick" in html
-    assert re.search(r"generating…\s*3/12 posts", page(client, f"/worlds/{world.pk}/characters/0/"))
-
-
-def test_a_stopped_run_shows_its_partial_content(client, db, make_world):
-    database, _ = db
-    world = make_world(name="Quiet Shoals")
-    ref = make_run(world, status="cancelled", stage="posts")
-    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
-    html = page(client, f"/worlds/{world.pk}/")
-    assert "cancelled · partial" in html and "The Lantern Compact" in html and "No characters yet." in html
-
-
-def test_the_latest_run_with_a_bible_is_shown(client, db, make_world):
+def test_the_live_run_is_shown_even_when_a_newer_run_exists(client, db, make_world):
     database, _ = db
     world = make_world(name="Twice Told")
-    first, second = make_run(world, 1), make_run(world, 2, status="failed", stage="cast")
+    first = make_run(world, 1)
     store.save_bible(database, first, {**BIBLE, "title": "First Telling"}, revision=0, feedback=None)
+    write_cast(database, first, [("Odile Wick", "odile_wick")])
+    write_post(database, first, 0, 0, handle="odile_wick", caption="first telling, first post")
+    publish(first)
+    second = make_run(world, 2, status="running", stage="posts", posts_done=1, posts_total=4)
     store.save_bible(database, second, {**BIBLE, "title": "Second Telling"}, revision=0, feedback=None)
-    make_run(world, 3, status="running", stage="bible")  # no bible yet
+    write_cast(database, second, [("Marguerite Salt", "marguerite")])
+    write_post(database, second, 0, 0, handle="marguerite", caption="second telling, first post")
+    third = make_run(world, 3, status="completed")  # finished, but nobody published it
+    store.save_bible(database, third, {**BIBLE, "title": "Third Telling"}, revision=0, feedback=None)
+    for url in (f"/worlds/{world.pk}/", f"/worlds/{world.pk}/feed/", f"/worlds/{world.pk}/characters/0/"):
+        html = page(client, url)
+        assert "Second Telling" not in html and "Third Telling" not in html, url
+        assert "marguerite" not in html and "second telling" not in html, url
+        assert "Odile Wick" in html and "generating…" not in html, url
     html = page(client, f"/worlds/{world.pk}/")
-    assert "Second Telling" in html and "First Telling" not in html
-    assert "failed · partial" in html
-    assert "A new version of this world is being generated (run #3)" in html
+    assert "First Telling" in html and "first telling, first post" in html
+    assert f"img-{first.key}-c0.png" in html and f"img-{second.key}" not in html
+    assert "Twice Told" in page(client, "/worlds/")
+
+    publish(third)
+    assert "Third Telling" in page(client, f"/worlds/{world.pk}/")
+    publish(first)  # rolled back
+    assert "First Telling" in page(client, f"/worlds/{world.pk}/")
 
 
-def test_a_world_without_content_yet_has_a_friendly_empty_state(client, make_world):
-    world = make_world(name="Blank Page")
-    make_run(world, status="awaiting_approval", stage="approval")
+def test_a_published_stopped_run_shows_its_partial_content(client, db, make_world):
+    database, _ = db
+    world = make_world(name="Quiet Shoals")
+    ref = make_run(world, status="cancelled", stage="cast")
+    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    publish(ref)  # staff published what it made
     html = page(client, f"/worlds/{world.pk}/")
-    assert "Blank Page" in html and "Nothing to see yet" in html
+    assert "cancelled · partial" in html and "The Lantern Compact" in html
+    assert "No characters yet." in html and "No posts yet" in html
     assert "No posts yet" in page(client, f"/worlds/{world.pk}/feed/")
     assert client.get(f"/worlds/{world.pk}/feed/?page=2").status_code == 404
     assert client.get(f"/worlds/{world.pk}/characters/0/").status_code == 404
 
 
+def test_unpublished_worlds_are_404_and_a_bible_awaiting_approval_is_never_shown(client, db, make_world):
+    database, _ = db
+    waiting = make_world(name="Glasswater")
+    ref = make_run(waiting, status="awaiting_approval", stage="approval", requires_approval=True)
+    store.save_bible(database, ref, {**BIBLE, "title": "Unapproved Telling"}, revision=0, feedback=None)
+    write_cast(database, ref, [("Odile Wick", "odile_wick")])
+    withdrawn = make_world(name="Withdrawn Isle")
+    withdrawn_ref = make_run(withdrawn)
+    store.save_bible(database, withdrawn_ref, BIBLE, revision=0, feedback=None)
+    publish(withdrawn_ref)
+    assert client.get(f"/worlds/{withdrawn.pk}/").status_code == 200
+    services.world_unpublish(world=withdrawn)
+    for world in (waiting, withdrawn):
+        for url in (f"/worlds/{world.pk}/", f"/worlds/{world.pk}/feed/", f"/worlds/{world.pk}/characters/0/"):
+            response = client.get(url)
+            assert response.status_code == 404, url
+            assert b"Unapproved Telling" not in response.content and b"Lantern Compact" not in response.content
+    listing = page(client, "/worlds/")
+    assert "Glasswater" not in listing and "Withdrawn Isle" not in listing
+
+
 def test_unknown_and_never_generated_worlds_and_characters_are_404(client, lanternfall, make_world):
     world, _ = lanternfall
     never_generated = make_world(name="Neverwhere")
+    not_published = make_world(name="Hushed Quay")
+    make_run(not_published)
     for url in [f"/worlds/{never_generated.pk}/", f"/worlds/{never_generated.pk}/feed/",
-                f"/worlds/{never_generated.pk}/characters/0/", "/worlds/987654321/", "/worlds/987654321/feed/",
+                f"/worlds/{never_generated.pk}/characters/0/", f"/worlds/{not_published.pk}/",
+                f"/worlds/{not_published.pk}/feed/", "/worlds/987654321/", "/worlds/987654321/feed/",
                 f"/worlds/{world.pk}/characters/2/", f"/worlds/{world.pk}/characters/99999999999999999999999/",
                 "/worlds/99999999999999999999999/", f"/worlds/{world.pk}/characters/x/", "/worlds/abc/"]:
         assert client.get(url).status_code == 404, url
@@ -285,3 +331,50 @@ def test_viewer_pages_are_public_and_read_only(client, lanternfall):
     world, _ = lanternfall
     assert client.get(f"/worlds/{world.pk}/").status_code == 200  # anonymous
     assert client.post(f"/worlds/{world.pk}/").status_code == 405
+
+
+def test_images_are_public_only_for_the_live_run_and_staff_preview_the_others(client, db, make_world,
+                                                                               django_user_model):
+    database, _ = db
+    world = make_world(name="Lensmoor")
+    first, second = make_run(world, 1), make_run(world, 2)
+    for ref, handle in ((first, "odile_wick"), (second, "bram_tides")):
+        store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+        write_cast(database, ref, [(handle.replace("_", " ").title(), handle)])
+        write_post(database, ref, 0, 0, handle=handle, caption=f"a post by {handle}")
+    avatar_1, post_1, avatar_2 = (f"/images/img-{first.key}-c0.png", f"/images/img-{first.key}-c0-p0.png",
+                                  f"/images/img-{second.key}-c0.png")
+    for url in (avatar_1, post_1, avatar_2):
+        assert client.get(url).status_code == 404, url  # nothing is published
+
+    publish(first)
+    for url in (avatar_1, post_1):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response["Content-Type"] == "image/png" and response.content == png()
+        assert response["Cache-Control"] == "public, max-age=300"
+    assert client.get(avatar_2).status_code == 404  # run 2 is not the live run
+    assert client.get(f"/images/img-{first.key}-c7.png").status_code == 404  # no such image in the live run
+
+    def logged_in(username: str, *, is_staff: bool = True, may_view_runs: bool = True):
+        user = django_user_model.objects.create_user(username, is_staff=is_staff)
+        if may_view_runs:
+            user.user_permissions.add(Permission.objects.get(codename="view_generationrun"))
+        other = Client()
+        other.force_login(user)
+        return other
+
+    staff = logged_in("staff-viewer")
+    response = staff.get(avatar_2)  # the admin's previews of runs that are not live
+    assert response.status_code == 200 and response.content == png()
+    assert response["Cache-Control"] == "private, no-store"
+    assert staff.get(avatar_1)["Cache-Control"] == "public, max-age=300"
+    assert staff.get(f"/images/img-{second.key}-c7.png").status_code == 404
+    assert logged_in("staff-without-runs", may_view_runs=False).get(avatar_2).status_code == 404
+    assert logged_in("not-staff", is_staff=False).get(avatar_2).status_code == 404
+
+    services.world_unpublish(world=World.objects.get(pk=world.pk))
+    assert client.get(avatar_1).status_code == 404
+    assert staff.get(avatar_1)["Cache-Control"] == "private, no-store"
+    for bad in ("/images/not-an-image.png", "/images/img-w1-r1.png", f"/images/img-{first.key}-c0-extra.png"):
+        assert client.get(bad).status_code == 404, bad

@@ -63,7 +63,9 @@ def db(stack_env):
     store.ensure_indexes(database)
     for world_id in (1, 12, 31):
         wipe(database, world_id)
-    return database
+    yield database
+    for world_id in (1, 12, 31):  # leave nothing for later tests that get these world IDs
+        wipe(database, world_id)
 
 
 def test_deleting_world_1_deletes_all_of_it_and_nothing_of_world_12(db):

@@ -5,6 +5,8 @@ writes the audit trail and refuses what cannot be done) and reports a clear
 success or error message.
 """
 
+import copy
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -232,7 +234,8 @@ class WorldAdmin(admin.ModelAdmin):
         deletes them), so no permission on runs is needed."""
         worlds = list(objs)
         runs = sum(world.runs.count() for world in worlds)
-        summary = [f"{world} ({world.runs.count()} runs, with every document and image they made)" for world in worlds]
+        summary = [f"{world} ({pluralize_runs(world.runs.count())}, with every document and image they made)"
+                   for world in worlds]
         return summary, {"worlds": len(worlds), "runs": runs}, set(), []
 
     def delete_model(self, request, obj):
@@ -249,8 +252,13 @@ class WorldAdmin(admin.ModelAdmin):
         return super().response_delete(request, obj_display, obj_id)
 
     def _delete(self, request, world: World) -> str:
+        logged = copy.copy(world)  # deleting clears the instance's pk
         services.world_delete(world=world, user=request.user)
+        super().log_deletions(request, [logged])
         return "deleted; its runs are stopped and their content is being removed"
+
+    def log_deletions(self, request, queryset):
+        """Django logs before deleting; the admin log is written by _delete, once the service has deleted."""
 
     # --- helpers -------------------------------------------------------------------
     def _feedback_page(self, request, worlds: list[World], form: FeedbackForm, bulk: bool = False):
@@ -307,6 +315,10 @@ class WorldAdmin(admin.ModelAdmin):
 
 
 
+def pluralize_runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
 def _image(doc: dict) -> str:
     if doc.get("image_status") == "rendered":
         return format_html('<img src="/images/{}.png" alt="" loading="lazy">', doc["image_id"])
@@ -336,13 +348,8 @@ class GenerationRunAdmin(admin.ModelAdmin):
     @admin.action(description="Publish the selected run (viewers see it; an earlier run rolls the world back)",
                   permissions=["publish_run"])
     def publish(self, request, queryset):
-        for run in queryset.select_related("world"):
-            try:
-                services.run_publish(run=run, user=request.user)
-            except services.GenerationError as exc:
-                messages.error(request, str(exc))
-            else:
-                messages.success(request, f"{run} is live.")
+        self._each_run(request, queryset, lambda run: services.run_publish(run=run, user=request.user),
+                       "{run} is live.")
 
     @admin.action(description="Check the selected runs against Temporal (correct stale rows)",
                   permissions=["cancel_run"])
@@ -364,13 +371,18 @@ class GenerationRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-render missing images of the selected runs", permissions=["start_run"])
     def rerender_images(self, request, queryset):
+        self._each_run(request, queryset, lambda run: services.generation_rerender(run=run, user=request.user),
+                       "Re-rendering the {run.degraded_items} missing images of {run}.")
+
+    @staticmethod
+    def _each_run(request, queryset, do, done: str) -> None:
         for run in queryset.select_related("world"):
             try:
-                services.generation_rerender(run=run, user=request.user)
+                do(run)
             except services.GenerationError as exc:
                 messages.error(request, str(exc))
             else:
-                messages.success(request, f"Re-rendering the {run.degraded_items} missing images of {run}.")
+                messages.success(request, done.format(run=run))
 
     def has_start_run_permission(self, request):
         return request.user.has_perm("worlds.start_run")

@@ -36,9 +36,11 @@ def validate_token_budget(value: int) -> None:
 
 def validate_allowed_model(value: str) -> None:
     if value and value not in settings.LLM_ALLOWED_MODELS:
+        # Not code="invalid_choice": a model field puts its own message for that code in place of this one
+        # (and leaves it unformatted: "Value %(value)r is not a valid choice.").
         raise ValidationError(f"{value!r} is not an allowed model; choose one of: "
                               f"{', '.join(settings.LLM_ALLOWED_MODELS)} (LLM_ALLOWED_MODELS), or leave it blank.",
-                              code="invalid_choice")
+                              code="model_not_allowed")
 
 
 class World(models.Model):

@@ -106,12 +106,16 @@ def _create_rows(numbers: range, post_counts: list[int], characters_per_world: i
                   character_count=characters_per_world,
                   posts_per_character=-(-post_count // characters_per_world))
             for number, post_count in zip(numbers, post_counts)])
-        return GenerationRun.objects.bulk_create([
+        runs = GenerationRun.objects.bulk_create([
             GenerationRun(world=world, number=1, workflow_id=f"world-{world.pk}-run-1",
                           status=GenerationRun.Status.COMPLETED, stage="done",
                           characters_done=characters_per_world, characters_total=characters_per_world,
                           posts_done=post_count, posts_total=post_count, finished_at=now)
             for world, post_count in zip(created, post_counts)])
+        for world, run in zip(created, runs):  # completed runs are published
+            world.live_run = run
+        World.objects.bulk_update(created, ["live_run"])
+        return runs
 
 
 def _run_fields(ref: RunRef) -> dict:

@@ -13,7 +13,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from worlds import selectors
-from worlds.models import MAX_CHARACTERS, GenerationRun, World, validate_feedback_length
+from worlds.models import (
+    MAX_CHARACTERS,
+    GenerationRun,
+    World,
+    validate_allowed_model,
+    validate_feedback_length,
+    validate_premise_length,
+)
 
 MAX_OFFSET = 1_000_000_000
 
@@ -74,9 +81,10 @@ class WorldInputSerializer(serializers.ModelSerializer):
         model = World
         fields = ["name", "premise", "genre", "tone", "language", "visual_style", "character_count",
                   "posts_per_character", "requires_approval", "model_override", "token_budget"]
-        extra_kwargs = {
-            **{name: {"validators": [NOT_BLANK]} for name in ("name", "premise", "genre", "tone")},
-            "model_override": {"validators": [NO_NUL]},
+        extra_kwargs = {  # "validators" replaces the model field's: its limits are listed again
+            **{name: {"validators": [NOT_BLANK]} for name in ("name", "genre", "tone")},
+            "premise": {"validators": [NOT_BLANK, validate_premise_length]},
+            "model_override": {"validators": [NO_NUL, validate_allowed_model]},
             "token_budget": {"max_value": 2**31 - 1},  # the same on every database
         }
 

@@ -111,8 +111,9 @@ def world_delete(*, world: World, user=None) -> str:
         WorldCleanupWorkflow.run, WorldCleanupInput(world.pk, workflow_ids), id=cleanup_id,
         task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING), what=f"start the cleanup of {world}")
+    runs = world.runs.count()
     _audit(AuditEvent.Action.WORLD_DELETED, user=user, world=world,
-           detail=f"{world.name}; {world.runs.count()} runs; content removed by {cleanup_id}")
+           detail=f"{world.name}; {runs} run{'' if runs == 1 else 's'}; content removed by {cleanup_id}")
     world.delete()
     return cleanup_id
 
