@@ -8,6 +8,7 @@ import logging
 import re
 from urllib.parse import quote, unquote, urlsplit
 
+from django.conf import settings  # at import: a log line from inside the workflow sandbox must import nothing
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -43,8 +44,6 @@ def _secret_values(mongo_uri: str, db_password: str, llm_base_url: str, *keys: s
 def secret_values() -> tuple[str, ...]:
     """The configured secrets: passwords in MONGO_URI and DATABASE_URL, userinfo in
     LLM_BASE_URL, LLM_API_KEY, TEMPORAL_API_KEY and SECRET_KEY."""
-    from django.conf import settings
-
     if not settings.configured:
         return ()
     return _secret_values(

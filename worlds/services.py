@@ -62,9 +62,9 @@ def _audit(action: str, *, user=None, world: World | None = None, run: Generatio
                               run_number=run and run.number)
 
 
-def _temporal(call, *, what: str, timeout: float | None = None):
-    """``temporal_call(call)`` with Temporal's failures as messages for the user. NOT_FOUND and
-    WorkflowAlreadyStartedError are left to the caller, who knows what they mean."""
+def _temporal(call, *, what: str, timeout: float | None = None, not_found: bool = False):
+    """``temporal_call(call)`` with Temporal's failures as messages for the user. WorkflowAlreadyStartedError,
+    and NOT_FOUND when the caller asks for it (``not_found``), are left to the caller."""
     try:
         return temporal_call(call, timeout=timeout)
     except TemporalNoAnswer as exc:
@@ -72,7 +72,7 @@ def _temporal(call, *, what: str, timeout: float | None = None):
     except TemporalUnavailable as exc:
         raise GenerationUnavailable(f"could not {what}: {exc}") from None
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
+        if not_found and exc.status == RPCStatusCode.NOT_FOUND:
             raise
         raise GenerationUnavailable(f"could not {what}: Temporal answered {exc.status.name}: {exc.message}") \
             from None
@@ -222,7 +222,7 @@ def _send(run: GenerationRun, call, *, what: str) -> None:
     """Send a command to ``run``'s workflow. A workflow Temporal no longer has is looked into (the row
     is corrected) and reported as such."""
     try:
-        _temporal(call, what=what)
+        _temporal(call, what=what, not_found=True)
     except RPCError:  # NOT_FOUND
         run_reconcile(run=run)
         run.refresh_from_db()
