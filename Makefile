@@ -37,7 +37,7 @@ test-fast: $(STAMP)
 # Figures in docs/PERFORMANCE.md; BENCH_ARGS="--worlds 100 --llm-latency 1" etc.
 BENCH_ARGS ?= --worlds 20
 bench: $(STAMP)
-	$(DEV) $(PY) manage.py bench_generation $(BENCH_ARGS) --json test-artifacts/bench.json
+	$(DEV) $(PY) -m benchmarks.generation $(BENCH_ARGS) --json test-artifacts/bench.json
 
 # Admin world list and feed API latency over seeded fake worlds (default 10,000 worlds, 100,000 posts);
 # BENCH_WEB_ARGS="--worlds 1000 --posts 10000 --requests 50" etc.

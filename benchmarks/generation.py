@@ -103,7 +103,7 @@ class Stack:
         for index in range(self.opts.workers):
             metrics, health = servers.free_port(), servers.free_port()
             process = servers.start(f"worker-{tag}-{index}", [
-                sys.executable, "manage.py", "run_temporal_worker", "--metrics-port", str(metrics),
+                sys.executable, "-m", "benchmarks.worker", "--metrics-port", str(metrics),
                 "--health-port", str(health), "--max-concurrent-activities", str(self.opts.max_concurrent_activities),
                 "--max-concurrent-workflow-tasks", "200", *extra_args],
                 log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log", env=self.env, cwd=ROOT)
@@ -210,8 +210,8 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
 def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
     from django.conf import settings
 
-    from generation.baseline import BaselineInput, BaselineWorldWorkflow
-    from temporal_worker.client import temporal_call
+    from benchmarks.baseline import BaselineInput, BaselineWorldWorkflow
+    from clients.temporal import temporal_call
 
     async def all_worlds(client):
         async def one(index: int) -> float:
@@ -232,7 +232,7 @@ def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
 def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     from django.conf import settings
 
-    from generation import mongo
+    from clients import mongo
     from worlds.models import GenerationRun, World
     from worlds.services import generation_start
 

@@ -1,6 +1,6 @@
 """The anti-pattern the benchmark compares against: a new MongoClient for every
-activity (``run_temporal_worker --mongo-client-per-activity``). Never use it in
-production; it exists so ``bench_generation`` can measure what shared clients save.
+activity (``python -m benchmarks.worker --mongo-client-per-activity``). Never use it in
+production; it exists so ``benchmarks.generation`` can measure what shared clients save.
 
 An activity interceptor opens the client before the activity and closes it after;
 activities reach it through ``PerActivityDatabase``, which stands where the shared

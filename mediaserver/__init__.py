@@ -5,6 +5,5 @@ deterministic and seeded by the request, so the whole pipeline runs end to end
 with no model and no network. Production swaps in an image model behind the same
 proto (``generation/protos/worldgen/media/v1/media.proto``); clients do not change.
 
-Run: ``python -m mediaserver --host 127.0.0.1 --port 50051``
-(or ``python manage.py run_media_server``).
+Run: ``python -m mediaserver --host 127.0.0.1 --port 50051`` (the default port is MEDIA_GRPC_TARGET's).
 """

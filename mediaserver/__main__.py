@@ -1,8 +1,11 @@
-"""``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]``"""
+"""``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]``
+
+The default port is the one of ``MEDIA_GRPC_TARGET`` (the worker's setting), else 50051."""
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from mediaserver.server import serve
@@ -11,7 +14,9 @@ from mediaserver.server import serve
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mediaserver", description="worldgen reference media server (gRPC)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051)
+    target_port = os.environ.get("MEDIA_GRPC_TARGET", "127.0.0.1:50051").rpartition(":")[2]
+    parser.add_argument("--port", type=int, default=int(target_port) if target_port.isdigit() else 50051,
+                        help="default: the port of MEDIA_GRPC_TARGET, else 50051")
     parser.add_argument("--workers", type=int, default=None, help="render threads (default: Python's choice)")
     parser.add_argument("--fail-first", type=int, default=0, metavar="N",
                         help="fault injection: the first N RenderImage calls return UNAVAILABLE")

@@ -12,7 +12,8 @@ import httpx
 from django.conf import settings
 from pymongo import MongoClient
 
-from generation import media, mongo
+from clients import mongo
+from generation import media
 
 log = logging.getLogger(__name__)
 

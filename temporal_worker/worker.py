@@ -3,20 +3,26 @@
 Three task queues, so each kind of work scales and is rate-limited alone:
 ``workflows`` (workflow tasks and Mongo/DB activities), ``llm`` (LLM calls;
 its rate limit holds across every worker) and ``media`` (gRPC rendering).
+Benchmarks add their own workflows, activities and interceptors through
+``WorkerExtensions``; nothing here imports them.
 """
 
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
+from pymongo.database import Database
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
+from clients.temporal import connect_client
 from generation.activities import (
     CleanupActivities,
     LlmActivities,
@@ -24,8 +30,6 @@ from generation.activities import (
     StackCheckActivities,
     StoreActivities,
 )
-from generation.baseline import BaselineCharacterWorkflow, BaselineWorldWorkflow, baseline_noop
-from generation.heartbeat import HeartbeatInterceptor
 from generation.llm import LlmClient
 from generation.media import MediaClient
 from generation.store import ensure_indexes
@@ -37,31 +41,31 @@ from generation.workflows import (
     WorldGenerationWorkflow,
 )
 from temporal_worker.backoff import wait_until_ready
-from temporal_worker.client import connect_client
 from temporal_worker.health import HealthServer
+from temporal_worker.heartbeat import HeartbeatInterceptor
 from temporal_worker.resources import SharedClients
 from worlds.activities import RunMirrorActivities
 from worlds.reconciler import reconcile_forever
 
 log = logging.getLogger(__name__)
 
-ROLES = ("workflows", "llm", "media")
+QUEUE_KINDS = ("workflows", "llm", "media")
 # Heartbeats reach the server at least this often (the SDK's default waits 80% of the heartbeat
 # timeout): a cancel reaches a running activity within about this long.
 HEARTBEAT_FLUSH_INTERVAL = timedelta(seconds=2)
 
 
-def task_queue_for(role: str) -> str:
+def task_queue_for(kind: str) -> str:
     return {
         "workflows": settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
         "llm": settings.TEMPORAL_TASK_QUEUE_LLM,
         "media": settings.TEMPORAL_TASK_QUEUE_MEDIA,
-    }[role]
+    }[kind]
 
 
 @dataclass
 class WorkerOptions:
-    roles: list[str]
+    queues: list[str]  # kinds of QUEUE_KINDS this process serves
     max_concurrent_activities: int
     max_concurrent_workflow_tasks: int
     llm_rate_limit: float  # activities/s on the LLM task queue, across all workers
@@ -69,25 +73,33 @@ class WorkerOptions:
     graceful_shutdown_seconds: float
     connect_timeout: float
     health_host: str = "127.0.0.1"
-    health_port: int = 0  # 0: any free port; None: no endpoint
+    health_port: int | None = 0  # 0: any free port; None: no endpoint
     metrics_port: int | None = None
-    mongo_client_per_activity: bool = False  # the benchmark's anti-pattern; never in production
 
 
-def build_workers(client: Client, clients: SharedClients, options: WorkerOptions,
-                  executor: ThreadPoolExecutor) -> list[Worker]:
-    db, interceptors = clients.mongo[settings.MONGO_DB], [HeartbeatInterceptor()]
-    if options.mongo_client_per_activity:
-        from benchmarks.per_activity_mongo import MongoClientPerActivity, PerActivityDatabase
+@dataclass
+class WorkerExtensions:
+    """What a caller adds to the pipeline's workers (the benchmarks do: their baseline and their
+    client-per-activity anti-pattern)."""
 
-        db = PerActivityDatabase()
-        interceptors.append(MongoClientPerActivity(settings.MONGO_URI, settings.MONGO_DB))
+    workflows: list = field(default_factory=list)  # on the workflows queue
+    activities: list = field(default_factory=list)  # on every queue
+    interceptors: list[Interceptor] = field(default_factory=list)
+    database: Callable[[Database], Any] | None = None  # what activities get instead of the shared database
+
+
+def build_workers(client: Client, clients: SharedClients, options: WorkerOptions, executor: ThreadPoolExecutor,
+                  extensions: WorkerExtensions | None = None) -> list[Worker]:
+    extensions = extensions or WorkerExtensions()
+    db = clients.mongo[settings.MONGO_DB]
+    if extensions.database is not None:
+        db = extensions.database(db)
     stack_check = StackCheckActivities(db)
     llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)
-    activities_by_role = {
+    activities_by_kind = {
         "workflows": [store_activities.mark_image_for_rerender, store_activities.list_images_to_rerender,
                       mirror.record_run_status, mirror.record_degraded_items,
                       cleanup.stop_workflows, cleanup.delete_world_content],
@@ -95,26 +107,25 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
         "media": [media.render_image],
     }
     workers = []
-    for role in options.roles:
-        kwargs = {}
-        if role == "workflows":
+    for kind in options.queues:
+        kwargs: dict[str, Any] = {}
+        if kind == "workflows":
             kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow,
-                                   WorldCleanupWorkflow, StackCheckWorkflow, BaselineWorldWorkflow,
-                                   BaselineCharacterWorkflow]
+                                   WorldCleanupWorkflow, StackCheckWorkflow, *extensions.workflows]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
-        if role == "llm":
+        if kind == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
         workers.append(
             Worker(
                 client,
-                task_queue=task_queue_for(role),
-                activities=[stack_check.record_probe, baseline_noop, *activities_by_role[role]],
+                task_queue=task_queue_for(kind),
+                activities=[stack_check.record_probe, *activities_by_kind[kind], *extensions.activities],
                 activity_executor=executor,
                 max_concurrent_activities=options.max_concurrent_activities,
                 max_activities_per_second=options.max_activities_per_second,
                 graceful_shutdown_timeout=timedelta(seconds=options.graceful_shutdown_seconds),
                 max_heartbeat_throttle_interval=HEARTBEAT_FLUSH_INTERVAL,
-                interceptors=interceptors,
+                interceptors=[HeartbeatInterceptor(), *extensions.interceptors],
                 **kwargs,
             )
         )
@@ -129,7 +140,7 @@ def make_runtime(options: WorkerOptions) -> Runtime | None:
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
 
 
-async def run_worker(options: WorkerOptions) -> None:
+async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully. Raises
     ``DependencyUnavailable`` if Temporal or Mongo never comes up."""
     stop = asyncio.Event()
@@ -154,21 +165,21 @@ async def run_worker(options: WorkerOptions) -> None:
             what="Temporal", address=settings.TEMPORAL_ADDRESS, timeout=options.connect_timeout,
         )
         executor = ThreadPoolExecutor(
-            max_workers=options.max_concurrent_activities * len(options.roles), thread_name_prefix="activity"
+            max_workers=options.max_concurrent_activities * len(options.queues), thread_name_prefix="activity"
         )
-        workers = build_workers(client, clients, options, executor)
+        workers = build_workers(client, clients, options, executor, extensions)
         if options.health_port is not None:
             health = HealthServer(
                 host=options.health_host, port=options.health_port,
                 checks={"temporal": lambda: _temporal_check(client), "mongo": lambda: _mongo_check(clients)},
-                info={"task_queues": [task_queue_for(r) for r in options.roles]},
+                info={"task_queues": [task_queue_for(kind) for kind in options.queues]},
             )
             await health.start()
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         reconciler = None
-        if "workflows" in options.roles and settings.RECONCILE_INTERVAL_SECONDS:
+        if "workflows" in options.queues and settings.RECONCILE_INTERVAL_SECONDS:
             reconciler = asyncio.create_task(reconcile_forever(client))
-        log.info("worker started", extra={"task_queues": [task_queue_for(r) for r in options.roles],
+        log.info("worker started", extra={"task_queues": [task_queue_for(kind) for kind in options.queues],
                                           "max_concurrent_activities": options.max_concurrent_activities})
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *runs], return_when=asyncio.FIRST_COMPLETED)
@@ -194,7 +205,7 @@ async def _temporal_check(client: Client) -> dict:
 
 
 async def _mongo_check(clients: SharedClients) -> dict:
-    from generation.mongo import pool_stats
+    from clients.mongo import pool_stats
 
     await asyncio.to_thread(clients.mongo.admin.command, "ping")
     return {"pool": pool_stats.snapshot(), "max_pool_size": settings.MONGO_MAX_POOL_SIZE}

@@ -86,8 +86,8 @@ def django_db_modify_db_settings(tmp_path_factory):
 def stack_env(temporal_server, mongo_server, llm_server, media_server, django_db_modify_db_settings) -> dict:
     """Environment for subprocesses of the project, pointed at the test servers;
     also points this process's Django settings at them."""
-    from generation import mongo
-    from temporal_worker import client
+    from clients import mongo
+    from clients import temporal as client
 
     env = {
         **os.environ,
@@ -128,12 +128,13 @@ def start_worker(stack_env, logs_dir, request):
     """Start ``run_temporal_worker`` subprocesses; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict | None = None, wait: bool = True) -> WorkerProcess:
+    def start(*args: str, env: dict | None = None, wait: bool = True,
+              command: tuple[str, ...] = ("manage.py", "run_temporal_worker")) -> WorkerProcess:
         health_port, metrics_port = servers.free_port(), servers.free_port()
         name = f"worker-{request.node.name}-{len(started)}".replace("/", "_")
         process = servers.start(
             "worker",
-            [sys.executable, "manage.py", "run_temporal_worker", "--health-port", str(health_port),
+            [sys.executable, *command, "--health-port", str(health_port),
              "--metrics-port", str(metrics_port), *args],
             log_path=logs_dir / f"{name}.log", env={**stack_env, **(env or {})}, cwd=ROOT,
         )
@@ -179,7 +180,7 @@ def terminate_world_cleanups() -> set[str]:
     from temporalio.service import RPCError
 
     from generation.contracts import cleanup_workflow_id
-    from temporal_worker.client import temporal_call
+    from clients.temporal import temporal_call
     from worlds.models import AuditEvent
 
     ids = {cleanup_workflow_id(pk) for pk in

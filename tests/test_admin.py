@@ -11,21 +11,22 @@ from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
 from django.test import Client
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from localstack import servers
-from temporal_worker import client as temporal_client
+from clients import temporal as temporal_client
 from tests.test_api import cleanup_status
 from tests.test_generation import FINISHED, make_world, wait_for
 from worlds import services
 from worlds.models import AuditEvent, GenerationRun, World
-from worlds.roles import grant_roles
+from worlds.staff_groups import grant_staff_groups
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
 def roles():
-    grant_roles(Group, Permission)  # transactional tests flush the groups the migration made
+    grant_staff_groups(Group, Permission)  # transactional tests flush the groups the migration made
 
 
 def staff(username: str, *groups: str, superuser: bool = False) -> Client:

@@ -12,14 +12,15 @@ from drf_spectacular.validation import validate_schema
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
-from temporal_worker import client as temporal_client
-from temporal_worker.client import temporal_call
+from clients import temporal as temporal_client
+from clients.temporal import temporal_call
 from worlds import services
 from worlds.models import AuditEvent, GenerationRun, World
-from worlds.roles import grant_roles
+from worlds.staff_groups import grant_staff_groups
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +34,7 @@ PREMISE = "A floating archipelago of lantern-lit tea houses where sky-whales car
 @pytest.fixture
 def users() -> dict[str, User]:
     """One user per role (a transactional test's flush removes the groups the migration made)."""
-    grant_roles(Group, Permission)
+    grant_staff_groups(Group, Permission)
 
     def user(username: str, *groups: str, staff: bool = True, superuser: bool = False) -> User:
         made = User.objects.create_user(username, is_staff=staff, is_superuser=superuser)  # sessions: no password
@@ -141,7 +142,7 @@ def worker(start_worker):
     for run in GenerationRun.objects.filter(status__in=GenerationRun.ACTIVE):
         try:
             services.generation_cancel(run=run)
-        except services.GenerationError:
+        except services.ActionError:
             pass  # it finished meanwhile
     deadline = time.monotonic() + 60
     while GenerationRun.objects.filter(status__in=GenerationRun.ACTIVE).exists():

@@ -29,7 +29,7 @@ from schemathesis.checks import (  # registered checks, looked up by name
 )
 from schemathesis.generation.meta import TestPhase
 
-from temporal_worker import client as temporal_client
+from clients import temporal as temporal_client
 from tests.conftest import terminate_world_cleanups
 from worlds import services
 from worlds.models import GenerationRun, World

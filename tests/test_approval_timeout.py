@@ -10,11 +10,12 @@ import grpc
 import httpx
 import pytest
 
-from generation import media, mongo
+from clients import mongo
+from generation import media
 from generation.contracts import RunRef, WorldRunInput
 from generation.workflows import WorldGenerationWorkflow
 from temporal_worker.resources import SharedClients
-from temporal_worker.worker import ROLES, WorkerOptions, build_workers
+from temporal_worker.worker import QUEUE_KINDS, WorkerOptions, build_workers
 from worlds.models import GenerationRun, World
 from worlds.services import run_config, world_snapshot
 
@@ -31,7 +32,7 @@ def test_unapproved_bible_expires_the_run_after_the_timeout(time_skipping_server
     config = run_config()
     assert config.approval_timeout_s == 7 * 24 * 3600
     run_input = WorldRunInput(RunRef(run.pk, world.pk, 1, workflow_id), world_snapshot(world), config)
-    options = WorkerOptions(roles=list(ROLES), max_concurrent_activities=10, max_concurrent_workflow_tasks=10,
+    options = WorkerOptions(queues=list(QUEUE_KINDS), max_concurrent_activities=10, max_concurrent_workflow_tasks=10,
                             llm_rate_limit=100, max_activities_per_second=None, graceful_shutdown_seconds=1,
                             connect_timeout=10)
 

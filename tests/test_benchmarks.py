@@ -21,7 +21,7 @@ def run(args: list[str], tmp_path: Path) -> dict:
 
 
 def test_bench_generation_runs_all_three_modes(tmp_path):
-    figures = run(["manage.py", "bench_generation", "--worlds", "2", "--characters", "1", "--posts", "1"], tmp_path)
+    figures = run(["-m", "benchmarks.generation", "--worlds", "2", "--characters", "1", "--posts", "1"], tmp_path)
     assert set(figures["modes"]) == {"baseline", "pipeline", "per-activity-connections"}
     assert (figures["worlds_completed"], figures["worlds_failed"], figures["duplicates"]) == (2, 0, 0)
     for key in ("activities", "wall_s", "baseline_activities_per_s", "pipeline_activities_per_s", "ratio",
@@ -34,7 +34,7 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
 
 
 def test_bench_generation_refuses_an_unknown_mode():
-    done = subprocess.run([sys.executable, "manage.py", "bench_generation", "--modes", "pipeline,turbo"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.generation", "--modes", "pipeline,turbo"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "--modes takes a comma list of" in done.stderr
 

@@ -11,7 +11,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import ARTIFACTS
 from worlds.models import GenerationRun, World
-from worlds.roles import grant_roles
+from worlds.staff_groups import grant_staff_groups
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,7 +36,7 @@ def browser():
 
 
 def staff_page(browser, base_url: str, username: str, role: str):
-    grant_roles(Group, Permission)
+    grant_staff_groups(Group, Permission)
     user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
     user.groups.add(Group.objects.get(name=role))
     page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from generation import mongo
+from clients import mongo
 from localstack import servers
 from tests.test_generation import FINISHED, counts, llm_control, make_world, wait_for
 from worlds.models import GenerationRun
@@ -232,7 +232,7 @@ TEMPORAL_DOWN_SECONDS = float(os.environ.get("CHAOS_TEMPORAL_DOWN_SECONDS", "5")
 @pytest.fixture
 def restartable_temporal(stack_env, tmp_path, logs_dir):
     """A dedicated file-backed Temporal dev server; this process's client points at it during the test."""
-    from temporal_worker import client
+    from clients import temporal as client
 
     port = servers.free_port()
     args = servers.temporal_dev_server_args(port=port, ui_port=None, db_file=tmp_path / "temporal.db")
@@ -253,7 +253,7 @@ def test_temporal_restarted_mid_run_the_worker_reconnects_and_the_world_complete
         restartable_temporal, llm_server, start_worker):
     from temporalio.client import WorkflowExecutionStatus
 
-    from temporal_worker.client import temporal_call
+    from clients.temporal import temporal_call
 
     characters, posts_per_character = 3, 3
     worker = start_worker(env={"TEMPORAL_ADDRESS": f"127.0.0.1:{restartable_temporal.port}"})

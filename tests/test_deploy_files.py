@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from temporal_worker.management.commands.run_temporal_worker import Command, _roles
-from temporal_worker.worker import ROLES
+from temporal_worker.management.commands.run_temporal_worker import Command, _queues
+from temporal_worker.worker import QUEUE_KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -174,14 +174,14 @@ def test_worker_args_parse_with_the_real_command_and_cover_the_three_queues():
     served = {}
     for name, (_, _, args) in workers.items():
         options = _parse_worker_args(args)
-        roles = _roles(options.queues)
-        assert len(roles) == 1, f"{name} should serve exactly one queue, got {roles}"
-        assert roles[0] not in served, f"{roles[0]} served by {served.get(roles[0])} and {name}"
-        served[roles[0]] = name
-        assert name.endswith(roles[0]), f"{name} serves {roles[0]}"
+        kinds = _queues(options.queues)
+        assert len(kinds) == 1, f"{name} should serve exactly one queue, got {kinds}"
+        assert kinds[0] not in served, f"{kinds[0]} served by {served.get(kinds[0])} and {name}"
+        served[kinds[0]] = name
+        assert name.endswith(kinds[0]), f"{name} serves {kinds[0]}"
         assert options.max_concurrent_activities >= 1 and options.max_concurrent_workflow_tasks >= 1
         assert options.health_host == "0.0.0.0", f"{name}: /healthz and /metrics bind to --health-host"
-    assert set(served) == set(ROLES)
+    assert set(served) == set(QUEUE_KINDS)
 
 
 def test_an_unknown_worker_option_is_rejected_by_the_parser():
@@ -257,7 +257,7 @@ def test_llm_hpa_scales_the_llm_workers_on_an_adapter_metric():
     target = hpa["spec"]["scaleTargetRef"]
     assert target["kind"] == "Deployment" and target["name"] in _workers()
     _, c, args = _workers()[target["name"]]
-    assert _roles(_parse_worker_args(args).queues) == ["llm"]
+    assert _queues(_parse_worker_args(args).queues) == ["llm"]
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "External"

@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from generation import mongo
-from temporal_worker.client import temporal_call
+from clients import mongo
+from clients.temporal import temporal_call
 from tests.conftest import ROOT
 from worlds.models import GenerationRun, World
 from worlds.selectors import run_live_progress
 from worlds.services import (
-    GenerationError,
+    ActionError,
     generation_approve,
     generation_cancel,
     generation_reject,
@@ -95,7 +95,7 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
 
 def test_an_invalid_world_is_refused_and_nothing_starts(stack_env):
     world = make_world(character_count=0, posts_per_character=51)
-    with pytest.raises(GenerationError, match="character_count: .*greater than or equal to 1.*posts_per_character"):
+    with pytest.raises(ActionError, match="character_count: .*greater than or equal to 1.*posts_per_character"):
         generation_start(world=world)
     assert not world.runs.exists()
 
@@ -105,9 +105,9 @@ def test_a_second_start_while_running_is_refused_then_approval_completes(start_w
     world = make_world(requires_approval=True, character_count=1, posts_per_character=1)
     run = wait_for(generation_start(world=world), {"awaiting_approval"} | FINISHED)
     assert run.status == "awaiting_approval" and run.stage == "approval"
-    with pytest.raises(GenerationError, match="already being generated"):
+    with pytest.raises(ActionError, match="already being generated"):
         generation_start(world=world)
-    with pytest.raises(GenerationError, match="feedback is required"):
+    with pytest.raises(ActionError, match="feedback is required"):
         generation_reject(run=run, feedback="  ")
 
     generation_reject(run=run, feedback="More sky-whales, fewer tea houses.")
@@ -123,7 +123,7 @@ def test_a_second_start_while_running_is_refused_then_approval_completes(start_w
     generation_approve(run=run)
     wait_for(run, FINISHED)
     assert run.status == "completed", run.error
-    with pytest.raises(GenerationError, match="nothing is awaiting approval"):
+    with pytest.raises(ActionError, match="nothing is awaiting approval"):
         generation_approve(run=run)
     record_history(run.workflow_id, "world_rejected_then_approved")
     second = generation_start(world=world)  # a finished world can run again
@@ -152,7 +152,7 @@ def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
     assert run.status == "cancelled" and run.finished_at is not None
     made = counts(run)
     assert made["bibles"] == 1 and 0 < made["posts"] < 40
-    with pytest.raises(GenerationError, match="is not running"):
+    with pytest.raises(ActionError, match="is not running"):
         generation_cancel(run=run)
     record_history(run.workflow_id, "world_cancelled")
 
@@ -191,7 +191,7 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     degraded_worker.process.stop()
     start_worker()  # the media service is back
     workflow_id = generation_rerender(run=run)
-    with pytest.raises(GenerationError, match="already being re-rendered"):
+    with pytest.raises(ActionError, match="already being re-rendered"):
         generation_rerender(run=run)
     still_missing = temporal_call(lambda client: client.get_workflow_handle(workflow_id).result(), timeout=120)
     record_history(workflow_id, "rerender_completed")
@@ -199,7 +199,7 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     assert still_missing == 0 and run.degraded_items == 0 and run.status == "completed"
     assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 4}
     assert db.posts.count_documents({"run_key": key, "image_status": "rendered"}) == 2
-    with pytest.raises(GenerationError, match="no images waiting for a re-render"):
+    with pytest.raises(ActionError, match="no images waiting for a re-render"):
         generation_rerender(run=run)
 
 

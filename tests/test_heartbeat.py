@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import TimeoutError, TimeoutType
 from temporalio.worker import Worker
 
-from generation.heartbeat import HeartbeatInterceptor
+from temporal_worker.heartbeat import HeartbeatInterceptor
 
 pytestmark = pytest.mark.timeout(60)
 

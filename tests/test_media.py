@@ -153,12 +153,11 @@ def test_server_refuses_a_taken_port(media_target):
     assert "cannot listen on 127.0.0.1:" in process.log_tail()
 
 
-def test_management_command_serves_and_stops_on_sigterm():
+def test_the_server_listens_on_media_grpc_target_and_stops_on_sigterm():
     port = servers.free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "worldgen_site.settings", "PYTHONUNBUFFERED": "1",
-           "LOG_FORMAT": "text", "MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"}  # the default --port comes from here
-    process = servers.start("run_media_server", [sys.executable, "manage.py", "run_media_server"],
-                            log_path=LOGS / "run_media_server.log", env=env, cwd=ROOT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"}  # the default --port
+    process = servers.start("mediaserver-target", [sys.executable, "-m", "mediaserver"],
+                            log_path=LOGS / "mediaserver-target.log", env=env, cwd=ROOT)
     try:
         servers.wait_for_port(process, port, timeout=60)
         assert decode(render(f"127.0.0.1:{port}", kind="avatar", width=64, height=64)).size == (64, 64)

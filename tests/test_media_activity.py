@@ -6,7 +6,8 @@ import grpc
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from generation.activities import MediaActivities
 from generation.contracts import ItemInput, RunRef, WorldSnapshot
 from generation.media import MediaClient, channel_options

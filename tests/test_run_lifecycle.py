@@ -9,18 +9,18 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from generation import mongo
+from clients import mongo
 from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
-from temporal_worker import client as temporal_client
-from temporal_worker.client import temporal_call
+from clients import temporal as temporal_client
+from clients.temporal import temporal_call
 from tests.tcp_proxy import SlowReplyProxy
 from tests.test_generation import FINISHED, counts, make_world, wait_for
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.services import (
-    GenerationError,
-    GenerationInvalid,
-    GenerationUnavailable,
+    ActionError,
+    ActionInvalid,
+    ActionUnavailable,
     generation_approve,
     generation_cancel,
     generation_start,
@@ -54,11 +54,11 @@ def test_a_start_whose_answer_is_lost_is_confirmed_by_asking_temporal(start_work
     try:
         temporal_call(lambda client: client.service_client.check_health())  # connect while answers are prompt
         proxy.reply_delay, settings.TEMPORAL_CALL_TIMEOUT_SECONDS = 3.0, 1.0
-        with pytest.raises(GenerationUnavailable, match="did not confirm the start of Lanternfall run 1"):
+        with pytest.raises(ActionUnavailable, match="did not confirm the start of Lanternfall run 1"):
             generation_start(world=world)
         run = world.runs.get()
         assert run.status == "start_unconfirmed" and run.workflow_id == f"world-{world.pk}-run-1"
-        with pytest.raises(GenerationUnavailable, match="did not answer while trying to look up Lanternfall run 1"):
+        with pytest.raises(ActionUnavailable, match="did not answer while trying to look up Lanternfall run 1"):
             generation_start(world=world)  # run 1 may exist: no second run until Temporal says
         proxy.reply_delay = 0.0
         time.sleep(3)  # the late answers drain
@@ -78,7 +78,7 @@ def test_a_start_whose_answer_is_lost_is_confirmed_by_asking_temporal(start_work
 def test_temporal_down_before_the_start_fails_the_row_and_blocks_nothing(stack_env, settings, monkeypatch):
     world = make_world()
     use_temporal_at(f"127.0.0.1:{servers.free_port()}", settings, monkeypatch)  # nothing listens there
-    with pytest.raises(GenerationUnavailable, match="nothing was started: Temporal is not reachable"):
+    with pytest.raises(ActionUnavailable, match="nothing was started: Temporal is not reachable"):
         generation_start(world=world)
     run = world.runs.get()
     assert (run.status, run.number, run.finished_at is not None) == ("failed", 1, True)
@@ -93,7 +93,7 @@ def test_an_oversized_start_is_refused_with_a_message_and_blocks_nothing(stack_e
     """Temporal refuses a workflow input over its blob limit (2 MB): a clear error, a failed row."""
     settings.WORLD_PREMISE_MAX_CHARS = 3_000_000
     world = make_world(premise="sky-whales " * 260_000)  # 2.6 MB
-    with pytest.raises(GenerationError) as refused:
+    with pytest.raises(ActionError) as refused:
         generation_start(world=world)
     assert "Temporal refused the start" in str(refused.value) and "Traceback" not in str(refused.value)
     run = world.runs.get()
@@ -128,7 +128,7 @@ def test_a_vanished_workflow_is_found_by_the_workers_reconciler_and_by_a_command
     assert run.error == "Temporal no longer has this workflow"
 
     stuck = GenerationRun.objects.create(world=world, number=2, workflow_id=f"vanished-{world.pk}-2", status="running")
-    with pytest.raises(GenerationError, match="Temporal has no running workflow .*now failed"):
+    with pytest.raises(ActionError, match="Temporal has no running workflow .*now failed"):
         generation_cancel(run=stuck)  # a command on a stale row corrects it, never a 500
     stuck.refresh_from_db()
     assert stuck.status == "failed"
@@ -146,7 +146,7 @@ def test_only_published_runs_are_public_and_approval_is_respected(start_worker, 
     world = make_world(requires_approval=True, character_count=1, posts_per_character=1)
     first = wait_for(generation_start(world=world), {"awaiting_approval"} | FINISHED)
     assert first.status == "awaiting_approval" and viewer_status(world) == 404  # an unapproved bible is not public
-    with pytest.raises(GenerationError, match="still awaiting approval"):
+    with pytest.raises(ActionError, match="still awaiting approval"):
         run_publish(run=first)
     generation_approve(run=first, user=reviewer)
     assert wait_for(first, FINISHED).status == "completed"
@@ -159,7 +159,7 @@ def test_only_published_runs_are_public_and_approval_is_respected(start_worker, 
     assert bible["title"] in page  # still run 1: a new run replaces it only once published
     generation_cancel(run=second)
     wait_for(second, FINISHED)
-    with pytest.raises(GenerationError, match="its world bible was never approved"):
+    with pytest.raises(ActionError, match="its world bible was never approved"):
         run_publish(run=second)
 
     world_unpublish(world=world)
@@ -185,7 +185,7 @@ def test_a_failed_run_is_public_only_if_staff_publish_it(start_worker, llm_serve
     llm_control(llm_server, {"queue": [{"status": 401}]})  # the next run fails at its bible... 
     failed = wait_for(generation_start(world=world), FINISHED)
     assert failed.status == "failed"
-    with pytest.raises(GenerationError, match="stopped before its world bible was written"):
+    with pytest.raises(ActionError, match="stopped before its world bible was written"):
         run_publish(run=failed)
     world.refresh_from_db()
     assert world.live_run == completed
@@ -233,7 +233,7 @@ def test_deleting_a_world_stops_its_runs_and_removes_every_document_and_image(st
 def test_deleting_needs_temporal_and_changes_nothing_without_it(stack_env, settings, monkeypatch):
     world = make_world()
     use_temporal_at(f"127.0.0.1:{servers.free_port()}", settings, monkeypatch)
-    with pytest.raises(GenerationUnavailable, match="could not start the cleanup"):
+    with pytest.raises(ActionUnavailable, match="could not start the cleanup"):
         world_delete(world=world)
     assert World.objects.filter(pk=world.pk).exists()
 
@@ -242,6 +242,6 @@ def test_limits_are_enforced_by_the_services(stack_env, settings):
     world = make_world()
     settings.WORLD_PREMISE_MAX_CHARS = 100
     world.premise = "x" * 101
-    with pytest.raises(GenerationInvalid, match="at most 100 characters"):
+    with pytest.raises(ActionInvalid, match="at most 100 characters"):
         generation_start(world=world)
     assert not world.runs.exists()

@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from generation import mongo
+from clients import mongo
 from worlds.models import GenerationRun, World
 
 pytestmark = pytest.mark.django_db(transaction=True)

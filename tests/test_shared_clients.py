@@ -5,8 +5,8 @@ import threading
 import pymongo
 from django.conf import settings
 
-from generation import mongo
-from generation.services import stack_check_run
+from clients import mongo
+from temporal_worker.stack_check import stack_check_run
 
 POOL_SIZE = 4
 CONCURRENT_ACTIVITIES = 64
@@ -58,7 +58,7 @@ def test_concurrent_activities_share_one_bounded_mongo_pool(start_worker, stack_
 def test_the_benchmarks_client_per_activity_mode_really_opens_clients_per_activity(start_worker, stack_env):
     """The anti-pattern bench_generation compares against: same probes, a MongoClient each."""
     worker = start_worker("--max-concurrent-activities", str(CONCURRENT_ACTIVITIES), "--mongo-client-per-activity",
-                          env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)})
+                          env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)}, command=("-m", "benchmarks.worker"))
     _, added_connections = run_probes_watching_connections(stack_env)
 
     assert worker.health().json()["mongo"]["pool"]["created"] <= 2  # the shared client only pinged and made indexes

@@ -13,7 +13,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from PIL import Image
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from generation.contracts import RunRef
 from worlds import selectors, services
 from worlds.models import GenerationRun, World

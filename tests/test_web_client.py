@@ -8,12 +8,12 @@ import pytest
 from django.conf import settings
 from temporalio.client import WorkflowFailureError
 
-from generation import mongo
-from generation.services import stack_check_run
+from clients import mongo
+from temporal_worker.stack_check import stack_check_run
 from generation.workflows import StackCheckInput, StackCheckWorkflow
 from localstack import servers
-from temporal_worker import client as web_client
-from temporal_worker.client import TemporalUnavailable, temporal_call
+from clients import temporal as web_client
+from clients.temporal import TemporalUnavailable, temporal_call
 
 
 def current_client():

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from django.conf import settings
 
-from generation import mongo
-from generation.services import stack_check_run
+from clients import mongo
+from temporal_worker.stack_check import stack_check_run
 from generation.workflows import StackCheckInput, StackCheckResult, StackCheckWorkflow
 from localstack import servers
-from temporal_worker.client import temporal_call
+from clients.temporal import temporal_call
 from tests.conftest import ROOT
 
 

@@ -11,10 +11,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from generation.activities import CleanupActivities
 from generation.contracts import RunRef, WorldCleanupInput, WorldCleanupResult
-from generation.heartbeat import HeartbeatInterceptor
+from temporal_worker.heartbeat import HeartbeatInterceptor
 from generation.workflows import WorldCleanupWorkflow
 
 pytestmark = pytest.mark.timeout(120)

@@ -57,7 +57,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "generation",
+    "clients",
     "worlds",
     "temporal_worker",
 ]

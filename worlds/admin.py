@@ -241,7 +241,7 @@ class WorldAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj):
         try:
             self._delete(request, obj)
-        except services.GenerationError as exc:
+        except services.ActionError as exc:
             request._world_delete_error = str(exc)
 
     def response_delete(self, request, obj_display, obj_id):
@@ -270,7 +270,7 @@ class WorldAdmin(admin.ModelAdmin):
     def _report(self, request, world: World, do) -> None:
         try:
             message = do(world)
-        except services.GenerationError as exc:
+        except services.ActionError as exc:
             self.message_user(request, f"{world}: {exc}", messages.ERROR)
         else:
             self.message_user(request, f"{world}: {message}", messages.SUCCESS)
@@ -279,7 +279,7 @@ class WorldAdmin(admin.ModelAdmin):
     def _active_run(world: World) -> GenerationRun:
         run = world.runs.filter(status__in=GenerationRun.ACTIVE).order_by("-number").first()
         if run is None:
-            raise services.GenerationError("nothing is running")
+            raise services.ActionError("nothing is running")
         return run
 
     def _generate(self, request, world: World) -> str:
@@ -356,7 +356,7 @@ class GenerationRunAdmin(admin.ModelAdmin):
     def reconcile(self, request, queryset):
         try:
             changes = services.runs_reconcile(run_ids=list(queryset.values_list("pk", flat=True)), user=request.user)
-        except services.GenerationError as exc:
+        except services.ActionError as exc:
             messages.error(request, str(exc))
             return
         for change in changes:
@@ -379,7 +379,7 @@ class GenerationRunAdmin(admin.ModelAdmin):
         for run in queryset.select_related("world"):
             try:
                 do(run)
-            except services.GenerationError as exc:
+            except services.ActionError as exc:
                 messages.error(request, str(exc))
             else:
                 messages.success(request, done.format(run=run))

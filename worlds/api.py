@@ -1,6 +1,6 @@
 """The integrator API. Views are thin: reads go through ``worlds.selectors``, writes
 through ``worlds.services`` (which check roles, write the audit trail and raise
-``GenerationError`` with a message for the user); this module maps those errors
+``ActionError`` with a message for the user); this module maps those errors
 to HTTP statuses and describes every request and response for the OpenAPI schema.
 """
 
@@ -33,7 +33,7 @@ from worlds.serializers import (
     WorldInputSerializer,
     WorldSerializer,
 )
-from worlds.services import GenerationError, GenerationInvalid, GenerationPermissionDenied, GenerationUnavailable
+from worlds.services import ActionError, ActionInvalid, ActionForbidden, ActionUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,13 @@ class ServiceUnavailable(exceptions.APIException):
 
 def api_exception(exc: Exception) -> Exception:
     """A service's exception as the DRF exception with the right status; others unchanged."""
-    if isinstance(exc, GenerationPermissionDenied):
+    if isinstance(exc, ActionForbidden):
         return exceptions.PermissionDenied(str(exc))
-    if isinstance(exc, GenerationInvalid):
+    if isinstance(exc, ActionInvalid):
         return BadRequest(str(exc))
-    if isinstance(exc, GenerationUnavailable):
+    if isinstance(exc, ActionUnavailable):
         return ServiceUnavailable(str(exc))
-    if isinstance(exc, GenerationError):
+    if isinstance(exc, ActionError):
         return Conflict(str(exc))
     if isinstance(exc, DjangoValidationError):  # the model's full_clean() inside a service
         return exceptions.ValidationError(getattr(exc, "message_dict", None) or {"non_field_errors": exc.messages})

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from generation.contracts import RunRef
 from worlds.models import MAX_CHARACTERS, MAX_POSTS_PER_CHARACTER, GenerationRun, World
 

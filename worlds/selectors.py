@@ -6,8 +6,8 @@ import gridfs
 from django.conf import settings
 from django.core.paginator import Page, Paginator
 
-from generation import mongo
-from temporal_worker.client import temporal_call
+from clients import mongo
+from clients.temporal import temporal_call
 from worlds.models import GenerationRun, World
 
 

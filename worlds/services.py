@@ -12,7 +12,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from generation import mongo, store
+from clients import mongo
+from generation import store
 from generation.contracts import (
     Decision,
     DegradedItemsUpdate,
@@ -25,33 +26,33 @@ from generation.contracts import (
     cleanup_workflow_id,
 )
 from generation.workflows import RerenderImagesWorkflow, WorldCleanupWorkflow, WorldGenerationWorkflow
-from temporal_worker.client import TemporalNoAnswer, TemporalUnavailable, temporal_call
+from clients.temporal import TemporalNoAnswer, TemporalUnavailable, temporal_call
 from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
 
 Status = GenerationRun.Status
 FINISHED_FROM_TEMPORAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT"}
 
 
-class GenerationError(Exception):
+class ActionError(Exception):
     """A generation command that cannot be carried out; the message is for the user."""
 
 
-class GenerationPermissionDenied(GenerationError):
+class ActionForbidden(ActionError):
     """The user lacks the role for this action."""
 
 
-class GenerationInvalid(GenerationError):
+class ActionInvalid(ActionError):
     """The world definition (or the request) cannot be carried out as it is."""
 
 
-class GenerationUnavailable(GenerationError):
+class ActionUnavailable(ActionError):
     """Temporal could not be reached, or did not answer; the message says what is known."""
 
 
 def _require(user, permission: str, action: str) -> None:
     """``user`` None is the system (management commands, run by operators)."""
     if user is not None and not user.has_perm(f"worlds.{permission}"):
-        raise GenerationPermissionDenied(f"you do not have permission to {action}")
+        raise ActionForbidden(f"you do not have permission to {action}")
 
 
 def _audit(action: str, *, user=None, world: World | None = None, run: GenerationRun | None = None,
@@ -68,13 +69,13 @@ def _temporal(call, *, what: str, timeout: float | None = None, not_found: bool 
     try:
         return temporal_call(call, timeout=timeout)
     except TemporalNoAnswer as exc:
-        raise GenerationUnavailable(f"Temporal did not answer while trying to {what}; try again ({exc})") from None
+        raise ActionUnavailable(f"Temporal did not answer while trying to {what}; try again ({exc})") from None
     except TemporalUnavailable as exc:
-        raise GenerationUnavailable(f"could not {what}: {exc}") from None
+        raise ActionUnavailable(f"could not {what}: {exc}") from None
     except RPCError as exc:
         if not_found and exc.status == RPCStatusCode.NOT_FOUND:
             raise
-        raise GenerationUnavailable(f"could not {what}: Temporal answered {exc.status.name}: {exc.message}") \
+        raise ActionUnavailable(f"could not {what}: Temporal answered {exc.status.name}: {exc.message}") \
             from None
 
 
@@ -154,13 +155,13 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         world.full_clean()
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
-        raise GenerationInvalid(f"{world} cannot be generated: {problems}") from None
+        raise ActionInvalid(f"{world} cannot be generated: {problems}") from None
     for stale in world.runs.filter(status__in=GenerationRun.ACTIVE):
         run_reconcile(run=stale)  # a row whose workflow ended or vanished must not block the world
     with transaction.atomic():
         World.objects.select_for_update().filter(pk=world.pk).first()  # serialise starts of one world
         if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
-            raise GenerationError(f"{world} is already being generated; cancel that run first")
+            raise ActionError(f"{world} is already being generated; cancel that run first")
         number = (world.runs.order_by("-number").values_list("number", flat=True).first() or 0) + 1
         workflow_id = f"world-{world.pk}-run-{number}"
         try:
@@ -170,7 +171,7 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
                                                characters_total=world.character_count,
                                                posts_total=world.character_count * world.posts_per_character)
         except IntegrityError:
-            raise GenerationError(f"{world} is already being generated") from None
+            raise ActionError(f"{world} is already being generated") from None
     run_input = WorldRunInput(run_ref(run), world_snapshot(world), run_config())
     try:  # after the commit, so the workflow's first status update finds the row
         temporal_call(lambda client: client.start_workflow(
@@ -179,11 +180,11 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
     except TemporalNoAnswer as exc:
         _set_status(run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING)
         _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=f"{workflow_id} (start unconfirmed)")
-        with contextlib.suppress(GenerationUnavailable):
+        with contextlib.suppress(ActionUnavailable):
             run_reconcile(run=run)  # Temporal may answer now; if not, the reconciler asks again
         run.refresh_from_db()
         if run.status == Status.START_UNCONFIRMED:
-            raise GenerationUnavailable(f"Temporal did not confirm the start of {run}; it is being checked and "
+            raise ActionUnavailable(f"Temporal did not confirm the start of {run}; it is being checked and "
                                         "shows as start unconfirmed until Temporal answers") from None
         return run
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
@@ -191,8 +192,8 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         _set_status(run, Status.FAILED, message, expect=Status.PENDING, finished=True)
         if isinstance(exc, RPCError) and exc.status in (RPCStatusCode.INVALID_ARGUMENT,
                                                          RPCStatusCode.FAILED_PRECONDITION):
-            raise GenerationInvalid(f"{world} could not be started: {message}") from None
-        raise GenerationUnavailable(f"{world} could not be started: {message}") from None
+            raise ActionInvalid(f"{world} could not be started: {message}") from None
+        raise ActionUnavailable(f"{world} could not be started: {message}") from None
     _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=workflow_id)
     return run
 
@@ -226,7 +227,7 @@ def _send(run: GenerationRun, call, *, what: str) -> None:
     except RPCError:  # NOT_FOUND
         run_reconcile(run=run)
         run.refresh_from_db()
-        raise GenerationError(f"could not {what}: Temporal has no running workflow {run.workflow_id}; "
+        raise ActionError(f"could not {what}: Temporal has no running workflow {run.workflow_id}; "
                               f"{run} is now {run.get_status_display().lower()}") from None
 
 
@@ -241,9 +242,9 @@ def _check_review(run: GenerationRun, user, verb: str) -> None:
     _require(user, "review_run", f"{verb} world bibles")
     run.refresh_from_db()
     if run.status != Status.AWAITING_APPROVAL:
-        raise GenerationError(f"nothing is awaiting approval: {run} is {run.get_status_display().lower()}")
+        raise ActionError(f"nothing is awaiting approval: {run} is {run.get_status_display().lower()}")
     if user is not None and run.started_by_id == user.pk:
-        raise GenerationPermissionDenied(f"you may not {verb} runs you started (four-eyes rule)")
+        raise ActionForbidden(f"you may not {verb} runs you started (four-eyes rule)")
 
 
 def generation_approve(*, run: GenerationRun, user=None) -> None:
@@ -256,11 +257,11 @@ def generation_approve(*, run: GenerationRun, user=None) -> None:
 def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
     feedback = (feedback or "").strip()
     if not feedback:
-        raise GenerationInvalid("say what should change: feedback is required to reject")
+        raise ActionInvalid("say what should change: feedback is required to reject")
     try:
         validate_feedback_length(feedback)
     except ValidationError as exc:
-        raise GenerationInvalid(exc.messages[0]) from None
+        raise ActionInvalid(exc.messages[0]) from None
     _check_review(run, user, "reject")
     _signal(run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")),
             f"reject the bible of {run}")
@@ -275,7 +276,7 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
     workflow_id = run.workflow_id
     if not run.is_active:
         if not rerender_running(run=run):
-            raise GenerationError(f"{run} is not running (it is {run.get_status_display().lower()})")
+            raise ActionError(f"{run} is not running (it is {run.get_status_display().lower()})")
         workflow_id = f"{run.workflow_id}-rerender"
 
     async def cancel(client):
@@ -304,9 +305,9 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
     _require(user, "start_run", "re-render images")
     run.refresh_from_db()
     if run.is_active:
-        raise GenerationError(f"{run} is still running; its images are retried as it goes")
+        raise ActionError(f"{run} is still running; its images are retried as it goes")
     if not run.degraded_items:
-        raise GenerationError(f"{run} has no images waiting for a re-render")
+        raise ActionError(f"{run} has no images waiting for a re-render")
     workflow_id = f"{run.workflow_id}-rerender"
     run_input = WorldRunInput(run_ref(run), world_snapshot(run.world), run_config())
     try:
@@ -315,7 +316,7 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL),
             what=f"start the re-render of {run}")
     except WorkflowAlreadyStartedError:
-        raise GenerationError(f"the images of {run} are already being re-rendered") from None
+        raise ActionError(f"the images of {run} are already being re-rendered") from None
     _audit(AuditEvent.Action.IMAGES_RERENDERED, user=user, run=run, detail=f"{run.degraded_items} images")
     return workflow_id
 
@@ -329,14 +330,14 @@ def run_publish(*, run: GenerationRun, user=None) -> None:
     _require(user, "publish_run", "publish runs")
     run.refresh_from_db()
     if run.is_active:
-        raise GenerationError(f"{run} is still {run.get_status_display().lower()}; publish it once it has finished")
+        raise ActionError(f"{run} is still {run.get_status_display().lower()}; publish it once it has finished")
     if not run.bible_cleared:
-        raise GenerationError(f"{run} cannot be published: its world bible was never approved")
+        raise ActionError(f"{run} cannot be published: its world bible was never approved")
     if not store.has_bible(mongo.get_db(), run_ref(run)):
-        raise GenerationError(f"{run} has nothing to show: it stopped before its world bible was written")
+        raise ActionError(f"{run} has nothing to show: it stopped before its world bible was written")
     world = run.world
     if world.live_run_id == run.pk:
-        raise GenerationError(f"{run} is already live")
+        raise ActionError(f"{run} is already live")
     World.objects.filter(pk=world.pk).update(live_run=run)
     _audit(AuditEvent.Action.RUN_PUBLISHED, user=user, run=run,
            detail=f"replaces run {world.live_run.number}" if world.live_run else "")
@@ -346,7 +347,7 @@ def world_unpublish(*, world: World, user=None) -> None:
     _require(user, "publish_run", "unpublish worlds")
     world.refresh_from_db()
     if world.live_run is None:
-        raise GenerationError(f"{world} is not published")
+        raise ActionError(f"{world} is not published")
     run = world.live_run
     World.objects.filter(pk=world.pk).update(live_run=None)
     _audit(AuditEvent.Action.RUN_UNPUBLISHED, user=user, run=run)

@@ -2,7 +2,7 @@
 
 from django.db import migrations
 
-from worlds.roles import ROLES, grant_roles
+from worlds.staff_groups import STAFF_GROUPS, grant_staff_groups
 
 
 def create_roles(apps, schema_editor):
@@ -12,11 +12,11 @@ def create_roles(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    grant_roles(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
+    grant_staff_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
 
 
 def remove_roles(apps, schema_editor):
-    apps.get_model("auth", "Group").objects.filter(name__in=ROLES).delete()
+    apps.get_model("auth", "Group").objects.filter(name__in=STAFF_GROUPS).delete()
 
 
 class Migration(migrations.Migration):

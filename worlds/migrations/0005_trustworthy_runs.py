@@ -5,7 +5,7 @@ import django.db.models.deletion
 import worlds.models
 from django.db import migrations, models
 
-from worlds.roles import grant_roles
+from worlds.staff_groups import grant_staff_groups
 
 
 def backfill(apps, schema_editor):
@@ -30,7 +30,7 @@ def backfill(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    grant_roles(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
+    grant_staff_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
 
 
 class Migration(migrations.Migration):

@@ -4,15 +4,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from temporal_worker.backoff import DependencyUnavailable
-from temporal_worker.worker import ROLES, WorkerOptions, run_worker
+from temporal_worker.worker import QUEUE_KINDS, WorkerExtensions, WorkerOptions, run_worker
 
 
-def _roles(value: str) -> list[str]:
-    roles = list(ROLES) if value == "all" else [r.strip() for r in value.split(",") if r.strip()]
-    unknown = sorted(set(roles) - set(ROLES))
-    if unknown or not roles:
-        raise CommandError(f"--queues takes 'all' or a comma list of {', '.join(ROLES)}; got {value!r}")
-    return roles
+def _queues(value: str) -> list[str]:
+    kinds = list(QUEUE_KINDS) if value == "all" else [kind.strip() for kind in value.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(QUEUE_KINDS))
+    if unknown or not kinds:
+        raise CommandError(f"--queues takes 'all' or a comma list of {', '.join(QUEUE_KINDS)}; got {value!r}")
+    return kinds
 
 
 def _port(value: int) -> int | None:
@@ -44,9 +44,10 @@ class Command(BaseCommand):
                             help="GET /healthz on this port; 0 picks a free port, -1 disables it")
         parser.add_argument("--metrics-port", type=int, default=9464,
                             help="Prometheus metrics from the Temporal SDK; -1 disables them")
-        parser.add_argument("--mongo-client-per-activity", action="store_true",
-                            help="benchmark only: a new MongoClient for every activity (the anti-pattern "
-                                 "bench_generation compares shared clients against)")
+
+    def extensions(self, opts) -> WorkerExtensions | None:
+        """What a subclass adds to the workers (benchmarks/worker.py does)."""
+        return None
 
     def handle(self, *args, **opts):
         for name in ("max_concurrent_activities", "max_concurrent_workflow_tasks"):
@@ -55,7 +56,7 @@ class Command(BaseCommand):
         if opts["llm_rate_limit"] <= 0:
             raise CommandError("--llm-rate-limit must be greater than 0")
         options = WorkerOptions(
-            roles=_roles(opts["queues"]),
+            queues=_queues(opts["queues"]),
             max_concurrent_activities=opts["max_concurrent_activities"],
             max_concurrent_workflow_tasks=opts["max_concurrent_workflow_tasks"],
             llm_rate_limit=opts["llm_rate_limit"],
@@ -65,9 +66,8 @@ class Command(BaseCommand):
             health_host=opts["health_host"],
             health_port=_port(opts["health_port"]),
             metrics_port=_port(opts["metrics_port"]),
-            mongo_client_per_activity=opts["mongo_client_per_activity"],
         )
         try:
-            asyncio.run(run_worker(options))
+            asyncio.run(run_worker(options, self.extensions(opts)))
         except DependencyUnavailable as exc:
             raise CommandError(f"giving up: {exc}") from None

@@ -3,7 +3,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from worlds.models import World
-from worlds.services import GenerationError, generation_start
+from worlds.services import ActionError, generation_start
 
 SAMPLE = {
     "name": "Lanternfall Archipelago",
@@ -33,7 +33,7 @@ class Command(BaseCommand):
                 raise CommandError(f"no world with ID {opts['world']}")
         try:
             run = generation_start(world=world)
-        except GenerationError as exc:
+        except ActionError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"started {run} (workflow {run.workflow_id})")
         if not opts["wait"]:

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from worlds.services import GenerationError, runs_reconcile
+from worlds.services import ActionError, runs_reconcile
 
 
 class Command(BaseCommand):
@@ -10,7 +10,7 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         try:
             changes = runs_reconcile()
-        except GenerationError as exc:
+        except ActionError as exc:
             raise CommandError(str(exc)) from None
         for change in changes:
             self.stdout.write(change)

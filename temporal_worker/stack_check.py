@@ -6,7 +6,7 @@ from datetime import timedelta
 from django.conf import settings
 
 from generation.workflows import MAX_STACK_CHECK_PROBES, StackCheckInput, StackCheckResult, StackCheckWorkflow
-from temporal_worker.client import temporal_call
+from clients.temporal import temporal_call
 
 
 def stack_check_run(*, probes_per_queue: int = 1, task_queues: list[str] | None = None,

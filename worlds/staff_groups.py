@@ -1,6 +1,6 @@
-"""Staff roles as groups: editors define worlds, start and publish runs; reviewers approve and reject."""
+"""Staff roles as Django groups: editors define worlds, start and publish runs; reviewers approve and reject."""
 
-ROLES = {
+STAFF_GROUPS = {
     "Editors": [
         ("world", ["add_world", "change_world", "delete_world", "view_world"]),
         ("generationrun", ["view_generationrun", "start_run", "cancel_run", "publish_run"]),
@@ -12,10 +12,10 @@ ROLES = {
 }
 
 
-def grant_roles(Group, Permission) -> None:
+def grant_staff_groups(Group, Permission) -> None:
     """Create the groups with their permissions (idempotent). Takes the models as
     arguments so the data migration can pass its historical versions."""
-    for name, grants in ROLES.items():
+    for name, grants in STAFF_GROUPS.items():
         group, _ = Group.objects.get_or_create(name=name)
         for model, codenames in grants:
             group.permissions.add(*Permission.objects.filter(

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.services import stack_check_run
-from temporal_worker.client import TemporalUnavailable
+from temporal_worker.stack_check import stack_check_run
+from clients.temporal import TemporalUnavailable
 
 
 class Command(BaseCommand):

@@ -1,12 +1,12 @@
 from django.apps import AppConfig
 
 
-class GenerationConfig(AppConfig):
-    name = "generation"
-    verbose_name = "Generation"
+class ClientsConfig(AppConfig):
+    name = "clients"
+    verbose_name = "Shared clients"
 
     def ready(self) -> None:
-        from generation import mongo
+        from clients import mongo
 
         # Lazy: no socket is opened until the first operation, so this is safe
         # under runserver's autoreloader and before a forking server forks.
