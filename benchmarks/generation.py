@@ -246,7 +246,7 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
             raise SystemExit(f"pipeline did not finish within {opts.timeout:.0f}s")
         time.sleep(0.5)
     finished = list(GenerationRun.objects.filter(pk__in=[run.pk for run in runs]))
-    db, keys = mongo.get_db(), [f"w{run.world_id}-r{run.number}" for run in finished]
+    db, keys = mongo.get_db(), [run.ref.key for run in finished]
     expected_posts, expected_characters = opts.characters * opts.posts, opts.characters
     duplicates = 0
     for key in keys:  # documents beyond what a world should have (keys are deterministic, so 0)

@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from pydantic import BaseModel
 from pymongo.database import Database
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from generation import prompts, schemas, store
+from generation import documents, prompts, schemas, store
 from generation.contracts import (
     BUDGET_EXCEEDED,
     BibleInput,
@@ -174,10 +175,10 @@ class LlmActivities:
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     async def _complete(self, run: RunRef, world: WorldSnapshot, stage: str, index, messages: list[dict],
-                        schema: dict, name: str, max_tokens: int) -> tuple[LlmReply, Bill]:
+                        schema: type[BaseModel], name: str, max_tokens: int) -> tuple[LlmReply, Bill]:
         attempt = activity.info().attempt
         task = {"prompt": messages, "schema_name": name, "attempt": attempt, "status": "running",
-                "max_tokens": max_tokens, "started_at": store.now()}
+                "max_tokens": max_tokens, "started_at": documents.now()}
         await in_thread(store.record_task, self.db, run, stage, index, task)
         bill = Bill()
         try:
@@ -198,16 +199,16 @@ class LlmActivities:
                     "status": "succeeded", "raw_response": reply.raw, "output": reply.content, "model": reply.model,
                     "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
                     "billed_tokens": bill.tokens, "latency_s": reply.latency_s, "repairs": repair,
-                    "finished_at": store.now()})
+                    "finished_at": documents.now()})
                 return reply, bill
         except (LlmError, BudgetRefused) as err:
             await in_thread(store.record_task, self.db, run, stage, index, {
                 "status": "failed", "error": str(err), "raw_response": getattr(err, "raw", None),
-                "billed_tokens": bill.tokens, "finished_at": store.now()})
+                "billed_tokens": bill.tokens, "finished_at": documents.now()})
             raise _as_application_error(err) from err
         raise AssertionError("unreachable")
 
-    async def _billed_call(self, run: RunRef, world: WorldSnapshot, call: str, messages: list[dict], schema: dict,
+    async def _billed_call(self, run: RunRef, world: WorldSnapshot, call: str, messages: list[dict], schema: type[BaseModel],
                            name: str, max_tokens: int, bill: Bill) -> LlmReply:
         """One LLM call under the run's budget: reserved before, settled with what the provider reported."""
         need = prompt_token_bound(messages) + max_tokens
@@ -261,7 +262,7 @@ class MediaActivities:
     async def render_image(self, inp: ItemInput) -> None:
         collection, key, doc = await in_thread(store.image_target, self.db, inp.run, inp.character_index,
                                                inp.post_index)
-        if doc.get("image_status") == "rendered":
+        if doc.get("image_status") == documents.ImageStatus.RENDERED:
             return
         kind = "avatar" if inp.post_index is None else "post"
         prompt = doc.get("appearance") if kind == "avatar" else doc.get("image_prompt")
@@ -284,7 +285,7 @@ class MediaActivities:
         # re-runs this activity instead of skipping it, so the record is never lost.
         await in_thread(store.record_task, self.db, inp.run, kind, key, {
             "status": "succeeded", "prompt": prompt, "attempt": activity.info().attempt, "output": metadata,
-            "latency_s": time.monotonic() - started, "finished_at": store.now()})
+            "latency_s": time.monotonic() - started, "finished_at": documents.now()})
         await in_thread(store.mark_image_rendered, self.db, collection, key, image_id)
 
 

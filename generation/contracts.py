@@ -1,9 +1,34 @@
 """Dataclasses passed between workflows and activities: IDs, counters and the
-world definition snapshot, never generated text. Imports nothing from Django."""
+world definition snapshot, never generated text; and the run statuses and stages that
+workflows report and ``worlds.models.GenerationRun`` stores. Imports nothing from Django."""
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+from generation.documents import run_key
 
 BUDGET_EXCEEDED = "BudgetExceeded"  # ApplicationError type: the run's token ledger refused an LLM call
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    START_UNCONFIRMED = "start_unconfirmed"
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    BUDGET_EXCEEDED = "budget_exceeded"
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    BIBLE = "bible"
+    APPROVAL = "approval"
+    CHARACTERS = "characters"
+    POSTS = "posts"
+    DONE = "done"
 
 
 @dataclass
@@ -34,7 +59,7 @@ class RunRef:
     @property
     def key(self) -> str:
         """Prefix of every Mongo document key of this run."""
-        return f"w{self.world_id}-r{self.number}"
+        return run_key(self.world_id, self.number)
 
 
 @dataclass
@@ -112,8 +137,8 @@ class Decision:
 
 @dataclass
 class Progress:
-    status: str = "running"
-    stage: str = "bible"
+    status: str = RunStatus.RUNNING
+    stage: str = Stage.BIBLE
     bible_revision: int = 0
     characters_done: int = 0
     characters_total: int = 0

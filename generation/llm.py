@@ -13,6 +13,10 @@ retries activities, and the point of this module is to classify failures:
   not validate against the schema, was refused, or was cut off by
   ``max_tokens`` (``finish_reason`` "length"); the caller may ask for a repair.
 
+The schema is a pydantic model (``generation.schemas``): its inlined JSON schema is
+sent in ``response_format`` and the reply is validated with it; ``LlmReply.content``
+is the validated model dumped to a plain dict.
+
 Every call sends ``max_tokens``. Tokens the provider reports (its ``usage``)
 are on the reply and also on any ``LlmError`` whose body carried ``usage``
 (``.prompt_tokens``, ``.completion_tokens``, ``.tokens``; 0 when not reported),
@@ -30,8 +34,9 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from generation.json_schema import validate
+from generation.schemas import error_lines, json_schema
 
 RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 MAX_MESSAGE_CHARS = 400
@@ -94,7 +99,7 @@ class LlmClient:
         self.http = http
         self.default_model = default_model
 
-    async def complete_json(self, *, messages: list[dict], schema: dict, schema_name: str, max_tokens: int,
+    async def complete_json(self, *, messages: list[dict], schema: type[BaseModel], schema_name: str, max_tokens: int,
                             model: str | None = None, seed: int | None = None,
                             timeout: float | None = None) -> LlmReply:
         """One chat completion constrained to ``schema`` and ``max_tokens``; the parsed, validated content."""
@@ -106,7 +111,7 @@ class LlmClient:
             "messages": messages,
             "max_tokens": max_tokens,
             "response_format": {"type": "json_schema",
-                                "json_schema": {"name": schema_name, "schema": schema, "strict": True}},
+                                "json_schema": {"name": schema_name, "schema": json_schema(schema), "strict": True}},
         }
         if seed is not None:
             payload["seed"] = seed
@@ -128,7 +133,7 @@ class LlmClient:
             raise self.status_error(response)
         return self.parse_reply(response, schema=schema, schema_name=schema_name, model=model, latency_s=latency_s)
 
-    def parse_reply(self, response: httpx.Response, *, schema: dict, schema_name: str, model: str,
+    def parse_reply(self, response: httpx.Response, *, schema: type[BaseModel], schema_name: str, model: str,
                     latency_s: float) -> LlmReply:
         envelope = json_body(response)
         usage = reported_usage(envelope)
@@ -159,11 +164,13 @@ class LlmClient:
         if cut_off:
             raise LlmInvalidOutput(f"LLM output for '{schema_name}' was cut off by max_tokens (finish_reason=length)",
                                    raw=raw, **usage)
-        errors = validate(content, schema)
-        if errors:
+        try:
+            content = schema.model_validate(content).model_dump()
+        except ValidationError as exc:
+            errors = error_lines(exc)
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise LlmInvalidOutput(self.clean(f"LLM output does not match schema '{schema_name}': {errors[0]}{more}"),
-                                   raw=raw, errors=errors, **usage)
+                                   raw=raw, errors=errors, **usage) from None
         return LlmReply(content=content, raw=raw, model=envelope.get("model") or model, latency_s=latency_s,
                         **usage)
 

@@ -1,72 +1,53 @@
-"""Mongo documents of a run. Keys are deterministic (world, run, stage, index)
-and every write is an upsert, so a retried activity never duplicates anything.
-Imports nothing from Django."""
+"""Writes of generated content. Keys are deterministic (world, run, stage, index) and every
+write is an upsert, so a retried activity never duplicates anything. Keys, fields and shapes come
+from ``generation.documents``. Imports nothing from Django."""
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import gridfs
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 
 from generation.contracts import RunRef
-
-
-def ensure_indexes(db: Database) -> None:
-    db.characters.create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("index", ASCENDING)],
-                               unique=True, name="character_position")
-    db.posts.create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("character_index", ASCENDING),
-                           ("index", ASCENDING)], unique=True, name="post_position")
-    db.generation_tasks.create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
-    db.bibles.create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
-    # Reads (worlds.selectors) find a run's content by run_key; the feed sorts by (index, character_index).
-    db.posts.create_index([("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)],
-                          name="post_feed_order")
-    db.characters.create_index([("run_key", ASCENDING), ("index", ASCENDING)], name="character_run_order")
-    db.bibles.create_index([("run_key", ASCENDING)], name="bible_run_key")
-    # A deleted world's content is deleted by world_id (the other collections' indexes start with it).
-    db.generation_tasks.create_index([("world_id", ASCENDING)], name="task_world")
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def bible_key(run: RunRef) -> str:
-    return f"{run.key}-bible"
-
-
-def character_key(run: RunRef, index: int) -> str:
-    return f"{run.key}-c{index}"
-
-
-def post_key(run: RunRef, character_index: int, index: int) -> str:
-    return f"{run.key}-c{character_index}-p{index}"
-
-
-def task_key(run: RunRef, stage: str, index: str | int) -> str:
-    return f"{run.key}:{stage}:{index}"
-
-
-def _run_fields(run: RunRef) -> dict:
-    return {"world_id": run.world_id, "run_number": run.number, "run_key": run.key}
+from generation.documents import (
+    BIBLES,
+    CHARACTERS,
+    CONTENT_COLLECTIONS,
+    IMAGES,
+    LEDGERS,
+    POSTS,
+    TASKS,
+    ImageStatus,
+    bible_document,
+    bible_key,
+    character_document,
+    character_key,
+    ensure_indexes,  # noqa: F401  (re-exported for the worker and tests; defined with the fields)
+    image_id,
+    now,
+    post_document,
+    post_key,
+    run_fields,
+    task_key,
+    world_image_ids,
+)
 
 
 def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: str | None) -> None:
-    db.bibles.update_one(
-        {"_id": bible_key(run)},
-        {"$set": {**_run_fields(run), "bible": bible, "revision": revision, "updated_at": now()},
-         "$addToSet": {"history": {"revision": revision, "feedback": feedback, "bible": bible}}},
+    document = bible_document(run, bible, revision)
+    db[BIBLES].update_one(
+        {"_id": document.pop("_id")},
+        {"$set": document, "$addToSet": {"history": {"revision": revision, "feedback": feedback, "bible": bible}}},
         upsert=True,
     )
 
 
 def has_bible(db: Database, run: RunRef) -> bool:
-    return db.bibles.count_documents({"_id": bible_key(run)}, limit=1) > 0
+    return db[BIBLES].count_documents({"_id": bible_key(run)}, limit=1) > 0
 
 
 def load_bible(db: Database, run: RunRef) -> dict:
-    doc = db.bibles.find_one({"_id": bible_key(run)})
+    doc = db[BIBLES].find_one({"_id": bible_key(run)})
     if doc is None:
         raise LookupError(f"no world bible stored for {run.key}")
     return doc["bible"]
@@ -74,39 +55,37 @@ def load_bible(db: Database, run: RunRef) -> dict:
 
 def save_cast(db: Database, run: RunRef, members: list[dict]) -> None:
     for index, member in enumerate(members):
-        db.characters.update_one(
-            {"_id": character_key(run, index)},
-            {"$set": {**_run_fields(run), "index": index, "name": member["name"], "handle": member["handle"],
-                      "concept": member["concept"], "updated_at": now()},
-             "$setOnInsert": {"status": "cast", "image_status": "pending"}},
+        document = character_document(run, index, member)
+        db[CHARACTERS].update_one(
+            {"_id": document.pop("_id")},
+            {"$set": document, "$setOnInsert": {"status": "cast", "image_status": ImageStatus.PENDING}},
             upsert=True,
         )
 
 
 def load_character(db: Database, run: RunRef, index: int) -> dict:
-    doc = db.characters.find_one({"_id": character_key(run, index)})
+    doc = db[CHARACTERS].find_one({"_id": character_key(run, index)})
     if doc is None:
         raise LookupError(f"no character {index} stored for {run.key}")
     return doc
 
 
 def save_profile(db: Database, run: RunRef, index: int, profile: dict) -> None:
-    db.characters.update_one({"_id": character_key(run, index)},
-                             {"$set": {**profile, "status": "profiled", "updated_at": now()}})
+    db[CHARACTERS].update_one({"_id": character_key(run, index)},
+                              {"$set": {**profile, "status": "profiled", "updated_at": now()}})
 
 
 def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
-    cursor = db.posts.find({"run_key": run.key, "character_index": character_index, "index": {"$lt": before}},
-                           {"caption": 1}).sort("index", ASCENDING)
+    cursor = db[POSTS].find({"run_key": run.key, "character_index": character_index, "index": {"$lt": before}},
+                            {"caption": 1}).sort("index", ASCENDING)
     return [doc["caption"] for doc in cursor]
 
 
 def save_post(db: Database, run: RunRef, character_index: int, index: int, post: dict, handle: str) -> None:
-    db.posts.update_one(
-        {"_id": post_key(run, character_index, index)},
-        {"$set": {**_run_fields(run), "character_index": character_index,
-                  "index": index, "handle": handle, **post, "updated_at": now()},
-         "$setOnInsert": {"image_status": "pending", "created_at": now()}},
+    document = post_document(run, character_index, index, post, handle)
+    db[POSTS].update_one(
+        {"_id": document.pop("_id")},
+        {"$set": document, "$setOnInsert": {"image_status": ImageStatus.PENDING, "created_at": now()}},
         upsert=True,
     )
 
@@ -115,9 +94,9 @@ def image_target(db: Database, run: RunRef, character_index: int, post_index: in
     """(collection, document key, document) that an image belongs to."""
     if post_index is None:
         key = character_key(run, character_index)
-        return "characters", key, db.characters.find_one({"_id": key}) or {}
+        return CHARACTERS, key, db[CHARACTERS].find_one({"_id": key}) or {}
     key = post_key(run, character_index, post_index)
-    return "posts", key, db.posts.find_one({"_id": key}) or {}
+    return POSTS, key, db[POSTS].find_one({"_id": key}) or {}
 
 
 def save_image(db: Database, collection: str, key: str, png: bytes, metadata: dict) -> None:
@@ -125,30 +104,31 @@ def save_image(db: Database, collection: str, key: str, png: bytes, metadata: di
 
 
 def store_image_file(db: Database, key: str, png: bytes, metadata: dict) -> str:
-    image_id = f"img-{key}"
-    fs = gridfs.GridFS(db, collection="images")
-    if not fs.exists(image_id):  # rendering is deterministic: a retry stores nothing new
-        fs.delete(image_id)  # chunks left by an attempt interrupted mid-write (the file document comes last)
-        fs.put(png, _id=image_id, filename=f"{key}.png", content_type="image/png", metadata=metadata)
-    return image_id
+    image = image_id(key)
+    fs = gridfs.GridFS(db, collection=IMAGES)
+    if not fs.exists(image):  # rendering is deterministic: a retry stores nothing new
+        fs.delete(image)  # chunks left by an attempt interrupted mid-write (the file document comes last)
+        fs.put(png, _id=image, filename=f"{key}.png", content_type="image/png", metadata=metadata)
+    return image
 
 
-def mark_image_rendered(db: Database, collection: str, key: str, image_id: str) -> None:
+def mark_image_rendered(db: Database, collection: str, key: str, image: str) -> None:
     """The commit point of a render: once set, a retried activity does nothing."""
-    db[collection].update_one({"_id": key}, {"$set": {"image_id": image_id, "image_status": "rendered",
+    db[collection].update_one({"_id": key}, {"$set": {"image_id": image, "image_status": ImageStatus.RENDERED,
                                                       "updated_at": now()}})
 
 
 def mark_image_for_rerender(db: Database, collection: str, key: str, reason: str) -> None:
-    db[collection].update_one({"_id": key}, {"$set": {"image_status": "needs_render", "image_error": reason,
+    db[collection].update_one({"_id": key}, {"$set": {"image_status": ImageStatus.NEEDS_RENDER, "image_error": reason,
                                                       "updated_at": now()}})
 
 
 def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]]:
     """(character index, post index or None) of every image of the run marked ``needs_render``."""
-    query, fields = {"run_key": run.key, "image_status": "needs_render"}, {"index": 1, "character_index": 1}
-    avatars = [(doc["index"], None) for doc in db.characters.find(query, fields)]
-    posts = [(doc["character_index"], doc["index"]) for doc in db.posts.find(query, fields)]
+    query = {"run_key": run.key, "image_status": ImageStatus.NEEDS_RENDER}
+    fields = {"index": 1, "character_index": 1}
+    avatars = [(doc["index"], None) for doc in db[CHARACTERS].find(query, fields)]
+    posts = [(doc["character_index"], doc["index"]) for doc in db[POSTS].find(query, fields)]
     return sorted(avatars, key=lambda ref: ref[0]) + sorted(posts)
 
 
@@ -162,9 +142,9 @@ LEDGER_RETRIES = 100
 
 
 def _ledger(db: Database, run: RunRef, limit: int) -> dict:
-    db.token_ledgers.update_one({"_id": run.key}, {"$setOnInsert": {**_run_fields(run), "used": 0, "reserved": {},
+    db[LEDGERS].update_one({"_id": run.key}, {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {},
                                                                      "version": 0, "limit": limit}}, upsert=True)
-    return db.token_ledgers.find_one({"_id": run.key})
+    return db[LEDGERS].find_one({"_id": run.key})
 
 
 def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int) -> tuple[bool, int, int]:
@@ -175,7 +155,7 @@ def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int
         others = sum(amount for key, amount in doc["reserved"].items() if key != call)
         if doc["used"] + others + tokens > limit:
             return False, doc["used"], others
-        if db.token_ledgers.update_one({"_id": run.key, "version": doc["version"]},
+        if db[LEDGERS].update_one({"_id": run.key, "version": doc["version"]},
                                        {"$set": {f"reserved.{call}": tokens}, "$inc": {"version": 1}}).modified_count:
             return True, doc["used"], others
     raise RuntimeError(f"the token ledger of {run.key} stayed contended")
@@ -183,37 +163,28 @@ def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int
 
 def settle_tokens(db: Database, run: RunRef, call: str, billed: int) -> int:
     """Replace ``call``'s reservation by what the provider billed; returns the run's tokens used."""
-    doc = db.token_ledgers.find_one_and_update(
+    doc = db[LEDGERS].find_one_and_update(
         {"_id": run.key}, {"$inc": {"used": billed, "version": 1}, "$unset": {f"reserved.{call.replace('.', '_')}": ""}},
         projection={"used": 1}, return_document=ReturnDocument.AFTER)
     return doc["used"] if doc else billed
 
 
 def tokens_used(db: Database, run_key: str) -> int:
-    doc = db.token_ledgers.find_one({"_id": run_key}, {"used": 1})
+    doc = db[LEDGERS].find_one({"_id": run_key}, {"used": 1})
     return doc["used"] if doc else 0
 
 
 def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields: dict) -> None:
     """One document per generation task: inputs, prompt, raw reply, parsed output, usage, latency, attempt."""
-    db.generation_tasks.update_one(
+    db[TASKS].update_one(
         {"_id": task_key(run, stage, index)},
-        {"$set": {**_run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
+        {"$set": {**run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
          "$setOnInsert": {"created_at": now()}},
         upsert=True,
     )
 
 
 # --- A deleted world's content ----------------------------------------------------------------------
-
-CONTENT_COLLECTIONS = ("bibles", "characters", "posts", "generation_tasks", "token_ledgers")
-
-
-def world_image_ids(world_id: int) -> dict:
-    """Matches the GridFS IDs of a world's images (``img-w<world>-r<run>-...``); the ``-r`` keeps
-    world 1 from matching world 12."""
-    return {"$regex": f"^img-w{world_id}-r"}
-
 
 def delete_world_content(db: Database, world_id: int, *, batch: int = 500,
                          on_batch: Callable[[], None] | None = None) -> tuple[int, int]:
@@ -232,7 +203,7 @@ def _delete_world_images(db: Database, world_id: int, batch: int, on_batch: Call
     # The file document goes first, as GridFS itself deletes: a reader then finds no file rather than
     # a file without its chunks. Chunks left behind (an interrupted run, or an interrupted
     # store_image_file, which writes chunks before the file) are swept by their files_id after.
-    files, chunks, ids = db["images.files"], db["images.chunks"], world_image_ids(world_id)
+    files, chunks, ids = db[f"{IMAGES}.files"], db[f"{IMAGES}.chunks"], world_image_ids(world_id)
     deleted = 0
     while found := [doc["_id"] for doc in files.find({"_id": ids}, {"_id": 1}).limit(batch)]:
         deleted += files.delete_many({"_id": {"$in": found}}).deleted_count

@@ -39,7 +39,9 @@ with workflow.unsafe.imports_passed_through():
         DegradedItemsUpdate,
         ItemInput,
         Progress,
+        RunStatus,
         RunStatusUpdate,
+        Stage,
         TokenUsage,
         WorldCleanupInput,
         WorldCleanupResult,
@@ -222,28 +224,28 @@ class WorldGenerationWorkflow:
         self._progress.characters_total = world.character_count
         self._progress.posts_total = world.character_count * world.posts_per_character
         try:
-            await self._mirror("running", "bible")
+            await self._mirror(RunStatus.RUNNING, Stage.BIBLE)
             await self._generate_bible(revision=0, feedback=None)
             if world.requires_approval and not await self._approval_gate():
-                await self._finish("expired", "approval", "nobody approved the world bible in time")
+                await self._finish(RunStatus.EXPIRED, Stage.APPROVAL, "nobody approved the world bible in time")
                 return self._progress
             await self._generate_characters()
-            await self._finish("completed", "done")
+            await self._finish(RunStatus.COMPLETED, Stage.DONE)
         except BudgetExceeded:
-            await self._finish("budget_exceeded", self._progress.stage,
+            await self._finish(RunStatus.BUDGET_EXCEEDED, self._progress.stage,
                                f"token budget of {world.token_budget} exceeded ({self._progress.tokens_used} used)")
         except (asyncio.CancelledError, ActivityError, ChildWorkflowError, ApplicationError) as err:
             if is_cancelled_exception(err) or (self._exact and cancel_requested(err)):
-                await self._finish("cancelled", self._progress.stage, "cancelled by staff")
+                await self._finish(RunStatus.CANCELLED, self._progress.stage, "cancelled by staff")
                 if self._exact:
                     raise asyncio.CancelledError() from err
                 raise
             stop = budget_stop(err) if self._exact else None
             if stop:
-                await self._finish("budget_exceeded", self._progress.stage, stop)
+                await self._finish(RunStatus.BUDGET_EXCEEDED, self._progress.stage, stop)
                 return self._progress
             message = describe_failure(err)
-            await self._finish("failed", self._progress.stage, message)
+            await self._finish(RunStatus.FAILED, self._progress.stage, message)
             raise ApplicationError(message, non_retryable=True) from err
         return self._progress
 
@@ -263,7 +265,7 @@ class WorldGenerationWorkflow:
         while True:
             self._decision = None
             self._progress.awaiting_decision = True
-            await self._mirror("awaiting_approval", "approval")
+            await self._mirror(RunStatus.AWAITING_APPROVAL, Stage.APPROVAL)
             try:
                 await workflow.wait_condition(lambda: self._decision is not None,
                                               timeout=timedelta(seconds=config.approval_timeout_s))
@@ -273,19 +275,19 @@ class WorldGenerationWorkflow:
                 self._progress.awaiting_decision = False
             if self._decision.approved:
                 self._progress.bible_approved = True
-                await self._mirror("running", "characters")
+                await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
                 return True
             revision = self._progress.bible_revision + 1
             if revision > config.max_bible_revisions:
                 raise ApplicationError(f"the world bible was rejected {revision} times; "
                                        f"the limit is {config.max_bible_revisions} revisions", non_retryable=True)
-            await self._mirror("running", "bible")
+            await self._mirror(RunStatus.RUNNING, Stage.BIBLE)
             await self._generate_bible(revision, self._decision.feedback)
 
     async def _generate_characters(self) -> None:
         inp = self._inp
-        self._progress.stage = "characters"
-        await self._mirror("running", "characters")
+        self._progress.stage = Stage.CHARACTERS
+        await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
         await self._llm(LlmActivities.generate_cast, CastInput(inp.run, inp.world))
 
         # Sliding window: at most `character_concurrency` character workflows at once.
@@ -307,7 +309,8 @@ class WorldGenerationWorkflow:
                     self._progress.characters_done += 1
                 self._check_budget()
                 if self._unmirrored_progress and self._mirror_due():
-                    await self._mirror("running", "posts" if inp.world.posts_per_character else "characters")
+                    stage = Stage.POSTS if inp.world.posts_per_character else Stage.CHARACTERS
+                    await self._mirror(RunStatus.RUNNING, stage)
         except BaseException:
             self._stopping = True
             for future, index in running.items():
@@ -373,7 +376,7 @@ class WorldGenerationWorkflow:
         if self._progress.tokens_used > self._inp.world.token_budget:
             raise BudgetExceeded()
 
-    async def _mirror(self, status: str, stage: str, error: str = "", finished: bool = False) -> None:
+    async def _mirror(self, status: RunStatus, stage: str, error: str = "", finished: bool = False) -> None:
         self._progress.status, self._progress.stage = status, stage
         if error:
             self._progress.last_error = error
@@ -383,7 +386,7 @@ class WorldGenerationWorkflow:
                            exact=self._exact, after_cancel=finished, task_queue=self._inp.config.workflows_queue,
                            **MIRROR_OPTIONS)
 
-    async def _finish(self, status: str, stage: str, error: str = "") -> None:
+    async def _finish(self, status: RunStatus, stage: str, error: str = "") -> None:
         await self._mirror(status, stage, error, finished=True)
 
 

@@ -5,8 +5,11 @@
 - deterministic: a ``random.Random`` seeded by a hash of the messages, the
   schema and the optional ``seed``, so the same request gives the same reply
   and different requests differ;
-- valid against the request's JSON schema (the subset ``generation.json_schema``
-  checks, except ``pattern``, which is not honoured);
+- valid against the request's JSON schema: ``type`` (a name or a list),
+  ``properties``/``required``, ``items``/``minItems``/``maxItems``/``uniqueItems``,
+  ``minLength``/``maxLength``, ``enum``/``const``, ``anyOf`` and numeric bounds;
+  ``pattern`` and ``$ref`` are not honoured (``generation.schemas.json_schema``
+  sends self-contained schemas);
 - on-theme: field names pick the kind of text (``handle`` → a lowercase handle,
   ``bio``, ``caption``, ``visual_style``, ...) and salient words of the user
   prompt (e.g. the world premise) are woven into it, with word lists for

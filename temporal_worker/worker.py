@@ -32,7 +32,7 @@ from generation.activities import (
 )
 from generation.llm import LlmClient
 from generation.media import MediaClient
-from generation.store import ensure_indexes
+from generation.documents import ensure_indexes
 from generation.workflows import (
     CharacterWorkflow,
     RerenderImagesWorkflow,

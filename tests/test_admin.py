@@ -272,7 +272,7 @@ def bibles(stack_env):
         if run.world_id not in worlds:
             worlds.add(run.world_id)
             store.delete_world_content(db, run.world_id)
-        store.save_bible(db, services.run_ref(run), {"title": f"Bible of {run}"}, 0, None)
+        store.save_bible(db, run.ref, {"title": f"Bible of {run}"}, 0, None)
 
     yield write
     for world_id in worlds:

@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from clients import mongo
-from generation import store
+from generation import documents, store
 from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
 from clients import temporal as temporal_client
@@ -85,7 +85,7 @@ def content(stack_env):
         if run.world_id not in worlds:
             worlds.add(run.world_id)
             store.delete_world_content(db, run.world_id)
-        ref = services.run_ref(run)
+        ref = run.ref
         store.save_bible(db, ref, {"title": f"Bible of run {run.number}"}, 0, None)
         store.save_cast(db, ref, [{"name": f"Run {run.number} character {index}", "handle": f"r{run.number}_c{index}",
                                    "concept": "a lamplighter"} for index in range(characters)])
@@ -113,7 +113,7 @@ def cleanup_result(world_pk: int) -> WorldCleanupResult:
 def world_content(world_pk: int) -> dict[str, int]:
     """How many documents and images of the world Mongo holds."""
     db = mongo.get_db()
-    found = {name: db[name].count_documents({"world_id": world_pk}) for name in store.CONTENT_COLLECTIONS}
+    found = {name: db[name].count_documents({"world_id": world_pk}) for name in documents.CONTENT_COLLECTIONS}
     found["images"] = db["images.files"].count_documents({"_id": {"$regex": f"^img-w{world_pk}-r"}})
     found["image chunks"] = db["images.chunks"].count_documents({"files_id": {"$regex": f"^img-w{world_pk}-r"}})
     return found
@@ -679,14 +679,14 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
 
     characters = editor.get(f"/api/worlds/{world['id']}/characters/").json()
     assert [c["index"] for c in characters] == [0, 1]
-    key = f"w{world['id']}-r1"
+    ref = GenerationRun.objects.get(world_id=world["id"], number=1).ref
     for character in characters:
         assert set(character) == {"index", "name", "handle", "bio", "personality", "appearance", "interests",
                                   "image_status", "avatar_url", "post_count"}
         assert character["name"] and character["handle"] and character["bio"] and character["personality"]
         assert len(character["interests"]) >= 2 and all(isinstance(i, str) for i in character["interests"])
         assert character["image_status"] == "rendered" and character["post_count"] == 2
-        assert character["avatar_url"] == f"/images/img-{key}-c{character['index']}.png"
+        assert character["avatar_url"] == f"/images/{documents.image_id(documents.character_key(ref, character['index']))}.png"
         image = editor.get(character["avatar_url"])
         assert image.status_code == 200 and image["Content-Type"] == "image/png"
         assert image.content.startswith(PNG)
@@ -704,7 +704,8 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
                              "image_status", "image_url"}
         assert post["handle"] == handles[post["character_index"]] and post["caption"] and post["location"]
         assert post["hashtags"] and post["image_status"] == "rendered"
-        assert post["image_url"] == f"/images/img-{key}-c{post['character_index']}-p{post['index']}.png"
+        assert post["image_url"] == \
+            f"/images/{documents.image_id(documents.post_key(ref, post['character_index'], post['index']))}.png"
     assert editor.get(rest["results"][0]["image_url"]).content.startswith(PNG)
     only = editor.get(f"{posts_url}?character=1").json()["results"]
     assert [(p["character_index"], p["index"]) for p in only] == [(1, 0), (1, 1)]
@@ -810,7 +811,7 @@ def test_deleting_a_generated_world_removes_all_its_content(users, worker, clien
     assert editor.get(f"/api/runs/{run['id']}/").status_code == 404
     result = cleanup_result(world["id"])
     assert (result.stopped_workflows, result.images) == (0, 4)
-    assert result.documents == sum(before[name] for name in store.CONTENT_COLLECTIONS)
+    assert result.documents == sum(before[name] for name in documents.CONTENT_COLLECTIONS)
     assert world_content(world["id"]) == dict.fromkeys(before, 0)
     deleted = AuditEvent.objects.get(action="world_deleted")
     assert (deleted.actor.username, deleted.world, deleted.world_pk, deleted.world_name) == \

@@ -60,6 +60,6 @@ def test_unapproved_bible_expires_the_run_after_the_timeout(time_skipping_server
     run.refresh_from_db()
     assert run.status == "expired" and "nobody approved the world bible in time" in run.error
     assert run.finished_at is not None
-    key = f"w{world.pk}-r1"
+    key = run.ref.key
     assert mongo.get_db().bibles.count_documents({"run_key": key}) == 1  # the bible is kept
     assert mongo.get_db().characters.count_documents({"run_key": key}) == 0

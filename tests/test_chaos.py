@@ -18,6 +18,7 @@ import pytest
 from django.conf import settings
 
 from clients import mongo
+from generation import documents
 from localstack import servers
 from tests.test_generation import FINISHED, counts, llm_control, make_world, wait_for
 from worlds.models import GenerationRun
@@ -42,7 +43,7 @@ def assert_complete_and_exact(run: GenerationRun, characters: int, posts_per_cha
         characters, characters * posts_per_character, 0), run.workflow_id
     assert counts(run) == expected_counts(characters, posts_per_character), run.workflow_id
 
-    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+    db, key = mongo.get_db(), run.ref.key
     post_positions = collections.Counter(
         (p["run_key"], p["character_index"], p["index"])
         for p in db.posts.find({"run_key": key}, {"run_key": 1, "character_index": 1, "index": 1}))
@@ -50,19 +51,19 @@ def assert_complete_and_exact(run: GenerationRun, characters: int, posts_per_cha
     assert max(post_positions.values()) == 1, post_positions
     character_positions = collections.Counter(c["index"] for c in db.characters.find({"run_key": key}, {"index": 1}))
     assert sorted(character_positions) == list(range(characters)) and max(character_positions.values()) == 1
-    assert all(c["image_status"] == "rendered" for c in db.characters.find({"run_key": key}))
-    assert all(p["image_status"] == "rendered" for p in db.posts.find({"run_key": key}))
+    assert all(c["image_status"] == documents.ImageStatus.RENDERED for c in db.characters.find({"run_key": key}))
+    assert all(p["image_status"] == documents.ImageStatus.RENDERED for p in db.posts.find({"run_key": key}))
     assert {t["status"] for t in db.generation_tasks.find({"run_key": key}, {"status": 1})} == {"succeeded"}
 
     # GridFS: every file has all of its chunks exactly once, and no chunk is orphaned.
-    files = list(db["images.files"].find({"_id": {"$regex": f"^img-{key}-"}}))
+    files = list(db["images.files"].find({"_id": documents.run_images(run.ref)}))
     expected_chunks = 0
     for f in files:
         n = math.ceil(f["length"] / f["chunkSize"])
         expected_chunks += n
         chunk_numbers = sorted(c["n"] for c in db["images.chunks"].find({"files_id": f["_id"]}, {"n": 1}))
         assert chunk_numbers == list(range(n)), (f["_id"], chunk_numbers)
-    assert db["images.chunks"].count_documents({"files_id": {"$regex": f"^img-{key}-"}}) == expected_chunks
+    assert db["images.chunks"].count_documents({"files_id": documents.run_images(run.ref)}) == expected_chunks
 
 
 def wait_for_all(runs: list[GenerationRun], timeout: float) -> None:
@@ -138,7 +139,7 @@ def test_worker_killed_five_times_mid_run_every_world_completes_exactly_once(sta
         runs = [generation_start(world=make_world(name=f"Chaos {i}", character_count=characters,
                                                   posts_per_character=posts_per_character))
                 for i in range(world_count)]
-        ids, keys = [r.pk for r in runs], [f"w{r.world_id}-r{r.number}" for r in runs]
+        ids, keys = [r.pk for r in runs], [r.ref.key for r in runs]
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 2.5))
             unfinished_at_kill.append(GenerationRun.objects.filter(pk__in=ids).exclude(status__in=FINISHED).count())
@@ -168,7 +169,7 @@ def run_through_outage(server: "RestartableServer", down_seconds: float, llm_ser
         def first_post_done():  # in Mongo: the run row's counts are mirrored at most every 2 s
             run.refresh_from_db()
             assert run.status not in FINISHED, (run.status, run.error)
-            return mongo.get_db().posts.count_documents({"run_key": f"w{run.world_id}-r{run.number}"}) >= 1
+            return mongo.get_db().posts.count_documents({"run_key": run.ref.key}) >= 1
 
         wait_until(first_post_done, 90, "the first post")
         before_stop(run)
@@ -213,13 +214,13 @@ def test_mongo_restarted_mid_run_the_world_still_completes_exactly(restartable_m
     start_worker(env={"MONGO_URI": servers.mongo_uri(restartable_mongo.port)})
 
     def first_post_is_in_mongo(run):
-        assert mongo.get_db().posts.count_documents({"run_key": f"w{run.world_id}-r{run.number}"}) >= 1
+        assert mongo.get_db().posts.count_documents({"run_key": run.ref.key}) >= 1
 
     run = run_through_outage(restartable_mongo, MONGO_DOWN_SECONDS, llm_server, characters, posts_per_character,
                              before_stop=first_post_is_in_mongo)
     assert len(restartable_mongo.processes) == 2
     assert_complete_and_exact(run, characters, posts_per_character)
-    key = f"w{run.world_id}-r{run.number}"
+    key = run.ref.key
     retried = list(mongo.get_db().generation_tasks.find({"run_key": key, "attempt": {"$gt": 1}}, {"attempt": 1}))
     print(f"tasks retried across the Mongo outage: {retried}")
 

@@ -11,6 +11,7 @@ import pytest
 
 from clients import mongo
 from clients.temporal import temporal_call
+from generation import documents
 from tests.conftest import ROOT
 from worlds.models import GenerationRun, World
 from worlds.selectors import run_live_progress
@@ -45,12 +46,12 @@ def wait_for(run: GenerationRun, statuses: set[str], timeout: float = 180) -> Ge
 
 
 def counts(run: GenerationRun) -> dict:
-    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+    db, key = mongo.get_db(), run.ref.key
     return {
         "bibles": db.bibles.count_documents({"run_key": key}),
         "characters": db.characters.count_documents({"run_key": key}),
         "posts": db.posts.count_documents({"run_key": key}),
-        "images": db["images.files"].count_documents({"_id": {"$regex": f"^img-{key}-"}}),
+        "images": db["images.files"].count_documents({"_id": documents.run_images(run.ref)}),
         "tasks": db.generation_tasks.count_documents({"run_key": key}),
     }
 
@@ -81,10 +82,10 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     # bible, cast, 3 profiles, 6 posts, 3 avatars, 6 post images
     assert counts(run) == {"bibles": 1, "characters": 3, "posts": 6, "images": 9, "tasks": 1 + 1 + 3 + 6 + 3 + 6}
 
-    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+    db, key = mongo.get_db(), run.ref.key
     handles = [c["handle"] for c in db.characters.find({"run_key": key})]
     assert len(set(handles)) == 3
-    assert all(c["image_status"] == "rendered" and c["bio"] for c in db.characters.find({"run_key": key}))
+    assert all(c["image_status"] == documents.ImageStatus.RENDERED and c["bio"] for c in db.characters.find({"run_key": key}))
     task = db.generation_tasks.find_one({"_id": f"{key}:post:0.1"})
     assert task["status"] == "succeeded" and task["usage"]["completion_tokens"] > 0
     assert task["prompt"][1]["content"].count("Your earlier posts:") == 1
@@ -116,7 +117,7 @@ def test_a_second_start_while_running_is_refused_then_approval_completes(start_w
         assert time.monotonic() < deadline and run.status not in FINISHED, run.status
         time.sleep(0.2)
         run.refresh_from_db()
-    bible = mongo.get_db().bibles.find_one({"run_key": f"w{run.world_id}-r{run.number}"})
+    bible = mongo.get_db().bibles.find_one({"run_key": run.ref.key})
     assert bible["revision"] == 1
     assert [h["feedback"] for h in bible["history"]] == [None, "More sky-whales, fewer tea houses."]
 
@@ -164,7 +165,7 @@ def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_s
     run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
     assert run.status == "completed", run.error
     assert counts(run)["posts"] == 1
-    task = mongo.get_db().generation_tasks.find_one({"_id": f"w{run.world_id}-r{run.number}:bible:0"})
+    task = mongo.get_db().generation_tasks.find_one({"_id": documents.task_key(run.ref, "bible", 0)})
     assert task["status"] == "succeeded" and task["attempt"] == 5 and task["repairs"] == 1
 
 
@@ -183,9 +184,9 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     run = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=1)), FINISHED)
     assert run.status == "completed", run.error
     assert run.degraded_items == 4
-    db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
-    assert db.posts.count_documents({"run_key": key, "image_status": "needs_render"}) == 2
-    assert db.characters.count_documents({"run_key": key, "image_status": "needs_render"}) == 2
+    db, key = mongo.get_db(), run.ref.key
+    assert db.posts.count_documents({"run_key": key, "image_status": documents.ImageStatus.NEEDS_RENDER}) == 2
+    assert db.characters.count_documents({"run_key": key, "image_status": documents.ImageStatus.NEEDS_RENDER}) == 2
     assert counts(run)["images"] == 0
 
     degraded_worker.process.stop()
@@ -198,7 +199,7 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     run.refresh_from_db()
     assert still_missing == 0 and run.degraded_items == 0 and run.status == "completed"
     assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 4}
-    assert db.posts.count_documents({"run_key": key, "image_status": "rendered"}) == 2
+    assert db.posts.count_documents({"run_key": key, "image_status": documents.ImageStatus.RENDERED}) == 2
     with pytest.raises(ActionError, match="no images waiting for a re-render"):
         generation_rerender(run=run)
 
@@ -234,7 +235,7 @@ def test_every_billed_token_is_counted_repairs_and_failed_attempts_included(star
     assert run.status == "completed", run.error
     billed = llm_stats(llm_server)["billed_tokens"]
     assert billed > 50_010 and run.tokens_used == billed
-    task = mongo.get_db().generation_tasks.find_one({"_id": f"w{run.world_id}-r{run.number}:bible:0"})
+    task = mongo.get_db().generation_tasks.find_one({"_id": documents.task_key(run.ref, "bible", 0)})
     assert task["status"] == "succeeded" and task["attempt"] == 2 and task["max_tokens"] > 0
 
 
@@ -250,7 +251,7 @@ def test_cancel_during_a_slow_render_stops_the_run_before_any_post(start_worker,
         servers.wait_for_port(slow, port)
         start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"})
         run = generation_start(world=make_world(character_count=2, posts_per_character=6))
-        db, key = mongo.get_db(), f"w{run.world_id}-r{run.number}"
+        db, key = mongo.get_db(), run.ref.key
         deadline = time.monotonic() + 60
         while not db.generation_tasks.count_documents({"run_key": key, "stage": "character", "status": "succeeded"}):
             assert time.monotonic() < deadline, "no profile was written"
@@ -263,7 +264,7 @@ def test_cancel_during_a_slow_render_stops_the_run_before_any_post(start_worker,
         time.sleep(10)  # longer than a render: anything still going would land now
         assert counts(run) == made
         assert made["posts"] == 0 and made["images"] == 0, made
-        assert db.characters.count_documents({"run_key": key, "image_status": "needs_render"}) == 0
+        assert db.characters.count_documents({"run_key": key, "image_status": documents.ImageStatus.NEEDS_RENDER}) == 0
     finally:
         slow.stop()
 

@@ -5,13 +5,15 @@ import inspect
 import json
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from typing import Annotated
 
 import httpx
 import pytest
+from pydantic import Field
 
-from generation.json_schema import validate
 from generation.llm import (LlmClient, LlmError, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError,
                             parse_retry_after, reported_usage)
+from generation.schemas import Output, json_schema
 from localllm import MODEL_ID
 from localstack import servers
 from tests.conftest import start_localllm
@@ -20,18 +22,25 @@ MESSAGES = [
     {"role": "system", "content": "You create characters for fantastical Instagram-like worlds. Answer in JSON."},
     {"role": "user", "content": "World premise: a moonlit canal city where gondoliers are retired dragons."},
 ]
-CHARACTERS = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["characters"],
-    "properties": {"characters": {"type": "array", "minItems": 3, "maxItems": 3, "items": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "handle", "bio"],
-        "properties": {"name": {"type": "string"}, "handle": {"type": "string", "maxLength": 30},
-                       "bio": {"type": "string", "maxLength": 160}},
-    }}},
-}
+
+
+class Member(Output):
+    name: str
+    handle: Annotated[str, Field(max_length=30)]
+    bio: Annotated[str, Field(max_length=160)]
+
+
+class Characters(Output):
+    characters: Annotated[list[Member], Field(min_length=3, max_length=3)]
+
+
+class AtHandleMember(Member):
+    handle: Annotated[str, Field(max_length=30, pattern="^@")]
+
+
+class AtHandleCharacters(Output):
+    characters: Annotated[list[AtHandleMember], Field(min_length=3, max_length=3)]
+
 GOOD_CHARACTER = {"name": "Wren Mosslight", "handle": "wren.mosslight", "bio": "Canal poet."}
 MAX_TOKENS = 4096
 
@@ -63,15 +72,19 @@ def stats(base: str) -> dict:
     return httpx.get(f"{base}/_stats", timeout=10).json()
 
 
-def complete(base: str, *, api_key: str | None = None, **kwargs) -> LlmReply:
-    """One ``complete_json`` call through a client built like the worker's shared one."""
-    kwargs = {"messages": MESSAGES, "schema": CHARACTERS, "schema_name": "characters", "max_tokens": MAX_TOKENS,
+def complete(base: str, *, api_key: str | None = None, sent: list | None = None, **kwargs) -> LlmReply:
+    """One ``complete_json`` call through a client built like the worker's shared one
+    (the request bodies are appended to ``sent`` if given)."""
+    kwargs = {"messages": MESSAGES, "schema": Characters, "schema_name": "characters", "max_tokens": MAX_TOKENS,
               **kwargs}
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(json.loads(request.content))
 
     async def go() -> LlmReply:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        async with httpx.AsyncClient(base_url=f"{base}/v1", headers=headers,
-                                     timeout=httpx.Timeout(30, connect=5)) as http:
+        async with httpx.AsyncClient(base_url=f"{base}/v1", headers=headers, timeout=httpx.Timeout(30, connect=5),
+                                     event_hooks={"request": [record] if sent is not None else []}) as http:
             return await LlmClient(http, default_model=MODEL_ID).complete_json(**kwargs)
     return asyncio.run(go())
 
@@ -86,11 +99,22 @@ def failure(error_type: type[LlmError], base: str, **kwargs) -> LlmError:
 
 def test_reply_is_parsed_validated_and_measured(llm):
     reply = complete(llm)
-    assert validate(reply.content, CHARACTERS) == []
-    assert json.loads(reply.raw) == reply.content
+    assert Characters.model_validate(reply.content).model_dump() == reply.content
+    assert isinstance(reply.content, dict) and json.loads(reply.raw) == reply.content
     assert reply.model == MODEL_ID
     assert reply.prompt_tokens >= 1 and reply.completion_tokens == max(1, len(reply.raw) // 4)
     assert reply.latency_s > 0
+
+
+def test_the_model_is_sent_as_a_self_contained_strict_schema(llm):
+    sent: list[dict] = []
+    complete(llm, sent=sent)
+    response_format = sent[0]["response_format"]
+    assert response_format == {"type": "json_schema", "json_schema": {
+        "name": "characters", "schema": json_schema(Characters), "strict": True}}
+    assert "$ref" not in json.dumps(response_format) and "$defs" not in json.dumps(response_format)
+    assert response_format["json_schema"]["schema"]["properties"]["characters"]["items"]["required"] == [
+        "name", "handle", "bio"]
 
 
 def test_seed_is_sent_and_makes_replies_reproducible(llm):
@@ -176,7 +200,7 @@ def test_output_violating_the_schema_names_the_path(llm):
     bad = {"characters": [GOOD_CHARACTER, GOOD_CHARACTER, {**GOOD_CHARACTER, "handle": 5}]}
     control(llm, {"queue": [{"content": json.dumps(bad)}]})
     error = failure(LlmInvalidOutput, llm)
-    problem = "$.characters[2].handle: expected string, got integer"
+    problem = "$.characters[2].handle: Input should be a valid string"
     assert str(error) == f"LLM output does not match schema 'characters': {problem}"
     assert json.loads(error.raw) == bad and error.errors == [problem]
     assert error.completion_tokens == len(error.raw) // 4
@@ -241,10 +265,10 @@ def test_reported_usage_tolerates_missing_and_bad_values():
 
 def test_output_checked_against_a_stricter_schema_than_the_server_honours(llm):
     # localllm ignores `pattern`, so a pattern the generated handles never match fails on the client side.
-    stricter = json.loads(json.dumps(CHARACTERS))
-    stricter["properties"]["characters"]["items"]["properties"]["handle"]["pattern"] = "^@"
-    error = failure(LlmInvalidOutput, llm, schema=stricter)
-    assert "$.characters[0].handle: does not match pattern" in str(error) and "(and 2 more)" in str(error)
+    error = failure(LlmInvalidOutput, llm, schema=AtHandleCharacters)
+    assert str(error) == ("LLM output does not match schema 'characters': "
+                          "$.characters[0].handle: String should match pattern '^@' (and 2 more)")
+    assert error.errors == [f"$.characters[{i}].handle: String should match pattern '^@'" for i in range(3)]
 
 
 def test_many_concurrent_calls_share_one_client(llm):
@@ -255,7 +279,7 @@ def test_many_concurrent_calls_share_one_client(llm):
                                      limits=httpx.Limits(max_connections=100)) as http:
             client = LlmClient(http, default_model=MODEL_ID)
             return await asyncio.gather(*(
-                client.complete_json(messages=MESSAGES, schema=CHARACTERS, schema_name="characters",
+                client.complete_json(messages=MESSAGES, schema=Characters, schema_name="characters",
                                      max_tokens=MAX_TOKENS, seed=i)
                 for i in range(80)))
 
@@ -272,37 +296,3 @@ def test_parse_retry_after_forms():
     assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
     assert parse_retry_after(httpx.Headers({})) is None
 
-
-def test_validator_reports_paths():
-    schema = {
-        "type": "object", "required": ["a", "b"], "additionalProperties": False,
-        "properties": {
-            "a": {"type": "array", "minItems": 1, "maxItems": 2, "uniqueItems": True,
-                  "items": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 5}}}},
-            "b": {"type": "string", "minLength": 2, "maxLength": 3, "enum": ["ab", "abc", "abcdef"]},
-            "c": {"type": ["number", "null"], "exclusiveMinimum": 0},
-            "odd key": {"type": "boolean"},
-            "d": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-        },
-    }
-    assert validate({"a": [{"n": 1}], "b": "ab", "c": None, "odd key": True, "d": None}, schema) == []
-    assert validate({"a": [{"n": 2.0}], "b": "abc", "c": 0.5}, schema) == []  # 2.0 is an integer
-    assert validate({"a": [{"n": 9}, {"n": True}, {"n": 9}], "b": "abcdef", "c": 0, "odd key": "yes", "x": 1,
-                     "d": 3}, schema) == [
-        "$.a: expected at most 2 items, got 3",
-        "$.a[2]: duplicate item",
-        "$.a[0].n: expected <= 5, got 9",
-        "$.a[1].n: expected integer, got boolean",
-        "$.a[2].n: expected <= 5, got 9",
-        "$.b: expected at most 3 characters, got 6",
-        "$.c: expected > 0, got 0",
-        '$["odd key"]: expected boolean, got string',
-        "$.x: unexpected property",
-        "$.d: matches no anyOf branch (expected string, got integer)",
-    ]
-    assert validate({"b": "z"}, schema) == [
-        "$.a: required property is missing",
-        '$.b: expected one of ["ab", "abc", "abcdef"], got "z"',
-        "$.b: expected at least 2 characters, got 1",
-    ]
-    assert validate([], schema) == ["$: expected object, got array"]

@@ -7,11 +7,13 @@ import re
 import signal
 import socket
 import time
+from typing import Annotated, Literal
 
 import httpx
 import pytest
+from pydantic import Field
 
-from generation.json_schema import validate
+from generation.schemas import Output, json_schema
 from localllm import MODEL_ID
 from localllm.content import Generator, completion_content, salient_words
 from tests.conftest import start_localllm
@@ -19,36 +21,30 @@ from tests.conftest import start_localllm
 PREMISE = "A floating archipelago where clockwork jellyfish deliver gossip between lighthouse bakeries."
 OTHER_PREMISE = "An underground desert city where cactus librarians guard singing sandstorms."
 
-CHARACTER = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "handle", "bio", "age", "personality", "appearance", "verified", "followers", "mood"],
-    "properties": {
-        "name": {"type": "string", "minLength": 2, "maxLength": 60},
-        "handle": {"type": "string", "minLength": 3, "maxLength": 24},
-        "bio": {"type": "string", "maxLength": 150},
-        "age": {"type": "integer", "minimum": 18, "maximum": 99},
-        "personality": {"type": "string"},
-        "appearance": {"type": "string"},
-        "verified": {"type": "boolean"},
-        "followers": {"type": "integer", "minimum": 0},
-        "mood": {"type": "string", "enum": ["sunny", "stormy", "dreamy"]},
-        "score": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-    },
-}
-WORLD = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["title", "setting", "tone", "visual_style", "hashtags", "characters"],
-    "properties": {
-        "title": {"type": "string", "maxLength": 80},
-        "setting": {"type": "string", "minLength": 80},
-        "tone": {"type": "string"},
-        "visual_style": {"type": "string"},
-        "hashtags": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 6},
-        "characters": {"type": "array", "items": CHARACTER, "minItems": 5, "maxItems": 5},
-    },
-}
+
+class Character(Output):
+    name: Annotated[str, Field(min_length=2, max_length=60)]
+    handle: Annotated[str, Field(min_length=3, max_length=24)]
+    bio: Annotated[str, Field(max_length=150)]
+    age: Annotated[int, Field(ge=18, le=99)]
+    personality: str
+    appearance: str
+    verified: bool
+    followers: Annotated[int, Field(ge=0)]
+    mood: Literal["sunny", "stormy", "dreamy"]
+    score: Annotated[float, Field(ge=0, le=1)] | None = None  # optional: not in `required`
+
+
+class World(Output):
+    title: Annotated[str, Field(max_length=80)]
+    setting: Annotated[str, Field(min_length=80)]
+    tone: str
+    visual_style: str
+    hashtags: Annotated[list[str], Field(min_length=3, max_length=6)]
+    characters: Annotated[list[Character], Field(min_length=5, max_length=5)]
+
+
+WORLD = json_schema(World)
 
 
 def chat_body(premise: str = PREMISE, schema: dict | None = WORLD, **extra) -> dict:
@@ -98,7 +94,7 @@ def test_reply_has_the_openai_shape_and_schema_valid_content(llm):
     choice = reply["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
     assert isinstance(choice["message"]["content"], str)
-    assert validate(content_of(response), WORLD) == []
+    World.model_validate(content_of(response))
 
 
 def test_same_request_same_content_other_premise_or_seed_differs(llm):
@@ -128,30 +124,32 @@ def test_salient_words_skip_filler_and_instructions():
     assert salient_words(messages) == ["moth", "opera", "never", "ends"]
 
 
+class Nested(Output):
+    user_handle: Annotated[str, Field(max_length=6)]
+    tags: Annotated[set[Literal["x", "y", "z"]], Field(min_length=2)]  # uniqueItems
+
+
+class Constraints(Output):
+    short: Annotated[str, Field(max_length=5)]
+    long: Annotated[str, Field(min_length=300, max_length=320)]
+    exact: Annotated[str, Field(min_length=12, max_length=12)]
+    choice: Literal["a", 2, True]
+    only: Literal["fixed"]  # const
+    count: Annotated[int, Field(ge=1000, lt=1003)]
+    ratio: Annotated[float, Field(gt=0, le=0.01)]
+    flags: Annotated[list[bool], Field(min_length=2, max_length=2)]
+    nested: Annotated[list[Nested], Field(max_length=3)]  # a $ref, inlined
+    maybe: Annotated[int, Field(le=-50)] | None  # anyOf
+    either: Annotated[str, Field(min_length=1)] | None
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_generator_meets_every_supported_constraint(seed):
-    schema = {
-        "type": "object", "additionalProperties": False,
-        "required": ["short", "long", "exact", "choice", "count", "ratio", "flags", "nested", "maybe", "either"],
-        "properties": {
-            "short": {"type": "string", "maxLength": 5},
-            "long": {"type": "string", "minLength": 300, "maxLength": 320},
-            "exact": {"type": "string", "minLength": 12, "maxLength": 12},
-            "choice": {"enum": ["a", 2, True]},
-            "count": {"type": "integer", "minimum": 1000, "exclusiveMaximum": 1003},
-            "ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.01},
-            "flags": {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2},
-            "nested": {"type": "array", "maxItems": 3, "items": {
-                "type": "object", "additionalProperties": False, "required": ["user_handle", "tags"],
-                "properties": {"user_handle": {"type": "string", "maxLength": 6},
-                               "tags": {"type": "array", "uniqueItems": True, "minItems": 2,
-                                        "items": {"type": "string", "enum": ["x", "y", "z"]}}}}},
-            "maybe": {"type": ["null", "integer"], "maximum": -50},
-            "either": {"anyOf": [{"type": "null"}, {"type": "string", "minLength": 1}]},
-        },
-    }
+def test_generator_meets_every_constraint_pydantic_emits(seed):
+    schema = json_schema(Constraints)
+    assert {"const", "enum", "anyOf", "uniqueItems", "exclusiveMaximum", "exclusiveMinimum"} <= set(
+        re.findall(r'"(\w+)":', json.dumps(schema)))
     value = Generator(random.Random(seed), ["ember"]).value(schema, key="root")
-    assert validate(value, schema) == []
+    Constraints.model_validate_json(json.dumps(value))
 
 
 def test_without_a_schema_the_reply_is_a_text_object(llm):
@@ -235,7 +233,7 @@ def test_invalid_json_and_fixed_content_switches(llm):
     assert broken.json()["usage"]["completion_tokens"] == len(broken_content) // 4
     fixed = chat(llm, chat_body())
     assert content_of(fixed) == {"a": 1} and fixed.json()["usage"]["completion_tokens"] == 2
-    assert validate(content_of(chat(llm, chat_body())), WORLD) == []
+    World.model_validate(content_of(chat(llm, chat_body())))
 
 
 def test_hang_holds_the_request_until_the_client_gives_up(llm):

@@ -7,7 +7,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from clients import mongo
-from generation import store
+from generation import documents, store
 from generation.activities import MediaActivities
 from generation.contracts import ItemInput, RunRef, WorldSnapshot
 from generation.media import MediaClient, channel_options
@@ -30,7 +30,7 @@ def test_a_render_interrupted_after_storing_the_image_still_records_its_task(sta
     run = RunRef(run_id=1, world_id=WORLD.world_id, number=1, workflow_id="world-9001-run-1")
     for collection in ("characters", "generation_tasks", "images.files"):
         db[collection].delete_many({"_id": {"$regex": f"^(img-)?{run.key}"}})
-    db["images.chunks"].delete_many({"files_id": f"img-{store.character_key(run, 0)}"})
+    db["images.chunks"].delete_many({"files_id": documents.image_id(documents.character_key(run, 0))})
     store.save_cast(db, run, [{"name": "Ada", "handle": "ada", "concept": "a cartographer of dunes"}])
     item = ItemInput(run=run, world=WORLD, character_index=0)
 
@@ -54,8 +54,8 @@ def test_a_render_interrupted_after_storing_the_image_still_records_its_task(sta
 
     asyncio.run(attempt_twice())
 
-    key = store.character_key(run, 0)
-    task = db.generation_tasks.find_one({"_id": store.task_key(run, "avatar", key)})
+    key = documents.character_key(run, 0)
+    task = db.generation_tasks.find_one({"_id": documents.task_key(run, "avatar", key)})
     assert task is not None and task["status"] == "succeeded"
-    assert db.characters.find_one({"_id": key})["image_status"] == "rendered"
-    assert db["images.files"].count_documents({"_id": f"img-{key}"}) == 1
+    assert db.characters.find_one({"_id": key})["image_status"] == documents.ImageStatus.RENDERED
+    assert db["images.files"].count_documents({"_id": documents.image_id(key)}) == 1

@@ -10,6 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from clients import mongo
+from generation import documents
 from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
 from clients import temporal as temporal_client
@@ -155,7 +156,7 @@ def test_only_published_runs_are_public_and_approval_is_respected(start_worker, 
 
     second = wait_for(generation_start(world=world), {"awaiting_approval"} | FINISHED)
     page = Client().get(f"/worlds/{world.pk}/").content.decode()
-    bible = mongo.get_db().bibles.find_one({"run_key": f"w{world.pk}-r1"})["bible"]
+    bible = mongo.get_db().bibles.find_one({"run_key": first.ref.key})["bible"]
     assert bible["title"] in page  # still run 1: a new run replaces it only once published
     generation_cancel(run=second)
     wait_for(second, FINISHED)
@@ -164,7 +165,7 @@ def test_only_published_runs_are_public_and_approval_is_respected(start_worker, 
 
     world_unpublish(world=world)
     assert viewer_status(world) == 404
-    image = mongo.get_db().characters.find_one({"run_key": f"w{world.pk}-r1"})["image_id"]
+    image = mongo.get_db().characters.find_one({"run_key": first.ref.key})["image_id"]
     assert Client().get(f"/images/{image}.png").status_code == 404  # anonymous: unpublished is gone
     staff = Client()
     staff.force_login(reviewer)
@@ -205,7 +206,7 @@ def test_deleting_a_world_stops_its_runs_and_removes_every_document_and_image(st
     world = make_world(character_count=2, posts_per_character=1)
     done = wait_for(generation_start(world=world), FINISHED)
     assert done.status == "completed" and counts(done)["images"] == 4
-    image = mongo.get_db().characters.find_one({"run_key": f"w{world.pk}-r1"})["image_id"]
+    image = mongo.get_db().characters.find_one({"run_key": done.ref.key})["image_id"]
     assert Client().get(f"/images/{image}.png").status_code == 200
     llm_control(llm_server, {"latency_s": 1.0})
     try:
@@ -223,8 +224,8 @@ def test_deleting_a_world_stops_its_runs_and_removes_every_document_and_image(st
     db = mongo.get_db()
     for collection in ("bibles", "characters", "posts", "generation_tasks", "token_ledgers"):
         assert db[collection].count_documents({"world_id": world_pk}) == 0, collection
-    assert db["images.files"].count_documents({"_id": {"$regex": f"^img-w{world_pk}-r"}}) == 0
-    assert db["images.chunks"].count_documents({"files_id": {"$regex": f"^img-w{world_pk}-r"}}) == 0
+    assert db["images.files"].count_documents({"_id": documents.world_image_ids(world_pk)}) == 0
+    assert db["images.chunks"].count_documents({"files_id": documents.world_image_ids(world_pk)}) == 0
     deleted = AuditEvent.objects.get(action="world_deleted", world_pk=world_pk)
     assert deleted.world_name == name and deleted.world is None
     assert AuditEvent.objects.filter(world_pk=world_pk, action="run_started").count() == 2  # history keeps the ID

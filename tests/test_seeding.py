@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from clients import mongo
+from generation import documents
 from worlds.models import GenerationRun, World
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,10 +54,11 @@ def test_seeding_creates_exact_counts_with_the_pipeline_keys(db):
     first = worlds[0]  # 200 posts over 30 worlds: the first 20 worlds hold 7, the others 6
     assert db.posts.count_documents({"world_id": first.pk}) == 7
     assert db.posts.count_documents({"world_id": worlds[29].pk}) == 6
-    post = db.posts.find_one({"_id": f"w{first.pk}-r1-c1-p0"})
-    assert post["run_key"] == f"w{first.pk}-r1" and post["image_status"] == "pending"
-    assert db.bibles.find_one({"_id": f"w{first.pk}-r1-bible"})["bible"]["title"].endswith("(fake)")
-    assert db.characters.find_one({"_id": f"w{first.pk}-r1-c2"})["status"] == "profiled"
+    ref = first.runs.get().ref  # the pipeline's own keys
+    post = db.posts.find_one({"_id": documents.post_key(ref, 1, 0)})
+    assert post["run_key"] == ref.key and post["image_status"] == "pending"
+    assert db.bibles.find_one({"_id": documents.bible_key(ref)})["bible"]["title"].endswith("(fake)")
+    assert db.characters.find_one({"_id": documents.character_key(ref, 2)})["status"] == "profiled"
     assert "FAKE" in output and "30 worlds, 30 runs, 30 bibles, 90 characters, 200 posts" in output
 
 

@@ -14,7 +14,7 @@ from django.test import Client
 from PIL import Image
 
 from clients import mongo
-from generation import store
+from generation import documents, store
 from generation.contracts import RunRef
 from worlds import selectors, services
 from worlds.models import GenerationRun, World
@@ -89,7 +89,7 @@ def write_cast(database, ref: RunRef, cast: list[tuple[str, str]], *, pending_av
             "interests": [f"{handle} kites", "tide tables"],
         })
         if index not in pending_avatars:
-            store.save_image(database, "characters", store.character_key(ref, index), png(), {})
+            store.save_image(database, "characters", documents.character_key(ref, index), png(), {})
 
 
 def write_post(database, ref: RunRef, character_index: int, index: int, *, handle: str, caption: str,
@@ -98,7 +98,7 @@ def write_post(database, ref: RunRef, character_index: int, index: int, *, handl
         "caption": caption, "image_prompt": f"a lantern over the sea, {handle}", "location": "Wick Harbour",
         "hashtags": ["#Lanterns", "SkyWhales"]}, handle)
     if rendered:
-        store.save_image(database, "posts", store.post_key(ref, character_index, index), png(), {})
+        store.save_image(database, "posts", documents.post_key(ref, character_index, index), png(), {})
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def lanternfall(db, make_world):
         for index in range(3):
             write_post(database, ref, character_index, index, handle=handle,
                        caption=f"caption-c{character_index}-p{index} from the pier", rendered=index < 2)
-    store.mark_image_for_rerender(database, "posts", store.post_key(ref, 0, 2), "media service unavailable")
+    store.mark_image_for_rerender(database, "posts", documents.post_key(ref, 0, 2), "media service unavailable")
     publish(ref)
     return world, ref
 
@@ -194,14 +194,14 @@ def test_a_character_profile_shows_the_profile_and_only_their_posts(client, lant
     assert [f"caption-c0-p{i}" for i in range(3)] == re.findall(r"caption-c\d-p\d", html)
     assert f'src="/images/img-{ref.key}-c0-p1.png"' in html
     # post 2 needs a re-render: a placeholder, never a broken <img>
-    assert f"img-{ref.key}-c0-p2" not in html and html.count(">image pending<") == 1
+    assert documents.image_id(documents.post_key(ref, 0, 2)) not in html and html.count(">image pending<") == 1
 
 
 def test_pending_post_images_show_a_placeholder(client, lanternfall):
     world, ref = lanternfall
     html = page(client, f"/worlds/{world.pk}/characters/1/")
     assert 'aria-label="Avatar of Bram Tidewell (image pending)"' in html
-    assert f"img-{ref.key}-c1-p2" not in html and html.count(">image pending<") == 1
+    assert documents.image_id(documents.post_key(ref, 1, 2)) not in html and html.count(">image pending<") == 1
 
 
 def test_the_feed_is_paginated_twelve_posts_a_page(client, db, make_world):
@@ -271,7 +271,7 @@ def test_the_live_run_is_shown_even_when_a_newer_run_exists(client, db, make_wor
         assert "Odile Wick" in html and "generating…" not in html, url
     html = page(client, f"/worlds/{world.pk}/")
     assert "First Telling" in html and "first telling, first post" in html
-    assert f"img-{first.key}-c0.png" in html and f"img-{second.key}" not in html
+    assert f"{documents.image_id(documents.character_key(first, 0))}.png" in html and documents.image_id(second.key) not in html
     assert "Twice Told" in page(client, "/worlds/")
 
     publish(third)

@@ -12,7 +12,8 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from clients import mongo
-from generation import store
+from generation import documents, store
+from generation.documents import CONTENT_COLLECTIONS
 from generation.activities import CleanupActivities
 from generation.contracts import RunRef, WorldCleanupInput, WorldCleanupResult
 from temporal_worker.heartbeat import HeartbeatInterceptor
@@ -24,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(300_000)  # two GridFS chunks
 
 
 def image_ids(world_id: int) -> dict:
-    # Independent of store.world_image_ids: "img-w1-" cannot match world 12 either.
+    # Independent of documents.world_image_ids: "img-w1-" cannot match world 12 either.
     return {"$regex": f"^img-w{world_id}-"}
 
 
@@ -37,31 +38,31 @@ def seed(db, world_id: int, runs: int = 2) -> None:
         store.save_post(db, run, 0, 0, {"caption": "Dawn over the dunes", "image_prompt": "dunes"}, "ada")
         store.record_task(db, run, "post", "0.0", {"status": "succeeded"})
         store.reserve_tokens(db, run, 10_000, "bible:0", 100)
-        store.store_image_file(db, store.character_key(run, 0), PNG, {})
-        store.store_image_file(db, store.post_key(run, 0, 0), PNG, {})
+        store.store_image_file(db, documents.character_key(run, 0), PNG, {})
+        store.store_image_file(db, documents.post_key(run, 0, 0), PNG, {})
 
 
 def content(db, world_id: int) -> dict[str, int]:
-    counts = {name: db[name].count_documents({"world_id": world_id}) for name in store.CONTENT_COLLECTIONS}
+    counts = {name: db[name].count_documents({"world_id": world_id}) for name in CONTENT_COLLECTIONS}
     counts["images.files"] = db["images.files"].count_documents({"_id": image_ids(world_id)})
     counts["images.chunks"] = db["images.chunks"].count_documents({"files_id": image_ids(world_id)})
     return counts
 
 
 def wipe(db, world_id: int) -> None:
-    for name in store.CONTENT_COLLECTIONS:
+    for name in CONTENT_COLLECTIONS:
         db[name].delete_many({"world_id": world_id})
     db["images.files"].delete_many({"_id": image_ids(world_id)})
     db["images.chunks"].delete_many({"files_id": image_ids(world_id)})
 
 
-NOTHING = {name: 0 for name in (*store.CONTENT_COLLECTIONS, "images.files", "images.chunks")}
+NOTHING = {name: 0 for name in (*CONTENT_COLLECTIONS, "images.files", "images.chunks")}
 
 
 @pytest.fixture
 def db(stack_env):
     database = mongo.get_db()
-    store.ensure_indexes(database)
+    documents.ensure_indexes(database)
     for world_id in (1, 12, 31):
         wipe(database, world_id)
     yield database
@@ -76,9 +77,9 @@ def test_deleting_world_1_deletes_all_of_it_and_nothing_of_world_12(db):
     assert all(before_1.values()) and before_1["images.chunks"] == 2 * before_1["images.files"]
     batches = []
 
-    documents, images = store.delete_world_content(db, 1, batch=1, on_batch=lambda: batches.append(1))
+    deleted, images = store.delete_world_content(db, 1, batch=1, on_batch=lambda: batches.append(1))
 
-    assert documents == sum(before_1[name] for name in store.CONTENT_COLLECTIONS)
+    assert deleted == sum(before_1[name] for name in CONTENT_COLLECTIONS)
     assert images == before_1["images.files"] == 4
     assert len(batches) >= images  # one image a batch, with a call between batches
     assert content(db, 1) == NOTHING
@@ -112,12 +113,12 @@ def test_a_cleanup_cut_off_mid_way_is_finished_by_running_it_again(db):
     with pytest.raises(CutOff):  # during the documents
         store.delete_world_content(db, 1, batch=1, on_batch=cut_off_after(2))
     with pytest.raises(CutOff):  # during the images
-        store.delete_world_content(db, 1, batch=1, on_batch=cut_off_after(len(store.CONTENT_COLLECTIONS) + 1))
+        store.delete_world_content(db, 1, batch=1, on_batch=cut_off_after(len(CONTENT_COLLECTIONS) + 1))
     assert content(db, 1)["images.files"] == 2
 
-    documents, images = store.delete_world_content(db, 1, batch=1)
+    deleted, images = store.delete_world_content(db, 1, batch=1)
 
-    assert documents == 0 and images == 2
+    assert deleted == 0 and images == 2
     assert content(db, 1) == NOTHING
     assert content(db, 12) == before_12
 
@@ -134,7 +135,7 @@ def test_the_content_activity_heartbeats_between_batches(db):
     result = asyncio.run(delete())
 
     assert result.images == 4 and result.documents > 0
-    assert len(beats) >= len(store.CONTENT_COLLECTIONS) + 1
+    assert len(beats) >= len(CONTENT_COLLECTIONS) + 1
     assert content(db, 31) == NOTHING
 
 
@@ -169,7 +170,7 @@ def test_the_cleanup_workflow_stops_the_world_s_workflows_then_deletes_its_conte
 
     assert result.stopped_workflows == 1  # the unknown ID counts as stopped, not as running
     assert status == WorkflowExecutionStatus.CANCELED
-    assert result.documents == sum(before_31[name] for name in store.CONTENT_COLLECTIONS)
+    assert result.documents == sum(before_31[name] for name in CONTENT_COLLECTIONS)
     assert result.images == before_31["images.files"] == 4
     assert content(db, 31) == NOTHING
     assert content(db, 12) == before_12

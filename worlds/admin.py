@@ -20,6 +20,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
+from generation.documents import ImageStatus
 from worlds import selectors, services
 from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
 
@@ -320,7 +321,7 @@ def pluralize_runs(count: int) -> str:
 
 
 def _image(doc: dict) -> str:
-    if doc.get("image_status") == "rendered":
+    if doc.get("image_status") == ImageStatus.RENDERED:
         return format_html('<img src="/images/{}.png" alt="" loading="lazy">', doc["image_id"])
     return format_html('<div class="wg-placeholder">{}</div>', "image pending")  # args: Django 6 requires them
 

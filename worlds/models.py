@@ -5,6 +5,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from generation.contracts import RunRef, RunStatus, Stage
+
 MAX_CHARACTERS = 50
 MAX_POSTS_PER_CHARACTER = 50
 MIN_TOKEN_BUDGET = 1000
@@ -93,17 +95,17 @@ class World(models.Model):
         return self.name
 
 
+STATUS_LABELS = {
+    RunStatus.PENDING: "Pending", RunStatus.START_UNCONFIRMED: "Start unconfirmed (being checked)",
+    RunStatus.RUNNING: "Running", RunStatus.AWAITING_APPROVAL: "Awaiting approval", RunStatus.COMPLETED: "Completed",
+    RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled", RunStatus.EXPIRED: "Expired (approval timed out)",
+    RunStatus.BUDGET_EXCEEDED: "Stopped: token budget exceeded",
+}
+
+
 class GenerationRun(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        START_UNCONFIRMED = "start_unconfirmed", "Start unconfirmed (being checked)"
-        RUNNING = "running", "Running"
-        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
-        COMPLETED = "completed", "Completed"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-        EXPIRED = "expired", "Expired (approval timed out)"
-        BUDGET_EXCEEDED = "budget_exceeded", "Stopped: token budget exceeded"
+    # The statuses workflows report (generation.contracts.RunStatus), with labels for staff.
+    Status = models.TextChoices("Status", [(status.name, (status.value, STATUS_LABELS[status])) for status in RunStatus])
 
     ACTIVE = (Status.PENDING, Status.START_UNCONFIRMED, Status.RUNNING, Status.AWAITING_APPROVAL)
 
@@ -111,7 +113,7 @@ class GenerationRun(models.Model):
     number = models.PositiveIntegerField()
     workflow_id = models.CharField(max_length=200, unique=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    stage = models.CharField(max_length=20, default="queued")
+    stage = models.CharField(max_length=20, default=Stage.QUEUED)
     characters_done = models.PositiveIntegerField(default=0)
     characters_total = models.PositiveIntegerField(default=0)
     posts_done = models.PositiveIntegerField(default=0)
@@ -150,6 +152,11 @@ class GenerationRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+    @property
+    def ref(self) -> RunRef:
+        """What workflows and the Mongo document model know the run by."""
+        return RunRef(self.pk, self.world_id, self.number, self.workflow_id)
 
     @property
     def bible_cleared(self) -> bool:

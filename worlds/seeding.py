@@ -2,7 +2,7 @@
 
 Each seeded world gets one completed run, and in Mongo a bible, its characters and its
 posts with the same keys and document shapes the generation pipeline writes
-(``generation.store``), so the admin, the API and the viewer read them like real content.
+(``generation.documents``), so the admin, the API and the viewer read them like real content.
 The text is placeholder text; no images are stored (``image_status`` stays "pending").
 
 Not idempotent: seeding refuses while worlds named with the prefix exist (delete them, or
@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clients import mongo
-from generation import store
+from generation import documents
 from generation.contracts import RunRef
 from worlds.models import MAX_CHARACTERS, MAX_POSTS_PER_CHARACTER, GenerationRun, World
 
@@ -46,7 +46,7 @@ def seed_worlds(*, worlds: int, posts: int, characters_per_world: int = 2, prefi
            batch_size=batch_size)
     started = time.monotonic()
     db = mongo.get_db()
-    store.ensure_indexes(db)  # what the worker does on start; reads rely on them
+    documents.ensure_indexes(db)  # what the worker does on start; reads rely on them
     result = SeedResult()
     for first in range(0, worlds, batch_size):
         numbers = range(first, min(first + batch_size, worlds))
@@ -54,7 +54,7 @@ def seed_worlds(*, worlds: int, posts: int, characters_per_world: int = 2, prefi
         runs = _create_rows(numbers, post_counts, characters_per_world, prefix)
         bibles, characters, feed = [], [], []
         for run, number, post_count in zip(runs, numbers, post_counts):
-            ref = RunRef(run.pk, run.world_id, run.number, run.workflow_id)
+            ref = run.ref
             bibles.append(_bible(ref, number, prefix))
             characters += [_character(ref, number, index) for index in range(characters_per_world)]
             for j in range(post_count):  # round-robin over the cast, as the feed is ordered
@@ -119,24 +119,20 @@ def _create_rows(numbers: range, post_counts: list[int], characters_per_world: i
         return runs
 
 
-def _run_fields(ref: RunRef) -> dict:
-    return {"world_id": ref.world_id, "run_number": ref.number, "run_key": ref.key}
-
-
 def _bible(ref: RunRef, number: int, prefix: str) -> dict:
     bible = {"title": f"{prefix} world {number:05d} (fake)", "setting": "Placeholder setting of a seeded world.",
              "history": "Placeholder history.", "tone": "placeholder", "visual_style": "none (seeded)",
              "themes": ["seeded", "fake"], "factions": ["Seeders"], "rules": ["Nothing here was generated."]}
-    return {"_id": store.bible_key(ref), **_run_fields(ref), "bible": bible, "revision": 0,
-            "updated_at": store.now(), "history": [{"revision": 0, "feedback": None, "bible": bible}]}
+    return {**documents.bible_document(ref, bible, revision=0),
+            "history": [{"revision": 0, "feedback": None, "bible": bible}]}
 
 
 def _character(ref: RunRef, number: int, index: int) -> dict:
-    return {"_id": store.character_key(ref, index), **_run_fields(ref), "index": index,
-            "name": f"Seeded Person {number}-{index}", "handle": _handle(number, index),
-            "concept": "A fake character for load tests.", "status": "profiled", "image_status": "pending",
-            "bio": "Fake seeded bio.", "personality": "Placeholder.", "appearance": "Placeholder.",
-            "interests": ["seeding", "benchmarks"], "updated_at": store.now()}
+    member = {"name": f"Seeded Person {number}-{index}", "handle": _handle(number, index),
+              "concept": "A fake character for load tests."}
+    return {**documents.character_document(ref, index, member), "status": "profiled",
+            "image_status": documents.ImageStatus.PENDING, "bio": "Fake seeded bio.", "personality": "Placeholder.",
+            "appearance": "Placeholder.", "interests": ["seeding", "benchmarks"]}
 
 
 def _handle(number: int, character_index: int) -> str:
@@ -144,9 +140,7 @@ def _handle(number: int, character_index: int) -> str:
 
 
 def _post(ref: RunRef, character_index: int, index: int, handle: str) -> dict:
-    now = store.now()
-    return {"_id": store.post_key(ref, character_index, index), **_run_fields(ref),
-            "character_index": character_index, "index": index, "handle": handle,
-            "caption": f"Fake seeded post {index} of character {character_index}.",
-            "image_prompt": "none (seeded)", "location": "Nowhere (seeded)", "hashtags": ["#seeded"],
-            "image_status": "pending", "created_at": now, "updated_at": now}
+    post = {"caption": f"Fake seeded post {index} of character {character_index}.", "image_prompt": "none (seeded)",
+            "location": "Nowhere (seeded)", "hashtags": ["#seeded"]}
+    return {**documents.post_document(ref, character_index, index, post, handle),
+            "image_status": documents.ImageStatus.PENDING, "created_at": documents.now()}

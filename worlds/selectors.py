@@ -1,18 +1,11 @@
 """World reads: generated content from Mongo, runs from SQL."""
 
-import re
-
-import gridfs
-from django.conf import settings
 from django.core.paginator import Page, Paginator
 
 from clients import mongo
 from clients.temporal import temporal_call
+from generation import documents
 from worlds.models import GenerationRun, World
-
-
-def _run_key(run: GenerationRun) -> str:
-    return f"w{run.world_id}-r{run.number}"
 
 
 def world_latest_run(*, world: World) -> GenerationRun | None:
@@ -20,27 +13,19 @@ def world_latest_run(*, world: World) -> GenerationRun | None:
 
 
 def run_bible(*, run: GenerationRun) -> dict | None:
-    doc = mongo.get_db().bibles.find_one({"run_key": _run_key(run)})
-    return doc and doc["bible"]
+    return documents.run_bible(mongo.get_db(), run.ref)
 
 
 def run_characters(*, run: GenerationRun) -> list[dict]:
-    return list(mongo.get_db().characters.find({"run_key": _run_key(run)}).sort("index", 1))
+    return documents.run_characters(mongo.get_db(), run.ref)
 
 
 def run_posts(*, run: GenerationRun, character_index: int | None = None, offset: int = 0, limit: int = 20) -> list[dict]:
-    query = {"run_key": _run_key(run)}
-    if character_index is not None:
-        query["character_index"] = character_index
-    cursor = mongo.get_db().posts.find(query).sort([("index", 1), ("character_index", 1)])
-    return list(cursor.skip(offset).limit(limit))
+    return documents.run_posts(mongo.get_db(), run.ref, character_index=character_index, offset=offset, limit=limit)
 
 
 def image_png(*, image_id: str) -> bytes | None:
-    try:
-        return gridfs.GridFS(mongo.get_db(), collection="images").get(image_id).read()
-    except gridfs.errors.NoFile:
-        return None
+    return documents.image_png(mongo.get_db(), image_id)
 
 
 def run_live_progress(*, run: GenerationRun):
@@ -57,8 +42,6 @@ def run_live_progress(*, run: GenerationRun):
 # Viewers, the feed API and anonymous image requests see a world's live (published) run only;
 # worlds with nothing published stay hidden.
 
-IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?$")
-
 
 def viewer_world(*, world_id: int) -> World | None:
     """The world, if it is published."""
@@ -67,24 +50,20 @@ def viewer_world(*, world_id: int) -> World | None:
 
 def image_is_public(*, image_id: str) -> bool:
     """The image belongs to a world's live run."""
-    match = IMAGE_ID.match(image_id)
-    return bool(match) and World.objects.filter(pk=int(match["world"]), live_run__number=int(match["run"])).exists()
+    owner = documents.image_run(image_id)
+    return owner is not None and World.objects.filter(pk=owner[0], live_run__number=owner[1]).exists()
 
 
 def run_character(*, run: GenerationRun, index: int) -> dict | None:
-    return mongo.get_db().characters.find_one({"run_key": _run_key(run), "index": index})
+    return documents.run_character(mongo.get_db(), run.ref, index)
 
 
 def run_post_count(*, run: GenerationRun) -> int:
-    return mongo.get_db().posts.count_documents({"run_key": _run_key(run)})
+    return documents.run_post_count(mongo.get_db(), run.ref)
 
 
 def run_post_counts_by_character(*, run: GenerationRun) -> dict[int, int]:
-    groups = mongo.get_db().posts.aggregate([
-        {"$match": {"run_key": _run_key(run)}},
-        {"$group": {"_id": "$character_index", "count": {"$sum": 1}}},
-    ])
-    return {group["_id"]: group["count"] for group in groups}
+    return documents.post_counts_by_character(mongo.get_db(), run.ref)
 
 
 VIEWER_WORLDS_PER_PAGE = 24
@@ -102,20 +81,10 @@ def viewer_world_page(*, page) -> tuple[Page, list[dict]]:
 def _world_cards(worlds: list[World]) -> list[dict]:
     """Each world as {world, run (live), cover_image_id, character_count, post_count}. A handful of
     queries in all, whatever the number of worlds."""
-    db = mongo.get_db()
-    keys = [_run_key(world.live_run) for world in worlds]
-    characters = _count_by_run_key(db.characters, keys)
-    posts = _count_by_run_key(db.posts, keys)
-    covers: dict[str, str] = {}
-    for doc in db.characters.find({"run_key": {"$in": keys}, "image_status": "rendered"},
-                                  {"run_key": 1, "image_id": 1}).sort("index", 1):
-        covers.setdefault(doc["run_key"], doc["image_id"])
-    return [{"world": world, "run": world.live_run, "cover_image_id": covers.get(key),
-             "character_count": characters.get(key, 0), "post_count": posts.get(key, 0)}
-            for world, key in zip(worlds, keys)]
-
-
-def _count_by_run_key(collection, keys: list[str]) -> dict[str, int]:
-    groups = collection.aggregate([{"$match": {"run_key": {"$in": keys}}},
-                                   {"$group": {"_id": "$run_key", "count": {"$sum": 1}}}])
-    return {group["_id"]: group["count"] for group in groups}
+    db, runs = mongo.get_db(), [world.live_run.ref for world in worlds]
+    characters = documents.counts_by_run(db, documents.CHARACTERS, runs)
+    posts = documents.counts_by_run(db, documents.POSTS, runs)
+    covers = documents.first_avatars(db, runs)
+    return [{"world": world, "run": world.live_run, "cover_image_id": covers.get(run.key),
+             "character_count": characters.get(run.key, 0), "post_count": posts.get(run.key, 0)}
+            for world, run in zip(worlds, runs)]

@@ -12,6 +12,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from generation.documents import ImageStatus
 from worlds import selectors
 from worlds.models import (
     MAX_CHARACTERS,
@@ -23,6 +24,7 @@ from worlds.models import (
 )
 
 MAX_OFFSET = 1_000_000_000
+IMAGE_STATUSES = ", ".join(ImageStatus)
 
 
 # --- errors (for the schema) ---------------------------------------------------------
@@ -168,7 +170,7 @@ class RejectInputSerializer(serializers.Serializer):
 # --- generated content (Mongo documents) -----------------------------------------------
 
 def _image_url(doc: dict) -> str | None:
-    if doc.get("image_status") == "rendered" and doc.get("image_id"):
+    if doc.get("image_status") == ImageStatus.RENDERED and doc.get("image_id"):
         return reverse("image", args=[doc["image_id"]])
     return None
 
@@ -189,7 +191,7 @@ class CharacterSerializer(serializers.Serializer):
     personality = _text()
     appearance = _text()
     interests = _strings()
-    image_status = _text(help_text="pending, rendered or needs_render")
+    image_status = _text(help_text=IMAGE_STATUSES)
     avatar_url = serializers.SerializerMethodField()
     post_count = serializers.SerializerMethodField()
 
@@ -208,7 +210,7 @@ class PostSerializer(serializers.Serializer):
     caption = _text()
     hashtags = _strings()
     location = _text()
-    image_status = _text(help_text="pending, rendered or needs_render")
+    image_status = _text(help_text=IMAGE_STATUSES)
     image_url = serializers.SerializerMethodField()
 
     @extend_schema_field(serializers.CharField(allow_null=True))

@@ -13,20 +13,20 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from clients import mongo
+from clients.temporal import TemporalNoAnswer, TemporalUnavailable, temporal_call
 from generation import store
 from generation.contracts import (
     Decision,
     DegradedItemsUpdate,
     RunConfig,
-    RunRef,
     RunStatusUpdate,
+    Stage,
     WorldCleanupInput,
     WorldRunInput,
     WorldSnapshot,
     cleanup_workflow_id,
 )
 from generation.workflows import RerenderImagesWorkflow, WorldCleanupWorkflow, WorldGenerationWorkflow
-from clients.temporal import TemporalNoAnswer, TemporalUnavailable, temporal_call
 from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
 
 Status = GenerationRun.Status
@@ -139,10 +139,6 @@ def run_config() -> RunConfig:
     )
 
 
-def run_ref(run: GenerationRun) -> RunRef:
-    return RunRef(run.pk, run.world_id, run.number, run.workflow_id)
-
-
 # --- starting a run ---------------------------------------------------------------------------
 # The row is created first and never deleted: its run number and workflow ID are never reused. If
 # Temporal refuses the start, the row is marked failed; if the answer is lost, it is marked
@@ -166,13 +162,13 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         workflow_id = f"world-{world.pk}-run-{number}"
         try:
             run = GenerationRun.objects.create(world=world, number=number, workflow_id=workflow_id, started_by=user,
-                                               status=Status.PENDING, stage="queued",
+                                               status=Status.PENDING, stage=Stage.QUEUED,
                                                requires_approval=world.requires_approval,
                                                characters_total=world.character_count,
                                                posts_total=world.character_count * world.posts_per_character)
         except IntegrityError:
             raise ActionError(f"{world} is already being generated") from None
-    run_input = WorldRunInput(run_ref(run), world_snapshot(world), run_config())
+    run_input = WorldRunInput(run.ref, world_snapshot(world), run_config())
     try:  # after the commit, so the workflow's first status update finds the row
         temporal_call(lambda client: client.start_workflow(
             WorldGenerationWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
@@ -309,7 +305,7 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
     if not run.degraded_items:
         raise ActionError(f"{run} has no images waiting for a re-render")
     workflow_id = f"{run.workflow_id}-rerender"
-    run_input = WorldRunInput(run_ref(run), world_snapshot(run.world), run_config())
+    run_input = WorldRunInput(run.ref, world_snapshot(run.world), run_config())
     try:
         _temporal(lambda client: client.start_workflow(
             RerenderImagesWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
@@ -333,7 +329,7 @@ def run_publish(*, run: GenerationRun, user=None) -> None:
         raise ActionError(f"{run} is still {run.get_status_display().lower()}; publish it once it has finished")
     if not run.bible_cleared:
         raise ActionError(f"{run} cannot be published: its world bible was never approved")
-    if not store.has_bible(mongo.get_db(), run_ref(run)):
+    if not store.has_bible(mongo.get_db(), run.ref):
         raise ActionError(f"{run} has nothing to show: it stopped before its world bible was written")
     world = run.world
     if world.live_run_id == run.pk:
@@ -430,7 +426,7 @@ def run_reconcile_record(*, run: GenerationRun, observed, user=None) -> str | No
             return _reconciled(run, message, user)
         return None
     if observed.progress is not None:  # completed: its own final report
-        run_status_record(update=RunStatusUpdate(run.pk, observed.progress, True, run_ref(run).key))
+        run_status_record(update=RunStatusUpdate(run.pk, observed.progress, True, run.ref.key))
         return _reconciled(run, f"the workflow completed ({observed.progress.status})", user)
     status = Status.CANCELLED if observed.status == "CANCELED" else Status.FAILED
     if _set_status(run, status, observed.error, expect=run.status, finished=True):

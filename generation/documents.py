@@ -1,0 +1,177 @@
+"""The Mongo document model of generated content, in one place: collection names, document keys,
+the fields every document carries, image statuses, the documents' shapes, and the reads the web
+side needs. ``store`` writes through it, ``worlds.selectors`` and ``worlds.seeding`` use it; nothing
+else spells a key or a field. Imports nothing from Django (workflows import ``contracts``, which
+takes ``run_key`` from here)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import gridfs
+from pymongo import ASCENDING
+from pymongo.database import Database
+
+if TYPE_CHECKING:
+    from generation.contracts import RunRef
+
+BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS = "bibles", "characters", "posts", "generation_tasks", "token_ledgers"
+CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS)
+IMAGES = "images"  # GridFS bucket: images.files and images.chunks
+
+
+class ImageStatus(StrEnum):
+    PENDING = "pending"
+    RENDERED = "rendered"
+    NEEDS_RENDER = "needs_render"  # the media service was down: kept for a re-render
+
+
+# --- keys ------------------------------------------------------------------------------------------
+
+def run_key(world_id: int, number: int) -> str:
+    """Prefix of every key of a run (``RunRef.key``)."""
+    return f"w{world_id}-r{number}"
+
+
+IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?$")
+
+
+def bible_key(run: RunRef) -> str:
+    return f"{run.key}-bible"
+
+
+def character_key(run: RunRef, index: int) -> str:
+    return f"{run.key}-c{index}"
+
+
+def post_key(run: RunRef, character_index: int, index: int) -> str:
+    return f"{run.key}-c{character_index}-p{index}"
+
+
+def task_key(run: RunRef, stage: str, index: str | int) -> str:
+    return f"{run.key}:{stage}:{index}"
+
+
+def image_id(document_key: str) -> str:
+    """The GridFS ID of the image of a character or post document."""
+    return f"img-{document_key}"
+
+
+def image_run(image: str) -> tuple[int, int] | None:
+    """(world ID, run number) an image ID belongs to; None if it is not one."""
+    match = IMAGE_ID.match(image)
+    return (int(match["world"]), int(match["run"])) if match else None
+
+
+def world_image_ids(world_id: int) -> dict:
+    """Matches the image IDs of a world; the ``-r`` keeps world 1 from matching world 12."""
+    return {"$regex": f"^img-{run_key(world_id, 0)[:-1]}"}
+
+
+def run_images(run: RunRef) -> dict:
+    """Matches the image IDs of a run."""
+    return {"$regex": f"^{image_id(run.key)}-"}
+
+
+# --- shapes ------------------------------------------------------------------------------------------
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run_fields(run: RunRef) -> dict:
+    """What every document of a run carries: reads select by run_key, deletion by world_id."""
+    return {"world_id": run.world_id, "run_number": run.number, "run_key": run.key}
+
+
+def bible_document(run: RunRef, bible: dict, revision: int) -> dict:
+    return {"_id": bible_key(run), **run_fields(run), "bible": bible, "revision": revision, "updated_at": now()}
+
+
+def character_document(run: RunRef, index: int, member: dict) -> dict:
+    """A character as the cast names it (name, handle, concept); its profile fields come later."""
+    return {"_id": character_key(run, index), **run_fields(run), "index": index, "name": member["name"],
+            "handle": member["handle"], "concept": member["concept"], "updated_at": now()}
+
+
+def post_document(run: RunRef, character_index: int, index: int, post: dict, handle: str) -> dict:
+    return {"_id": post_key(run, character_index, index), **run_fields(run), "character_index": character_index,
+            "index": index, "handle": handle, **post, "updated_at": now()}
+
+
+def ensure_indexes(db: Database) -> None:
+    db[CHARACTERS].create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("index", ASCENDING)],
+                                unique=True, name="character_position")
+    db[POSTS].create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("character_index", ASCENDING),
+                            ("index", ASCENDING)], unique=True, name="post_position")
+    db[TASKS].create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
+    db[BIBLES].create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
+    # Reads find a run's content by run_key; the feed sorts by (index, character_index).
+    db[POSTS].create_index([("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)],
+                           name="post_feed_order")
+    db[CHARACTERS].create_index([("run_key", ASCENDING), ("index", ASCENDING)], name="character_run_order")
+    db[BIBLES].create_index([("run_key", ASCENDING)], name="bible_run_key")
+    # A deleted world's content is deleted by world_id (the other collections' indexes start with it).
+    db[TASKS].create_index([("world_id", ASCENDING)], name="task_world")
+
+
+# --- reads of the web side (worlds.selectors) ------------------------------------------------------------
+
+def run_bible(db: Database, run: RunRef) -> dict | None:
+    doc = db[BIBLES].find_one({"_id": bible_key(run)}, {"bible": 1})
+    return doc and doc["bible"]
+
+
+def run_characters(db: Database, run: RunRef) -> list[dict]:
+    return list(db[CHARACTERS].find({"run_key": run.key}).sort("index", ASCENDING))
+
+
+def run_character(db: Database, run: RunRef, index: int) -> dict | None:
+    return db[CHARACTERS].find_one({"_id": character_key(run, index)})
+
+
+def run_posts(db: Database, run: RunRef, *, character_index: int | None = None, offset: int = 0,
+              limit: int = 20) -> list[dict]:
+    """Posts in feed order: every character's first post, then every second post, ..."""
+    query: dict = {"run_key": run.key}
+    if character_index is not None:
+        query["character_index"] = character_index
+    cursor = db[POSTS].find(query).sort([("index", ASCENDING), ("character_index", ASCENDING)])
+    return list(cursor.skip(offset).limit(limit))
+
+
+def run_post_count(db: Database, run: RunRef) -> int:
+    return db[POSTS].count_documents({"run_key": run.key})
+
+
+def post_counts_by_character(db: Database, run: RunRef) -> dict[int, int]:
+    groups = db[POSTS].aggregate([{"$match": {"run_key": run.key}},
+                                  {"$group": {"_id": "$character_index", "count": {"$sum": 1}}}])
+    return {group["_id"]: group["count"] for group in groups}
+
+
+def counts_by_run(db: Database, collection: str, runs: list[RunRef]) -> dict[str, int]:
+    """Documents per run key in ``collection``, for many runs in one query."""
+    groups = db[collection].aggregate([{"$match": {"run_key": {"$in": [run.key for run in runs]}}},
+                                       {"$group": {"_id": "$run_key", "count": {"$sum": 1}}}])
+    return {group["_id"]: group["count"] for group in groups}
+
+
+def first_avatars(db: Database, runs: list[RunRef]) -> dict[str, str]:
+    """Each run's first rendered avatar (its image ID), by run key: a world's cover."""
+    covers: dict[str, str] = {}
+    for doc in db[CHARACTERS].find({"run_key": {"$in": [run.key for run in runs]},
+                                    "image_status": ImageStatus.RENDERED},
+                                   {"run_key": 1, "image_id": 1}).sort("index", ASCENDING):
+        covers.setdefault(doc["run_key"], doc["image_id"])
+    return covers
+
+
+def image_png(db: Database, image: str) -> bytes | None:
+    try:
+        return gridfs.GridFS(db, collection=IMAGES).get(image).read()
+    except gridfs.errors.NoFile:
+        return None
