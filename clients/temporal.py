@@ -14,10 +14,15 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from dataclasses import dataclass
+
 from django.conf import settings
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
+
+from generation.contracts import Progress
+from generation.workflows import describe_failure
 
 T = TypeVar("T")
 
@@ -104,3 +109,54 @@ def temporal_call(fn: Callable[[Client], Awaitable[T]], *, timeout: float | None
         future.cancel()
         raise TemporalNoAnswer(f"Temporal did not answer within {timeout:.0f}s") from None
 
+
+
+# --- What Temporal says of a run's workflow (for the reconciler) -----------------------------------
+
+CONCURRENT_DESCRIBES = 20
+
+
+@dataclass
+class Observed:
+    """A run workflow as Temporal describes it: ``state`` running, closed or missing."""
+
+    state: str
+    status: str = ""  # Temporal's status name when closed
+    progress: Progress | None = None  # a completed workflow's result (its final report)
+    error: str = ""
+
+
+async def observe_workflows(client: Client, workflow_ids: list[str]) -> list[Observed]:
+    """Describe run workflows, a few at a time (Temporal's answer, never a guess)."""
+    limit = asyncio.Semaphore(CONCURRENT_DESCRIBES)
+
+    async def observe(workflow_id: str) -> Observed:
+        async with limit:
+            return await _observe(client, workflow_id)
+
+    return list(await asyncio.gather(*(observe(workflow_id) for workflow_id in workflow_ids)))
+
+
+async def _observe(client: Client, workflow_id: str) -> Observed:
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        described = (await handle.describe()).status
+        status = described.name if described else "UNKNOWN"
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return Observed("missing")
+        raise
+    if status == "RUNNING":
+        return Observed("running")
+    if status == "COMPLETED":
+        progress = await client.get_workflow_handle(workflow_id, result_type=Progress).result()
+        return Observed("closed", status, progress=progress)
+    if status == "TERMINATED":
+        return Observed("closed", status, error="the workflow was terminated in Temporal (outside worldgen)")
+    if status == "CANCELED":
+        return Observed("closed", status, error="cancelled in Temporal")
+    try:
+        await handle.result()
+    except WorkflowFailureError as exc:
+        return Observed("closed", status, error=describe_failure(exc))
+    return Observed("closed", status, error=f"the workflow ended as {status.lower()} in Temporal")

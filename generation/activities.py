@@ -164,6 +164,7 @@ class LlmActivities:
 
     @activity.defn
     async def generate_post(self, inp: ItemInput) -> TokenUsage:
+        assert inp.post_index is not None, "a post has an index"
         bible = await in_thread(store.load_bible, self.db, inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
+from typing import Any, TypedDict
+
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -178,18 +180,18 @@ class LlmClient:
         status = response.status_code
         body = json_body(response)
         message, code = error_detail(response, body)
-        known = {"status_code": status, **reported_usage(body)}
+        usage = reported_usage(body)
         if status in (401, 403):
-            return LlmFatalError(self.clean(f"LLM rejected the credentials ({status}): {message}"), **known)
+            return LlmFatalError(self.clean(f"LLM rejected the credentials ({status}): {message}"), status_code=status, **usage)
         if status == 429 and code == "insufficient_quota":
-            return LlmFatalError(self.clean(f"LLM quota exhausted ({status}): {message}"), **known)
+            return LlmFatalError(self.clean(f"LLM quota exhausted ({status}): {message}"), status_code=status, **usage)
         if status in RETRYABLE_STATUSES or status >= 500:
             what = "rate limited" if status == 429 else "unavailable"
             return LlmRetryableError(self.clean(f"LLM {what} ({status}): {message}"),
-                                     retry_after=parse_retry_after(response.headers), **known)
+                                     retry_after=parse_retry_after(response.headers), status_code=status, **usage)
         if status in (400, 404, 422):
-            return LlmFatalError(self.clean(f"LLM rejected the request ({status}): {message}"), **known)
-        return LlmFatalError(self.clean(f"LLM returned unexpected status {status}: {message}"), **known)
+            return LlmFatalError(self.clean(f"LLM rejected the request ({status}): {message}"), status_code=status, **usage)
+        return LlmFatalError(self.clean(f"LLM returned unexpected status {status}: {message}"), status_code=status, **usage)
 
     def endpoint(self) -> str:
         """The chat URL without credentials or query (safe for messages)."""
@@ -208,7 +210,7 @@ class LlmClient:
         return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def json_body(response: httpx.Response) -> object:
+def json_body(response: httpx.Response) -> Any:
     """The parsed JSON body, or None when it is not JSON."""
     try:
         return response.json()
@@ -216,7 +218,12 @@ def json_body(response: httpx.Response) -> object:
         return None
 
 
-def reported_usage(body: object) -> dict[str, int]:
+class Usage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def reported_usage(body: object) -> Usage:
     """``prompt_tokens``/``completion_tokens`` of an OpenAI ``usage`` object; 0 for any missing or bad value."""
     usage = body.get("usage") if isinstance(body, dict) else None
     usage = usage if isinstance(usage, dict) else {}
@@ -225,8 +232,7 @@ def reported_usage(body: object) -> dict[str, int]:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-    return {"prompt_tokens": count(usage.get("prompt_tokens")),
-            "completion_tokens": count(usage.get("completion_tokens"))}
+    return Usage(prompt_tokens=count(usage.get("prompt_tokens")), completion_tokens=count(usage.get("completion_tokens")))
 
 
 def error_detail(response: httpx.Response, body: object) -> tuple[str, str | None]:

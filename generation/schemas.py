@@ -11,12 +11,20 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 
-def _text(max_length: int, min_length: int = 1):
-    return Annotated[str, Field(min_length=min_length, max_length=max_length)]
+def text(max_length: int, min_length: int = 1):
+    """A required string field of bounded length."""
+    return Field(min_length=min_length, max_length=max_length)
 
 
-def _strings(min_items: int, max_items: int, max_length: int = 60):
-    return Annotated[list[_text(max_length)], Field(min_length=min_items, max_length=max_items)]
+def items(min_items: int, max_items: int):
+    """A required list field of bounded length."""
+    return Field(min_length=min_items, max_length=max_items)
+
+
+Word = Annotated[str, Field(min_length=1, max_length=60)]  # a theme, an interest
+Tag = Annotated[str, Field(min_length=1, max_length=40)]
+Name = Annotated[str, Field(min_length=1, max_length=120)]
+Line = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Output(BaseModel):
@@ -25,34 +33,34 @@ class Output(BaseModel):
 
 
 class Bible(Output):
-    title: _text(120)
-    setting: _text(1200)
-    history: _text(1200)
-    tone: _text(200)
-    visual_style: _text(300)
-    themes: _strings(2, 6)
-    factions: _strings(1, 6, 120)
-    rules: _strings(1, 6, 200)
+    title: str = text(120)
+    setting: str = text(1200)
+    history: str = text(1200)
+    tone: str = text(200)
+    visual_style: str = text(300)
+    themes: list[Word] = items(2, 6)
+    factions: list[Name] = items(1, 6)
+    rules: list[Line] = items(1, 6)
 
 
 class Character(Output):
-    bio: _text(300)
-    personality: _text(400)
-    appearance: _text(400)
-    interests: _strings(2, 6)
+    bio: str = text(300)
+    personality: str = text(400)
+    appearance: str = text(400)
+    interests: list[Word] = items(2, 6)
 
 
 class Post(Output):
-    caption: _text(600)
-    image_prompt: _text(400)
-    location: _text(120)
-    hashtags: _strings(1, 8, 40)
+    caption: str = text(600)
+    image_prompt: str = text(400)
+    location: str = text(120)
+    hashtags: list[Tag] = items(1, 8)
 
 
 class CastMember(Output):
-    name: _text(80)
-    handle: _text(30, min_length=2)
-    concept: _text(300)
+    name: str = text(80)
+    handle: str = text(30, min_length=2)
+    concept: str = text(300)
 
 
 BIBLE, CHARACTER, POST = Bible, Character, Post

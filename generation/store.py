@@ -144,7 +144,7 @@ LEDGER_RETRIES = 100
 def _ledger(db: Database, run: RunRef, limit: int) -> dict:
     db[LEDGERS].update_one({"_id": run.key}, {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {},
                                                                      "version": 0, "limit": limit}}, upsert=True)
-    return db[LEDGERS].find_one({"_id": run.key})
+    return db[LEDGERS].find_one({"_id": run.key}) or {}
 
 
 def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int) -> tuple[bool, int, int]:

@@ -6,6 +6,7 @@ Imports nothing from Django: the sandbox re-imports this module.
 import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy
@@ -121,10 +122,10 @@ MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 # Long activities heartbeat, so a cancel reaches them within seconds. (TRY_CANCEL, the
 # default: with WAIT_CANCELLATION_COMPLETED an activity that finishes before it sees
 # the cancel would swallow the workflow's cancellation.)
-LLM_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
+LLM_TIMEOUTS: dict[str, Any] = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
 DEGRADED_MIRROR_ACTIVITY = "record_degraded_items"  # likewise
-MIRROR_OPTIONS = {"start_to_close_timeout": timedelta(seconds=30),
+MIRROR_OPTIONS: dict[str, Any] = {"start_to_close_timeout": timedelta(seconds=30),
                   "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30))}
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
 # Patches (workflow.patched): histories recorded before them replay the old way.
@@ -145,7 +146,7 @@ def cancel_requested(err: BaseException) -> bool:
     return is_cancelled_exception(err) or workflow.cancellation_reason() is not None
 
 
-async def run_activity(activity, arg, *, exact: bool, after_cancel: bool = False, **options):
+async def run_activity(activity: Any, arg: Any, *, exact: bool, after_cancel: bool = False, **options: Any) -> Any:
     """Every activity of a run goes through here. ``exact`` (runs started after EXACT_RUNS): a cancel
     waits until the activity has really stopped, and a cancel that arrives while the activity completes
     is raised rather than swallowed (sdk-python#620). ``after_cancel``: the run's last words, sent once it
@@ -159,7 +160,7 @@ async def run_activity(activity, arg, *, exact: bool, after_cancel: bool = False
     return result
 
 
-def budget_stop(err: BaseException) -> str | None:
+def budget_stop(err: BaseException | None) -> str | None:
     """The ledger's message if ``err`` (or one of its causes) is a refused LLM call."""
     while err is not None:
         if isinstance(err, ApplicationError) and err.type == BUDGET_EXCEEDED:
@@ -176,8 +177,8 @@ def _fairness(world_id: int) -> Priority:
 
 def describe_failure(err: BaseException) -> str:
     """The innermost readable message of an activity or child failure."""
-    while getattr(err, "cause", None) is not None:
-        err = err.cause
+    while (cause := getattr(err, "cause", None)) is not None:
+        err = cause
     return str(err) or type(err).__name__
 
 
@@ -273,7 +274,9 @@ class WorldGenerationWorkflow:
                 return False
             finally:
                 self._progress.awaiting_decision = False
-            if self._decision.approved:
+            decision = self._decision
+            assert decision is not None  # the wait above ended on it
+            if decision.approved:
                 self._progress.bible_approved = True
                 await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
                 return True
@@ -282,7 +285,7 @@ class WorldGenerationWorkflow:
                 raise ApplicationError(f"the world bible was rejected {revision} times; "
                                        f"the limit is {config.max_bible_revisions} revisions", non_retryable=True)
             await self._mirror(RunStatus.RUNNING, Stage.BIBLE)
-            await self._generate_bible(revision, self._decision.feedback)
+            await self._generate_bible(revision, decision.feedback)
 
     async def _generate_characters(self) -> None:
         inp = self._inp
@@ -326,14 +329,15 @@ class WorldGenerationWorkflow:
         """A running character workflow, as a future of its result. Exact runs start it in a task of
         its own, which a cancel of this workflow does not interrupt mid-start."""
         inp = self._inp
-        args = (CharacterWorkflow.run, CharacterInput(inp.run, inp.world, inp.config, index))
-        options = {"id": f"{inp.run.workflow_id}-character-{index}", "task_queue": inp.config.workflows_queue,
-                   "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL}
+        character_input = CharacterInput(inp.run, inp.world, inp.config, index)
+        options: dict[str, Any] = {"id": f"{inp.run.workflow_id}-character-{index}",
+                                   "task_queue": inp.config.workflows_queue,
+                                   "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL}
         if not self._exact:
-            return await workflow.start_child_workflow(*args, **options)
+            return await workflow.start_child_workflow(CharacterWorkflow.run, character_input, **options)
 
         async def character() -> CharacterProgress:
-            child = await workflow.start_child_workflow(*args, **options)
+            child = await workflow.start_child_workflow(CharacterWorkflow.run, character_input, **options)
             self._children[index] = child
             if self._stopping:
                 child.cancel()
@@ -496,7 +500,7 @@ class RerenderImagesWorkflow:
 # --- Deleted worlds -------------------------------------------------------------------
 
 # Both steps are idempotent and must finish: retried without limit, backing off to once a minute.
-CLEANUP_OPTIONS = {"start_to_close_timeout": timedelta(minutes=10), "heartbeat_timeout": timedelta(seconds=30),
+CLEANUP_OPTIONS: dict[str, Any] = {"start_to_close_timeout": timedelta(minutes=10), "heartbeat_timeout": timedelta(seconds=30),
                    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1),
                                                maximum_interval=timedelta(minutes=1))}
 

@@ -99,7 +99,7 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     media = MediaActivities(MediaClient(clients.media_channel), db)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)
-    activities_by_kind = {
+    activities_by_kind: dict[str, list[Callable[..., Any]]] = {
         "workflows": [store_activities.mark_image_for_rerender, store_activities.list_images_to_rerender,
                       mirror.record_run_status, mirror.record_degraded_items,
                       cleanup.stop_workflows, cleanup.delete_world_content],

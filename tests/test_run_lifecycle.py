@@ -120,6 +120,17 @@ def test_a_workflow_terminated_in_temporal_is_reconciled_and_the_world_unblocked
     assert generation_start(world=world).number == 2
 
 
+def test_a_completed_workflow_whose_report_was_lost_is_read_from_its_result(start_worker):
+    """The row says running but the workflow completed: its result (the final report) settles the row."""
+    start_worker()
+    run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
+    assert run.status == "completed"
+    GenerationRun.objects.filter(pk=run.pk).update(status="running", posts_done=0, finished_at=None)
+    assert runs_reconcile(run_ids=[run.pk]) == [f"{run}: the workflow completed (completed)"]
+    run.refresh_from_db()
+    assert (run.status, run.posts_done, run.finished_at is not None) == ("completed", 1, True)
+
+
 def test_a_vanished_workflow_is_found_by_the_workers_reconciler_and_by_a_command(start_worker):
     start_worker(env={"RECONCILE_INTERVAL_SECONDS": "1"})
     world = make_world()

@@ -1,11 +1,23 @@
 """World reads: generated content from Mongo, runs from SQL."""
 
+from datetime import timedelta
+
 from django.core.paginator import Page, Paginator
+from django.utils import timezone
 
 from clients import mongo
 from clients.temporal import temporal_call
 from generation import documents
 from worlds.models import GenerationRun, World
+
+
+def runs_to_reconcile(*, run_ids: list[int] | None = None, quiet_for: timedelta = timedelta(0)
+                      ) -> list[GenerationRun]:
+    """Active run rows not mirrored within ``quiet_for`` (all of them, or those of ``run_ids``)."""
+    runs = GenerationRun.objects.filter(status__in=GenerationRun.ACTIVE, updated_at__lte=timezone.now() - quiet_for)
+    if run_ids is not None:
+        runs = runs.filter(pk__in=run_ids)
+    return list(runs.select_related("world"))
 
 
 def world_latest_run(*, world: World) -> GenerationRun | None:

@@ -13,7 +13,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from clients import mongo
-from clients.temporal import TemporalNoAnswer, TemporalUnavailable, temporal_call
+from clients.temporal import Observed, TemporalNoAnswer, TemporalUnavailable, observe_workflows, temporal_call
 from generation import store
 from generation.contracts import (
     Decision,
@@ -27,6 +27,7 @@ from generation.contracts import (
     cleanup_workflow_id,
 )
 from generation.workflows import RerenderImagesWorkflow, WorldCleanupWorkflow, WorldGenerationWorkflow
+from worlds import selectors
 from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
 
 Status = GenerationRun.Status
@@ -390,23 +391,26 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
 
 def runs_reconcile(*, run_ids: list[int] | None = None, user=None) -> list[str]:
     """Check active run rows against Temporal now (all of them, or ``run_ids``); returns the corrections."""
-    from worlds.reconciler import reconcile_runs
-
     _require(user, "cancel_run", "correct runs from Temporal")
-    return _temporal(lambda client: reconcile_runs(client, run_ids=run_ids, quiet_for=timedelta(0), user=user),
-                     what="check runs against Temporal", timeout=300)
+    runs = selectors.runs_to_reconcile(run_ids=run_ids)
+    observations = _temporal(lambda client: observe_workflows(client, [run.workflow_id for run in runs]),
+                             what="check runs against Temporal", timeout=300)
+    return runs_reconcile_record(runs=runs, observations=observations, user=user)
+
+
+def runs_reconcile_record(*, runs: list[GenerationRun], observations: list[Observed], user=None) -> list[str]:
+    changes = [run_reconcile_record(run=run, observed=observed, user=user) for run, observed in zip(runs, observations)]
+    return [change for change in changes if change]
 
 
 def run_reconcile(*, run: GenerationRun, user=None) -> str | None:
     """Ask Temporal about one active run and correct its row; returns what changed, if anything."""
-    from worlds.reconciler import observe_run
-
-    observed = _temporal(lambda client: observe_run(client, run.workflow_id), what=f"look up {run}")
+    [observed] = _temporal(lambda client: observe_workflows(client, [run.workflow_id]), what=f"look up {run}")
     return run_reconcile_record(run=run, observed=observed, user=user)
 
 
-def run_reconcile_record(*, run: GenerationRun, observed, user=None) -> str | None:
-    """Correct ``run``'s row from what Temporal said (``worlds.reconciler.Observed``). Only a row still
+def run_reconcile_record(*, run: GenerationRun, observed: Observed, user=None) -> str | None:
+    """Correct ``run``'s row from what Temporal said. Only a row still
     in the status it was read with is changed: a workflow's own report always wins."""
     run.refresh_from_db()
     if not run.is_active:
