@@ -9,7 +9,7 @@ DEV := WORLDGEN_ENV=development
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast bench bench-web check clean proto
+.PHONY: install demo test test-fast lint bench bench-web check clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,16 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(DEV) $(PY) -m pytest
 
-# In process, no servers but Temporal's time-skipping test server: for every change.
+# For every change: everything but end-to-end, chaos, browser and benchmark tests (under a minute).
 test-fast: $(STAMP)
-	$(DEV) $(PY) -m pytest -m fast
+	$(DEV) $(PY) -m pytest -m "not e2e and not chaos and not browser and not bench"
+
+# Lint, format, types and the layer contracts (configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Figures in docs/PERFORMANCE.md; BENCH_ARGS="--worlds 100 --llm-latency 1" etc.
 BENCH_ARGS ?= --worlds 20

@@ -26,8 +26,7 @@ async def baseline_noop(step: str) -> int:
 
 
 async def _noop(queue: str, step: str) -> None:
-    await workflow.execute_activity(baseline_noop, step, task_queue=queue,
-                                    start_to_close_timeout=timedelta(minutes=5))
+    await workflow.execute_activity(baseline_noop, step, task_queue=queue, start_to_close_timeout=timedelta(minutes=5))
 
 
 @workflow.defn
@@ -52,9 +51,14 @@ class BaselineWorldWorkflow:
         for index in range(inp.characters):
             if len(running) >= inp.character_concurrency:
                 running = await _reap(inp, running)
-            running.add(await workflow.start_child_workflow(
-                BaselineCharacterWorkflow.run, inp, id=f"{workflow.info().workflow_id}-c{index}",
-                task_queue=inp.workflows_queue))
+            running.add(
+                await workflow.start_child_workflow(
+                    BaselineCharacterWorkflow.run,
+                    inp,
+                    id=f"{workflow.info().workflow_id}-c{index}",
+                    task_queue=inp.workflows_queue,
+                )
+            )
         while running:
             running = await _reap(inp, running)
         await _noop(inp.workflows_queue, "mirror")

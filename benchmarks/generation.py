@@ -48,9 +48,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--timeout", type=float, default=1800.0)
-    parser.add_argument("--mongo-auth", action="store_true",
-                        help="run Mongo with SCRAM-SHA-256 authentication, as production does "
-                             "(every new connection then authenticates)")
+    parser.add_argument(
+        "--mongo-auth",
+        action="store_true",
+        help="run Mongo with SCRAM-SHA-256 authentication, as production does "
+        "(every new connection then authenticates)",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,18 +64,31 @@ class Stack:
         self.opts, self.workdir, self.processes = opts, workdir, []
         logs = workdir / "logs"
         ports = {name: servers.free_port() for name in ("temporal", "mongo", "llm", "media")}
-        self._start("Temporal", servers.temporal_dev_server_args(port=ports["temporal"], ui_port=None), ports["temporal"], logs)
+        self._start(
+            "Temporal", servers.temporal_dev_server_args(port=ports["temporal"], ui_port=None), ports["temporal"], logs
+        )
         mongo_uri = self._start_mongo(ports["mongo"], logs)
-        self._start("localllm", [sys.executable, "-m", "localllm", "--port", str(ports["llm"]),
-                                 "--latency", str(opts.llm_latency)], ports["llm"], logs)
-        self._start("mediaserver", [sys.executable, "-m", "mediaserver", "--port", str(ports["media"])],
-                    ports["media"], logs)
+        self._start(
+            "localllm",
+            [sys.executable, "-m", "localllm", "--port", str(ports["llm"]), "--latency", str(opts.llm_latency)],
+            ports["llm"],
+            logs,
+        )
+        self._start(
+            "mediaserver", [sys.executable, "-m", "mediaserver", "--port", str(ports["media"])], ports["media"], logs
+        )
         self.env = {
-            **os.environ, "DJANGO_SETTINGS_MODULE": "worldgen_site.settings", "LOG_FORMAT": "json",
-            "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "MONGO_URI": mongo_uri,
-            "MONGO_DB": "worldgen_bench", "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-            "LLM_BASE_URL": f"http://127.0.0.1:{ports['llm']}/v1", "MEDIA_GRPC_TARGET": f"127.0.0.1:{ports['media']}",
-            "LLM_RATE_LIMIT_PER_SECOND": "100000", "GENERATION_CHARACTER_CONCURRENCY": "5",
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "worldgen_site.settings",
+            "LOG_FORMAT": "json",
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
+            "MONGO_URI": mongo_uri,
+            "MONGO_DB": "worldgen_bench",
+            "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "LLM_BASE_URL": f"http://127.0.0.1:{ports['llm']}/v1",
+            "MEDIA_GRPC_TARGET": f"127.0.0.1:{ports['media']}",
+            "LLM_RATE_LIMIT_PER_SECOND": "100000",
+            "GENERATION_CHARACTER_CONCURRENCY": "5",
         }
 
     def _start(self, name: str, args: list[str], port: int, logs: Path) -> servers.ManagedProcess:
@@ -102,14 +118,30 @@ class Stack:
         workers = []
         for index in range(self.opts.workers):
             metrics, health = servers.free_port(), servers.free_port()
-            process = servers.start(f"worker-{tag}-{index}", [
-                sys.executable, "-m", "benchmarks.worker", "--metrics-port", str(metrics),
-                "--health-port", str(health), "--max-concurrent-activities", str(self.opts.max_concurrent_activities),
-                "--max-concurrent-workflow-tasks", "200", *extra_args],
-                log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log", env=self.env, cwd=ROOT)
+            process = servers.start(
+                f"worker-{tag}-{index}",
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.worker",
+                    "--metrics-port",
+                    str(metrics),
+                    "--health-port",
+                    str(health),
+                    "--max-concurrent-activities",
+                    str(self.opts.max_concurrent_activities),
+                    "--max-concurrent-workflow-tasks",
+                    "200",
+                    *extra_args,
+                ],
+                log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log",
+                env=self.env,
+                cwd=ROOT,
+            )
             servers.wait_for_port(process, health, timeout=120)
-            workers.append(BenchWorker(process, f"http://127.0.0.1:{metrics}/metrics",
-                                       f"http://127.0.0.1:{health}/healthz"))
+            workers.append(
+                BenchWorker(process, f"http://127.0.0.1:{metrics}/metrics", f"http://127.0.0.1:{health}/healthz")
+            )
         return workers
 
     def stop(self) -> None:
@@ -184,11 +216,14 @@ def completed_activities(metrics_urls: list[str]) -> int:
 
 
 def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
-    workers = stack.start_workers(mode, *(["--mongo-client-per-activity"] if mode == "per-activity-connections" else []))
+    workers = stack.start_workers(
+        mode, *(["--mongo-client-per-activity"] if mode == "per-activity-connections" else [])
+    )
     sampler = Sampler(stack.env["MONGO_URI"], [worker.process.popen.pid for worker in workers])
     sampler.start()
     processes = {p.name: p.popen.pid for p in stack.processes} | {
-        f"worker {index}": worker.process.popen.pid for index, worker in enumerate(workers)}
+        f"worker {index}": worker.process.popen.pid for index, worker in enumerate(workers)
+    }
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
     started = time.monotonic()
     try:
@@ -201,10 +236,16 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
     pool_peaks = [worker.mongo_pool_peak() for worker in workers]
     for worker in workers:
         worker.process.stop()
-    return {**outcome, "wall_s": round(wall, 2), "activities": activities,
-            "activities_per_s": round(activities / wall, 1), "peak_mongo_connections": sampler.peak_connections,
-            "worker_mongo_pool_peaks": pool_peaks, "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
-            "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before}}
+    return {
+        **outcome,
+        "wall_s": round(wall, 2),
+        "activities": activities,
+        "activities_per_s": round(activities / wall, 1),
+        "peak_mongo_connections": sampler.peak_connections,
+        "worker_mongo_pool_peaks": pool_peaks,
+        "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
+        "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before},
+    }
 
 
 def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
@@ -216,11 +257,20 @@ def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
     async def all_worlds(client):
         async def one(index: int) -> float:
             started = time.monotonic()
-            await client.execute_workflow(BaselineWorldWorkflow.run, BaselineInput(
-                index, opts.characters, opts.posts, settings.GENERATION_CHARACTER_CONCURRENCY,
-                settings.TEMPORAL_TASK_QUEUE_WORKFLOWS, settings.TEMPORAL_TASK_QUEUE_LLM,
-                settings.TEMPORAL_TASK_QUEUE_MEDIA), id=f"baseline-{index}-{time.time_ns()}",
-                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS)
+            await client.execute_workflow(
+                BaselineWorldWorkflow.run,
+                BaselineInput(
+                    index,
+                    opts.characters,
+                    opts.posts,
+                    settings.GENERATION_CHARACTER_CONCURRENCY,
+                    settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+                    settings.TEMPORAL_TASK_QUEUE_LLM,
+                    settings.TEMPORAL_TASK_QUEUE_MEDIA,
+                ),
+                id=f"baseline-{index}-{time.time_ns()}",
+                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+            )
             return time.monotonic() - started
 
         return await asyncio.gather(*(one(index) for index in range(opts.worlds)))
@@ -236,9 +286,16 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     from worlds.models import GenerationRun, World
     from worlds.services import generation_start
 
-    worlds = [World.objects.create(name=f"Bench {tag} world {index}", premise="A benchmark archipelago of tea houses.",
-                                   character_count=opts.characters, posts_per_character=opts.posts,
-                                   token_budget=settings.GENERATION_MAX_TOKEN_BUDGET) for index in range(opts.worlds)]
+    worlds = [
+        World.objects.create(
+            name=f"Bench {tag} world {index}",
+            premise="A benchmark archipelago of tea houses.",
+            character_count=opts.characters,
+            posts_per_character=opts.posts,
+            token_budget=settings.GENERATION_MAX_TOKEN_BUDGET,
+        )
+        for index in range(opts.worlds)
+    ]
     runs = [generation_start(world=world) for world in worlds]
     deadline = time.monotonic() + opts.timeout
     while GenerationRun.objects.filter(pk__in=[run.pk for run in runs], status__in=GenerationRun.ACTIVE).exists():
@@ -262,8 +319,10 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
 
 def _percentiles(durations: list[float]) -> dict:
     ordered = sorted(durations)
-    return {"p50_world_s": round(statistics.median(ordered), 2),
-            "p95_world_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2)}
+    return {
+        "p50_world_s": round(statistics.median(ordered), 2),
+        "p95_world_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -286,9 +345,13 @@ def main(argv: list[str]) -> int:
         stack.stop()
     from django.conf import settings
 
-    report = {"machine": f"{os.cpu_count()} cores", "options": {k: str(v) for k, v in vars(opts).items()},
-              "mongo_pool_size": settings.MONGO_MAX_POOL_SIZE,
-              **_summary(results), "modes": results}
+    report = {
+        "machine": f"{os.cpu_count()} cores",
+        "options": {k: str(v) for k, v in vars(opts).items()},
+        "mongo_pool_size": settings.MONGO_MAX_POOL_SIZE,
+        **_summary(results),
+        "modes": results,
+    }
     print(_table(results))
     for mode, figures in results.items():
         print(f"{mode} CPU seconds by process: {figures['cpu_s_by_process']}")
@@ -303,10 +366,23 @@ def _summary(results: dict) -> dict:
     summary = {}
     if "pipeline" in results:
         pipeline = results["pipeline"]
-        summary.update({key: pipeline[key] for key in ("worlds_completed", "worlds_failed", "duplicates", "activities",
-                                                       "wall_s", "p50_world_s", "p95_world_s",
-                                                       "peak_mongo_connections", "worker_mongo_pool_peaks",
-                                                       "worker_peak_rss_mb")})
+        summary.update(
+            {
+                key: pipeline[key]
+                for key in (
+                    "worlds_completed",
+                    "worlds_failed",
+                    "duplicates",
+                    "activities",
+                    "wall_s",
+                    "p50_world_s",
+                    "p95_world_s",
+                    "peak_mongo_connections",
+                    "worker_mongo_pool_peaks",
+                    "worker_peak_rss_mb",
+                )
+            }
+        )
         summary["pipeline_activities_per_s"] = pipeline["activities_per_s"]
     if "baseline" in results:
         summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
@@ -321,8 +397,17 @@ def _summary(results: dict) -> dict:
 
 
 def _table(results: dict) -> str:
-    columns = ["worlds_completed", "worlds_failed", "activities", "wall_s", "activities_per_s", "p50_world_s",
-               "p95_world_s", "peak_mongo_connections", "worker_peak_rss_mb"]
+    columns = [
+        "worlds_completed",
+        "worlds_failed",
+        "activities",
+        "wall_s",
+        "activities_per_s",
+        "p50_world_s",
+        "p95_world_s",
+        "peak_mongo_connections",
+        "worker_peak_rss_mb",
+    ]
     lines = [f"{'mode':<26}" + "".join(f"{c:>24}" for c in columns)]
     for mode, figures in results.items():
         lines.append(f"{mode:<26}" + "".join(f"{figures.get(c, '-')!s:>24}" for c in columns))

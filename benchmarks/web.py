@@ -57,11 +57,14 @@ def measure(client, next_url, requests: int) -> dict:
         timings.append((time.perf_counter() - started) * 1000)
         cpu.append((time.process_time() - started_cpu) * 1000)
     ordered = sorted(timings)
-    return {"requests": requests, "p50_ms": round(statistics.median(ordered), 1),
-            "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
-            "max_ms": round(ordered[-1], 1),
-            # this process's CPU time (not SecantusDB's): less sensitive to other load on the machine
-            "cpu_p50_ms": round(statistics.median(cpu), 1)}
+    return {
+        "requests": requests,
+        "p50_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
+        "max_ms": round(ordered[-1], 1),
+        # this process's CPU time (not SecantusDB's): less sensitive to other load on the machine
+        "cpu_p50_ms": round(statistics.median(cpu), 1),
+    }
 
 
 def _get(client, url: str):
@@ -83,8 +86,11 @@ def run(opts: argparse.Namespace) -> dict:
 
     call_command("migrate", verbosity=0)
     print(f"seeding FAKE content: {opts.worlds} worlds, {opts.posts} posts", flush=True)
-    seeded = seed_worlds(worlds=opts.worlds, posts=opts.posts, progress=lambda r: print(
-        f"  {r.worlds} worlds, {r.posts} posts ({r.seconds:.1f}s)", flush=True))
+    seeded = seed_worlds(
+        worlds=opts.worlds,
+        posts=opts.posts,
+        progress=lambda r: print(f"  {r.worlds} worlds, {r.posts} posts ({r.seconds:.1f}s)", flush=True),
+    )
     admin = User.objects.create_superuser("bench-admin", password=None)
     client = Client()
     client.force_login(admin)
@@ -96,23 +102,37 @@ def run(opts: argparse.Namespace) -> dict:
     for name, next_url in endpoints(world_ids, pages, viewer_pages, rng).items():
         results[name] = measure(client, next_url, opts.requests)
         print(f"  {name}: {results[name]}", flush=True)
-    return {"seeding": {"worlds": seeded.worlds, "posts": seeded.posts, "characters": seeded.characters,
-                        "seconds": round(seeded.seconds, 1)}, "endpoints": results}
+    return {
+        "seeding": {
+            "worlds": seeded.worlds,
+            "posts": seeded.posts,
+            "characters": seeded.characters,
+            "seconds": round(seeded.seconds, 1),
+        },
+        "endpoints": results,
+    }
 
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="worldgen-bench-web-"))
     port = servers.free_port()
-    mongo = servers.start("SecantusDB", servers.secantus_args(port=port, storage=None),
-                          log_path=workdir / "secantus.log", cwd=ROOT)
+    mongo = servers.start(
+        "SecantusDB", servers.secantus_args(port=port, storage=None), log_path=workdir / "secantus.log", cwd=ROOT
+    )
     try:
         servers.wait_for_port(mongo, port, timeout=90)
-        os.environ.update({
-            "DJANGO_SETTINGS_MODULE": "worldgen_site.settings", "DEBUG": "false", "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "testserver", "MONGO_URI": servers.mongo_uri(port), "MONGO_DB": "worldgen_bench_web",
-            "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-        })
+        os.environ.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "worldgen_site.settings",
+                "DEBUG": "false",
+                "LOG_LEVEL": "WARNING",
+                "ALLOWED_HOSTS": "testserver",
+                "MONGO_URI": servers.mongo_uri(port),
+                "MONGO_DB": "worldgen_bench_web",
+                "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            }
+        )
         import django
 
         django.setup()
@@ -120,8 +140,11 @@ def main(argv: list[str]) -> int:
     finally:
         mongo.stop()
     load = os.getloadavg()
-    report = {"machine": f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end",
-              "options": {k: str(v) for k, v in vars(opts).items()}, **figures}
+    report = {
+        "machine": f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end",
+        "options": {k: str(v) for k, v in vars(opts).items()},
+        **figures,
+    }
     print(_table(figures["endpoints"], opts.target_p95_ms))
     print(f"seeding: {figures['seeding']}; {report['machine']}")
     if opts.json:
@@ -131,12 +154,16 @@ def main(argv: list[str]) -> int:
 
 
 def _table(results: dict, target: float) -> str:
-    lines = [f"{'endpoint':<32}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'cpu p50 ms':>12}"
-             f"  p95 < {target:g} ms"]
+    lines = [
+        f"{'endpoint':<32}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'cpu p50 ms':>12}"
+        f"  p95 < {target:g} ms"
+    ]
     for name, r in results.items():
-        lines.append(f"{name:<32}{r['requests']:>10}{r['p50_ms']:>10}{r['p95_ms']:>10}{r['max_ms']:>10}"
-                     f"{r['cpu_p50_ms']:>12}  "
-                     f"{'yes' if r['p95_ms'] < target else 'NO'}")
+        lines.append(
+            f"{name:<32}{r['requests']:>10}{r['p50_ms']:>10}{r['p95_ms']:>10}{r['max_ms']:>10}"
+            f"{r['cpu_p50_ms']:>12}  "
+            f"{'yes' if r['p95_ms'] < target else 'NO'}"
+        )
     return "\n".join(lines)
 
 

@@ -23,12 +23,16 @@ def main(argv: list[str]) -> None:
     class BenchWorker(Command):
         def add_arguments(self, parser):
             super().add_arguments(parser)
-            parser.add_argument("--mongo-client-per-activity", action="store_true",
-                                help="a new MongoClient for every activity (the anti-pattern the benchmark measures)")
+            parser.add_argument(
+                "--mongo-client-per-activity",
+                action="store_true",
+                help="a new MongoClient for every activity (the anti-pattern the benchmark measures)",
+            )
 
         def extensions(self, opts) -> WorkerExtensions:
-            extensions = WorkerExtensions(workflows=[BaselineWorldWorkflow, BaselineCharacterWorkflow],
-                                          activities=[baseline_noop])
+            extensions = WorkerExtensions(
+                workflows=[BaselineWorldWorkflow, BaselineCharacterWorkflow], activities=[baseline_noop]
+            )
             if opts["mongo_client_per_activity"]:
                 extensions.database = lambda shared: PerActivityDatabase()
                 extensions.interceptors.append(MongoClientPerActivity(settings.MONGO_URI, settings.MONGO_DB))

@@ -12,9 +12,8 @@ import concurrent.futures
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django.conf import settings
 from temporalio.client import Client, WorkflowFailureError
@@ -37,8 +36,13 @@ class TemporalNoAnswer(TemporalUnavailable):
 
 
 # Statuses after which a call may or may not have reached the server.
-AMBIGUOUS_STATUSES = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED,
-                      RPCStatusCode.UNKNOWN, RPCStatusCode.INTERNAL}
+AMBIGUOUS_STATUSES = {
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.UNKNOWN,
+    RPCStatusCode.INTERNAL,
+}
 
 
 async def connect_client(*, runtime: Runtime | None = None) -> Client:
@@ -108,7 +112,6 @@ def temporal_call(fn: Callable[[Client], Awaitable[T]], *, timeout: float | None
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise TemporalNoAnswer(f"Temporal did not answer within {timeout:.0f}s") from None
-
 
 
 # --- What Temporal says of a run's workflow (for the reconciler) -----------------------------------

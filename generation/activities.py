@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 from pymongo.database import Database
@@ -75,7 +75,7 @@ class StackCheckActivities:
                     "check_id": probe.check_id,
                     "task_queue": probe.task_queue,
                     "index": probe.index,
-                    "created_at": datetime.now(timezone.utc),
+                    "created_at": datetime.now(UTC),
                 },
             },
             upsert=True,
@@ -134,8 +134,9 @@ class LlmActivities:
         if inp.feedback:
             previous = await in_thread(store.load_bible, self.db, inp.run)
         messages = prompts.bible(inp.world, previous=previous, feedback=inp.feedback)
-        reply, bill = await self._complete(inp.run, inp.world, "bible", inp.revision, messages, schemas.BIBLE,
-                                           "world_bible", MAX_TOKENS["bible"])
+        reply, bill = await self._complete(
+            inp.run, inp.world, "bible", inp.revision, messages, schemas.BIBLE, "world_bible", MAX_TOKENS["bible"]
+        )
         await in_thread(store.save_bible, self.db, inp.run, reply.content, inp.revision, inp.feedback)
         return TokenUsage(bill.tokens, bill.run_tokens)
 
@@ -143,9 +144,16 @@ class LlmActivities:
     async def generate_cast(self, inp: CastInput) -> TokenUsage:
         bible = await in_thread(store.load_bible, self.db, inp.run)
         messages = prompts.cast(inp.world, bible)
-        reply, bill = await self._complete(inp.run, inp.world, "cast", 0, messages,
-                                           schemas.cast(inp.world.character_count), "cast",
-                                           cast_max_tokens(inp.world.character_count))
+        reply, bill = await self._complete(
+            inp.run,
+            inp.world,
+            "cast",
+            0,
+            messages,
+            schemas.cast(inp.world.character_count),
+            "cast",
+            cast_max_tokens(inp.world.character_count),
+        )
         members = reply.content["characters"]
         for index, member in enumerate(members):  # handles must be unique within a world
             member["handle"] = _handle(member["handle"], index, [m["handle"] for m in members[:index]])
@@ -157,8 +165,16 @@ class LlmActivities:
         bible = await in_thread(store.load_bible, self.db, inp.run)
         member = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         messages = prompts.character(inp.world, bible, member)
-        reply, bill = await self._complete(inp.run, inp.world, "character", inp.character_index, messages,
-                                           schemas.CHARACTER, "character_profile", MAX_TOKENS["character"])
+        reply, bill = await self._complete(
+            inp.run,
+            inp.world,
+            "character",
+            inp.character_index,
+            messages,
+            schemas.CHARACTER,
+            "character_profile",
+            MAX_TOKENS["character"],
+        )
         await in_thread(store.save_profile, self.db, inp.run, inp.character_index, reply.content)
         return TokenUsage(bill.tokens, bill.run_tokens)
 
@@ -169,58 +185,122 @@ class LlmActivities:
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
         messages = prompts.post(inp.world, bible, profile, earlier, inp.post_index)
-        reply, bill = await self._complete(inp.run, inp.world, "post", f"{inp.character_index}.{inp.post_index}",
-                                           messages, schemas.POST, "post", MAX_TOKENS["post"])
-        await in_thread(store.save_post, self.db, inp.run, inp.character_index, inp.post_index, reply.content,
-                        profile["handle"])
+        reply, bill = await self._complete(
+            inp.run,
+            inp.world,
+            "post",
+            f"{inp.character_index}.{inp.post_index}",
+            messages,
+            schemas.POST,
+            "post",
+            MAX_TOKENS["post"],
+        )
+        await in_thread(
+            store.save_post, self.db, inp.run, inp.character_index, inp.post_index, reply.content, profile["handle"]
+        )
         return TokenUsage(bill.tokens, bill.run_tokens)
 
-    async def _complete(self, run: RunRef, world: WorldSnapshot, stage: str, index, messages: list[dict],
-                        schema: type[BaseModel], name: str, max_tokens: int) -> tuple[LlmReply, Bill]:
+    async def _complete(
+        self,
+        run: RunRef,
+        world: WorldSnapshot,
+        stage: str,
+        index,
+        messages: list[dict],
+        schema: type[BaseModel],
+        name: str,
+        max_tokens: int,
+    ) -> tuple[LlmReply, Bill]:
         attempt = activity.info().attempt
-        task = {"prompt": messages, "schema_name": name, "attempt": attempt, "status": "running",
-                "max_tokens": max_tokens, "started_at": documents.now()}
+        task = {
+            "prompt": messages,
+            "schema_name": name,
+            "attempt": attempt,
+            "status": "running",
+            "max_tokens": max_tokens,
+            "started_at": documents.now(),
+        }
         await in_thread(store.record_task, self.db, run, stage, index, task)
         bill = Bill()
         try:
             for repair in range(REPAIR_ATTEMPTS + 1):
                 try:
-                    reply = await self._billed_call(run, world, f"{stage}:{index}", messages, schema, name,
-                                                    max_tokens, bill)
+                    reply = await self._billed_call(
+                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill
+                    )
                 except LlmInvalidOutput as invalid:
                     if repair == REPAIR_ATTEMPTS:
                         raise
                     messages = messages + [
                         {"role": "assistant", "content": invalid.raw or ""},
-                        {"role": "user", "content": f"That reply was invalid ({invalid}). "
-                                                    "Reply again with only JSON that matches the schema."},
+                        {
+                            "role": "user",
+                            "content": f"That reply was invalid ({invalid}). "
+                            "Reply again with only JSON that matches the schema.",
+                        },
                     ]
                     continue
-                await in_thread(store.record_task, self.db, run, stage, index, {
-                    "status": "succeeded", "raw_response": reply.raw, "output": reply.content, "model": reply.model,
-                    "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
-                    "billed_tokens": bill.tokens, "latency_s": reply.latency_s, "repairs": repair,
-                    "finished_at": documents.now()})
+                await in_thread(
+                    store.record_task,
+                    self.db,
+                    run,
+                    stage,
+                    index,
+                    {
+                        "status": "succeeded",
+                        "raw_response": reply.raw,
+                        "output": reply.content,
+                        "model": reply.model,
+                        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+                        "billed_tokens": bill.tokens,
+                        "latency_s": reply.latency_s,
+                        "repairs": repair,
+                        "finished_at": documents.now(),
+                    },
+                )
                 return reply, bill
         except (LlmError, BudgetRefused) as err:
-            await in_thread(store.record_task, self.db, run, stage, index, {
-                "status": "failed", "error": str(err), "raw_response": getattr(err, "raw", None),
-                "billed_tokens": bill.tokens, "finished_at": documents.now()})
+            await in_thread(
+                store.record_task,
+                self.db,
+                run,
+                stage,
+                index,
+                {
+                    "status": "failed",
+                    "error": str(err),
+                    "raw_response": getattr(err, "raw", None),
+                    "billed_tokens": bill.tokens,
+                    "finished_at": documents.now(),
+                },
+            )
             raise _as_application_error(err) from err
         raise AssertionError("unreachable")
 
-    async def _billed_call(self, run: RunRef, world: WorldSnapshot, call: str, messages: list[dict], schema: type[BaseModel],
-                           name: str, max_tokens: int, bill: Bill) -> LlmReply:
+    async def _billed_call(
+        self,
+        run: RunRef,
+        world: WorldSnapshot,
+        call: str,
+        messages: list[dict],
+        schema: type[BaseModel],
+        name: str,
+        max_tokens: int,
+        bill: Bill,
+    ) -> LlmReply:
         """One LLM call under the run's budget: reserved before, settled with what the provider reported."""
         need = prompt_token_bound(messages) + max_tokens
         granted, used, others = await in_thread(store.reserve_tokens, self.db, run, world.token_budget, call, need)
         if not granted:
-            raise BudgetRefused(f"token budget of {world.token_budget} reached: {used} used, {others} reserved by "
-                                f"calls in flight, and the next call may cost {need}")
+            raise BudgetRefused(
+                f"token budget of {world.token_budget} reached: {used} used, {others} reserved by "
+                f"calls in flight, and the next call may cost {need}"
+            )
         billed = 0
         try:
-            reply = await self.llm.complete_json(messages=messages, schema=schema, schema_name=name,
-                                                 model=world.model, max_tokens=max_tokens)
+            reply = await self.llm.complete_json(
+                messages=messages, schema=schema, schema_name=name, model=world.model, max_tokens=max_tokens
+            )
             billed = reply.prompt_tokens + reply.completion_tokens
             return reply
         except LlmError as err:
@@ -242,8 +322,11 @@ def _as_application_error(err: Exception) -> ApplicationError:
         delay = timedelta(seconds=err.retry_after) if err.retry_after else None
         return ApplicationError(str(err), type="LlmRetryable", next_retry_delay=delay)
     if isinstance(err, LlmInvalidOutput):
-        return ApplicationError(f"the LLM reply still failed validation after {REPAIR_ATTEMPTS} repairs: {err}",
-                                type="LlmInvalidOutput", non_retryable=True)
+        return ApplicationError(
+            f"the LLM reply still failed validation after {REPAIR_ATTEMPTS} repairs: {err}",
+            type="LlmInvalidOutput",
+            non_retryable=True,
+        )
     return ApplicationError(str(err), type="LlmFatal", non_retryable=True)
 
 
@@ -261,8 +344,9 @@ class MediaActivities:
 
     @activity.defn
     async def render_image(self, inp: ItemInput) -> None:
-        collection, key, doc = await in_thread(store.image_target, self.db, inp.run, inp.character_index,
-                                               inp.post_index)
+        collection, key, doc = await in_thread(
+            store.image_target, self.db, inp.run, inp.character_index, inp.post_index
+        )
         if doc.get("image_status") == documents.ImageStatus.RENDERED:
             return
         kind = "avatar" if inp.post_index is None else "post"
@@ -271,8 +355,14 @@ class MediaActivities:
         seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
         started = time.monotonic()
         try:
-            image = await self.media.render_image(prompt=prompt or inp.world.premise, style=inp.world.visual_style,
-                                                  seed=seed, width=width, height=height, kind=kind)
+            image = await self.media.render_image(
+                prompt=prompt or inp.world.premise,
+                style=inp.world.visual_style,
+                seed=seed,
+                width=width,
+                height=height,
+                kind=kind,
+            )
         except MediaRejected as err:
             raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
         except MediaUnavailable as err:
@@ -284,9 +374,21 @@ class MediaActivities:
         image_id = await in_thread(store.store_image_file, self.db, key, image.png, metadata)
         # The task record is written before the image is marked rendered: a worker killed in between
         # re-runs this activity instead of skipping it, so the record is never lost.
-        await in_thread(store.record_task, self.db, inp.run, kind, key, {
-            "status": "succeeded", "prompt": prompt, "attempt": activity.info().attempt, "output": metadata,
-            "latency_s": time.monotonic() - started, "finished_at": documents.now()})
+        await in_thread(
+            store.record_task,
+            self.db,
+            inp.run,
+            kind,
+            key,
+            {
+                "status": "succeeded",
+                "prompt": prompt,
+                "attempt": activity.info().attempt,
+                "output": metadata,
+                "latency_s": time.monotonic() - started,
+                "finished_at": documents.now(),
+            },
+        )
         await in_thread(store.mark_image_rendered, self.db, collection, key, image_id)
 
 
@@ -336,13 +438,14 @@ class CleanupActivities:
     async def delete_world_content(self, world_id: int) -> WorldCleanupResult:
         on_batch = _between_batches(asyncio.get_running_loop())
         documents, images = await in_thread(
-            functools.partial(store.delete_world_content, self.db, world_id, on_batch=on_batch))
+            functools.partial(store.delete_world_content, self.db, world_id, on_batch=on_batch)
+        )
         return WorldCleanupResult(documents=documents, images=images)
 
     async def _running(self, workflow_ids: list[str]) -> dict[str, str]:
         """{workflow ID: run ID} of those whose latest run is running."""
         runs = await asyncio.gather(*(self._running_run(workflow_id) for workflow_id in workflow_ids))
-        return {workflow_id: run_id for workflow_id, run_id in zip(workflow_ids, runs) if run_id}
+        return {workflow_id: run_id for workflow_id, run_id in zip(workflow_ids, runs, strict=True) if run_id}
 
     async def _running_run(self, workflow_id: str) -> str | None:
         try:
@@ -364,8 +467,10 @@ class CleanupActivities:
 def _between_batches(loop: asyncio.AbstractEventLoop):
     """``on_batch`` for store calls run in a thread: heartbeats on the activity's event loop
     (the thread carries the activity's context), and stops the work once the activity is cancelled."""
+
     def on_batch() -> None:
         if activity.is_cancelled():
             raise asyncio.CancelledError()
         loop.call_soon_threadsafe(activity.heartbeat)
+
     return on_batch

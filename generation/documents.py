@@ -7,7 +7,7 @@ takes ``run_key`` from here)."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ class ImageStatus(StrEnum):
 
 
 # --- keys ------------------------------------------------------------------------------------------
+
 
 def run_key(world_id: int, number: int) -> str:
     """Prefix of every key of a run (``RunRef.key``)."""
@@ -78,8 +79,9 @@ def run_images(run: RunRef) -> dict:
 
 # --- shapes ------------------------------------------------------------------------------------------
 
+
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def run_fields(run: RunRef) -> dict:
@@ -93,25 +95,46 @@ def bible_document(run: RunRef, bible: dict, revision: int) -> dict:
 
 def character_document(run: RunRef, index: int, member: dict) -> dict:
     """A character as the cast names it (name, handle, concept); its profile fields come later."""
-    return {"_id": character_key(run, index), **run_fields(run), "index": index, "name": member["name"],
-            "handle": member["handle"], "concept": member["concept"], "updated_at": now()}
+    return {
+        "_id": character_key(run, index),
+        **run_fields(run),
+        "index": index,
+        "name": member["name"],
+        "handle": member["handle"],
+        "concept": member["concept"],
+        "updated_at": now(),
+    }
 
 
 def post_document(run: RunRef, character_index: int, index: int, post: dict, handle: str) -> dict:
-    return {"_id": post_key(run, character_index, index), **run_fields(run), "character_index": character_index,
-            "index": index, "handle": handle, **post, "updated_at": now()}
+    return {
+        "_id": post_key(run, character_index, index),
+        **run_fields(run),
+        "character_index": character_index,
+        "index": index,
+        "handle": handle,
+        **post,
+        "updated_at": now(),
+    }
 
 
 def ensure_indexes(db: Database) -> None:
-    db[CHARACTERS].create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("index", ASCENDING)],
-                                unique=True, name="character_position")
-    db[POSTS].create_index([("world_id", ASCENDING), ("run_number", ASCENDING), ("character_index", ASCENDING),
-                            ("index", ASCENDING)], unique=True, name="post_position")
+    db[CHARACTERS].create_index(
+        [("world_id", ASCENDING), ("run_number", ASCENDING), ("index", ASCENDING)],
+        unique=True,
+        name="character_position",
+    )
+    db[POSTS].create_index(
+        [("world_id", ASCENDING), ("run_number", ASCENDING), ("character_index", ASCENDING), ("index", ASCENDING)],
+        unique=True,
+        name="post_position",
+    )
     db[TASKS].create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
     db[BIBLES].create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
     # Reads find a run's content by run_key; the feed sorts by (index, character_index).
-    db[POSTS].create_index([("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)],
-                           name="post_feed_order")
+    db[POSTS].create_index(
+        [("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)], name="post_feed_order"
+    )
     db[CHARACTERS].create_index([("run_key", ASCENDING), ("index", ASCENDING)], name="character_run_order")
     db[BIBLES].create_index([("run_key", ASCENDING)], name="bible_run_key")
     # A deleted world's content is deleted by world_id (the other collections' indexes start with it).
@@ -119,6 +142,7 @@ def ensure_indexes(db: Database) -> None:
 
 
 # --- reads of the web side (worlds.selectors) ------------------------------------------------------------
+
 
 def run_bible(db: Database, run: RunRef) -> dict | None:
     doc = db[BIBLES].find_one({"_id": bible_key(run)}, {"bible": 1})
@@ -133,8 +157,9 @@ def run_character(db: Database, run: RunRef, index: int) -> dict | None:
     return db[CHARACTERS].find_one({"_id": character_key(run, index)})
 
 
-def run_posts(db: Database, run: RunRef, *, character_index: int | None = None, offset: int = 0,
-              limit: int = 20) -> list[dict]:
+def run_posts(
+    db: Database, run: RunRef, *, character_index: int | None = None, offset: int = 0, limit: int = 20
+) -> list[dict]:
     """Posts in feed order: every character's first post, then every second post, ..."""
     query: dict = {"run_key": run.key}
     if character_index is not None:
@@ -148,24 +173,34 @@ def run_post_count(db: Database, run: RunRef) -> int:
 
 
 def post_counts_by_character(db: Database, run: RunRef) -> dict[int, int]:
-    groups = db[POSTS].aggregate([{"$match": {"run_key": run.key}},
-                                  {"$group": {"_id": "$character_index", "count": {"$sum": 1}}}])
+    groups = db[POSTS].aggregate(
+        [{"$match": {"run_key": run.key}}, {"$group": {"_id": "$character_index", "count": {"$sum": 1}}}]
+    )
     return {group["_id"]: group["count"] for group in groups}
 
 
 def counts_by_run(db: Database, collection: str, runs: list[RunRef]) -> dict[str, int]:
     """Documents per run key in ``collection``, for many runs in one query."""
-    groups = db[collection].aggregate([{"$match": {"run_key": {"$in": [run.key for run in runs]}}},
-                                       {"$group": {"_id": "$run_key", "count": {"$sum": 1}}}])
+    groups = db[collection].aggregate(
+        [
+            {"$match": {"run_key": {"$in": [run.key for run in runs]}}},
+            {"$group": {"_id": "$run_key", "count": {"$sum": 1}}},
+        ]
+    )
     return {group["_id"]: group["count"] for group in groups}
 
 
 def first_avatars(db: Database, runs: list[RunRef]) -> dict[str, str]:
     """Each run's first rendered avatar (its image ID), by run key: a world's cover."""
     covers: dict[str, str] = {}
-    for doc in db[CHARACTERS].find({"run_key": {"$in": [run.key for run in runs]},
-                                    "image_status": ImageStatus.RENDERED},
-                                   {"run_key": 1, "image_id": 1}).sort("index", ASCENDING):
+    for doc in (
+        db[CHARACTERS]
+        .find(
+            {"run_key": {"$in": [run.key for run in runs]}, "image_status": ImageStatus.RENDERED},
+            {"run_key": 1, "image_id": 1},
+        )
+        .sort("index", ASCENDING)
+    ):
         covers.setdefault(doc["run_key"], doc["image_id"])
     return covers
 

@@ -30,9 +30,8 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-
 from typing import Any, TypedDict
 
 import httpx
@@ -49,8 +48,9 @@ class LlmError(Exception):
 
     retryable = False
 
-    def __init__(self, message: str, *, status_code: int | None = None, prompt_tokens: int = 0,
-                 completion_tokens: int = 0) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, prompt_tokens: int = 0, completion_tokens: int = 0
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.prompt_tokens = prompt_tokens
@@ -79,8 +79,15 @@ class LlmFatalError(LlmError):
 class LlmInvalidOutput(LlmError):
     """The reply is not JSON, does not validate, was refused or cut off; ``raw`` keeps it as received."""
 
-    def __init__(self, message: str, *, raw: str = "", errors: list[str] | None = None, prompt_tokens: int = 0,
-                 completion_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: str = "",
+        errors: list[str] | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
         super().__init__(message, status_code=200, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         self.raw = raw
         self.errors = errors or []
@@ -101,9 +108,17 @@ class LlmClient:
         self.http = http
         self.default_model = default_model
 
-    async def complete_json(self, *, messages: list[dict], schema: type[BaseModel], schema_name: str, max_tokens: int,
-                            model: str | None = None, seed: int | None = None,
-                            timeout: float | None = None) -> LlmReply:
+    async def complete_json(
+        self,
+        *,
+        messages: list[dict],
+        schema: type[BaseModel],
+        schema_name: str,
+        max_tokens: int,
+        model: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> LlmReply:
         """One chat completion constrained to ``schema`` and ``max_tokens``; the parsed, validated content."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -112,31 +127,39 @@ class LlmClient:
             "model": model,
             "messages": messages,
             "max_tokens": max_tokens,
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": schema_name, "schema": json_schema(schema), "strict": True}},
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": json_schema(schema), "strict": True},
+            },
         }
         if seed is not None:
             payload["seed"] = seed
         started = time.monotonic()
         try:
-            response = await self.http.post("chat/completions", json=payload,
-                                            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+            response = await self.http.post(
+                "chat/completions", json=payload, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+            )
         except httpx.TimeoutException as exc:
-            raise LlmRetryableError(self.clean(
-                f"LLM request to {self.endpoint()} timed out after {time.monotonic() - started:.1f}s "
-                f"({type(exc).__name__})")) from exc
+            raise LlmRetryableError(
+                self.clean(
+                    f"LLM request to {self.endpoint()} timed out after {time.monotonic() - started:.1f}s "
+                    f"({type(exc).__name__})"
+                )
+            ) from exc
         except httpx.UnsupportedProtocol as exc:
             raise LlmFatalError(self.clean(f"LLM base URL is not usable: {exc}")) from exc
         except httpx.TransportError as exc:
-            raise LlmRetryableError(self.clean(
-                f"LLM connection to {self.endpoint()} failed ({type(exc).__name__}): {exc}")) from exc
+            raise LlmRetryableError(
+                self.clean(f"LLM connection to {self.endpoint()} failed ({type(exc).__name__}): {exc}")
+            ) from exc
         latency_s = time.monotonic() - started
         if not response.is_success:
             raise self.status_error(response)
         return self.parse_reply(response, schema=schema, schema_name=schema_name, model=model, latency_s=latency_s)
 
-    def parse_reply(self, response: httpx.Response, *, schema: type[BaseModel], schema_name: str, model: str,
-                    latency_s: float) -> LlmReply:
+    def parse_reply(
+        self, response: httpx.Response, *, schema: type[BaseModel], schema_name: str, model: str, latency_s: float
+    ) -> LlmReply:
         envelope = json_body(response)
         usage = reported_usage(envelope)
         try:
@@ -145,16 +168,22 @@ class LlmClient:
             if not isinstance(message, dict):
                 raise TypeError("message is not an object")
         except (KeyError, IndexError, TypeError) as exc:
-            raise LlmRetryableError(self.clean(
-                f"LLM returned a malformed response ({response.status_code}): {response.text[:200]}"),
-                status_code=response.status_code, **usage) from exc
+            raise LlmRetryableError(
+                self.clean(f"LLM returned a malformed response ({response.status_code}): {response.text[:200]}"),
+                status_code=response.status_code,
+                **usage,
+            ) from exc
         if message.get("refusal"):
-            raise LlmInvalidOutput(self.clean(f"LLM refused to answer '{schema_name}': {message['refusal']}"),
-                                   raw=str(message["refusal"]), **usage)
+            raise LlmInvalidOutput(
+                self.clean(f"LLM refused to answer '{schema_name}': {message['refusal']}"),
+                raw=str(message["refusal"]),
+                **usage,
+            )
         raw = message.get("content")
         if not isinstance(raw, str):
-            raise LlmInvalidOutput(f"LLM reply for '{schema_name}' has no text content", raw=json.dumps(message),
-                                   **usage)
+            raise LlmInvalidOutput(
+                f"LLM reply for '{schema_name}' has no text content", raw=json.dumps(message), **usage
+            )
         cut_off = choice.get("finish_reason") == "length"
         try:
             content = json.loads(raw)
@@ -162,19 +191,25 @@ class LlmClient:
             raise LlmInvalidOutput(
                 f"LLM output for '{schema_name}' is not valid JSON: {exc.msg} at line {exc.lineno} "
                 f"column {exc.colno}{' (finish_reason=length: cut off by max_tokens)' if cut_off else ''}",
-                raw=raw, **usage) from None
+                raw=raw,
+                **usage,
+            ) from None
         if cut_off:
-            raise LlmInvalidOutput(f"LLM output for '{schema_name}' was cut off by max_tokens (finish_reason=length)",
-                                   raw=raw, **usage)
+            raise LlmInvalidOutput(
+                f"LLM output for '{schema_name}' was cut off by max_tokens (finish_reason=length)", raw=raw, **usage
+            )
         try:
             content = schema.model_validate(content).model_dump()
         except ValidationError as exc:
             errors = error_lines(exc)
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise LlmInvalidOutput(self.clean(f"LLM output does not match schema '{schema_name}': {errors[0]}{more}"),
-                                   raw=raw, errors=errors, **usage) from None
-        return LlmReply(content=content, raw=raw, model=envelope.get("model") or model, latency_s=latency_s,
-                        **usage)
+            raise LlmInvalidOutput(
+                self.clean(f"LLM output does not match schema '{schema_name}': {errors[0]}{more}"),
+                raw=raw,
+                errors=errors,
+                **usage,
+            ) from None
+        return LlmReply(content=content, raw=raw, model=envelope.get("model") or model, latency_s=latency_s, **usage)
 
     def status_error(self, response: httpx.Response) -> LlmError:
         status = response.status_code
@@ -182,16 +217,26 @@ class LlmClient:
         message, code = error_detail(response, body)
         usage = reported_usage(body)
         if status in (401, 403):
-            return LlmFatalError(self.clean(f"LLM rejected the credentials ({status}): {message}"), status_code=status, **usage)
+            return LlmFatalError(
+                self.clean(f"LLM rejected the credentials ({status}): {message}"), status_code=status, **usage
+            )
         if status == 429 and code == "insufficient_quota":
             return LlmFatalError(self.clean(f"LLM quota exhausted ({status}): {message}"), status_code=status, **usage)
         if status in RETRYABLE_STATUSES or status >= 500:
             what = "rate limited" if status == 429 else "unavailable"
-            return LlmRetryableError(self.clean(f"LLM {what} ({status}): {message}"),
-                                     retry_after=parse_retry_after(response.headers), status_code=status, **usage)
+            return LlmRetryableError(
+                self.clean(f"LLM {what} ({status}): {message}"),
+                retry_after=parse_retry_after(response.headers),
+                status_code=status,
+                **usage,
+            )
         if status in (400, 404, 422):
-            return LlmFatalError(self.clean(f"LLM rejected the request ({status}): {message}"), status_code=status, **usage)
-        return LlmFatalError(self.clean(f"LLM returned unexpected status {status}: {message}"), status_code=status, **usage)
+            return LlmFatalError(
+                self.clean(f"LLM rejected the request ({status}): {message}"), status_code=status, **usage
+            )
+        return LlmFatalError(
+            self.clean(f"LLM returned unexpected status {status}: {message}"), status_code=status, **usage
+        )
 
     def endpoint(self) -> str:
         """The chat URL without credentials or query (safe for messages)."""
@@ -232,7 +277,10 @@ def reported_usage(body: object) -> Usage:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-    return Usage(prompt_tokens=count(usage.get("prompt_tokens")), completion_tokens=count(usage.get("completion_tokens")))
+
+    return Usage(
+        prompt_tokens=count(usage.get("prompt_tokens")), completion_tokens=count(usage.get("completion_tokens"))
+    )
 
 
 def error_detail(response: httpx.Response, body: object) -> tuple[str, str | None]:
@@ -264,8 +312,8 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
             except (TypeError, ValueError):
                 return None
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - datetime.now(UTC)).total_seconds()
         if math.isfinite(seconds):
             return max(0.0, seconds)
     return None

@@ -21,19 +21,23 @@ SERVICE = "worldgen.media.v1.MediaRenderer"
 # Transparent retries inside one call (bounded by its deadline). The throttle
 # stops retrying when most calls on the channel fail, so an outage is not
 # multiplied by four.
-GRPC_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": SERVICE}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.2s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-})
+GRPC_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+)
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # a 2048x2048 PNG can exceed gRPC's default 4 MB
 
@@ -68,11 +72,18 @@ class MediaRejected(MediaError):
 
 
 # Codes that say "this request is wrong"; every other failure is treated as transient.
-REJECTED_CODES = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-})
+REJECTED_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
 
 KINDS = {"avatar": media_pb2.IMAGE_KIND_AVATAR, "post": media_pb2.IMAGE_KIND_POST}
 
@@ -92,21 +103,30 @@ class MediaClient:
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = media_pb2_grpc.MediaRendererStub(channel)
 
-    async def render_image(self, *, prompt: str, style: str, seed: int, width: int, height: int, kind: str,
-                           timeout: float = 30.0) -> RenderedImage:
+    async def render_image(
+        self, *, prompt: str, style: str, seed: int, width: int, height: int, kind: str, timeout: float = 30.0
+    ) -> RenderedImage:
         if kind not in KINDS:
             raise MediaRejected(f"media render rejected: kind must be one of {sorted(KINDS)}, got {kind!r}")
         try:
-            request = media_pb2.RenderImageRequest(prompt=prompt, style=style, seed=seed, width=width,
-                                                   height=height, kind=KINDS[kind])
+            request = media_pb2.RenderImageRequest(
+                prompt=prompt, style=style, seed=seed, width=width, height=height, kind=KINDS[kind]
+            )
         except (TypeError, ValueError) as exc:  # e.g. a negative seed or size
             raise MediaRejected(f"media render rejected: {_one_line(str(exc))}") from None
         try:
             reply = await self._stub.RenderImage(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, timeout) from None
-        return RenderedImage(png=reply.png, width=reply.width, height=reply.height, mime_type=reply.mime_type,
-                             renderer=reply.renderer, seed=reply.seed, render_ms=reply.render_ms)
+        return RenderedImage(
+            png=reply.png,
+            width=reply.width,
+            height=reply.height,
+            mime_type=reply.mime_type,
+            renderer=reply.renderer,
+            seed=reply.seed,
+            render_ms=reply.render_ms,
+        )
 
 
 def _error(exc: grpc.aio.AioRpcError, timeout: float) -> MediaError:

@@ -87,8 +87,12 @@ def json_schema(model: type[BaseModel]) -> dict:
             return node
         if "$ref" in node:
             return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
-        return {key: ({name: inline(sub) for name, sub in value.items()} if key == "properties" else inline(value))
-                for key, value in node.items() if key != "title"}
+        return {
+            key: ({name: inline(sub) for name, sub in value.items()} if key == "properties" else inline(value))
+            for key, value in node.items()
+            if key != "title"
+        }
+
     return inline(schema)
 
 

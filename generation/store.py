@@ -71,13 +71,17 @@ def load_character(db: Database, run: RunRef, index: int) -> dict:
 
 
 def save_profile(db: Database, run: RunRef, index: int, profile: dict) -> None:
-    db[CHARACTERS].update_one({"_id": character_key(run, index)},
-                              {"$set": {**profile, "status": "profiled", "updated_at": now()}})
+    db[CHARACTERS].update_one(
+        {"_id": character_key(run, index)}, {"$set": {**profile, "status": "profiled", "updated_at": now()}}
+    )
 
 
 def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
-    cursor = db[POSTS].find({"run_key": run.key, "character_index": character_index, "index": {"$lt": before}},
-                            {"caption": 1}).sort("index", ASCENDING)
+    cursor = (
+        db[POSTS]
+        .find({"run_key": run.key, "character_index": character_index, "index": {"$lt": before}}, {"caption": 1})
+        .sort("index", ASCENDING)
+    )
     return [doc["caption"] for doc in cursor]
 
 
@@ -114,13 +118,15 @@ def store_image_file(db: Database, key: str, png: bytes, metadata: dict) -> str:
 
 def mark_image_rendered(db: Database, collection: str, key: str, image: str) -> None:
     """The commit point of a render: once set, a retried activity does nothing."""
-    db[collection].update_one({"_id": key}, {"$set": {"image_id": image, "image_status": ImageStatus.RENDERED,
-                                                      "updated_at": now()}})
+    db[collection].update_one(
+        {"_id": key}, {"$set": {"image_id": image, "image_status": ImageStatus.RENDERED, "updated_at": now()}}
+    )
 
 
 def mark_image_for_rerender(db: Database, collection: str, key: str, reason: str) -> None:
-    db[collection].update_one({"_id": key}, {"$set": {"image_status": ImageStatus.NEEDS_RENDER, "image_error": reason,
-                                                      "updated_at": now()}})
+    db[collection].update_one(
+        {"_id": key}, {"$set": {"image_status": ImageStatus.NEEDS_RENDER, "image_error": reason, "updated_at": now()}}
+    )
 
 
 def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]]:
@@ -142,8 +148,11 @@ LEDGER_RETRIES = 100
 
 
 def _ledger(db: Database, run: RunRef, limit: int) -> dict:
-    db[LEDGERS].update_one({"_id": run.key}, {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {},
-                                                                     "version": 0, "limit": limit}}, upsert=True)
+    db[LEDGERS].update_one(
+        {"_id": run.key},
+        {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {}, "version": 0, "limit": limit}},
+        upsert=True,
+    )
     return db[LEDGERS].find_one({"_id": run.key}) or {}
 
 
@@ -155,8 +164,14 @@ def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int
         others = sum(amount for key, amount in doc["reserved"].items() if key != call)
         if doc["used"] + others + tokens > limit:
             return False, doc["used"], others
-        if db[LEDGERS].update_one({"_id": run.key, "version": doc["version"]},
-                                       {"$set": {f"reserved.{call}": tokens}, "$inc": {"version": 1}}).modified_count:
+        if (
+            db[LEDGERS]
+            .update_one(
+                {"_id": run.key, "version": doc["version"]},
+                {"$set": {f"reserved.{call}": tokens}, "$inc": {"version": 1}},
+            )
+            .modified_count
+        ):
             return True, doc["used"], others
     raise RuntimeError(f"the token ledger of {run.key} stayed contended")
 
@@ -164,8 +179,11 @@ def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int
 def settle_tokens(db: Database, run: RunRef, call: str, billed: int) -> int:
     """Replace ``call``'s reservation by what the provider billed; returns the run's tokens used."""
     doc = db[LEDGERS].find_one_and_update(
-        {"_id": run.key}, {"$inc": {"used": billed, "version": 1}, "$unset": {f"reserved.{call.replace('.', '_')}": ""}},
-        projection={"used": 1}, return_document=ReturnDocument.AFTER)
+        {"_id": run.key},
+        {"$inc": {"used": billed, "version": 1}, "$unset": {f"reserved.{call.replace('.', '_')}": ""}},
+        projection={"used": 1},
+        return_document=ReturnDocument.AFTER,
+    )
     return doc["used"] if doc else billed
 
 
@@ -178,16 +196,20 @@ def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields:
     """One document per generation task: inputs, prompt, raw reply, parsed output, usage, latency, attempt."""
     db[TASKS].update_one(
         {"_id": task_key(run, stage, index)},
-        {"$set": {**run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
-         "$setOnInsert": {"created_at": now()}},
+        {
+            "$set": {**run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
+            "$setOnInsert": {"created_at": now()},
+        },
         upsert=True,
     )
 
 
 # --- A deleted world's content ----------------------------------------------------------------------
 
-def delete_world_content(db: Database, world_id: int, *, batch: int = 500,
-                         on_batch: Callable[[], None] | None = None) -> tuple[int, int]:
+
+def delete_world_content(
+    db: Database, world_id: int, *, batch: int = 500, on_batch: Callable[[], None] | None = None
+) -> tuple[int, int]:
     """Delete every document and image of a world: (documents deleted, images deleted).
     Idempotent, and safe to interrupt anywhere: running it again finishes the job.
     ``on_batch`` is called between batches (heartbeats)."""

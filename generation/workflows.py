@@ -4,6 +4,7 @@ Imports nothing from Django: the sandbox re-imports this module.
 """
 
 import asyncio
+import builtins
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -113,8 +114,12 @@ class StackCheckWorkflow:
 
 # --- World generation ---------------------------------------------------------------
 
-LLM_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                        maximum_interval=timedelta(seconds=60), maximum_attempts=8)
+LLM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=8,
+)
 # Unlimited attempts bounded by MEDIA_SCHEDULE_TO_CLOSE: the activity itself stops retrying
 # an unavailable media service after a few attempts (the item is then degraded).
 MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
@@ -122,11 +127,16 @@ MEDIA_SCHEDULE_TO_CLOSE = timedelta(minutes=15)
 # Long activities heartbeat, so a cancel reaches them within seconds. (TRY_CANCEL, the
 # default: with WAIT_CANCELLATION_COMPLETED an activity that finishes before it sees
 # the cancel would swallow the workflow's cancellation.)
-LLM_TIMEOUTS: dict[str, Any] = {"start_to_close_timeout": timedelta(minutes=5), "heartbeat_timeout": timedelta(seconds=10)}
+LLM_TIMEOUTS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "heartbeat_timeout": timedelta(seconds=10),
+}
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
 DEGRADED_MIRROR_ACTIVITY = "record_degraded_items"  # likewise
-MIRROR_OPTIONS: dict[str, Any] = {"start_to_close_timeout": timedelta(seconds=30),
-                  "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30))}
+MIRROR_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
+}
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
 # Patches (workflow.patched): histories recorded before them replay the old way.
 THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # children signalled after every post
@@ -154,7 +164,8 @@ async def run_activity(activity: Any, arg: Any, *, exact: bool, after_cancel: bo
     if not exact:
         return await workflow.execute_activity(activity, arg, **options)
     result = await workflow.execute_activity(
-        activity, arg, cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **options)
+        activity, arg, cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **options
+    )
     if not after_cancel and workflow.cancellation_reason() is not None:
         raise asyncio.CancelledError()
     return result
@@ -233,8 +244,11 @@ class WorldGenerationWorkflow:
             await self._generate_characters()
             await self._finish(RunStatus.COMPLETED, Stage.DONE)
         except BudgetExceeded:
-            await self._finish(RunStatus.BUDGET_EXCEEDED, self._progress.stage,
-                               f"token budget of {world.token_budget} exceeded ({self._progress.tokens_used} used)")
+            await self._finish(
+                RunStatus.BUDGET_EXCEEDED,
+                self._progress.stage,
+                f"token budget of {world.token_budget} exceeded ({self._progress.tokens_used} used)",
+            )
         except (asyncio.CancelledError, ActivityError, ChildWorkflowError, ApplicationError) as err:
             if is_cancelled_exception(err) or (self._exact and cancel_requested(err)):
                 await self._finish(RunStatus.CANCELLED, self._progress.stage, "cancelled by staff")
@@ -251,9 +265,15 @@ class WorldGenerationWorkflow:
         return self._progress
 
     async def _llm(self, activity, arg) -> None:
-        usage = await run_activity(activity, arg, exact=self._exact, task_queue=self._inp.config.llm_queue,
-                                   retry_policy=LLM_RETRY, priority=_fairness(self._inp.world.world_id),
-                                   **LLM_TIMEOUTS)
+        usage = await run_activity(
+            activity,
+            arg,
+            exact=self._exact,
+            task_queue=self._inp.config.llm_queue,
+            retry_policy=LLM_RETRY,
+            priority=_fairness(self._inp.world.world_id),
+            **LLM_TIMEOUTS,
+        )
         self._add_tokens(usage)
 
     async def _generate_bible(self, revision: int, feedback: str | None) -> None:
@@ -268,9 +288,10 @@ class WorldGenerationWorkflow:
             self._progress.awaiting_decision = True
             await self._mirror(RunStatus.AWAITING_APPROVAL, Stage.APPROVAL)
             try:
-                await workflow.wait_condition(lambda: self._decision is not None,
-                                              timeout=timedelta(seconds=config.approval_timeout_s))
-            except asyncio.TimeoutError:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None, timeout=timedelta(seconds=config.approval_timeout_s)
+                )
+            except builtins.TimeoutError:
                 return False
             finally:
                 self._progress.awaiting_decision = False
@@ -282,8 +303,11 @@ class WorldGenerationWorkflow:
                 return True
             revision = self._progress.bible_revision + 1
             if revision > config.max_bible_revisions:
-                raise ApplicationError(f"the world bible was rejected {revision} times; "
-                                       f"the limit is {config.max_bible_revisions} revisions", non_retryable=True)
+                raise ApplicationError(
+                    f"the world bible was rejected {revision} times; "
+                    f"the limit is {config.max_bible_revisions} revisions",
+                    non_retryable=True,
+                )
             await self._mirror(RunStatus.RUNNING, Stage.BIBLE)
             await self._generate_bible(revision, decision.feedback)
 
@@ -304,8 +328,11 @@ class WorldGenerationWorkflow:
                 if workflow.patched(EVENT_DRIVEN_PROGRESS):
                     await self._wait_for_progress(running)
                 else:  # histories recorded before the patch woke every PROGRESS_MIRROR_INTERVAL
-                    await workflow.wait(list(running), timeout=PROGRESS_MIRROR_INTERVAL.total_seconds(),
-                                        return_when=asyncio.FIRST_COMPLETED)
+                    await workflow.wait(
+                        list(running),
+                        timeout=PROGRESS_MIRROR_INTERVAL.total_seconds(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 for finished in [handle for handle in running if handle.done()]:
                     running.pop(finished)
                     self.character_progress(finished.result())
@@ -330,9 +357,11 @@ class WorldGenerationWorkflow:
         its own, which a cancel of this workflow does not interrupt mid-start."""
         inp = self._inp
         character_input = CharacterInput(inp.run, inp.world, inp.config, index)
-        options: dict[str, Any] = {"id": f"{inp.run.workflow_id}-character-{index}",
-                                   "task_queue": inp.config.workflows_queue,
-                                   "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL}
+        options: dict[str, Any] = {
+            "id": f"{inp.run.workflow_id}-character-{index}",
+            "task_queue": inp.config.workflows_queue,
+            "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL,
+        }
         if not self._exact:
             return await workflow.start_child_workflow(CharacterWorkflow.run, character_input, **options)
 
@@ -355,8 +384,9 @@ class WorldGenerationWorkflow:
         try:
             await workflow.wait_condition(
                 lambda: any(handle.done() for handle in running) or (self._unmirrored_progress and not pending),
-                timeout=timeout)
-        except asyncio.TimeoutError:
+                timeout=timeout,
+            )
+        except builtins.TimeoutError:
             pass
 
     def _mirror_due(self) -> bool:
@@ -386,9 +416,14 @@ class WorldGenerationWorkflow:
             self._progress.last_error = error
         self._unmirrored_progress = False
         self._last_mirror = workflow.now()
-        await run_activity(MIRROR_ACTIVITY, RunStatusUpdate(self._inp.run.run_id, self._progress, finished, self._inp.run.key),
-                           exact=self._exact, after_cancel=finished, task_queue=self._inp.config.workflows_queue,
-                           **MIRROR_OPTIONS)
+        await run_activity(
+            MIRROR_ACTIVITY,
+            RunStatusUpdate(self._inp.run.run_id, self._progress, finished, self._inp.run.key),
+            exact=self._exact,
+            after_cancel=finished,
+            task_queue=self._inp.config.workflows_queue,
+            **MIRROR_OPTIONS,
+        )
 
     async def _finish(self, status: RunStatus, stage: str, error: str = "") -> None:
         await self._mirror(status, stage, error, finished=True)
@@ -407,8 +442,15 @@ class CharacterWorkflow:
         last_signal = workflow.now()
 
         async def llm(activity, item: ItemInput) -> None:
-            usage = await run_activity(activity, item, exact=exact, task_queue=config.llm_queue,
-                                       retry_policy=LLM_RETRY, priority=_fairness(world.world_id), **LLM_TIMEOUTS)
+            usage = await run_activity(
+                activity,
+                item,
+                exact=exact,
+                task_queue=config.llm_queue,
+                retry_policy=LLM_RETRY,
+                priority=_fairness(world.world_id),
+                **LLM_TIMEOUTS,
+            )
             progress.tokens += usage.tokens
             progress.run_tokens = max(progress.run_tokens, usage.run_tokens)
 
@@ -423,7 +465,8 @@ class CharacterWorkflow:
             if parent is not None and self._progress_signal_due(post_index, world.posts_per_character, last_signal):
                 last_signal = workflow.now()
                 await workflow.get_external_workflow_handle(parent.workflow_id).signal(
-                    WorldGenerationWorkflow.character_progress, progress)
+                    WorldGenerationWorkflow.character_progress, progress
+                )
         return progress
 
     @staticmethod
@@ -440,15 +483,27 @@ async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: 
     A cancellation is never taken for an outage: it goes through."""
     try:
         await run_activity(
-            MediaActivities.render_image, item, exact=exact, task_queue=media_queue, retry_policy=MEDIA_RETRY,
-            start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=10), priority=_fairness(item.world.world_id))
+            MediaActivities.render_image,
+            item,
+            exact=exact,
+            task_queue=media_queue,
+            retry_policy=MEDIA_RETRY,
+            start_to_close_timeout=timedelta(seconds=60),
+            schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=10),
+            priority=_fairness(item.world.world_id),
+        )
         return 0
     except ActivityError as err:
         if exact and cancel_requested(err):
             raise
-        await run_activity(StoreActivities.mark_image_for_rerender, item, exact=exact, task_queue=workflows_queue,
-                           start_to_close_timeout=timedelta(seconds=30))
+        await run_activity(
+            StoreActivities.mark_image_for_rerender,
+            item,
+            exact=exact,
+            task_queue=workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
         return 1
 
 
@@ -462,8 +517,13 @@ class RerenderImagesWorkflow:
     async def run(self, inp: WorldRunInput) -> int:
         exact = workflow.patched(EXACT_RUNS)
         config = inp.config
-        refs = await run_activity(StoreActivities.list_images_to_rerender, inp.run, exact=exact,
-                                  task_queue=config.workflows_queue, start_to_close_timeout=timedelta(seconds=30))
+        refs = await run_activity(
+            StoreActivities.list_images_to_rerender,
+            inp.run,
+            exact=exact,
+            task_queue=config.workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
         waiting = [ItemInput(inp.run, inp.world, ref.character_index, ref.post_index) for ref in refs]
         running: set[asyncio.Task] = set()
         still_missing = 0
@@ -471,8 +531,9 @@ class RerenderImagesWorkflow:
             while waiting or running:
                 while waiting and len(running) < config.character_concurrency:
                     item = waiting.pop(0)
-                    running.add(asyncio.create_task(
-                        render_or_degrade(item, config.media_queue, config.workflows_queue, exact)))
+                    running.add(
+                        asyncio.create_task(render_or_degrade(item, config.media_queue, config.workflows_queue, exact))
+                    )
                 done, pending = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running = set(pending)  # workflow.wait returns lists
                 still_missing += sum(task.result() for task in done)
@@ -483,9 +544,14 @@ class RerenderImagesWorkflow:
                 task.cancel()
             if running:
                 await workflow.wait(running)
-            left = await run_activity(StoreActivities.list_images_to_rerender, inp.run, exact=exact,
-                                      after_cancel=True, task_queue=config.workflows_queue,
-                                      start_to_close_timeout=timedelta(seconds=30))
+            left = await run_activity(
+                StoreActivities.list_images_to_rerender,
+                inp.run,
+                exact=exact,
+                after_cancel=True,
+                task_queue=config.workflows_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
             await self._record(inp, len(left), exact, after_cancel=True)
             raise
         await self._record(inp, still_missing, exact)
@@ -493,16 +559,24 @@ class RerenderImagesWorkflow:
 
     @staticmethod
     async def _record(inp: WorldRunInput, still_missing: int, exact: bool, after_cancel: bool = False) -> None:
-        await run_activity(DEGRADED_MIRROR_ACTIVITY, DegradedItemsUpdate(inp.run.run_id, still_missing), exact=exact,
-                           after_cancel=after_cancel, task_queue=inp.config.workflows_queue, **MIRROR_OPTIONS)
+        await run_activity(
+            DEGRADED_MIRROR_ACTIVITY,
+            DegradedItemsUpdate(inp.run.run_id, still_missing),
+            exact=exact,
+            after_cancel=after_cancel,
+            task_queue=inp.config.workflows_queue,
+            **MIRROR_OPTIONS,
+        )
 
 
 # --- Deleted worlds -------------------------------------------------------------------
 
 # Both steps are idempotent and must finish: retried without limit, backing off to once a minute.
-CLEANUP_OPTIONS: dict[str, Any] = {"start_to_close_timeout": timedelta(minutes=10), "heartbeat_timeout": timedelta(seconds=30),
-                   "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1),
-                                               maximum_interval=timedelta(minutes=1))}
+CLEANUP_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)),
+}
 
 
 @workflow.defn
@@ -512,9 +586,11 @@ class WorldCleanupWorkflow:
     @workflow.run
     async def run(self, inp: WorldCleanupInput) -> WorldCleanupResult:
         queue = workflow.info().task_queue
-        stopped = await workflow.execute_activity_method(CleanupActivities.stop_workflows, inp.workflow_ids,
-                                                         task_queue=queue, **CLEANUP_OPTIONS)
-        result = await workflow.execute_activity_method(CleanupActivities.delete_world_content, inp.world_id,
-                                                        task_queue=queue, **CLEANUP_OPTIONS)
+        stopped = await workflow.execute_activity_method(
+            CleanupActivities.stop_workflows, inp.workflow_ids, task_queue=queue, **CLEANUP_OPTIONS
+        )
+        result = await workflow.execute_activity_method(
+            CleanupActivities.delete_world_content, inp.world_id, task_queue=queue, **CLEANUP_OPTIONS
+        )
         result.stopped_workflows = stopped
         return result

@@ -21,13 +21,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m localllm",
         description="Procedural OpenAI-compatible stand-in (not a language model): "
-                    "schema-valid, deterministic JSON replies with fault injection for tests.")
+        "schema-valid, deterministic JSON replies with fault injection for tests.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090, help="0 = a free port (printed)")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay of every chat reply")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
-    parser.add_argument("--faults", default=None, metavar="JSON",
-                        help="initial switches, same JSON as POST /_control (e.g. a 'queue')")
+    parser.add_argument(
+        "--faults", default=None, metavar="JSON", help="initial switches, same JSON as POST /_control (e.g. a 'queue')"
+    )
     parser.add_argument("--log-level", default="INFO", help="INFO logs one line per request")
     return parser.parse_args(argv)
 
@@ -47,8 +49,11 @@ async def serve(args: argparse.Namespace) -> None:
         port = await server.start()
     except OSError as exc:
         sys.exit(f"localllm: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
-    print(f"localllm: listening on http://{args.host}:{port}/v1 (model {MODEL_ID}, procedural stand-in; "
-          f"latency {args.latency:g}s, api key {'required' if args.api_key else 'not required'})", flush=True)
+    print(
+        f"localllm: listening on http://{args.host}:{port}/v1 (model {MODEL_ID}, procedural stand-in; "
+        f"latency {args.latency:g}s, api key {'required' if args.api_key else 'not required'})",
+        flush=True,
+    )
     await stop.wait()
     await server.stop()
     print("localllm: stopped", flush=True)
@@ -56,8 +61,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     asyncio.run(serve(args))
 
 

@@ -23,58 +23,180 @@ import re
 from typing import Any
 
 ADJECTIVES = [
-    "luminous", "gilded", "drowsy", "iridescent", "moonlit", "velvet", "clockwork", "feathered",
-    "crystalline", "whispering", "overgrown", "floating", "sunken", "candlelit", "stormbound",
-    "honeyed", "opaline", "restless", "silver", "mossy", "starlit", "fizzing", "hollow", "amber",
+    "luminous",
+    "gilded",
+    "drowsy",
+    "iridescent",
+    "moonlit",
+    "velvet",
+    "clockwork",
+    "feathered",
+    "crystalline",
+    "whispering",
+    "overgrown",
+    "floating",
+    "sunken",
+    "candlelit",
+    "stormbound",
+    "honeyed",
+    "opaline",
+    "restless",
+    "silver",
+    "mossy",
+    "starlit",
+    "fizzing",
+    "hollow",
+    "amber",
 ]
 NOUNS = [
-    "lantern", "tide", "moth", "spire", "orchard", "comet", "teacup", "archive", "lighthouse",
-    "garden", "carousel", "glacier", "market", "bridge", "observatory", "bakery", "harbor",
-    "library", "greenhouse", "balloon", "staircase", "reef", "clocktower", "meadow",
+    "lantern",
+    "tide",
+    "moth",
+    "spire",
+    "orchard",
+    "comet",
+    "teacup",
+    "archive",
+    "lighthouse",
+    "garden",
+    "carousel",
+    "glacier",
+    "market",
+    "bridge",
+    "observatory",
+    "bakery",
+    "harbor",
+    "library",
+    "greenhouse",
+    "balloon",
+    "staircase",
+    "reef",
+    "clocktower",
+    "meadow",
 ]
 PLACE_PREFIXES = ["Vell", "Aster", "Mirr", "Cald", "Thorn", "Lun", "Saff", "Quill", "Bryn", "Oss", "Ember", "Nim"]
 PLACE_SUFFIXES = ["marsh", "haven", "reach", "hollow", "spire", "mere", "wick", "fall", "gate", "vale", "holm"]
 FIRST_NAMES = [
-    "Lyra", "Oren", "Isolde", "Kestrel", "Mabel", "Tamsin", "Corvin", "Wren", "Juniper", "Ezra",
-    "Saoirse", "Thaddeus", "Nova", "Pip", "Ottoline", "Rook", "Clementine", "Ansel", "Marisol", "Fen",
+    "Lyra",
+    "Oren",
+    "Isolde",
+    "Kestrel",
+    "Mabel",
+    "Tamsin",
+    "Corvin",
+    "Wren",
+    "Juniper",
+    "Ezra",
+    "Saoirse",
+    "Thaddeus",
+    "Nova",
+    "Pip",
+    "Ottoline",
+    "Rook",
+    "Clementine",
+    "Ansel",
+    "Marisol",
+    "Fen",
 ]
 SURNAME_PARTS = (
     ["Ember", "Moss", "Star", "Quill", "Thistle", "Brine", "Ash", "Cinder", "Hollow", "Lark", "Frost"],
     ["wick", "fall", "whistle", "light", "bloom", "wood", "song", "weather", "mantle", "glass"],
 )
 ROLES = [
-    "cloud cartographer", "lantern-keeper", "tea alchemist", "sky-whale tamer", "dream archivist",
-    "moss sculptor", "comet courier", "clockmaker", "tide botanist", "street illusionist",
-    "potion barista", "lighthouse poet", "glass gardener", "map thief", "festival herald",
+    "cloud cartographer",
+    "lantern-keeper",
+    "tea alchemist",
+    "sky-whale tamer",
+    "dream archivist",
+    "moss sculptor",
+    "comet courier",
+    "clockmaker",
+    "tide botanist",
+    "street illusionist",
+    "potion barista",
+    "lighthouse poet",
+    "glass gardener",
+    "map thief",
+    "festival herald",
 ]
 TRAITS = [
-    "curious", "stubborn", "tender-hearted", "mischievous", "meticulous", "dreamy", "bold",
-    "sardonic", "patient", "restless", "generous", "secretive", "theatrical", "earnest", "wry",
+    "curious",
+    "stubborn",
+    "tender-hearted",
+    "mischievous",
+    "meticulous",
+    "dreamy",
+    "bold",
+    "sardonic",
+    "patient",
+    "restless",
+    "generous",
+    "secretive",
+    "theatrical",
+    "earnest",
+    "wry",
 ]
 TONES = ["whimsical", "wistful", "cozy", "eerie", "playful", "luminous", "bittersweet", "hopeful", "mysterious"]
 MEDIUMS = [
-    "soft gouache illustration", "35mm film photography", "watercolor storybook art",
-    "glossy editorial photography", "painterly digital art", "hand-inked linework with flat color",
+    "soft gouache illustration",
+    "35mm film photography",
+    "watercolor storybook art",
+    "glossy editorial photography",
+    "painterly digital art",
+    "hand-inked linework with flat color",
 ]
-PALETTES = ["teal and tangerine", "pastel lilac", "sepia and gold", "moss green and brass",
-            "midnight blue and silver", "coral and cream", "sea-glass green"]
-LIGHTING = ["golden-hour light", "bioluminescent glow", "candlelight", "misty dawn light",
-            "neon dusk", "dappled sunlight", "moonlight"]
+PALETTES = [
+    "teal and tangerine",
+    "pastel lilac",
+    "sepia and gold",
+    "moss green and brass",
+    "midnight blue and silver",
+    "coral and cream",
+    "sea-glass green",
+]
+LIGHTING = [
+    "golden-hour light",
+    "bioluminescent glow",
+    "candlelight",
+    "misty dawn light",
+    "neon dusk",
+    "dappled sunlight",
+    "moonlight",
+]
 FEATURES = [
-    "freckles like scattered stardust", "silver-streaked hair", "ink-stained fingers",
-    "a patched velvet coat", "eyes the color of sea glass", "a crown of dried flowers",
-    "brass goggles pushed up on the forehead", "a scarf that changes color with the weather",
+    "freckles like scattered stardust",
+    "silver-streaked hair",
+    "ink-stained fingers",
+    "a patched velvet coat",
+    "eyes the color of sea glass",
+    "a crown of dried flowers",
+    "brass goggles pushed up on the forehead",
+    "a scarf that changes color with the weather",
 ]
 ACTIVITIES = [
-    "Caught the first light over the", "Sunday stroll through the", "New drop: hand-made charms from the",
-    "Lost an afternoon in the", "Behind the scenes at the", "Tiny ritual at the", "Found a secret door in the",
+    "Caught the first light over the",
+    "Sunday stroll through the",
+    "New drop: hand-made charms from the",
+    "Lost an afternoon in the",
+    "Behind the scenes at the",
+    "Tiny ritual at the",
+    "Found a secret door in the",
 ]
-DEEDS = ["guard", "chart", "bake bread for", "sing to", "smuggle letters across", "photograph", "mend",
-         "throw midnight parties in"]
+DEEDS = [
+    "guard",
+    "chart",
+    "bake bread for",
+    "sing to",
+    "smuggle letters across",
+    "photograph",
+    "mend",
+    "throw midnight parties in",
+]
 GROUPS = ["Society", "Guild", "Circle", "Collective", "Order", "Club"]
 EMOJIS = ["✨", "🌙", "🍄", "🫧", "🕯️", "🪐", "🌿", "🐚", "🎈", "🔮"]
 
-STOPWORDS = set("""
+STOPWORDS = set(
+    """
 a about above after again against all also am an and any are as at be because been before being below
 between both but by can could did do does doing down during each few for from further had has have having
 he her here hers herself him himself his how i if in into is it its itself just let me more most my myself
@@ -85,7 +207,8 @@ yourselves one two three four five six seven eight nine ten every many much wher
 json schema return respond output format field fields object objects array list string strings value values
 generate create write make give include including using use based following given each must
 please describe description world worlds character characters post posts premise name names
-""".split())
+""".split()
+)
 FALLBACK_KEYWORDS = ["lantern", "tide", "comet", "orchard"]
 
 
@@ -134,8 +257,7 @@ def salient_words(messages: list[dict], limit: int = 16) -> list[str]:
     return words[:limit]
 
 
-def completion_content(messages: list[dict], schema: dict | None, *, schema_name: str = "",
-                       seed: Any = None) -> str:
+def completion_content(messages: list[dict], schema: dict | None, *, schema_name: str = "", seed: Any = None) -> str:
     """The JSON text answering ``messages``: schema-valid if a schema is given, else ``{"text": ...}``."""
     generator = Generator(random.Random(request_seed(messages, schema, seed)), salient_words(messages))
     if schema is None:
@@ -232,8 +354,15 @@ class Generator:
     @staticmethod
     def number_range(schema: dict, key: str) -> tuple[float, float]:
         """A plausible range for the field, narrowed to the schema's bounds."""
-        hinted = ((16, 90) if key_has(key, "age") else (100, 250_000) if key_has(key, "follower")
-                  else (0, 5_000) if key_has(key, "like", "comment", "view") else (0, 100))
+        hinted = (
+            (16, 90)
+            if key_has(key, "age")
+            else (100, 250_000)
+            if key_has(key, "follower")
+            else (0, 5_000)
+            if key_has(key, "like", "comment", "view")
+            else (0, 100)
+        )
         minimum = max((schema[k] for k in ("minimum", "exclusiveMinimum") if k in schema), default=None)
         maximum = min((schema[k] for k in ("maximum", "exclusiveMaximum") if k in schema), default=None)
         low = hinted[0] if minimum is None else max(hinted[0], minimum)
@@ -266,11 +395,13 @@ class Generator:
         return "#" + "".join(w.replace("-", "").replace("'", "").capitalize() for w in words)
 
     def place_name(self) -> str:
-        return self.rng.choice([
-            lambda: self.pick(PLACE_PREFIXES) + self.pick(PLACE_SUFFIXES),
-            lambda: f"The {self.pick(ADJECTIVES).capitalize()} {self.keyword().capitalize()}",
-            lambda: f"{self.keyword().capitalize()} {self.pick(PLACE_SUFFIXES).capitalize()}",
-        ])()
+        return self.rng.choice(
+            [
+                lambda: self.pick(PLACE_PREFIXES) + self.pick(PLACE_SUFFIXES),
+                lambda: f"The {self.pick(ADJECTIVES).capitalize()} {self.keyword().capitalize()}",
+                lambda: f"{self.keyword().capitalize()} {self.pick(PLACE_SUFFIXES).capitalize()}",
+            ]
+        )()
 
     def person_name(self) -> str:
         first = self.pick(FIRST_NAMES)
@@ -307,22 +438,25 @@ class Generator:
         if kind == "place":
             return self.place_name()
         if kind == "title":
-            return r.choice([
-                f"The {adj().capitalize()} {noun().capitalize()} of {self.place_name()}",
-                f"{kw().capitalize()} and the {adj().capitalize()} {noun().capitalize()}",
-                f"Notes from the {kw().capitalize()} {noun().capitalize()}",
-            ])
+            return r.choice(
+                [
+                    f"The {adj().capitalize()} {noun().capitalize()} of {self.place_name()}",
+                    f"{kw().capitalize()} and the {adj().capitalize()} {noun().capitalize()}",
+                    f"Notes from the {kw().capitalize()} {noun().capitalize()}",
+                ]
+            )
         if kind == "caption":
             tags = " ".join(self.hashtag() for _ in range(r.randint(1, 3)))
             return f"{self.pick(ACTIVITIES)} {adj()} {kw()} {noun()} {self.pick(EMOJIS)} {tags}"
         if kind == "bio":
-            return (f"{self.pick(ROLES).capitalize()} from {self.place_name()}. "
-                    f"Collector of {adj()} {plural(noun())}, fluent in {kw()}. {self.pick(EMOJIS)}")
+            return (
+                f"{self.pick(ROLES).capitalize()} from {self.place_name()}. "
+                f"Collector of {adj()} {plural(noun())}, fluent in {kw()}. {self.pick(EMOJIS)}"
+            )
         if kind == "tone":
             return ", ".join(r.sample(TONES, 3))
         if kind == "visual_style":
-            return (f"{self.pick(MEDIUMS)}, {self.pick(PALETTES)} palette, "
-                    f"{self.pick(LIGHTING)}, {kw()} motifs")
+            return f"{self.pick(MEDIUMS)}, {self.pick(PALETTES)} palette, {self.pick(LIGHTING)}, {kw()} motifs"
         if kind == "personality":
             a, b, c = r.sample(TRAITS, 3)
             return f"{a.capitalize()}, {b} and quietly {c}; cannot resist a good {kw()} story."
@@ -330,27 +464,39 @@ class Generator:
             one, two = r.sample(FEATURES, 2)
             return f"{one.capitalize()}, {two}, and a charm shaped like {an(kw())} {noun()}."
         if kind == "image_prompt":
-            return (f"{self.pick(MEDIUMS)} of {an(adj())} {kw()} {noun()}, {self.pick(LIGHTING)}, "
-                    f"{self.pick(PALETTES)} palette")
+            return (
+                f"{self.pick(MEDIUMS)} of {an(adj())} {kw()} {noun()}, {self.pick(LIGHTING)}, "
+                f"{self.pick(PALETTES)} palette"
+            )
         if kind == "description":
-            return " ".join([
-                f"In {self.place_name()}, {adj()} {plural(noun())} drift above streets paved with {kw()}.",
-                f"Everyone keeps {an(kw())} {noun()} by the window and trades {adj()} stories "
-                f"at the {noun()} market.",
-                r.choice([f"Nobody remembers who first tamed the {kw()}, "
-                          f"only that the {plural(noun())} sang that night.",
-                          f"Every dusk the {noun()} lights up and the whole town posts about the {kw()}."]),
-            ][: r.randint(2, 3)])
+            return " ".join(
+                [
+                    f"In {self.place_name()}, {adj()} {plural(noun())} drift above streets paved with {kw()}.",
+                    f"Everyone keeps {an(kw())} {noun()} by the window and trades {adj()} stories "
+                    f"at the {noun()} market.",
+                    r.choice(
+                        [
+                            f"Nobody remembers who first tamed the {kw()}, "
+                            f"only that the {plural(noun())} sang that night.",
+                            f"Every dusk the {noun()} lights up and the whole town posts about the {kw()}.",
+                        ]
+                    ),
+                ][: r.randint(2, 3)]
+            )
         if kind == "rule":
             verb = r.choice(["borrow", "name", "wake", "paint"])
             return f"No one may {verb} the {kw()} {noun()} after the {noun()} bell."
         if kind == "faction":
-            return (f"The {adj().capitalize()} {kw().capitalize()} {self.pick(GROUPS)}: "
-                    f"{plural(self.pick(ROLES))} who {self.pick(DEEDS)} the {noun()}")
+            return (
+                f"The {adj().capitalize()} {kw().capitalize()} {self.pick(GROUPS)}: "
+                f"{plural(self.pick(ROLES))} who {self.pick(DEEDS)} the {noun()}"
+            )
         if kind == "concept":
             deed, when = third_person(self.pick(DEEDS)), r.choice(["dawn", "dusk", "full moon", "market day"])
-            return (f"{an(adj()).capitalize()} {self.pick(ROLES)} who {deed} the {kw()} {noun()} "
-                    f"and posts about it every {when}")
+            return (
+                f"{an(adj()).capitalize()} {self.pick(ROLES)} who {deed} the {kw()} {noun()} "
+                f"and posts about it every {when}"
+            )
         if kind == "role":
             return r.choice([self.pick(ROLES), f"{kw()} {self.pick(ROLES)}"])
         if kind == "trait":
@@ -423,8 +569,23 @@ STRING_KINDS = [
     (("faction", "guild", "clan", "society", "group"), "faction"),
     (("concept", "pitch", "hook"), "concept"),
     (("rule", "law", "taboo"), "rule"),
-    (("setting", "description", "summary", "premise", "backstory", "history", "lore", "overview",
-      "story", "text", "body", "content"), "description"),
+    (
+        (
+            "setting",
+            "description",
+            "summary",
+            "premise",
+            "backstory",
+            "history",
+            "lore",
+            "overview",
+            "story",
+            "text",
+            "body",
+            "content",
+        ),
+        "description",
+    ),
 ]
 PLACE_CONTEXTS = ("world", "bible", "realm", "place", "location", "city", "faction", "guild", "setting")
 

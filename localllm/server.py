@@ -52,11 +52,25 @@ log = logging.getLogger("localllm")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 CHARS_PER_TOKEN = 4  # the usage estimate
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
-           413: "Payload Too Large", 422: "Unprocessable Entity", 429: "Too Many Requests",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 FAULT_MESSAGES = {
     429: ("Rate limit reached for requests. Please try again later.", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
@@ -82,10 +96,14 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-          headers: dict | None = None) -> Response:
-    return Response(status, {"error": {"message": message, "type": type_, "param": None, "code": code}},
-                    headers or {})
+def error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    headers: dict | None = None,
+) -> Response:
+    return Response(status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers or {})
 
 
 def estimate_tokens(text: str) -> int:
@@ -97,8 +115,9 @@ class BadRequest(Exception):
 
 
 class LocalLlmServer:
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 8090, latency_s: float = 0.0,
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 8090, latency_s: float = 0.0, api_key: str | None = None
+    ) -> None:
         self.host, self.port, self.api_key = host, port, api_key
         self.start_latency_s = self.latency_s = latency_s
         self.queue: deque[dict] = deque()
@@ -146,15 +165,23 @@ class LocalLlmServer:
         return {"latency_s": self.latency_s, "queue": list(self.queue)}
 
     def stats(self) -> dict:
-        return {"chat_requests": self.chat_requests, "by_status": dict(self.by_status),
-                "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
-                "billed_tokens": self.billed_tokens, "without_max_tokens": self.without_max_tokens}
+        return {
+            "chat_requests": self.chat_requests,
+            "by_status": dict(self.by_status),
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "billed_tokens": self.billed_tokens,
+            "without_max_tokens": self.without_max_tokens,
+        }
 
     def bill(self, prompt_tokens: int, completion_tokens: int) -> dict:
         """An OpenAI ``usage`` object, added to ``billed_tokens``."""
         self.billed_tokens += prompt_tokens + completion_tokens
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     # --- HTTP -------------------------------------------------------------------
 
@@ -175,8 +202,13 @@ class LocalLlmServer:
                 if response.body is None:
                     return
                 await write_response(writer, response, keep_alive=request.keep_alive)
-                log.info("%s %s %d %.0fms", request.method, request.path, response.status,
-                         (time.monotonic() - started) * 1000)
+                log.info(
+                    "%s %s %d %.0fms",
+                    request.method,
+                    request.path,
+                    response.status,
+                    (time.monotonic() - started) * 1000,
+                )
                 if not request.keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -263,8 +295,9 @@ class LocalLlmServer:
         if not model:
             return error(400, "You must provide a model parameter.", code="missing_model")
         if model != MODEL_ID:
-            return error(404, f"The model `{model}` does not exist or you do not have access to it.",
-                         code="model_not_found")
+            return error(
+                404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+            )
         schema, schema_name = None, ""
         response_format = body.get("response_format") or {}
         if response_format.get("type") == "json_schema":
@@ -278,8 +311,9 @@ class LocalLlmServer:
             if value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                return error(400, f"Invalid '{name}': expected an integer >= 1, got {json.dumps(value)}.",
-                             code="invalid_value")
+                return error(
+                    400, f"Invalid '{name}': expected an integer >= 1, got {json.dumps(value)}.", code="invalid_value"
+                )
             limits.append(value)
         self.without_max_tokens += not limits
 
@@ -303,23 +337,38 @@ class LocalLlmServer:
         finish_reason = "stop"
         if limits and estimate_tokens(content) > min(limits):
             content, finish_reason = content[: min(limits) * CHARS_PER_TOKEN], "length"
-        usage = fault.get("usage") or {"prompt_tokens": estimate_tokens("".join(message_text(m) for m in messages)),
-                                       "completion_tokens": estimate_tokens(content)}
-        return Response(200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": MODEL_ID,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                         "logprobs": None, "finish_reason": finish_reason}],
-            "usage": self.bill(usage["prompt_tokens"], usage["completion_tokens"]),
-        })
+        usage = fault.get("usage") or {
+            "prompt_tokens": estimate_tokens("".join(message_text(m) for m in messages)),
+            "completion_tokens": estimate_tokens(content),
+        }
+        return Response(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": MODEL_ID,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": self.bill(usage["prompt_tokens"], usage["completion_tokens"]),
+            },
+        )
 
 
 def model_card() -> dict:
-    return {"id": MODEL_ID, "object": "model", "created": 1_700_000_000,
-            "owned_by": "worldgen localllm (procedural stand-in, not a language model)"}
+    return {
+        "id": MODEL_ID,
+        "object": "model",
+        "created": 1_700_000_000,
+        "owned_by": "worldgen localllm (procedural stand-in, not a language model)",
+    }
 
 
 def fault_response(fault: dict) -> Response:
@@ -335,7 +384,8 @@ def fault_response(fault: dict) -> Response:
 def is_usage(value: object) -> bool:
     return isinstance(value, dict) and all(
         isinstance(value.get(key), int) and not isinstance(value.get(key), bool) and value[key] >= 0
-        for key in ("prompt_tokens", "completion_tokens"))
+        for key in ("prompt_tokens", "completion_tokens")
+    )
 
 
 def parse_json_object(body: bytes) -> dict:
@@ -385,9 +435,13 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
 
 async def write_response(writer: asyncio.StreamWriter, response: Response, *, keep_alive: bool) -> None:
     payload = json.dumps(response.body, ensure_ascii=False).encode()
-    head = [f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
-            "Content-Type: application/json", f"Content-Length: {len(payload)}",
-            f"Connection: {'keep-alive' if keep_alive else 'close'}", "Server: localllm"]
+    head = [
+        f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+        "Server: localllm",
+    ]
     head += [f"{name}: {value}" for name, value in response.headers.items()]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
     await writer.drain()

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m localstack", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".localdata", help="all local data (default: .localdata)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT / ".localdata", help="all local data (default: .localdata)"
+    )
     parser.add_argument("--web-port", type=int, default=8000)
     parser.add_argument("--temporal-port", type=int, default=7233)
     parser.add_argument("--temporal-ui-port", type=int, default=8233)
@@ -43,11 +45,17 @@ def say(message: str) -> None:
 
 
 def check_ports(ports: dict[str, int]) -> None:
-    taken = [f"port {port} ({what}, change it with --{flag})" for (what, flag), port in ports.items()
-             if not servers.port_is_free(port)]
+    taken = [
+        f"port {port} ({what}, change it with --{flag})"
+        for (what, flag), port in ports.items()
+        if not servers.port_is_free(port)
+    ]
     if taken:
-        raise servers.StackError("these ports are taken: " + "; ".join(taken) +
-                                 ". Stop whatever uses them (maybe another `make demo`) or pick other ports.")
+        raise servers.StackError(
+            "these ports are taken: "
+            + "; ".join(taken)
+            + ". Stop whatever uses them (maybe another `make demo`) or pick other ports."
+        )
 
 
 def admin_password(data_dir: Path) -> str:
@@ -80,34 +88,51 @@ def wait_for_http(process: servers.ManagedProcess, url: str, timeout: float = 90
 
 
 def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None:
-    check_ports({
-        ("Django web server", "web-port"): opts.web_port,
-        ("Temporal", "temporal-port"): opts.temporal_port,
-        ("Temporal UI", "temporal-ui-port"): opts.temporal_ui_port,
-        ("SecantusDB", "mongo-port"): opts.mongo_port,
-        ("worker health", "worker-health-port"): opts.worker_health_port,
-        ("worker metrics", "worker-metrics-port"): opts.worker_metrics_port,
-        ("local LLM endpoint", "llm-port"): opts.llm_port,
-        ("media server", "media-port"): opts.media_port,
-    })
+    check_ports(
+        {
+            ("Django web server", "web-port"): opts.web_port,
+            ("Temporal", "temporal-port"): opts.temporal_port,
+            ("Temporal UI", "temporal-ui-port"): opts.temporal_ui_port,
+            ("SecantusDB", "mongo-port"): opts.mongo_port,
+            ("worker health", "worker-health-port"): opts.worker_health_port,
+            ("worker metrics", "worker-metrics-port"): opts.worker_metrics_port,
+            ("local LLM endpoint", "llm-port"): opts.llm_port,
+            ("media server", "media-port"): opts.media_port,
+        }
+    )
     data, logs = opts.data_dir.resolve(), opts.data_dir.resolve() / "logs"
     (data / "mongo").mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
 
     say("starting SecantusDB and the Temporal dev server")
-    mongo = servers.start("SecantusDB", servers.secantus_args(port=opts.mongo_port, storage=data / "mongo"),
-                          log_path=logs / "secantus.log")
+    mongo = servers.start(
+        "SecantusDB",
+        servers.secantus_args(port=opts.mongo_port, storage=data / "mongo"),
+        log_path=logs / "secantus.log",
+    )
     started.append(mongo)
-    temporal = servers.start("Temporal dev server", servers.temporal_dev_server_args(
-        port=opts.temporal_port, ui_port=opts.temporal_ui_port, db_file=data / "temporal.db"),
-        log_path=logs / "temporal.log")
+    temporal = servers.start(
+        "Temporal dev server",
+        servers.temporal_dev_server_args(
+            port=opts.temporal_port, ui_port=opts.temporal_ui_port, db_file=data / "temporal.db"
+        ),
+        log_path=logs / "temporal.log",
+    )
     started.append(temporal)
     say("starting the local LLM endpoint and the media server")
-    llm = servers.start("local LLM endpoint", [sys.executable, "-m", "localllm", "--port", str(opts.llm_port)],
-                        log_path=logs / "localllm.log", cwd=ROOT)
+    llm = servers.start(
+        "local LLM endpoint",
+        [sys.executable, "-m", "localllm", "--port", str(opts.llm_port)],
+        log_path=logs / "localllm.log",
+        cwd=ROOT,
+    )
     started.append(llm)
-    media = servers.start("media server", [sys.executable, "-m", "mediaserver", "--port", str(opts.media_port)],
-                          log_path=logs / "mediaserver.log", cwd=ROOT)
+    media = servers.start(
+        "media server",
+        [sys.executable, "-m", "mediaserver", "--port", str(opts.media_port)],
+        log_path=logs / "mediaserver.log",
+        cwd=ROOT,
+    )
     started.append(media)
     servers.wait_for_port(mongo, opts.mongo_port)
     servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
@@ -132,13 +157,29 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
     manage("ensure_local_admin", "--username", "admin", "--password", password, env=env)
 
     say("starting the worker and the web server")
-    worker = servers.start("worker", [
-        sys.executable, "manage.py", "run_temporal_worker",
-        "--health-port", str(opts.worker_health_port), "--metrics-port", str(opts.worker_metrics_port),
-    ], log_path=logs / "worker.log", env=env, cwd=ROOT)
+    worker = servers.start(
+        "worker",
+        [
+            sys.executable,
+            "manage.py",
+            "run_temporal_worker",
+            "--health-port",
+            str(opts.worker_health_port),
+            "--metrics-port",
+            str(opts.worker_metrics_port),
+        ],
+        log_path=logs / "worker.log",
+        env=env,
+        cwd=ROOT,
+    )
     started.append(worker)
-    web = servers.start("web server", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{opts.web_port}"],
-                        log_path=logs / "web.log", env=env, cwd=ROOT)
+    web = servers.start(
+        "web server",
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{opts.web_port}"],
+        log_path=logs / "web.log",
+        env=env,
+        cwd=ROOT,
+    )
     started.append(web)
     wait_for_http(worker, f"http://127.0.0.1:{opts.worker_health_port}/healthz")
     wait_for_http(web, f"http://127.0.0.1:{opts.web_port}/admin/login/")
@@ -146,10 +187,15 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
     say(manage("stack_check", env=env))
     if not opts.no_sample:
         say("generating the sample world (procedural LLM and images)")
-        if subprocess.run([sys.executable, "manage.py", "generate_world", "--sample", "--wait"], cwd=ROOT,
-                          env=env).returncode != 0:
+        if (
+            subprocess.run(
+                [sys.executable, "manage.py", "generate_world", "--sample", "--wait"], cwd=ROOT, env=env
+            ).returncode
+            != 0
+        ):
             raise servers.StackError(f"the sample world was not generated; see the lines above and {logs}")
-    print(f"""
+    print(
+        f"""
   worldgen is up.
     World viewer: http://127.0.0.1:{opts.web_port}/worlds/
     Admin:        http://127.0.0.1:{opts.web_port}/admin/   (user: admin, password: {password};
@@ -162,7 +208,9 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
                   generation_tasks, images.files)
     Data and logs: {data}
   Press Ctrl-C to stop everything.
-""", flush=True)
+""",
+        flush=True,
+    )
     while True:
         for process in started:
             if not process.alive():

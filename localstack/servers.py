@@ -65,14 +65,20 @@ class ManagedProcess:
         self.popen.wait(5)
 
 
-def start(name: str, args: list[str], *, log_path: Path, env: dict | None = None,
-          cwd: Path | None = None) -> ManagedProcess:
+def start(
+    name: str, args: list[str], *, log_path: Path, env: dict | None = None, cwd: Path | None = None
+) -> ManagedProcess:
     """Start ``args`` in its own process group, output written to ``log_path`` (truncated)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
     return ManagedProcess(name, popen, log_path)
 
@@ -92,21 +98,46 @@ def wait_for_port(process: ManagedProcess, port: int, *, timeout: float = 60.0, 
 
 def temporal_dev_server_args(*, port: int, ui_port: int | None, db_file: Path | None = None) -> list[str]:
     """``temporal server start-dev``: in memory unless ``db_file`` is given; no UI if ``ui_port`` is None."""
-    args = [str(VENV_BIN / "temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
-            "--log-level", "warn",
-            # Task-queue fairness: activities carry a per-world fairness key.
-            "--dynamic-config-value", "matching.enableFairness=true"]
+    args = [
+        str(VENV_BIN / "temporal"),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warn",
+        # Task-queue fairness: activities carry a per-world fairness key.
+        "--dynamic-config-value",
+        "matching.enableFairness=true",
+    ]
     args += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
     if db_file is not None:
-        args += ["--db-filename", str(db_file),
-                 "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
+        args += [
+            "--db-filename",
+            str(db_file),
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
+        ]
     return args
 
 
 def secantus_args(*, port: int, storage: Path | None) -> list[str]:
     """SecantusDB, a MongoDB-wire server; in memory if ``storage`` is None."""
-    return [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
-            "--storage-path", ":memory:" if storage is None else str(storage), "--log-level", "WARNING"]
+    return [
+        str(VENV_BIN / "secantusd-py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        ":memory:" if storage is None else str(storage),
+        "--log-level",
+        "WARNING",
+    ]
 
 
 def mongo_uri(port: int) -> str:

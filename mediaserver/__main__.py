@@ -15,13 +15,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mediaserver", description="worldgen reference media server (gRPC)")
     parser.add_argument("--host", default="127.0.0.1")
     target_port = os.environ.get("MEDIA_GRPC_TARGET", "127.0.0.1:50051").rpartition(":")[2]
-    parser.add_argument("--port", type=int, default=int(target_port) if target_port.isdigit() else 50051,
-                        help="default: the port of MEDIA_GRPC_TARGET, else 50051")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(target_port) if target_port.isdigit() else 50051,
+        help="default: the port of MEDIA_GRPC_TARGET, else 50051",
+    )
     parser.add_argument("--workers", type=int, default=None, help="render threads (default: Python's choice)")
-    parser.add_argument("--fail-first", type=int, default=0, metavar="N",
-                        help="fault injection: the first N RenderImage calls return UNAVAILABLE")
-    parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
-                        help="fault injection: sleep this long before answering each call")
+    parser.add_argument(
+        "--fail-first",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fault injection: the first N RenderImage calls return UNAVAILABLE",
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fault injection: sleep this long before answering each call",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

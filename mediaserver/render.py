@@ -48,13 +48,13 @@ def _hsv(h: float, s: float, v: float) -> Color:
 
 
 def _mix(a: Color, b: Color, t: float) -> Color:
-    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b, strict=True))
 
 
 def _palette(rng: random.Random, style: str) -> dict[str, Color]:
     mood = _digest("style", style.strip().lower())
     hue = (mood % 1000) / 1000 + rng.uniform(-0.06, 0.06)  # the world's hue, jittered per image
-    sat = 0.35 + (mood // 1000 % 50) / 100                   # 0.35 .. 0.84
+    sat = 0.35 + (mood // 1000 % 50) / 100  # 0.35 .. 0.84
     accent = hue + rng.choice((0.5, 0.42, 0.58, 0.33))
     return {
         "sky_top": _hsv(hue, sat, rng.uniform(0.25, 0.6)),
@@ -76,8 +76,12 @@ def _gradient(w: int, h: int, top: Color, bottom: Color) -> Image.Image:
 def _glow(image: Image.Image, cx: float, cy: float, r: float, color: Color, strength: float = 0.6) -> None:
     q = 4  # a blurred glow has no detail: draw and blur it at a quarter of the resolution, in its own box
     reach = r * 2.5  # the ellipse plus ~3 sigma of blur
-    box = (max(0, int(cx - reach)), max(0, int(cy - reach)),
-           min(image.width, int(cx + reach) + 1), min(image.height, int(cy + reach) + 1))
+    box = (
+        max(0, int(cx - reach)),
+        max(0, int(cy - reach)),
+        min(image.width, int(cx + reach) + 1),
+        min(image.height, int(cy + reach) + 1),
+    )
     if box[0] >= box[2] or box[1] >= box[3]:
         return
     size = (box[2] - box[0], box[3] - box[1])
@@ -106,11 +110,15 @@ def _post(rng: random.Random, pal: dict[str, Color], w: int, h: int, prompt: str
     for i in range(layers):
         depth = (i + 1) / layers
         base = h * (0.45 + 0.4 * depth)
-        waves = [(rng.uniform(1, 6), rng.uniform(0, 2 * math.pi), h * rng.uniform(0.02, 0.09) * (1.2 - depth))
-                 for _ in range(3)]
+        waves = [
+            (rng.uniform(1, 6), rng.uniform(0, 2 * math.pi), h * rng.uniform(0.02, 0.09) * (1.2 - depth))
+            for _ in range(3)
+        ]
         step = max(1, w // 120)
-        ridge = [(x, base - sum(a * math.sin(f * x / w * 2 * math.pi + p) for f, p, a in waves))
-                 for x in range(0, w + step, step)]
+        ridge = [
+            (x, base - sum(a * math.sin(f * x / w * 2 * math.pi + p) for f, p, a in waves))
+            for x in range(0, w + step, step)
+        ]
         color = _mix(_mix(pal["sky_bottom"], pal["mid"], 0.5), pal["dark"], depth)
         draw.polygon([(0, h), *ridge, (w, h)], fill=color)
         if i == layers - 1:  # trees or towers on the nearest ridge
@@ -154,27 +162,44 @@ def _avatar(rng: random.Random, pal: dict[str, Color], w: int, h: int, prompt: s
     head_y, head_rx, head_ry = h * rng.uniform(0.4, 0.46), unit * rng.uniform(0.16, 0.21), unit * rng.uniform(0.2, 0.25)
     long_hair = rng.random() < 0.5
     if long_hair:
-        draw.rounded_rectangle((cx - head_rx * 1.3, head_y - head_ry * 1.15, cx + head_rx * 1.3, head_y + head_ry * 1.6),
-                               radius=head_rx, fill=pal["hair"])
+        draw.rounded_rectangle(
+            (cx - head_rx * 1.3, head_y - head_ry * 1.15, cx + head_rx * 1.3, head_y + head_ry * 1.6),
+            radius=head_rx,
+            fill=pal["hair"],
+        )
     # Shoulders and neck.
     draw.ellipse((cx - unit * 0.42, h * 0.78, cx + unit * 0.42, h * 1.3), fill=pal["cloth"])
-    draw.rectangle((cx - head_rx * 0.4, head_y + head_ry * 0.6, cx + head_rx * 0.4, h * 0.82), fill=_mix(skin, (0, 0, 0), 0.15))
+    draw.rectangle(
+        (cx - head_rx * 0.4, head_y + head_ry * 0.6, cx + head_rx * 0.4, h * 0.82), fill=_mix(skin, (0, 0, 0), 0.15)
+    )
     draw.ellipse((cx - head_rx, head_y - head_ry, cx + head_rx, head_y + head_ry), fill=skin)
     # Hair on top: a cap; sometimes horns or a crown for the fantastical ones.
-    draw.chord((cx - head_rx * 1.05, head_y - head_ry * 1.12, cx + head_rx * 1.05, head_y + head_ry * 0.5),
-               180, 360, fill=pal["hair"])
+    draw.chord(
+        (cx - head_rx * 1.05, head_y - head_ry * 1.12, cx + head_rx * 1.05, head_y + head_ry * 0.5),
+        180,
+        360,
+        fill=pal["hair"],
+    )
     extra = rng.random()
     if extra < 0.2:
         for side in (-1, 1):
             bx = cx + side * head_rx * 0.6
-            draw.polygon([(bx - head_rx * 0.15, head_y - head_ry * 0.8), (bx + side * head_rx * 0.35, head_y - head_ry * 1.6),
-                          (bx + head_rx * 0.15, head_y - head_ry * 0.85)], fill=pal["dark"])
+            draw.polygon(
+                [
+                    (bx - head_rx * 0.15, head_y - head_ry * 0.8),
+                    (bx + side * head_rx * 0.35, head_y - head_ry * 1.6),
+                    (bx + head_rx * 0.15, head_y - head_ry * 0.85),
+                ],
+                fill=pal["dark"],
+            )
     elif extra < 0.35:
         top = head_y - head_ry * 1.05
         points = [(cx - head_rx * 0.7, top)]
         for k in range(5):
-            points += [(cx - head_rx * 0.7 + head_rx * 0.35 * (k + 0.5), top - head_ry * 0.35 * (k % 2 == 0)),
-                       (cx - head_rx * 0.7 + head_rx * 0.35 * (k + 1), top)]
+            points += [
+                (cx - head_rx * 0.7 + head_rx * 0.35 * (k + 0.5), top - head_ry * 0.35 * (k % 2 == 0)),
+                (cx - head_rx * 0.7 + head_rx * 0.35 * (k + 1), top),
+            ]
         draw.polygon(points, fill=pal["accent"])
     # Face: eyes and a mouth.
     eye_y, eye_dx, eye_r = head_y - head_ry * 0.05, head_rx * 0.4, unit * rng.uniform(0.014, 0.024)
@@ -183,8 +208,13 @@ def _avatar(rng: random.Random, pal: dict[str, Color], w: int, h: int, prompt: s
         draw.ellipse((ex - eye_r * 1.6, eye_y - eye_r, ex + eye_r * 1.6, eye_y + eye_r), fill=(250, 250, 250))
         draw.ellipse((ex - eye_r * 0.8, eye_y - eye_r * 0.8, ex + eye_r * 0.8, eye_y + eye_r * 0.8), fill=pal["dark"])
     mouth_w = head_rx * rng.uniform(0.3, 0.55)
-    draw.arc((cx - mouth_w, head_y + head_ry * 0.25, cx + mouth_w, head_y + head_ry * 0.6), 20, 160,
-             fill=_mix(skin, (120, 20, 40), 0.6), width=max(1, unit // 100))
+    draw.arc(
+        (cx - mouth_w, head_y + head_ry * 0.25, cx + mouth_w, head_y + head_ry * 0.6),
+        20,
+        160,
+        fill=_mix(skin, (120, 20, 40), 0.6),
+        width=max(1, unit // 100),
+    )
     # Round: transparent outside the central circle.
     mask = Image.new("L", (w, h), 0)
     r = unit / 2

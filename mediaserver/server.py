@@ -21,7 +21,7 @@ class MediaRenderer(media_pb2_grpc.MediaRendererServicer):
     def __init__(self, executor: ThreadPoolExecutor, *, fail_first: int = 0, delay: float = 0.0):
         self._executor = executor
         self._failures_left = fail_first  # fault injection: answer UNAVAILABLE this many times
-        self._delay = delay               # fault injection: sleep before answering
+        self._delay = delay  # fault injection: sleep before answering
 
     async def RenderImage(self, request, context):
         if self._failures_left > 0:
@@ -37,13 +37,26 @@ class MediaRenderer(media_pb2_grpc.MediaRendererServicer):
         started = time.perf_counter()
         png = await asyncio.get_running_loop().run_in_executor(
             self._executor,
-            lambda: render_png(prompt=request.prompt, style=request.style, seed=request.seed,
-                               width=request.width, height=request.height, kind=kind),
+            lambda: render_png(
+                prompt=request.prompt,
+                style=request.style,
+                seed=request.seed,
+                width=request.width,
+                height=request.height,
+                kind=kind,
+            ),
         )
         render_ms = round((time.perf_counter() - started) * 1000)
         log.info("rendered %s %dx%d seed=%d in %d ms", kind, request.width, request.height, request.seed, render_ms)
-        return media_pb2.RenderImageReply(png=png, width=request.width, height=request.height, mime_type="image/png",
-                                          renderer=RENDERER, seed=request.seed, render_ms=render_ms)
+        return media_pb2.RenderImageReply(
+            png=png,
+            width=request.width,
+            height=request.height,
+            mime_type="image/png",
+            renderer=RENDERER,
+            seed=request.seed,
+            render_ms=render_ms,
+        )
 
 
 def _invalid(request) -> str | None:
@@ -58,15 +71,24 @@ def _invalid(request) -> str | None:
     return None
 
 
-async def serve(host: str, port: int, *, stop_event: asyncio.Event | None = None, fail_first: int = 0,
-                delay: float = 0.0, workers: int | None = None, grace: float = 5.0) -> None:
+async def serve(
+    host: str,
+    port: int,
+    *,
+    stop_event: asyncio.Event | None = None,
+    fail_first: int = 0,
+    delay: float = 0.0,
+    workers: int | None = None,
+    grace: float = 5.0,
+) -> None:
     """Serve until ``stop_event`` is set (or, without one, until SIGINT/SIGTERM); then
     stop taking calls and give in-flight renders ``grace`` seconds to finish."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
     # so_reuseport=0: a second server on a taken port fails instead of silently sharing it.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     media_pb2_grpc.add_MediaRendererServicer_to_server(
-        MediaRenderer(executor, fail_first=fail_first, delay=delay), server)
+        MediaRenderer(executor, fail_first=fail_first, delay=delay), server
+    )
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:

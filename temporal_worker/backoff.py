@@ -40,7 +40,10 @@ async def wait_until_ready(
             wait = min(delay, remaining)
             log.warning(
                 "%s at %s is not reachable yet (attempt %d); retrying in %.1fs",
-                what, address, tries, wait,
+                what,
+                address,
+                tries,
+                wait,
                 extra={"dependency": what, "address": address, "attempt": tries, "error": reason},
             )
             await asyncio.sleep(wait)

@@ -34,7 +34,7 @@ class HealthServer:
     async def report(self) -> tuple[bool, dict]:
         results = await asyncio.gather(*(self._run(check) for check in self.checks.values()))
         body = dict(self.info)
-        body.update(zip(self.checks, results))
+        body.update(zip(self.checks, results, strict=True))
         healthy = all(result["ok"] for result in results)
         body["status"] = "ok" if healthy else "unhealthy"
         return healthy, body
@@ -60,10 +60,11 @@ class HealthServer:
             payload = json.dumps(body).encode()
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
             )
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -40,8 +40,11 @@ class SharedClients:
         )
         log.info(
             "shared clients opened",
-            extra={"mongo_pool": settings.MONGO_MAX_POOL_SIZE, "llm": settings.LLM_BASE_URL,
-                   "media": settings.MEDIA_GRPC_TARGET},
+            extra={
+                "mongo_pool": settings.MONGO_MAX_POOL_SIZE,
+                "llm": settings.LLM_BASE_URL,
+                "media": settings.MEDIA_GRPC_TARGET,
+            },
         )
         return clients
 

@@ -5,12 +5,13 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from generation.workflows import MAX_STACK_CHECK_PROBES, StackCheckInput, StackCheckResult, StackCheckWorkflow
 from clients.temporal import temporal_call
+from generation.workflows import MAX_STACK_CHECK_PROBES, StackCheckInput, StackCheckResult, StackCheckWorkflow
 
 
-def stack_check_run(*, probes_per_queue: int = 1, task_queues: list[str] | None = None,
-                    timeout: float = 60.0) -> StackCheckResult:
+def stack_check_run(
+    *, probes_per_queue: int = 1, task_queues: list[str] | None = None, timeout: float = 60.0
+) -> StackCheckResult:
     """Run a probe activity on every task queue and wait for the result.
 
     Proves that Temporal, a worker on each queue and Mongo all work together.

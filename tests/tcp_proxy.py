@@ -16,7 +16,8 @@ class SlowReplyProxy:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._connection, "127.0.0.1", self.port), self.loop).result(10)
+            asyncio.start_server(self._connection, "127.0.0.1", self.port), self.loop
+        ).result(10)
 
     @property
     def address(self) -> str:
@@ -24,8 +25,11 @@ class SlowReplyProxy:
 
     async def _connection(self, client_reader, client_writer) -> None:
         server_reader, server_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
-        await asyncio.gather(self._pump(client_reader, server_writer, replies=False),
-                             self._pump(server_reader, client_writer, replies=True), return_exceptions=True)
+        await asyncio.gather(
+            self._pump(client_reader, server_writer, replies=False),
+            self._pump(server_reader, client_writer, replies=True),
+            return_exceptions=True,
+        )
 
     async def _pump(self, reader, writer, *, replies: bool) -> None:
         try:

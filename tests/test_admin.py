@@ -12,12 +12,11 @@ from django.contrib.messages import get_messages
 from django.test import Client
 
 from clients import mongo
+from clients import temporal as temporal_client
 from generation import store
 from localstack import servers
-from clients import temporal as temporal_client
 from tests.test_api import cleanup_status
 from tests.test_generation import FINISHED, make_world, wait_for
-from worlds import services
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.staff_groups import grant_staff_groups
 
@@ -48,12 +47,26 @@ def post_button(client: Client, world: World, action: str):
 def test_editor_defines_and_generates_a_world_and_sees_it_complete(start_worker):
     start_worker()
     editor = staff("editor", "Editors")
-    response = editor.post("/admin/worlds/world/add/", {
-        "name": "Mossmarket", "premise": "A bazaar grown inside a giant's moss-covered boot.", "genre": "fantasy",
-        "tone": "playful", "language": "en", "visual_style": "ink", "character_count": 2, "posts_per_character": 1,
-        "token_budget": 100000, "model_override": "",
-        "runs-TOTAL_FORMS": 0, "runs-INITIAL_FORMS": 0, "runs-MIN_NUM_FORMS": 0, "runs-MAX_NUM_FORMS": 1000,
-    }, follow=True)
+    response = editor.post(
+        "/admin/worlds/world/add/",
+        {
+            "name": "Mossmarket",
+            "premise": "A bazaar grown inside a giant's moss-covered boot.",
+            "genre": "fantasy",
+            "tone": "playful",
+            "language": "en",
+            "visual_style": "ink",
+            "character_count": 2,
+            "posts_per_character": 1,
+            "token_budget": 100000,
+            "model_override": "",
+            "runs-TOTAL_FORMS": 0,
+            "runs-INITIAL_FORMS": 0,
+            "runs-MIN_NUM_FORMS": 0,
+            "runs-MAX_NUM_FORMS": 1000,
+        },
+        follow=True,
+    )
     assert response.status_code == 200
     world = World.objects.get(name="Mossmarket")
     assert world.created_by.username == "editor"
@@ -77,7 +90,10 @@ def test_editor_defines_and_generates_a_world_and_sees_it_complete(start_worker)
     assert f"/workflows/{run.workflow_id}" in run_page and 'class="wg-timeline"' in run_page
     assert "Run started" in run_page
     assert list(AuditEvent.objects.filter(world=world).values_list("action", flat=True).order_by("at", "pk")) == [
-        "world_created", "run_started", "run_published"]
+        "world_created",
+        "run_started",
+        "run_published",
+    ]
 
 
 def test_review_flow_four_eyes_and_permissions(start_worker):
@@ -112,17 +128,19 @@ def test_review_flow_four_eyes_and_permissions(start_worker):
         run.refresh_from_db()
 
     # Bulk approve from the list.
-    response = reviewer.post("/admin/worlds/world/", {"action": "approve", "_selected_action": [world.pk]},
-                             follow=True)
+    response = reviewer.post("/admin/worlds/world/", {"action": "approve", "_selected_action": [world.pk]}, follow=True)
     assert any("approved; characters are being generated" in m for m in messages_of(response))
     run = wait_for(run, FINISHED)
     assert run.status == "completed" and run.approved_by.username == "reviewer"
-    response = reviewer.post("/admin/worlds/world/", {"action": "approve", "_selected_action": [world.pk]},
-                             follow=True)
+    response = reviewer.post("/admin/worlds/world/", {"action": "approve", "_selected_action": [world.pk]}, follow=True)
     assert any("nothing is running" in m for m in messages_of(response))
     actions = list(AuditEvent.objects.filter(run=run).values_list("actor__username", "action").order_by("at", "pk"))
-    assert actions == [("editor2", "run_started"), ("reviewer", "run_rejected"), ("reviewer", "run_approved"),
-                       (None, "run_published")]
+    assert actions == [
+        ("editor2", "run_started"),
+        ("reviewer", "run_rejected"),
+        ("reviewer", "run_approved"),
+        (None, "run_published"),
+    ]
 
 
 def test_bulk_reject_asks_for_feedback_and_cancel_needs_the_role(start_worker):
@@ -156,10 +174,12 @@ def test_buttons_need_post_and_staff():
 
 def test_rerender_action_needs_the_start_role_and_explains_refusals():
     world = make_world(name="Glassmere")
-    running = GenerationRun.objects.create(world=world, number=1, workflow_id="world-glassmere-run-1",
-                                           status="running", stage="posts", degraded_items=2)
-    clean = GenerationRun.objects.create(world=world, number=2, workflow_id="world-glassmere-run-2",
-                                         status="completed", stage="done")
+    running = GenerationRun.objects.create(
+        world=world, number=1, workflow_id="world-glassmere-run-1", status="running", stage="posts", degraded_items=2
+    )
+    clean = GenerationRun.objects.create(
+        world=world, number=2, workflow_id="world-glassmere-run-2", status="completed", stage="done"
+    )
     reviewer = staff("reviewer9", "Reviewers")
     assert "rerender_images" not in reviewer.get("/admin/worlds/generationrun/").content.decode()
     reviewer.post("/admin/worlds/generationrun/", {"action": "rerender_images", "_selected_action": [running.pk]})
@@ -167,8 +187,11 @@ def test_rerender_action_needs_the_start_role_and_explains_refusals():
 
     editor = staff("editor9", "Editors")
     assert "rerender_images" in editor.get("/admin/worlds/generationrun/").content.decode()
-    response = editor.post("/admin/worlds/generationrun/", {"action": "rerender_images",
-                                                             "_selected_action": [running.pk, clean.pk]}, follow=True)
+    response = editor.post(
+        "/admin/worlds/generationrun/",
+        {"action": "rerender_images", "_selected_action": [running.pk, clean.pk]},
+        follow=True,
+    )
     assert response.status_code == 200
     assert sorted(messages_of(response)) == [
         "Glassmere run 1 is still running; its images are retried as it goes",
@@ -179,11 +202,13 @@ def test_rerender_action_needs_the_start_role_and_explains_refusals():
 
 # --- deleting worlds (through worlds.services.world_delete) ------------------------------------------
 
+
 def with_runs(name: str, *statuses: str) -> World:
     world = make_world(name=name)
     for number, status in enumerate(statuses, start=1):
-        GenerationRun.objects.create(world=world, number=number, workflow_id=f"admin-{world.pk}-{number}",
-                                     status=status, stage="done")
+        GenerationRun.objects.create(
+            world=world, number=number, workflow_id=f"admin-{world.pk}-{number}", status=status, stage="done"
+        )
     return world
 
 
@@ -191,8 +216,10 @@ def test_a_superuser_deletes_a_world_with_runs_from_its_page(world_cleanups):
     admin_client = staff("root", superuser=True)
     world = with_runs("Lanternfall", "completed", "running")
     world_pk = world.pk
-    assert f'href="/admin/worlds/world/{world_pk}/delete/"' in \
-        admin_client.get(f"/admin/worlds/world/{world_pk}/change/").content.decode()
+    assert (
+        f'href="/admin/worlds/world/{world_pk}/delete/"'
+        in admin_client.get(f"/admin/worlds/world/{world_pk}/change/").content.decode()
+    )
     confirm = admin_client.get(f"/admin/worlds/world/{world_pk}/delete/")
     assert confirm.status_code == 200
     assert "Lanternfall (2 runs, with every document and image they made)" in confirm.content.decode()
@@ -224,22 +251,28 @@ def test_bulk_delete_asks_first_then_deletes_each_world_through_the_service(worl
     assert "Glassmere (2 runs, with every document and image they made)" in page
     assert World.objects.count() == 2 and not AuditEvent.objects.filter(action="world_deleted").exists()
 
-    response = editor.post("/admin/worlds/world/", {"action": "delete_selected", "_selected_action": pks,
-                                                    "post": "yes"}, follow=True)
+    response = editor.post(
+        "/admin/worlds/world/", {"action": "delete_selected", "_selected_action": pks, "post": "yes"}, follow=True
+    )
     assert response.status_code == 200
     assert sorted(messages_of(response)) == [
         "Emberfen: deleted; its runs are stopped and their content is being removed",
-        "Glassmere: deleted; its runs are stopped and their content is being removed"]
+        "Glassmere: deleted; its runs are stopped and their content is being removed",
+    ]
     assert not World.objects.exists() and not GenerationRun.objects.exists()
     deleted = AuditEvent.objects.filter(action="world_deleted").order_by("world_pk")
-    assert [(e.actor.username, e.world_pk, e.world_name) for e in deleted] == \
-        [("editor-d", pks[0], "Emberfen"), ("editor-d", pks[1], "Glassmere")]
-    assert sorted(LogEntry.objects.filter(action_flag=DELETION).values_list("object_repr", flat=True)) == \
-        ["Emberfen", "Glassmere"]
+    assert [(e.actor.username, e.world_pk, e.world_name) for e in deleted] == [
+        ("editor-d", pks[0], "Emberfen"),
+        ("editor-d", pks[1], "Glassmere"),
+    ]
+    assert sorted(LogEntry.objects.filter(action_flag=DELETION).values_list("object_repr", flat=True)) == [
+        "Emberfen",
+        "Glassmere",
+    ]
     assert [cleanup_status(pk) for pk in pks] == ["RUNNING", "RUNNING"]
 
 
-def test_deleting_without_temporal_is_an_error_message_and_keeps_the_world(stack_env, settings, monkeypatch):
+def test_deleting_without_temporal_is_an_error_message_and_keeps_the_world(mongo_env, settings, monkeypatch):
     admin_client = staff("root2", superuser=True)
     world = with_runs("Quietreach", "completed")
     address = f"127.0.0.1:{servers.free_port()}"  # nothing listens there
@@ -249,13 +282,18 @@ def test_deleting_without_temporal_is_an_error_message_and_keeps_the_world(stack
     response = admin_client.post(f"/admin/worlds/world/{world.pk}/delete/", {"post": "yes"}, follow=True)
     assert response.status_code == 200
     assert response.redirect_chain == [(f"/admin/worlds/world/{world.pk}/change/", 302)]
-    assert messages_of(response)[0].startswith("Quietreach was not deleted: could not start the cleanup of "
-                                               f"Quietreach: Temporal is not reachable at {address}")
-    response = admin_client.post("/admin/worlds/world/", {"action": "delete_selected", "_selected_action": [world.pk],
-                                                          "post": "yes"}, follow=True)
+    assert messages_of(response)[0].startswith(
+        f"Quietreach was not deleted: could not start the cleanup of Quietreach: Temporal is not reachable at {address}"
+    )
+    response = admin_client.post(
+        "/admin/worlds/world/",
+        {"action": "delete_selected", "_selected_action": [world.pk], "post": "yes"},
+        follow=True,
+    )
     assert response.status_code == 200
-    assert messages_of(response)[0].startswith("Quietreach: could not start the cleanup of Quietreach: Temporal is not "
-                                               "reachable")
+    assert messages_of(response)[0].startswith(
+        "Quietreach: could not start the cleanup of Quietreach: Temporal is not reachable"
+    )
     assert World.objects.filter(pk=world.pk).exists() and world.runs.count() == 1
     assert not AuditEvent.objects.filter(action="world_deleted").exists()
     assert not LogEntry.objects.filter(action_flag=DELETION).exists()  # the admin log does not say deleted
@@ -263,8 +301,9 @@ def test_deleting_without_temporal_is_an_error_message_and_keeps_the_world(stack
 
 # --- publishing ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
-def bibles(stack_env):
+def bibles(mongo_env):
     """Writes a run's world bible into Mongo (what publishing needs); removes the worlds' content after."""
     db, worlds = mongo.get_db(), set()
 
@@ -280,8 +319,9 @@ def bibles(stack_env):
 
 
 def run_action(client: Client, action: str, *runs: GenerationRun):
-    return client.post("/admin/worlds/generationrun/", {"action": action, "_selected_action": [r.pk for r in runs]},
-                       follow=True)
+    return client.post(
+        "/admin/worlds/generationrun/", {"action": action, "_selected_action": [r.pk for r in runs]}, follow=True
+    )
 
 
 def test_publishing_and_unpublishing_need_the_permission(bibles):
@@ -300,7 +340,8 @@ def test_publishing_and_unpublishing_need_the_permission(bibles):
     response = run_action(editor, "publish", first, second)
     assert sorted(messages_of(response)) == [
         "Saltmere run 1 is live.",
-        "Saltmere run 2 has nothing to show: it stopped before its world bible was written"]
+        "Saltmere run 2 has nothing to show: it stopped before its world bible was written",
+    ]
     world.refresh_from_db()
     assert world.live_run == first
     listing = editor.get("/admin/worlds/generationrun/").content.decode()
@@ -325,20 +366,24 @@ def test_publishing_and_unpublishing_need_the_permission(bibles):
     assert list(actions) == [("editor-p", "run_published"), ("editor-p", "run_unpublished")]
 
 
-def test_the_reconcile_action_corrects_stale_rows_from_temporal(stack_env):
+def test_the_reconcile_action_corrects_stale_rows_from_temporal(temporal_env):
     world = with_runs("Driftwood", "running")
     run = world.runs.get()  # its workflow never existed in Temporal
-    assert 'value="reconcile"' not in staff("reviewer-r", "Reviewers").get(
-        "/admin/worlds/generationrun/").content.decode()
+    assert (
+        'value="reconcile"' not in staff("reviewer-r", "Reviewers").get("/admin/worlds/generationrun/").content.decode()
+    )
     response = run_action(staff("editor-r", "Editors"), "reconcile", run)
-    assert messages_of(response) == ["Driftwood run 1: Temporal no longer has this workflow",
-                                     "1 of 1 runs corrected from Temporal."]
+    assert messages_of(response) == [
+        "Driftwood run 1: Temporal no longer has this workflow",
+        "1 of 1 runs corrected from Temporal.",
+    ]
     run.refresh_from_db()
     assert (run.status, run.error) == ("failed", "Temporal no longer has this workflow")
     assert AuditEvent.objects.filter(run=run, action="run_reconciled", actor__username="editor-r").exists()
 
 
 # --- limits in the forms ------------------------------------------------------------------------------
+
 
 def test_the_feedback_forms_refuse_over_long_feedback():
     world = make_world(name="Glasswater", requires_approval=True)
@@ -347,8 +392,9 @@ def test_the_feedback_forms_refuse_over_long_feedback():
     expected = "Keep the feedback to at most 2000 characters (it has 2001)."
     response = reviewer.post(f"/admin/worlds/world/{world.pk}/reject/", {"feedback": too_long})
     assert response.status_code == 200 and response.context["form"].errors == {"feedback": [expected]}
-    response = reviewer.post("/admin/worlds/world/", {"action": "reject", "_selected_action": [world.pk],
-                                                      "feedback": too_long})
+    response = reviewer.post(
+        "/admin/worlds/world/", {"action": "reject", "_selected_action": [world.pk], "feedback": too_long}
+    )
     assert response.status_code == 200 and response.context["form"].errors == {"feedback": [expected]}
     assert expected in html.unescape(response.content.decode())
     assert not AuditEvent.objects.filter(action="run_rejected").exists()
@@ -356,15 +402,29 @@ def test_the_feedback_forms_refuse_over_long_feedback():
 
 def test_the_world_form_refuses_an_over_long_premise_and_a_disallowed_model():
     editor = staff("editor-f", "Editors")
-    fields = {"name": "Mossmarket", "premise": "p" * 4001, "genre": "fantasy", "tone": "playful", "language": "en",
-              "visual_style": "ink", "character_count": 2, "posts_per_character": 1, "token_budget": 5_000_001,
-              "model_override": "gpt-9", "runs-TOTAL_FORMS": 0, "runs-INITIAL_FORMS": 0, "runs-MIN_NUM_FORMS": 0,
-              "runs-MAX_NUM_FORMS": 1000}
+    fields = {
+        "name": "Mossmarket",
+        "premise": "p" * 4001,
+        "genre": "fantasy",
+        "tone": "playful",
+        "language": "en",
+        "visual_style": "ink",
+        "character_count": 2,
+        "posts_per_character": 1,
+        "token_budget": 5_000_001,
+        "model_override": "gpt-9",
+        "runs-TOTAL_FORMS": 0,
+        "runs-INITIAL_FORMS": 0,
+        "runs-MIN_NUM_FORMS": 0,
+        "runs-MAX_NUM_FORMS": 1000,
+    }
     expected = {
         "premise": ["Keep the premise to at most 4000 characters (it has 4001)."],
         "token_budget": ["The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET)."],
-        "model_override": ["'gpt-9' is not an allowed model; choose one of: worldgen-procedural-1 "
-                           "(LLM_ALLOWED_MODELS), or leave it blank."],
+        "model_override": [
+            "'gpt-9' is not an allowed model; choose one of: worldgen-procedural-1 "
+            "(LLM_ALLOWED_MODELS), or leave it blank."
+        ],
     }
     response = editor.post("/admin/worlds/world/add/", fields)
     assert response.status_code == 200 and response.context["adminform"].form.errors == expected

@@ -13,11 +13,11 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from clients import mongo
+from clients import temporal as temporal_client
+from clients.temporal import temporal_call
 from generation import documents, store
 from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
-from clients import temporal as temporal_client
-from clients.temporal import temporal_call
 from worlds import services
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.staff_groups import grant_staff_groups
@@ -30,6 +30,7 @@ PREMISE = "A floating archipelago of lantern-lit tea houses where sky-whales car
 
 
 # --- users and helpers ------------------------------------------------------------------
+
 
 @pytest.fixture
 def users() -> dict[str, User]:
@@ -69,13 +70,19 @@ def make_world(**overrides) -> World:
 
 def make_run(world: World, status: str, number: int = 1, started_by: User | None = None, **fields) -> GenerationRun:
     """A run row only (no workflow): for the checks made before Temporal is involved."""
-    return GenerationRun.objects.create(world=world, number=number, workflow_id=f"api-test-{world.pk}-{number}",
-                                        status=status, stage="done" if status in FINISHED else "approval",
-                                        started_by=started_by, **fields)
+    return GenerationRun.objects.create(
+        world=world,
+        number=number,
+        workflow_id=f"api-test-{world.pk}-{number}",
+        status=status,
+        stage="done" if status in FINISHED else "approval",
+        started_by=started_by,
+        **fields,
+    )
 
 
 @pytest.fixture
-def content(stack_env):
+def content(mongo_env):
     """Writes a run's content straight into Mongo with generation.store (no LLM): a bible, characters
     and posts whose texts name the run. The worlds' content is removed before and after (world IDs
     come back after a rolled-back test)."""
@@ -87,12 +94,28 @@ def content(stack_env):
             store.delete_world_content(db, run.world_id)
         ref = run.ref
         store.save_bible(db, ref, {"title": f"Bible of run {run.number}"}, 0, None)
-        store.save_cast(db, ref, [{"name": f"Run {run.number} character {index}", "handle": f"r{run.number}_c{index}",
-                                   "concept": "a lamplighter"} for index in range(characters)])
+        store.save_cast(
+            db,
+            ref,
+            [
+                {
+                    "name": f"Run {run.number} character {index}",
+                    "handle": f"r{run.number}_c{index}",
+                    "concept": "a lamplighter",
+                }
+                for index in range(characters)
+            ],
+        )
         for character in range(characters):
             for index in range(posts):
-                store.save_post(db, ref, character, index, {"caption": f"run {run.number} post {character}.{index}"},
-                                f"r{run.number}_c{character}")
+                store.save_post(
+                    db,
+                    ref,
+                    character,
+                    index,
+                    {"caption": f"run {run.number} post {character}.{index}"},
+                    f"r{run.number}_c{character}",
+                )
 
     yield write
     for world_id in worlds:
@@ -106,8 +129,12 @@ def cleanup_status(world_pk: int) -> str:
 
 
 def cleanup_result(world_pk: int) -> WorldCleanupResult:
-    return temporal_call(lambda client: client.get_workflow_handle(
-        cleanup_workflow_id(world_pk), result_type=WorldCleanupResult).result(), timeout=120)
+    return temporal_call(
+        lambda client: client.get_workflow_handle(
+            cleanup_workflow_id(world_pk), result_type=WorldCleanupResult
+        ).result(),
+        timeout=120,
+    )
 
 
 def world_content(world_pk: int) -> dict[str, int]:
@@ -119,8 +146,7 @@ def world_content(world_pk: int) -> dict[str, int]:
     return found
 
 
-def wait_for(client: APIClient, run_id: int, statuses: set[str], until=lambda run: True,
-             timeout: float = 180) -> dict:
+def wait_for(client: APIClient, run_id: int, statuses: set[str], until=lambda run: True, timeout: float = 180) -> dict:
     """Poll GET /api/runs/{id}/ until the run has one of ``statuses`` (and ``until(run)``)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -152,14 +178,19 @@ def worker(start_worker):
 
 # --- worlds: CRUD, validation, 404s ------------------------------------------------------
 
+
 def test_world_create_read_update_delete(users, world_cleanups):
     editor = api(users["editor"])
     response = editor.post("/api/worlds/", {**world_body(), "visual_style": "ink", "language": "fr"}, format="json")
     assert response.status_code == 201, response.content
     world = response.json()
     assert world["name"] == "Lanternfall" and world["premise"] == PREMISE
-    assert (world["visual_style"], world["language"], world["genre"], world["token_budget"]) == \
-        ("ink", "fr", "fantasy", 500_000)
+    assert (world["visual_style"], world["language"], world["genre"], world["token_budget"]) == (
+        "ink",
+        "fr",
+        "fantasy",
+        500_000,
+    )
     assert world["created_by"] == "editor" and world["latest_run"] is None
 
     for index in range(3):
@@ -186,45 +217,59 @@ def test_world_create_read_update_delete(users, world_cleanups):
     assert editor.get(url).status_code == 404
     assert cleanup_status(world["id"]) == "RUNNING"  # started; it waits for a worker (there is none here)
     actions = list(AuditEvent.objects.filter(actor=users["editor"]).order_by("at").values_list("action", "detail"))
-    assert actions == [("world_created", ""), ("world_updated", "character_count, tone"),
-                       ("world_deleted", f"Lanternfall; 0 runs; content removed by world-{world['id']}-cleanup")]
+    assert actions == [
+        ("world_created", ""),
+        ("world_updated", "character_count, tone"),
+        ("world_deleted", f"Lanternfall; 0 runs; content removed by world-{world['id']}-cleanup"),
+    ]
     deleted = AuditEvent.objects.get(action="world_deleted")
     assert (deleted.world, deleted.world_pk, deleted.world_name) == (None, world["id"], "Lanternfall")
 
 
-@pytest.mark.parametrize(("body", "field", "message"), [
-    ({"premise": PREMISE}, "name", "This field is required."),
-    ({"name": "X"}, "premise", "This field is required."),
-    (world_body(name=""), "name", "This field may not be blank."),
-    (world_body(name="x" * 121), "name", "Ensure this field has no more than 120 characters."),
-    (world_body(name=" " + "x" * 120), "name", "Ensure this field has no more than 120 characters."),
-    (world_body(character_count=0), "character_count", "Ensure this value is greater than or equal to 1."),
-    (world_body(character_count=51), "character_count", "Ensure this value is less than or equal to 50."),
-    (world_body(posts_per_character=-1), "posts_per_character", "Ensure this value is greater than or equal to 0."),
-    (world_body(posts_per_character=51), "posts_per_character", "Ensure this value is less than or equal to 50."),
-    (world_body(language="xx"), "language", '"xx" is not a valid choice.'),
-    (world_body(visual_style="crayon"), "visual_style", '"crayon" is not a valid choice.'),
-    (world_body(token_budget=999), "token_budget", "Ensure this value is greater than or equal to 1000."),
-    (world_body(token_budget=10**30), "token_budget", "Ensure this value is less than or equal to 2147483647."),
-    (world_body(character_count="many"), "character_count", "A valid integer is required."),
-    (world_body(character_count=[1]), "character_count", "A valid integer is required."),
-    (world_body(character_count="5"), "character_count", "A valid integer is required."),
-    (world_body(character_count=2.5), "character_count", "A valid integer is required."),
-    (world_body(requires_approval=0), "requires_approval", "Must be a valid boolean."),
-    (world_body(requires_approval="maybe"), "requires_approval", "Must be a valid boolean."),
-    (world_body(name={"a": 1}), "name", "Not a valid string."),
-    (world_body(model_override=0), "model_override", "Not a valid string."),
-    (world_body(tone="  "), "tone", "This field may not be blank."),
-    (world_body(tone="\x85\u3000\x1c"), "tone", "This field may not be blank."),
-    (world_body(premise="nul\x00byte"), "premise", "Null characters are not allowed."),
-    ([world_body()], "non_field_errors", "Invalid data. Expected a dictionary, but got list."),
-    # the limits deployments set (defaults: WORLD_PREMISE_MAX_CHARS, GENERATION_MAX_TOKEN_BUDGET, LLM_ALLOWED_MODELS)
-    (world_body(premise="p" * 4001), "premise", "Keep the premise to at most 4000 characters (it has 4001)."),
-    (world_body(token_budget=5_000_001), "token_budget",
-     "The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET)."),
-    (world_body(model_override="gpt-9"), "model_override",
-     "'gpt-9' is not an allowed model; choose one of: worldgen-procedural-1 (LLM_ALLOWED_MODELS), or leave it blank."),
-])
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"premise": PREMISE}, "name", "This field is required."),
+        ({"name": "X"}, "premise", "This field is required."),
+        (world_body(name=""), "name", "This field may not be blank."),
+        (world_body(name="x" * 121), "name", "Ensure this field has no more than 120 characters."),
+        (world_body(name=" " + "x" * 120), "name", "Ensure this field has no more than 120 characters."),
+        (world_body(character_count=0), "character_count", "Ensure this value is greater than or equal to 1."),
+        (world_body(character_count=51), "character_count", "Ensure this value is less than or equal to 50."),
+        (world_body(posts_per_character=-1), "posts_per_character", "Ensure this value is greater than or equal to 0."),
+        (world_body(posts_per_character=51), "posts_per_character", "Ensure this value is less than or equal to 50."),
+        (world_body(language="xx"), "language", '"xx" is not a valid choice.'),
+        (world_body(visual_style="crayon"), "visual_style", '"crayon" is not a valid choice.'),
+        (world_body(token_budget=999), "token_budget", "Ensure this value is greater than or equal to 1000."),
+        (world_body(token_budget=10**30), "token_budget", "Ensure this value is less than or equal to 2147483647."),
+        (world_body(character_count="many"), "character_count", "A valid integer is required."),
+        (world_body(character_count=[1]), "character_count", "A valid integer is required."),
+        (world_body(character_count="5"), "character_count", "A valid integer is required."),
+        (world_body(character_count=2.5), "character_count", "A valid integer is required."),
+        (world_body(requires_approval=0), "requires_approval", "Must be a valid boolean."),
+        (world_body(requires_approval="maybe"), "requires_approval", "Must be a valid boolean."),
+        (world_body(name={"a": 1}), "name", "Not a valid string."),
+        (world_body(model_override=0), "model_override", "Not a valid string."),
+        (world_body(tone="  "), "tone", "This field may not be blank."),
+        (world_body(tone="\x85\u3000\x1c"), "tone", "This field may not be blank."),
+        (world_body(premise="nul\x00byte"), "premise", "Null characters are not allowed."),
+        ([world_body()], "non_field_errors", "Invalid data. Expected a dictionary, but got list."),
+        # the limits deployments set (defaults of WORLD_PREMISE_MAX_CHARS, GENERATION_MAX_TOKEN_BUDGET,
+        # LLM_ALLOWED_MODELS)
+        (world_body(premise="p" * 4001), "premise", "Keep the premise to at most 4000 characters (it has 4001)."),
+        (
+            world_body(token_budget=5_000_001),
+            "token_budget",
+            "The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET).",
+        ),
+        (
+            world_body(model_override="gpt-9"),
+            "model_override",
+            "'gpt-9' is not an allowed model; choose one of: worldgen-procedural-1 (LLM_ALLOWED_MODELS), "
+            "or leave it blank.",
+        ),
+    ],
+)
 def test_bad_world_input_is_a_400_with_field_messages(users, body, field, message):
     response = api(users["editor"]).post("/api/worlds/", body, format="json")
     assert response.status_code == 400
@@ -232,12 +277,15 @@ def test_bad_world_input_is_a_400_with_field_messages(users, body, field, messag
     assert not World.objects.exists()
 
 
-@pytest.mark.parametrize(("content_type", "body", "status", "message"), [
-    ("application/json", b"{not json", 400, "JSON parse error"),
-    ("application/json", b'{"name": NaN}', 400, "JSON parse error"),
-    ("application/json", b"\xff\xfe", 400, "JSON parse error"),
-    ("text/plain", b"hello", 415, 'Unsupported media type "text/plain" in request.'),
-])
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "message"),
+    [
+        ("application/json", b"{not json", 400, "JSON parse error"),
+        ("application/json", b'{"name": NaN}', 400, "JSON parse error"),
+        ("application/json", b"\xff\xfe", 400, "JSON parse error"),
+        ("text/plain", b"hello", 415, 'Unsupported media type "text/plain" in request.'),
+    ],
+)
 def test_unparseable_bodies_are_refused(users, content_type, body, status, message):
     response = api(users["editor"]).generic("POST", "/api/worlds/", body, content_type=content_type)
     assert response.status_code == status
@@ -250,8 +298,11 @@ def test_out_of_range_json_numbers_are_field_errors(users):
     assert response.status_code == 400
     assert response.json() == {
         "character_count": ["A valid integer is required."],
-        "token_budget": ["The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET).",
-                         "Ensure this value is less than or equal to 2147483647."]}
+        "token_budget": [
+            "The token budget may be at most 5000000 (GENERATION_MAX_TOKEN_BUDGET).",
+            "Ensure this value is less than or equal to 2147483647.",
+        ],
+    }
 
 
 def test_the_limits_are_field_errors_together_and_read_when_checked(users, settings):
@@ -267,36 +318,65 @@ def test_the_limits_are_field_errors_together_and_read_when_checked(users, setti
 
     settings.WORLD_PREMISE_MAX_CHARS, settings.GENERATION_MAX_TOKEN_BUDGET = 100, 20_000
     settings.LLM_ALLOWED_MODELS = [settings.LLM_MODEL, "gpt-4o-mini"]
-    response = editor.patch(url, {"premise": "q" * 101, "token_budget": 20_001, "model_override": "gpt-9"},
-                            format="json")
+    response = editor.patch(
+        url, {"premise": "q" * 101, "token_budget": 20_001, "model_override": "gpt-9"}, format="json"
+    )
     assert response.status_code == 400
     assert response.json() == {
         "premise": ["Keep the premise to at most 100 characters (it has 101)."],
         "token_budget": ["The token budget may be at most 20000 (GENERATION_MAX_TOKEN_BUDGET)."],
-        "model_override": [f"'gpt-9' is not an allowed model; choose one of: {settings.LLM_MODEL}, gpt-4o-mini "
-                           "(LLM_ALLOWED_MODELS), or leave it blank."]}
+        "model_override": [
+            f"'gpt-9' is not an allowed model; choose one of: {settings.LLM_MODEL}, gpt-4o-mini "
+            "(LLM_ALLOWED_MODELS), or leave it blank."
+        ],
+    }
     assert World.objects.get(name="Lanternfall").premise == "p" * 4000  # unchanged
-    response = editor.patch(url, {"premise": "q" * 100, "token_budget": 20_000, "model_override": "gpt-4o-mini"},
-                            format="json")
+    response = editor.patch(
+        url, {"premise": "q" * 100, "token_budget": 20_000, "model_override": "gpt-4o-mini"}, format="json"
+    )
     assert response.status_code == 200, response.content
     assert (response.json()["token_budget"], response.json()["model_override"]) == (20_000, "gpt-4o-mini")
     response = editor.patch(url, {"model_override": ""}, format="json")  # blank: the default model
     assert response.status_code == 200 and response.json()["model_override"] == ""
 
 
-@pytest.mark.parametrize("query", ["limit=abc", "limit=", "limit=0", "limit=101", "offset=-1", "offset=",
-                                   "offset=99999999999999999999", "offset=1&offset=2", "offset=0.0", "limit=%205"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=abc",
+        "limit=",
+        "limit=0",
+        "limit=101",
+        "offset=-1",
+        "offset=",
+        "offset=99999999999999999999",
+        "offset=1&offset=2",
+        "offset=0.0",
+        "limit=%205",
+    ],
+)
 def test_bad_pagination_is_a_400(users, query):
     response = api(users["editor"]).get(f"/api/worlds/?{query}")
     assert response.status_code == 400
     assert set(response.json()) <= {"limit", "offset"}
 
 
-@pytest.mark.parametrize("path", [
-    "/api/worlds/{missing}/", "/api/worlds/abc/", "/api/worlds/-1/", "/api/worlds/1.5/",
-    "/api/worlds/99999999999999999999999999/", "/api/worlds/{missing}/characters/", "/api/worlds/{missing}/posts/",
-    "/api/runs/{missing}/", "/api/runs/abc/", "/api/runs/99999999999999999999999999/", "/api/nothing/here/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/worlds/{missing}/",
+        "/api/worlds/abc/",
+        "/api/worlds/-1/",
+        "/api/worlds/1.5/",
+        "/api/worlds/99999999999999999999999999/",
+        "/api/worlds/{missing}/characters/",
+        "/api/worlds/{missing}/posts/",
+        "/api/runs/{missing}/",
+        "/api/runs/abc/",
+        "/api/runs/99999999999999999999999999/",
+        "/api/nothing/here/",
+    ],
+)
 def test_missing_objects_are_a_json_404(users, path):
     client = api(users["admin"])
     response = client.get(path.format(missing=make_world().pk + 1000))
@@ -310,6 +390,7 @@ def test_missing_objects_are_a_json_404(users, path):
 
 
 # --- permissions and authentication --------------------------------------------------------
+
 
 def test_permissions_follow_the_staff_roles(users, world_cleanups):
     world = make_world(character_count=0)  # invalid: a permitted generate answers 400 without starting
@@ -334,13 +415,38 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
     }
     # allowed: 2xx, or the 400/409 that comes after the permission checks (invalid world, finished run without
     # a bible, world not published)
-    allowed = {"list": 200, "read": 200, "characters": 200, "posts": 200, "run": 200, "create": 201, "change": 200,
-               "generate": 400, "approve": 409, "reject": 409, "cancel": 409, "rerender": 409, "publish": 409,
-               "unpublish": 409}
+    allowed = {
+        "list": 200,
+        "read": 200,
+        "characters": 200,
+        "posts": 200,
+        "run": 200,
+        "create": 201,
+        "change": 200,
+        "generate": 400,
+        "approve": 409,
+        "reject": 409,
+        "cancel": 409,
+        "rerender": 409,
+        "publish": 409,
+        "unpublish": 409,
+    }
     can = {
         "admin": set(allowed),
-        "editor": {"list", "read", "characters", "posts", "run", "create", "change", "generate", "cancel",
-                   "rerender", "publish", "unpublish"},
+        "editor": {
+            "list",
+            "read",
+            "characters",
+            "posts",
+            "run",
+            "create",
+            "change",
+            "generate",
+            "cancel",
+            "rerender",
+            "publish",
+            "unpublish",
+        },
         "reviewer": {"list", "read", "characters", "posts", "run", "approve", "reject"},
         "lead": set(allowed),
         "staff": set(),
@@ -355,8 +461,11 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
             assert response.status_code == expected, (who, route, response.content)
             if expected == 403:
                 detail = response.json()["detail"]
-                assert detail == ("Authentication credentials were not provided." if who is None else
-                                  "You do not have permission to perform this action.")
+                assert detail == (
+                    "Authentication credentials were not provided."
+                    if who is None
+                    else "You do not have permission to perform this action."
+                )
     delete = f"/api/worlds/{world.pk}/"
     assert api(users["reviewer"]).delete(delete).status_code == 403
     assert World.objects.filter(pk=world.pk).exists() and not AuditEvent.objects.filter(action="world_deleted")
@@ -385,7 +494,8 @@ def test_token_authentication(users):
 
 # --- runs without Temporal: conflicts, 400s and the read side ---------------------------------
 
-def test_commands_on_a_finished_run_conflict(users, stack_env):
+
+def test_commands_on_a_finished_run_conflict(users, temporal_env):
     world = make_world()
     run = make_run(world, "completed", started_by=users["editor"])
     reviewer, editor = api(users["reviewer"]), api(users["editor"])
@@ -434,22 +544,31 @@ def test_a_world_never_generated_has_no_content(users):
     client = api(users["reviewer"])
     assert client.get(f"/api/worlds/{world.pk}/characters/").json() == []
     assert client.get(f"/api/worlds/{world.pk}/posts/").json() == {"next": None, "previous": None, "results": []}
-    for query, field in [("limit=0", "limit"), ("limit=101", "limit"), ("offset=x", "offset"),
-                         ("character=-1", "character"), ("character=50", "character"), ("character=", "character"),
-                         ("character=99999999999999999999999", "character")]:
+    for query, field in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("offset=x", "offset"),
+        ("character=-1", "character"),
+        ("character=50", "character"),
+        ("character=", "character"),
+        ("character=99999999999999999999999", "character"),
+    ]:
         response = client.get(f"/api/worlds/{world.pk}/posts/?{query}")
         assert response.status_code == 400 and field in response.json(), query
 
 
-def test_temporal_trouble_never_makes_a_500(users, stack_env, settings, monkeypatch):
+def test_temporal_trouble_never_makes_a_500(users, temporal_env, settings, monkeypatch):
     world = make_world(requires_approval=True)
     run = make_run(world, "awaiting_approval", started_by=users["editor"])  # no such workflow in Temporal
     reviewer = api(users["reviewer"])
     response = reviewer.get(f"/api/runs/{run.pk}/")
     assert response.status_code == 200
     body = response.json()
-    assert "live" not in body and (body["status"], body["is_active"], body["started_by"]) == \
-        ("awaiting_approval", True, "editor")
+    assert "live" not in body and (body["status"], body["is_active"], body["started_by"]) == (
+        "awaiting_approval",
+        True,
+        "editor",
+    )
 
     address = f"127.0.0.1:{servers.free_port()}"  # nothing listens there
     settings.TEMPORAL_ADDRESS = address  # restored after the test, as is the client below
@@ -458,10 +577,11 @@ def test_temporal_trouble_never_makes_a_500(users, stack_env, settings, monkeypa
     response = reviewer.post(f"/api/runs/{run.pk}/approve/")
     assert response.status_code == 503
     assert response.json()["detail"].startswith(
-        f"could not approve the bible of Lanternfall run 1: Temporal is not reachable at {address}")
+        f"could not approve the bible of Lanternfall run 1: Temporal is not reachable at {address}"
+    )
     response = api(users["editor"]).post(f"/api/runs/{run.pk}/cancel/")
     assert response.status_code == 503
-    assert response.json()["detail"].startswith(f"could not cancel Lanternfall run 1: Temporal is not reachable")
+    assert response.json()["detail"].startswith("could not cancel Lanternfall run 1: Temporal is not reachable")
     run.refresh_from_db()
     assert (run.status, run.approved_by, run.cancelled_by) == ("awaiting_approval", None, None)
 
@@ -469,7 +589,8 @@ def test_temporal_trouble_never_makes_a_500(users, stack_env, settings, monkeypa
     response = api(users["editor"]).post(f"/api/worlds/{fresh.pk}/generate/")
     assert response.status_code == 503
     assert response.json()["detail"].startswith(
-        f"Fresh could not be started: nothing was started: Temporal is not reachable at {address}")
+        f"Fresh could not be started: nothing was started: Temporal is not reachable at {address}"
+    )
     kept = fresh.runs.get()  # the row is kept, failed, so its number is never reused
     assert (kept.number, kept.status, kept.workflow_id) == (1, "failed", f"world-{fresh.pk}-run-1")
     assert kept.error.startswith("nothing was started: Temporal is not reachable") and kept.finished_at
@@ -489,7 +610,8 @@ def test_deleting_without_temporal_is_a_503_and_deletes_nothing(users, content, 
     response = api(users["editor"]).delete(f"/api/worlds/{world.pk}/")
     assert response.status_code == 503
     assert response.json()["detail"].startswith(
-        f"could not start the cleanup of Lanternfall: Temporal is not reachable at {address}")
+        f"could not start the cleanup of Lanternfall: Temporal is not reachable at {address}"
+    )
     assert World.objects.filter(pk=world.pk).exists() and GenerationRun.objects.filter(pk=run.pk).exists()
     assert world_content(world.pk) == before and before["bibles"] == 1 and before["posts"] == 4
     assert not AuditEvent.objects.filter(action="world_deleted").exists()
@@ -497,10 +619,18 @@ def test_deleting_without_temporal_is_a_503_and_deletes_nothing(users, content, 
 
 # --- publishing: what the characters and posts routes serve ----------------------------------------
 
+
 def summary(run: GenerationRun) -> dict:
-    return {"id": run.pk, "number": run.number, "status": run.status, "stage": run.stage,
-            "characters_done": run.characters_done, "characters_total": run.characters_total,
-            "posts_done": run.posts_done, "posts_total": run.posts_total}
+    return {
+        "id": run.pk,
+        "number": run.number,
+        "status": run.status,
+        "stage": run.stage,
+        "characters_done": run.characters_done,
+        "characters_total": run.characters_total,
+        "posts_done": run.posts_done,
+        "posts_total": run.posts_total,
+    }
 
 
 def served(client: APIClient, world: World) -> tuple[list[str], list[str]]:
@@ -532,8 +662,12 @@ def test_the_api_serves_the_live_run_and_editors_publish_and_unpublish(users, co
     response = editor.post(f"/api/runs/{first.pk}/publish/")
     assert response.status_code == 202, response.content
     body = response.json()
-    assert (body["id"], body["status"], body["requires_approval"], body["bible_approved"]) == \
-        (first.pk, "completed", False, False)
+    assert (body["id"], body["status"], body["requires_approval"], body["bible_approved"]) == (
+        first.pk,
+        "completed",
+        False,
+        False,
+    )
     shown = editor.get(f"/api/worlds/{world.pk}/").json()
     assert shown["live_run"] == summary(first) and shown["latest_run"] == summary(second)
     assert editor.get("/api/worlds/").json()["results"][0]["live_run"] == summary(first)
@@ -562,10 +696,17 @@ def test_the_api_serves_the_live_run_and_editors_publish_and_unpublish(users, co
     assert served(reviewer, world) == ([], [])
     response = editor.post(f"/api/worlds/{world.pk}/unpublish/")
     assert response.status_code == 409 and response.json() == {"detail": "Lanternfall is not published"}
-    audit = AuditEvent.objects.filter(world=world).order_by("at", "pk").values_list(
-        "action", "actor__username", "run_number", "detail")
-    assert list(audit) == [("run_published", "editor", 1, ""), ("run_published", "editor", 2, "replaces run 1"),
-                           ("run_published", "editor", 1, "replaces run 2"), ("run_unpublished", "editor", 1, "")]
+    audit = (
+        AuditEvent.objects.filter(world=world)
+        .order_by("at", "pk")
+        .values_list("action", "actor__username", "run_number", "detail")
+    )
+    assert list(audit) == [
+        ("run_published", "editor", 1, ""),
+        ("run_published", "editor", 2, "replaces run 1"),
+        ("run_published", "editor", 1, "replaces run 2"),
+        ("run_unpublished", "editor", 1, ""),
+    ]
 
 
 def test_a_run_is_published_only_with_a_cleared_bible(users, content):
@@ -581,8 +722,9 @@ def test_a_run_is_published_only_with_a_cleared_bible(users, content):
     assert response.json() == {"detail": "Glasswater run 1 cannot be published: its world bible was never approved"}
     response = editor.post(f"/api/runs/{no_bible.pk}/publish/")
     assert response.status_code == 409
-    assert response.json() == {"detail": "Glasswater run 2 has nothing to show: it stopped before its world bible "
-                                         "was written"}
+    assert response.json() == {
+        "detail": "Glasswater run 2 has nothing to show: it stopped before its world bible was written"
+    }
     response = editor.get(f"/api/runs/{never_approved.pk}/").json()
     assert (response["requires_approval"], response["bible_approved"]) == (True, False)
     assert editor.get(f"/api/worlds/{world.pk}/").json()["live_run"] is None
@@ -625,8 +767,14 @@ def test_the_schema_is_valid_openapi_3_and_describes_every_route():
     assert schema["openapi"].startswith("3.")
     assert {path: set(ops) for path, ops in schema["paths"].items()} == ROUTES
     paths = schema["paths"]
-    assert set(paths["/api/worlds/{world_id}/generate/"]["post"]["responses"]) == \
-        {"202", "400", "403", "404", "409", "503"}
+    assert set(paths["/api/worlds/{world_id}/generate/"]["post"]["responses"]) == {
+        "202",
+        "400",
+        "403",
+        "404",
+        "409",
+        "503",
+    }
     assert set(paths["/api/runs/{run_id}/reject/"]["post"]["responses"]) == {"202", "400", "403", "404", "409", "503"}
     assert set(paths["/api/worlds/{world_id}/"]["delete"]["responses"]) == {"204", "403", "404", "503"}
     assert set(paths["/api/runs/{run_id}/publish/"]["post"]["responses"]) == {"202", "403", "404", "409"}
@@ -656,6 +804,7 @@ def test_the_docs_page_is_served():
 
 # --- generation end to end (worker, Temporal, LLM, media, Mongo) ---------------------------------
 
+
 @pytest.mark.django_db(transaction=True)
 def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
     editor = api(users["editor"])
@@ -664,16 +813,31 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
     assert response.status_code == 202, response.content
     run = response.json()
     assert (run["world"], run["number"], run["workflow_id"]) == (world["id"], 1, f"world-{world['id']}-run-1")
-    assert (run["status"], run["started_by"], run["characters_total"], run["posts_total"]) == \
-        ("pending", "editor", 2, 4)
+    assert (run["status"], run["started_by"], run["characters_total"], run["posts_total"]) == (
+        "pending",
+        "editor",
+        2,
+        4,
+    )
 
     run = wait_for(editor, run["id"], FINISHED)
     assert run["status"] == "completed", run["error"]
     assert (run["characters_done"], run["posts_done"], run["degraded_items"], run["is_active"]) == (2, 4, 0, False)
     assert run["tokens_used"] > 0 and run["finished_at"] and "live" not in run
     shown = editor.get(f"/api/worlds/{world['id']}/").json()
-    assert shown["latest_run"] == {key: run[key] for key in ("id", "number", "status", "stage", "characters_done",
-                                                             "characters_total", "posts_done", "posts_total")}
+    assert shown["latest_run"] == {
+        key: run[key]
+        for key in (
+            "id",
+            "number",
+            "status",
+            "stage",
+            "characters_done",
+            "characters_total",
+            "posts_done",
+            "posts_total",
+        )
+    }
     assert shown["live_run"] == shown["latest_run"]  # a completed run publishes itself
     assert editor.get("/api/worlds/").json()["results"][0]["latest_run"]["status"] == "completed"
 
@@ -681,12 +845,25 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
     assert [c["index"] for c in characters] == [0, 1]
     ref = GenerationRun.objects.get(world_id=world["id"], number=1).ref
     for character in characters:
-        assert set(character) == {"index", "name", "handle", "bio", "personality", "appearance", "interests",
-                                  "image_status", "avatar_url", "post_count"}
+        assert set(character) == {
+            "index",
+            "name",
+            "handle",
+            "bio",
+            "personality",
+            "appearance",
+            "interests",
+            "image_status",
+            "avatar_url",
+            "post_count",
+        }
         assert character["name"] and character["handle"] and character["bio"] and character["personality"]
         assert len(character["interests"]) >= 2 and all(isinstance(i, str) for i in character["interests"])
         assert character["image_status"] == "rendered" and character["post_count"] == 2
-        assert character["avatar_url"] == f"/images/{documents.image_id(documents.character_key(ref, character['index']))}.png"
+        assert (
+            character["avatar_url"]
+            == f"/images/{documents.image_id(documents.character_key(ref, character['index']))}.png"
+        )
         image = editor.get(character["avatar_url"])
         assert image.status_code == 200 and image["Content-Type"] == "image/png"
         assert image.content.startswith(PNG)
@@ -700,25 +877,37 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
     assert rest["next"] is None and rest["previous"].endswith(f"{posts_url}?limit=3&offset=0")
     handles = {c["index"]: c["handle"] for c in characters}
     for post in page["results"] + rest["results"]:
-        assert set(post) == {"character_index", "index", "handle", "caption", "hashtags", "location",
-                             "image_status", "image_url"}
+        assert set(post) == {
+            "character_index",
+            "index",
+            "handle",
+            "caption",
+            "hashtags",
+            "location",
+            "image_status",
+            "image_url",
+        }
         assert post["handle"] == handles[post["character_index"]] and post["caption"] and post["location"]
         assert post["hashtags"] and post["image_status"] == "rendered"
-        assert post["image_url"] == \
-            f"/images/{documents.image_id(documents.post_key(ref, post['character_index'], post['index']))}.png"
+        assert (
+            post["image_url"]
+            == f"/images/{documents.image_id(documents.post_key(ref, post['character_index'], post['index']))}.png"
+        )
     assert editor.get(rest["results"][0]["image_url"]).content.startswith(PNG)
     only = editor.get(f"{posts_url}?character=1").json()["results"]
     assert [(p["character_index"], p["index"]) for p in only] == [(1, 0), (1, 1)]
     assert editor.get(f"{posts_url}?character=7").json()["results"] == []
-    assert editor.get(f"{posts_url}?offset=50").json() == {"next": None, "previous": f"http://testserver"
-                                                           f"{posts_url}?offset=30", "results": []}
+    assert editor.get(f"{posts_url}?offset=50").json() == {
+        "next": None,
+        "previous": f"http://testserver{posts_url}?offset=30",
+        "results": [],
+    }
 
 
 @pytest.mark.django_db(transaction=True)
 def test_approval_with_four_eyes_rejection_feedback_and_conflicts(users, worker):
     lead, editor, reviewer = api(users["lead"]), api(users["editor"]), api(users["reviewer"])
-    world = lead.post("/api/worlds/", world_body(requires_approval=True, posts_per_character=0),
-                      format="json").json()
+    world = lead.post("/api/worlds/", world_body(requires_approval=True, posts_per_character=0), format="json").json()
     run = lead.post(f"/api/worlds/{world['id']}/generate/").json()
     run = wait_for(reviewer, run["id"], {"awaiting_approval"} | FINISHED)
     assert (run["status"], run["stage"], run["bible_revision"]) == ("awaiting_approval", "approval", 0)
@@ -755,12 +944,17 @@ def test_approval_with_four_eyes_rejection_feedback_and_conflicts(users, worker)
     assert len(reviewer.get(f"/api/worlds/{world['id']}/characters/").json()) == 1
     response = reviewer.post(f"/api/runs/{run['id']}/approve/")
     assert response.status_code == 409 and "nothing is awaiting approval" in response.json()["detail"]
-    audit = AuditEvent.objects.filter(run_id=run["id"]).order_by("at", "pk").values_list(
-        "action", "actor__username", "detail")
-    assert list(audit) == [("run_started", "lead", f"world-{world['id']}-run-1"),
-                           ("run_rejected", "reviewer", "More sky-whales."),
-                           ("run_approved", "reviewer", "revision 1"),
-                           ("run_published", None, "completed")]  # by the run itself, once completed
+    audit = (
+        AuditEvent.objects.filter(run_id=run["id"])
+        .order_by("at", "pk")
+        .values_list("action", "actor__username", "detail")
+    )
+    assert list(audit) == [
+        ("run_started", "lead", f"world-{world['id']}-run-1"),
+        ("run_rejected", "reviewer", "More sky-whales."),
+        ("run_approved", "reviewer", "revision 1"),
+        ("run_published", None, "completed"),
+    ]  # by the run itself, once completed
 
 
 @pytest.mark.django_db(transaction=True)
@@ -814,9 +1008,18 @@ def test_deleting_a_generated_world_removes_all_its_content(users, worker, clien
     assert result.documents == sum(before[name] for name in documents.CONTENT_COLLECTIONS)
     assert world_content(world["id"]) == dict.fromkeys(before, 0)
     deleted = AuditEvent.objects.get(action="world_deleted")
-    assert (deleted.actor.username, deleted.world, deleted.world_pk, deleted.world_name) == \
-        ("editor", None, world["id"], "Lanternfall")
+    assert (deleted.actor.username, deleted.world, deleted.world_pk, deleted.world_name) == (
+        "editor",
+        None,
+        world["id"],
+        "Lanternfall",
+    )
     assert deleted.detail == f"Lanternfall; 1 run; content removed by world-{world['id']}-cleanup"
     started = AuditEvent.objects.get(action="run_started")  # the history keeps which world and run
-    assert (started.world, started.run, started.world_pk, started.world_name, started.run_number) == \
-        (None, None, world["id"], "Lanternfall", 1)
+    assert (started.world, started.run, started.world_pk, started.world_name, started.run_number) == (
+        None,
+        None,
+        world["id"],
+        "Lanternfall",
+        1,
+    )

@@ -76,8 +76,12 @@ def load_schema():
         """Half of the time, point an id parameter at a seeded object."""
         if not path_parameters:
             return st.just(path_parameters)
-        seeded = [{**path_parameters, name: pk} for name in ("world_id", "run_id") if name in path_parameters
-                  for pk in SEEDED[name]]
+        seeded = [
+            {**path_parameters, name: pk}
+            for name in ("world_id", "run_id")
+            if name in path_parameters
+            for pk in SEEDED[name]
+        ]
         return st.one_of(st.just(path_parameters), st.sampled_from(seeded)) if seeded else st.just(path_parameters)
 
     return loaded
@@ -100,15 +104,36 @@ def fuzz_env(stack_env, settings, monkeypatch):
     admin = User.objects.create_user("fuzz-admin", is_staff=True, is_superuser=True)
     token = Token.objects.create(user=admin)
     worlds = [
-        World.objects.create(name="Tideglass", premise="A city of glass towers that flood at every full moon.",
-                             character_count=1, posts_per_character=1, created_by=admin),
-        World.objects.create(name="Emberfall", premise="Volcanic islands where the ash remembers who walked on it.",
-                             character_count=2, posts_per_character=1),
+        World.objects.create(
+            name="Tideglass",
+            premise="A city of glass towers that flood at every full moon.",
+            character_count=1,
+            posts_per_character=1,
+            created_by=admin,
+        ),
+        World.objects.create(
+            name="Emberfall",
+            premise="Volcanic islands where the ash remembers who walked on it.",
+            character_count=2,
+            posts_per_character=1,
+        ),
     ]
-    finished = GenerationRun.objects.create(world=worlds[1], number=1, workflow_id=f"fuzz-{worlds[1].pk}-1",
-                                            status="completed", stage="done", started_by=admin)
-    worlds.append(World.objects.create(name="Saltmarch", premise="Salt flats where mirages trade with the living.",
-                                       character_count=1, posts_per_character=1))
+    finished = GenerationRun.objects.create(
+        world=worlds[1],
+        number=1,
+        workflow_id=f"fuzz-{worlds[1].pk}-1",
+        status="completed",
+        stage="done",
+        started_by=admin,
+    )
+    worlds.append(
+        World.objects.create(
+            name="Saltmarch",
+            premise="Salt flats where mirages trade with the living.",
+            character_count=1,
+            posts_per_character=1,
+        )
+    )
     STARTED_WORKFLOWS.clear()
     active = services.generation_start(world=worlds[2], user=admin)
     STARTED_WORKFLOWS.add(active.workflow_id)
@@ -121,7 +146,8 @@ def fuzz_env(stack_env, settings, monkeypatch):
     SEEDED["world_id"].clear()
     SEEDED["run_id"].clear()
     workflow_ids = STARTED_WORKFLOWS | set(
-        GenerationRun.objects.exclude(workflow_id__startswith="fuzz-").values_list("workflow_id", flat=True))
+        GenerationRun.objects.exclude(workflow_id__startswith="fuzz-").values_list("workflow_id", flat=True)
+    )
     for workflow_id in workflow_ids:
         terminate(workflow_id)
     terminate_world_cleanups()  # of the worlds a DELETE removed: no worker runs them here
@@ -163,10 +189,19 @@ def terminate(workflow_id: str) -> None:
 @pytest.mark.parametrize("credentials", ["superuser-token"])
 @pytest.mark.django_db(transaction=True)  # the WSGI handler closes connections between requests
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          phases=[Phase.explicit, Phase.generate, Phase.shrink],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
 def test_api_conforms_to_its_schema(case, credentials, fuzz_env):
     aim_coverage_case_at_seeded_object(case)
     response = case.call_and_validate(headers=fuzz_env, checks=CHECKS)

@@ -22,34 +22,48 @@ from worlds.services import run_config, world_snapshot
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_unapproved_bible_expires_the_run_after_the_timeout(time_skipping_server, stack_env):
+def test_unapproved_bible_expires_the_run_after_the_timeout(time_skipping_server, mongo_env, llm_env, media_env):
     from temporalio.testing import WorkflowEnvironment
 
-    world = World.objects.create(name="Tideglass", premise="A city of glass towers that flood at every full moon.",
-                                 requires_approval=True, character_count=2, posts_per_character=1)
+    world = World.objects.create(
+        name="Tideglass",
+        premise="A city of glass towers that flood at every full moon.",
+        requires_approval=True,
+        character_count=2,
+        posts_per_character=1,
+    )
     workflow_id = f"timeout-{uuid.uuid4().hex[:8]}"
     run = GenerationRun.objects.create(world=world, number=1, workflow_id=workflow_id)
     config = run_config()
     assert config.approval_timeout_s == 7 * 24 * 3600
     run_input = WorldRunInput(RunRef(run.pk, world.pk, 1, workflow_id), world_snapshot(world), config)
-    options = WorkerOptions(queues=list(QUEUE_KINDS), max_concurrent_activities=10, max_concurrent_workflow_tasks=10,
-                            llm_rate_limit=100, max_activities_per_second=None, graceful_shutdown_seconds=1,
-                            connect_timeout=10)
+    options = WorkerOptions(
+        queues=list(QUEUE_KINDS),
+        max_concurrent_activities=10,
+        max_concurrent_workflow_tasks=10,
+        llm_rate_limit=100,
+        max_activities_per_second=None,
+        graceful_shutdown_seconds=1,
+        connect_timeout=10,
+    )
 
     async def scenario():
         env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=time_skipping_server)
         clients = SharedClients(
             mongo=mongo.get_client(),
-            llm_http=httpx.AsyncClient(base_url=stack_env["LLM_BASE_URL"]),
-            media_channel=grpc.aio.insecure_channel(stack_env["MEDIA_GRPC_TARGET"], options=media.channel_options()),
+            llm_http=httpx.AsyncClient(base_url=llm_env["LLM_BASE_URL"]),
+            media_channel=grpc.aio.insecure_channel(media_env["MEDIA_GRPC_TARGET"], options=media.channel_options()),
         )
         async with env, contextlib.AsyncExitStack() as running:
             executor = running.enter_context(ThreadPoolExecutor(10))
             for worker in build_workers(env.client, clients, options, executor):
                 await running.enter_async_context(worker)
-            progress = await env.client.execute_workflow(WorldGenerationWorkflow.run, run_input, id=workflow_id,
-                                                         task_queue=config.workflows_queue)
-            skipped = await env.get_current_time() - (await env.client.get_workflow_handle(workflow_id).describe()).start_time
+            progress = await env.client.execute_workflow(
+                WorldGenerationWorkflow.run, run_input, id=workflow_id, task_queue=config.workflows_queue
+            )
+            skipped = (
+                await env.get_current_time() - (await env.client.get_workflow_handle(workflow_id).describe()).start_time
+            )
         await clients.llm_http.aclose()
         await clients.media_channel.close()
         return progress, skipped

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.timeout(300)
 
 def run(args: list[str], tmp_path: Path) -> dict:
     out = tmp_path / "figures.json"
-    done = subprocess.run([sys.executable, *args, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=280)
+    done = subprocess.run(
+        [sys.executable, *args, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=280
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -24,8 +25,17 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
     figures = run(["-m", "benchmarks.generation", "--worlds", "2", "--characters", "1", "--posts", "1"], tmp_path)
     assert set(figures["modes"]) == {"baseline", "pipeline", "per-activity-connections"}
     assert (figures["worlds_completed"], figures["worlds_failed"], figures["duplicates"]) == (2, 0, 0)
-    for key in ("activities", "wall_s", "baseline_activities_per_s", "pipeline_activities_per_s", "ratio",
-                "p50_world_s", "p95_world_s", "per_activity_activities_per_s", "worker_peak_rss_mb"):
+    for key in (
+        "activities",
+        "wall_s",
+        "baseline_activities_per_s",
+        "pipeline_activities_per_s",
+        "ratio",
+        "p50_world_s",
+        "p95_world_s",
+        "per_activity_activities_per_s",
+        "worker_peak_rss_mb",
+    ):
         assert figures[key] > 0, key
     assert 0 < figures["worker_mongo_pool_peaks"][0] <= figures["mongo_pool_size"]
     # A client per activity opens more connections than the shared pool ever holds.
@@ -34,15 +44,23 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
 
 
 def test_bench_generation_refuses_an_unknown_mode():
-    done = subprocess.run([sys.executable, "-m", "benchmarks.generation", "--modes", "pipeline,turbo"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.generation", "--modes", "pipeline,turbo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "--modes takes a comma list of" in done.stderr
 
 
 def test_bench_web_times_every_endpoint(tmp_path):
-    figures = run(["-m", "benchmarks.web", "--worlds", "30", "--posts", "120", "--requests", "5",
-                   "--target-p95-ms", "100000"], tmp_path)
+    figures = run(
+        ["-m", "benchmarks.web", "--worlds", "30", "--posts", "120", "--requests", "5", "--target-p95-ms", "100000"],
+        tmp_path,
+    )
     assert figures["seeding"]["worlds"] == 30 and figures["seeding"]["posts"] == 120
     assert len(figures["endpoints"]) == 5
-    assert all(r["requests"] == 5 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"]
-               for r in figures["endpoints"].values())
+    assert all(
+        r["requests"] == 5 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"] for r in figures["endpoints"].values()
+    )

@@ -59,8 +59,13 @@ class StandIns:
     other call but the run's last report waits the same way, so anything the run starts after
     the cancel point can only end by being cancelled."""
 
-    def __init__(self, block_at: tuple[str, int] | None = None, media_down: bool = False,
-                 needs_render: int = 0, last_report: tuple[str, str] = ("record_run_status", "cancelled")) -> None:
+    def __init__(
+        self,
+        block_at: tuple[str, int] | None = None,
+        media_down: bool = False,
+        needs_render: int = 0,
+        last_report: tuple[str, str] = ("record_run_status", "cancelled"),
+    ) -> None:
         self.block_at, self.media_down, self.last_report = block_at, media_down, last_report
         self.calls: Counter = Counter()
         self.log: list[tuple[str, int, str, str]] = []  # (event, call number, activity, detail)
@@ -128,32 +133,62 @@ class StandIns:
         return [ImageRef(*ref) for ref in sorted(self.needs_render, key=lambda ref: ref[0])]
 
     def activities(self) -> list:
-        return [self.record_run_status, self.record_degraded_items, self.generate_bible, self.generate_cast,
-                self.generate_character, self.generate_post, self.render_image, self.mark_image_for_rerender,
-                self.list_images_to_rerender]
+        return [
+            self.record_run_status,
+            self.record_degraded_items,
+            self.generate_bible,
+            self.generate_cast,
+            self.generate_character,
+            self.generate_post,
+            self.render_image,
+            self.mark_image_for_rerender,
+            self.list_images_to_rerender,
+        ]
 
 
 def run_input(queue: str, *, characters: int = 2, posts: int = 2, approval: bool = False) -> WorldRunInput:
-    world = WorldSnapshot(world_id=1, name="Lanternfall", premise="Sky-whales carry letters.", genre="fantasy",
-                          tone="whimsical", language="en", visual_style="watercolor", character_count=characters,
-                          posts_per_character=posts, requires_approval=approval, token_budget=1_000_000)
-    config = RunConfig(workflows_queue=f"{queue}-workflows", llm_queue=f"{queue}-llm", media_queue=f"{queue}-media",
-                       character_concurrency=2)
+    world = WorldSnapshot(
+        world_id=1,
+        name="Lanternfall",
+        premise="Sky-whales carry letters.",
+        genre="fantasy",
+        tone="whimsical",
+        language="en",
+        visual_style="watercolor",
+        character_count=characters,
+        posts_per_character=posts,
+        requires_approval=approval,
+        token_budget=1_000_000,
+    )
+    config = RunConfig(
+        workflows_queue=f"{queue}-workflows",
+        llm_queue=f"{queue}-llm",
+        media_queue=f"{queue}-media",
+        character_concurrency=2,
+    )
     return WorldRunInput(RunRef(1, 1, 1, f"{queue}-world"), world, config)
 
 
 async def cancel_when(env: WorkflowEnvironment, stand_ins: StandIns, workflow, inp: WorldRunInput, ready) -> int:
     """Start ``workflow``, cancel it once ``ready()`` is true; returns the log position at the cancel."""
     config = inp.config
-    workers = [Worker(env.client, task_queue=queue, activities=stand_ins.activities(),
-                      workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow]
-                      if queue == config.workflows_queue else [],
-                      max_heartbeat_throttle_interval=timedelta(milliseconds=100),
-                      default_heartbeat_throttle_interval=timedelta(milliseconds=100))
-               for queue in (config.workflows_queue, config.llm_queue, config.media_queue)]
+    workers = [
+        Worker(
+            env.client,
+            task_queue=queue,
+            activities=stand_ins.activities(),
+            workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow]
+            if queue == config.workflows_queue
+            else [],
+            max_heartbeat_throttle_interval=timedelta(milliseconds=100),
+            default_heartbeat_throttle_interval=timedelta(milliseconds=100),
+        )
+        for queue in (config.workflows_queue, config.llm_queue, config.media_queue)
+    ]
     async with workers[0], workers[1], workers[2]:
-        handle = await env.client.start_workflow(workflow, inp, id=inp.run.workflow_id,
-                                                 task_queue=config.workflows_queue)
+        handle = await env.client.start_workflow(
+            workflow, inp, id=inp.run.workflow_id, task_queue=config.workflows_queue
+        )
         for _ in range(400):
             if await ready(handle):
                 break
@@ -174,13 +209,15 @@ def assert_stopped_before_reporting(stand_ins: StandIns, at_cancel: int) -> None
     run's last report started only once every other call had ended or stopped."""
     log = stand_ins.log
     outcome = {call: event for event, call, _, _ in log if event != "start"}
-    report = max(call for event, call, name, detail in log
-                 if event == "start" and (name, detail) == stand_ins.last_report)
+    report = max(
+        call for event, call, name, detail in log if event == "start" and (name, detail) == stand_ins.last_report
+    )
     for event, call, name, detail in log:
         if event != "start" or call == report:
             continue
-        assert call in outcome and log.index((outcome[call], call, name, detail)) < report, \
+        assert call in outcome and log.index((outcome[call], call, name, detail)) < report, (
             f"{name}({detail}) was still running when the run made its last report: {log}"
+        )
         if call >= at_cancel and name != "list_images_to_rerender":
             assert outcome[call] == "stopped", f"{name}({detail}) did work after the cancel: {log}"
     assert log[-1][0] == "end" and log[-1][1] == report, f"the last report was not the end: {log}"
@@ -189,22 +226,34 @@ def assert_stopped_before_reporting(stand_ins: StandIns, at_cancel: int) -> None
 def blocked(stand_ins: StandIns):
     async def ready(handle) -> bool:
         return stand_ins.blocked.is_set()
+
     return ready
 
 
 # (activity, nth call) where the run is cancelled, for a world of 2 characters x 2 posts.
 # record_run_status: 1 = the first report (running/bible), 2 = characters stage.
 # render_image 1 is an avatar: the cancel that used to be swallowed and render everything.
-BLOCK_POINTS = [("record_run_status", 1), ("generate_bible", 1), ("record_run_status", 2), ("generate_cast", 1),
-                ("generate_character", 1), ("render_image", 1), ("generate_post", 1), ("render_image", 3)]
+BLOCK_POINTS = [
+    ("record_run_status", 1),
+    ("generate_bible", 1),
+    ("record_run_status", 2),
+    ("generate_cast", 1),
+    ("generate_character", 1),
+    ("render_image", 1),
+    ("generate_post", 1),
+    ("render_image", 3),
+]
 
 
 @pytest.mark.parametrize("block_at", BLOCK_POINTS, ids=[f"{name}-{n}" for name, n in BLOCK_POINTS])
 def test_a_cancel_at_each_await_stops_the_run(env, block_at):
     loop, environment = env
     stand_ins = StandIns(block_at=block_at)
-    at_cancel = loop.run(cancel_when(environment, stand_ins, WorldGenerationWorkflow.run,
-                                     run_input(uuid.uuid4().hex[:8]), blocked(stand_ins)))
+    at_cancel = loop.run(
+        cancel_when(
+            environment, stand_ins, WorldGenerationWorkflow.run, run_input(uuid.uuid4().hex[:8]), blocked(stand_ins)
+        )
+    )
     assert ("stopped", block_at[0]) in [(event, name) for event, _, name, _ in stand_ins.log]
     assert_stopped_before_reporting(stand_ins, at_cancel)
 
@@ -213,8 +262,11 @@ def test_a_cancel_while_the_media_service_is_down_is_not_taken_for_an_outage(env
     """The degrade path (mark for re-render) must not run when the failure is the cancel."""
     loop, environment = env
     stand_ins = StandIns(block_at=("mark_image_for_rerender", 1), media_down=True)
-    at_cancel = loop.run(cancel_when(environment, stand_ins, WorldGenerationWorkflow.run,
-                                     run_input(uuid.uuid4().hex[:8]), blocked(stand_ins)))
+    at_cancel = loop.run(
+        cancel_when(
+            environment, stand_ins, WorldGenerationWorkflow.run, run_input(uuid.uuid4().hex[:8]), blocked(stand_ins)
+        )
+    )
     assert_stopped_before_reporting(stand_ins, at_cancel)
 
 
@@ -225,8 +277,15 @@ def test_a_cancel_during_the_approval_wait(env):
     async def awaiting(handle) -> bool:
         return ("end", "record_run_status", "awaiting_approval") in [(e, n, d) for e, _, n, d in stand_ins.log]
 
-    at_cancel = loop.run(cancel_when(environment, stand_ins, WorldGenerationWorkflow.run,
-                                     run_input(uuid.uuid4().hex[:8], approval=True), awaiting))
+    at_cancel = loop.run(
+        cancel_when(
+            environment,
+            stand_ins,
+            WorldGenerationWorkflow.run,
+            run_input(uuid.uuid4().hex[:8], approval=True),
+            awaiting,
+        )
+    )
     assert_stopped_before_reporting(stand_ins, at_cancel)
     assert stand_ins.calls["generate_cast"] == 0
 
@@ -250,8 +309,12 @@ def test_a_cancel_while_characters_start(env):
     assert stand_ins.calls["generate_post"] < 6
 
     async def child_statuses():
-        return [(await environment.client.get_workflow_handle(f"{inp.run.workflow_id}-character-{i}").describe()
-                 ).status.name for i in range(2)]
+        return [
+            (
+                await environment.client.get_workflow_handle(f"{inp.run.workflow_id}-character-{i}").describe()
+            ).status.name
+            for i in range(2)
+        ]
 
     for status in loop.run(child_statuses()):
         assert status in ("CANCELED", "COMPLETED"), status

@@ -32,21 +32,30 @@ SEED = int(os.environ.get("CHAOS_SEED", "20261123"))
 def expected_counts(characters: int, posts_per_character: int) -> dict:
     posts = characters * posts_per_character
     # bible, cast, one profile per character, one per post, one render per avatar and per post
-    return {"bibles": 1, "characters": characters, "posts": posts, "images": characters + posts,
-            "tasks": 1 + 1 + characters + posts + characters + posts}
+    return {
+        "bibles": 1,
+        "characters": characters,
+        "posts": posts,
+        "images": characters + posts,
+        "tasks": 1 + 1 + characters + posts + characters + posts,
+    }
 
 
 def assert_complete_and_exact(run: GenerationRun, characters: int, posts_per_character: int) -> None:
     """The run completed; Mongo holds exactly one of everything it should, nothing degraded or orphaned."""
     assert run.status == "completed", (run.workflow_id, run.status, run.stage, run.error)
     assert (run.characters_done, run.posts_done, run.degraded_items) == (
-        characters, characters * posts_per_character, 0), run.workflow_id
+        characters,
+        characters * posts_per_character,
+        0,
+    ), run.workflow_id
     assert counts(run) == expected_counts(characters, posts_per_character), run.workflow_id
 
     db, key = mongo.get_db(), run.ref.key
     post_positions = collections.Counter(
         (p["run_key"], p["character_index"], p["index"])
-        for p in db.posts.find({"run_key": key}, {"run_key": 1, "character_index": 1, "index": 1}))
+        for p in db.posts.find({"run_key": key}, {"run_key": 1, "character_index": 1, "index": 1})
+    )
     assert set(post_positions) == {(key, c, i) for c in range(characters) for i in range(posts_per_character)}
     assert max(post_positions.values()) == 1, post_positions
     character_positions = collections.Counter(c["index"] for c in db.characters.find({"run_key": key}, {"index": 1}))
@@ -71,8 +80,11 @@ def wait_for_all(runs: list[GenerationRun], timeout: float) -> None:
     ids = [r.pk for r in runs]
     while GenerationRun.objects.filter(pk__in=ids).exclude(status__in=FINISHED).exists():
         if time.monotonic() > deadline:
-            stuck = list(GenerationRun.objects.filter(pk__in=ids).exclude(status__in=FINISHED)
-                         .values_list("workflow_id", "status", "stage", "posts_done"))
+            stuck = list(
+                GenerationRun.objects.filter(pk__in=ids)
+                .exclude(status__in=FINISHED)
+                .values_list("workflow_id", "status", "stage", "posts_done")
+            )
             raise AssertionError(f"runs still not finished after {timeout:.0f}s: {stuck}")
         time.sleep(0.5)
     for run in runs:
@@ -136,9 +148,12 @@ def test_worker_killed_five_times_mid_run_every_world_completes_exactly_once(sta
     llm_control(llm_server, {"latency_s": 0.25})
     unfinished_at_kill, posts_at_kill = [], []
     try:
-        runs = [generation_start(world=make_world(name=f"Chaos {i}", character_count=characters,
-                                                  posts_per_character=posts_per_character))
-                for i in range(world_count)]
+        runs = [
+            generation_start(
+                world=make_world(name=f"Chaos {i}", character_count=characters, posts_per_character=posts_per_character)
+            )
+            for i in range(world_count)
+        ]
         ids, keys = [r.pk for r in runs], [r.ref.key for r in runs]
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 2.5))
@@ -158,9 +173,15 @@ def test_worker_killed_five_times_mid_run_every_world_completes_exactly_once(sta
         assert_complete_and_exact(run, characters, posts_per_character)
 
 
-def run_through_outage(server: "RestartableServer", down_seconds: float, llm_server: str, characters: int,
-                       posts_per_character: int, before_stop=lambda run: None,
-                       while_down=lambda: None) -> GenerationRun:
+def run_through_outage(
+    server: "RestartableServer",
+    down_seconds: float,
+    llm_server: str,
+    characters: int,
+    posts_per_character: int,
+    before_stop=lambda run: None,
+    while_down=lambda: None,
+) -> GenerationRun:
     """Start a world; once its first post exists stop ``server``, keep it down, restart it, wait for the end."""
     llm_control(llm_server, {"latency_s": 0.3})
     try:
@@ -193,8 +214,9 @@ def restartable_mongo(stack_env, tmp_path, logs_dir):
     port = servers.free_port()
     storage = tmp_path / "mongo"
     storage.mkdir()
-    server = RestartableServer("secantus-chaos", servers.secantus_args(port=port, storage=storage), port, logs_dir,
-                               ready_timeout=60)
+    server = RestartableServer(
+        "secantus-chaos", servers.secantus_args(port=port, storage=storage), port, logs_dir, ready_timeout=60
+    )
     session_uri = settings.MONGO_URI
     try:
         server.start()
@@ -216,8 +238,14 @@ def test_mongo_restarted_mid_run_the_world_still_completes_exactly(restartable_m
     def first_post_is_in_mongo(run):
         assert mongo.get_db().posts.count_documents({"run_key": run.ref.key}) >= 1
 
-    run = run_through_outage(restartable_mongo, MONGO_DOWN_SECONDS, llm_server, characters, posts_per_character,
-                             before_stop=first_post_is_in_mongo)
+    run = run_through_outage(
+        restartable_mongo,
+        MONGO_DOWN_SECONDS,
+        llm_server,
+        characters,
+        posts_per_character,
+        before_stop=first_post_is_in_mongo,
+    )
     assert len(restartable_mongo.processes) == 2
     assert_complete_and_exact(run, characters, posts_per_character)
     key = run.ref.key
@@ -251,7 +279,8 @@ def restartable_temporal(stack_env, tmp_path, logs_dir):
 
 
 def test_temporal_restarted_mid_run_the_worker_reconnects_and_the_world_completes(
-        restartable_temporal, llm_server, start_worker):
+    restartable_temporal, llm_server, start_worker
+):
     from temporalio.client import WorkflowExecutionStatus
 
     from clients.temporal import temporal_call
@@ -262,8 +291,14 @@ def test_temporal_restarted_mid_run_the_worker_reconnects_and_the_world_complete
     def worker_survives():
         assert worker.process.alive(), f"worker exited while Temporal was down:\n{worker.process.log_tail(40)}"
 
-    run = run_through_outage(restartable_temporal, TEMPORAL_DOWN_SECONDS, llm_server, characters,
-                             posts_per_character, while_down=worker_survives)
+    run = run_through_outage(
+        restartable_temporal,
+        TEMPORAL_DOWN_SECONDS,
+        llm_server,
+        characters,
+        posts_per_character,
+        while_down=worker_survives,
+    )
     assert worker.process.alive(), f"worker exited:\n{worker.process.log_tail(40)}"
     assert len(restartable_temporal.processes) == 2
     assert run.stage and run.finished_at is not None

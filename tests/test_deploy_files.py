@@ -64,7 +64,9 @@ def _workloads() -> list[dict]:
 
 
 def _worldgen_containers() -> list[tuple[dict, dict]]:
-    return [(doc, c) for doc in _workloads() for c in _containers(doc) if c["image"].split(":")[0].endswith("/worldgen")]
+    return [
+        (doc, c) for doc in _workloads() for c in _containers(doc) if c["image"].split(":")[0].endswith("/worldgen")
+    ]
 
 
 def _container_env(container: dict) -> dict[str, str]:
@@ -87,7 +89,7 @@ def _workers() -> dict[str, tuple[dict, dict, list[str]]]:
         for c in doc["spec"]["template"]["spec"]["containers"]:
             argv = [*c.get("command", []), *c.get("args", [])]
             if "run_temporal_worker" in argv:
-                found[doc["metadata"]["name"]] = (doc, c, argv[argv.index("run_temporal_worker") + 1:])
+                found[doc["metadata"]["name"]] = (doc, c, argv[argv.index("run_temporal_worker") + 1 :])
     return found
 
 
@@ -107,12 +109,12 @@ def test_deploy_tree_has_the_reference_files():
     names = {p.relative_to(DEPLOY).as_posix() for p in _yaml_files()}
     assert "prometheus/alerts.yaml" in names
     kinds = {doc["kind"] for _, doc in DOCS}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "Job", "ConfigMap", "Secret",
-            "PrometheusRule"} <= kinds
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "Job", "ConfigMap", "Secret", "PrometheusRule"} <= kinds
 
 
-@pytest.mark.parametrize("path,doc", DOCS, ids=[f"{p.name}:{d.get('kind')}:{d.get('metadata', {}).get('name')}"
-                                                for p, d in DOCS])
+@pytest.mark.parametrize(
+    "path,doc", DOCS, ids=[f"{p.name}:{d.get('kind')}:{d.get('metadata', {}).get('name')}" for p, d in DOCS]
+)
 def test_every_document_has_api_version_kind_and_name(path, doc):
     assert isinstance(doc.get("apiVersion"), str) and doc["apiVersion"], path
     assert isinstance(doc.get("kind"), str) and doc["kind"], path
@@ -163,8 +165,14 @@ def test_the_manifest_environment_loads_production_settings_and_passes_check_dep
     env = {k: v for k, v in os.environ.items() if k not in _settings_env_names()}
     env.update(_container_env(container))
     env["STATIC_ROOT"] = str(ROOT / "staticfiles")  # the in-image path need not exist here
-    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -262,8 +270,10 @@ def test_llm_hpa_scales_the_llm_workers_on_an_adapter_metric():
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "External"
     name = metric["external"]["metric"]["name"]
-    assert metric["external"]["metric"]["selector"]["matchLabels"]["task_queue"] == \
-        _container_env(c)["TEMPORAL_TASK_QUEUE_LLM"]
+    assert (
+        metric["external"]["metric"]["selector"]["matchLabels"]["task_queue"]
+        == _container_env(c)["TEMPORAL_TASK_QUEUE_LLM"]
+    )
     adapter = yaml.safe_load(_one("ConfigMap", "worldgen-prometheus-adapter")["data"]["config.yaml"])
     rules = {rule["name"]["as"]: rule for rule in adapter["externalRules"]}
     assert name in rules, f"no prometheus-adapter rule serves {name}"
@@ -271,9 +281,33 @@ def test_llm_hpa_scales_the_llm_workers_on_an_adapter_metric():
 
 
 PROMQL_WORDS = {
-    "sum", "by", "without", "rate", "irate", "increase", "histogram_quantile", "absent", "or", "and",
-    "unless", "on", "ignoring", "group_left", "group_right", "max", "min", "avg", "count", "le",
-    "task_queue", "worker_type", "activity_type", "workflow_type", "operation", "bool", "offset",
+    "sum",
+    "by",
+    "without",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "absent",
+    "or",
+    "and",
+    "unless",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "le",
+    "task_queue",
+    "worker_type",
+    "activity_type",
+    "workflow_type",
+    "operation",
+    "bool",
+    "offset",
 }
 
 
@@ -301,9 +335,13 @@ def test_alert_rules_are_non_empty_and_use_metrics_the_operations_doc_names():
             assert base.startswith("temporal_"), f"{rule['alert']}: {name} is not a Temporal SDK metric"
             assert base in docs_text, f"{rule['alert']}: docs/OPERATIONS.md never mentions {base}"
             used.add(base)
-    assert {"temporal_activity_schedule_to_start_latency", "temporal_workflow_task_schedule_to_start_latency",
-            "temporal_worker_task_slots_available", "temporal_activity_execution_failed",
-            "temporal_workflow_failed"} <= used
+    assert {
+        "temporal_activity_schedule_to_start_latency",
+        "temporal_workflow_task_schedule_to_start_latency",
+        "temporal_worker_task_slots_available",
+        "temporal_activity_execution_failed",
+        "temporal_workflow_failed",
+    } <= used
 
 
 def test_metric_name_extraction():
@@ -314,14 +352,31 @@ def test_operations_doc_uses_the_real_names():
     text = OPERATIONS.read_text()
     parser = Command().create_parser("manage.py", "run_temporal_worker")
     options = {opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")}
-    for option in ("--queues", "--llm-rate-limit", "--graceful-shutdown-timeout", "--health-port",
-                   "--metrics-port", "--health-host", "--max-concurrent-activities"):
+    for option in (
+        "--queues",
+        "--llm-rate-limit",
+        "--graceful-shutdown-timeout",
+        "--health-port",
+        "--metrics-port",
+        "--health-host",
+        "--max-concurrent-activities",
+    ):
         assert option in options and option in text
     for flag in re.findall(r"run_temporal_worker[^\n`]*", text):
         for opt in re.findall(r"--[a-z-]+", flag):
             assert opt in options, f"docs show an option the command lacks: {opt}"
-    for name in ("TEMPORAL_TLS", "TEMPORAL_API_KEY", "TEMPORAL_NAMESPACE", "DATABASE_URL", "MONGO_URI",
-                 "LLM_RATE_LIMIT_PER_SECOND", "worldgen-workflows", "worldgen-llm", "worldgen-media", "/healthz"):
+    for name in (
+        "TEMPORAL_TLS",
+        "TEMPORAL_API_KEY",
+        "TEMPORAL_NAMESPACE",
+        "DATABASE_URL",
+        "MONGO_URI",
+        "LLM_RATE_LIMIT_PER_SECOND",
+        "worldgen-workflows",
+        "worldgen-llm",
+        "worldgen-media",
+        "/healthz",
+    ):
         assert name in text
     for name in re.findall(r"`([A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+)`", text):
         if name not in ("X_FORWARDED_PROTO",):

@@ -30,8 +30,12 @@ FINISHED = {"completed", "failed", "cancelled", "expired", "budget_exceeded"}
 
 
 def make_world(**overrides) -> World:
-    fields = {"name": "Lanternfall", "premise": "A floating archipelago of lantern-lit tea houses where "
-              "sky-whales carry letters between islands.", "character_count": 3, "posts_per_character": 2}
+    fields = {
+        "name": "Lanternfall",
+        "premise": "A floating archipelago of lantern-lit tea houses where sky-whales carry letters between islands.",
+        "character_count": 3,
+        "posts_per_character": 2,
+    }
     return World.objects.create(**{**fields, **overrides})
 
 
@@ -85,7 +89,9 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     db, key = mongo.get_db(), run.ref.key
     handles = [c["handle"] for c in db.characters.find({"run_key": key})]
     assert len(set(handles)) == 3
-    assert all(c["image_status"] == documents.ImageStatus.RENDERED and c["bio"] for c in db.characters.find({"run_key": key}))
+    assert all(
+        c["image_status"] == documents.ImageStatus.RENDERED and c["bio"] for c in db.characters.find({"run_key": key})
+    )
     task = db.generation_tasks.find_one({"_id": f"{key}:post:0.1"})
     assert task["status"] == "succeeded" and task["usage"]["completion_tokens"] > 0
     assert task["prompt"][1]["content"].count("Your earlier posts:") == 1
@@ -94,7 +100,7 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     record_history(f"{run.workflow_id}-character-1", "character_completed")
 
 
-def test_an_invalid_world_is_refused_and_nothing_starts(stack_env):
+def test_an_invalid_world_is_refused_and_nothing_starts():
     world = make_world(character_count=0, posts_per_character=51)
     with pytest.raises(ActionError, match="character_count: .*greater than or equal to 1.*posts_per_character"):
         generation_start(world=world)
@@ -160,8 +166,18 @@ def test_cancel_stops_the_run_and_keeps_what_was_made(start_worker, llm_server):
 
 def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_server):
     start_worker(env={"LLM_TIMEOUT_SECONDS": "2"})
-    llm_control(llm_server, {"queue": [{"status": 429, "retry_after": 1}, {"status": 500}, {"status": 503},
-                                       {"hang": True}, {"invalid_json": True}]})
+    llm_control(
+        llm_server,
+        {
+            "queue": [
+                {"status": 429, "retry_after": 1},
+                {"status": 500},
+                {"status": 503},
+                {"hang": True},
+                {"invalid_json": True},
+            ]
+        },
+    )
     run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
     assert run.status == "completed", run.error
     assert counts(run)["posts"] == 1
@@ -213,8 +229,9 @@ def test_token_budget_is_a_hard_cap(start_worker, llm_server):
     pass the budget, and what it counted is exactly what the provider billed."""
     start_worker()
     llm_control(llm_server, {"reset": True})
-    run = wait_for(generation_start(world=make_world(token_budget=6000, character_count=1, posts_per_character=12)),
-                   FINISHED)
+    run = wait_for(
+        generation_start(world=make_world(token_budget=6000, character_count=1, posts_per_character=12)), FINISHED
+    )
     assert run.status == "budget_exceeded", run.error
     assert "token budget of 6000 reached" in run.error
     stats = llm_stats(llm_server)
@@ -228,9 +245,16 @@ def test_every_billed_token_is_counted_repairs_and_failed_attempts_included(star
     """The bible's first reply is invalid JSON (repaired), the repair call fails with a 500 that is
     billed anyway (the attempt is retried): all of it counts."""
     start_worker()
-    llm_control(llm_server, {"reset": True, "queue": [
-        {"invalid_json": True, "usage": {"prompt_tokens": 30000, "completion_tokens": 10}},
-        {"status": 500, "usage": {"prompt_tokens": 20000, "completion_tokens": 0}}]})
+    llm_control(
+        llm_server,
+        {
+            "reset": True,
+            "queue": [
+                {"invalid_json": True, "usage": {"prompt_tokens": 30000, "completion_tokens": 10}},
+                {"status": 500, "usage": {"prompt_tokens": 20000, "completion_tokens": 0}},
+            ],
+        },
+    )
     run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=1)), FINISHED)
     assert run.status == "completed", run.error
     billed = llm_stats(llm_server)["billed_tokens"]
@@ -245,8 +269,12 @@ def test_cancel_during_a_slow_render_stops_the_run_before_any_post(start_worker,
     from localstack import servers
 
     port = servers.free_port()
-    slow = servers.start("slow media server", [sys.executable, "-m", "mediaserver", "--port", str(port),
-                                                "--delay", "8"], log_path=logs_dir / "slow-mediaserver.log", cwd=ROOT)
+    slow = servers.start(
+        "slow media server",
+        [sys.executable, "-m", "mediaserver", "--port", str(port), "--delay", "8"],
+        log_path=logs_dir / "slow-mediaserver.log",
+        cwd=ROOT,
+    )
     try:
         servers.wait_for_port(slow, port)
         start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"})

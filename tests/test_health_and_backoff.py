@@ -38,8 +38,12 @@ def fetch(checks: dict, path: str = "/healthz") -> httpx.Response:
 def test_health_is_ok_when_every_check_passes():
     response = fetch({"temporal": passing_check, "mongo": passing_check})
     assert response.status_code == 200
-    assert response.json() == {"task_queues": ["q"], "temporal": {"ok": True, "address": "here"},
-                               "mongo": {"ok": True, "address": "here"}, "status": "ok"}
+    assert response.json() == {
+        "task_queues": ["q"],
+        "temporal": {"ok": True, "address": "here"},
+        "mongo": {"ok": True, "address": "here"},
+        "status": "ok",
+    }
 
 
 def test_health_is_503_and_names_the_failing_dependency():

@@ -33,16 +33,25 @@ class OneWaitingActivity:
     @workflow.run
     async def run(self, seconds: float) -> int:
         return await workflow.execute_activity(
-            waits_without_heartbeating, seconds, start_to_close_timeout=timedelta(seconds=30),
-            heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=1))
+            waits_without_heartbeating,
+            seconds,
+            start_to_close_timeout=timedelta(seconds=30),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )
 
 
 def run_one(temporal_server: str, interceptors: list) -> int:
     async def scenario() -> int:
         client = await Client.connect(temporal_server)
         queue = f"heartbeat-{uuid.uuid4().hex[:8]}"
-        async with Worker(client, task_queue=queue, workflows=[OneWaitingActivity],
-                          activities=[waits_without_heartbeating], interceptors=interceptors):
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[OneWaitingActivity],
+            activities=[waits_without_heartbeating],
+            interceptors=interceptors,
+        ):
             return await client.execute_workflow(OneWaitingActivity.run, WAIT_S, id=queue, task_queue=queue)
 
     return asyncio.run(scenario())

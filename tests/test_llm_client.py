@@ -3,7 +3,7 @@
 import asyncio
 import inspect
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Annotated
 
@@ -11,8 +11,16 @@ import httpx
 import pytest
 from pydantic import Field
 
-from generation.llm import (LlmClient, LlmError, LlmFatalError, LlmInvalidOutput, LlmReply, LlmRetryableError,
-                            parse_retry_after, reported_usage)
+from generation.llm import (
+    LlmClient,
+    LlmError,
+    LlmFatalError,
+    LlmInvalidOutput,
+    LlmReply,
+    LlmRetryableError,
+    parse_retry_after,
+    reported_usage,
+)
 from generation.schemas import Output, json_schema
 from localllm import MODEL_ID
 from localstack import servers
@@ -40,6 +48,7 @@ class AtHandleMember(Member):
 
 class AtHandleCharacters(Output):
     characters: Annotated[list[AtHandleMember], Field(min_length=3, max_length=3)]
+
 
 GOOD_CHARACTER = {"name": "Wren Mosslight", "handle": "wren.mosslight", "bio": "Canal poet."}
 MAX_TOKENS = 4096
@@ -75,17 +84,27 @@ def stats(base: str) -> dict:
 def complete(base: str, *, api_key: str | None = None, sent: list | None = None, **kwargs) -> LlmReply:
     """One ``complete_json`` call through a client built like the worker's shared one
     (the request bodies are appended to ``sent`` if given)."""
-    kwargs = {"messages": MESSAGES, "schema": Characters, "schema_name": "characters", "max_tokens": MAX_TOKENS,
-              **kwargs}
+    kwargs = {
+        "messages": MESSAGES,
+        "schema": Characters,
+        "schema_name": "characters",
+        "max_tokens": MAX_TOKENS,
+        **kwargs,
+    }
 
     async def record(request: httpx.Request) -> None:
         sent.append(json.loads(request.content))
 
     async def go() -> LlmReply:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        async with httpx.AsyncClient(base_url=f"{base}/v1", headers=headers, timeout=httpx.Timeout(30, connect=5),
-                                     event_hooks={"request": [record] if sent is not None else []}) as http:
+        async with httpx.AsyncClient(
+            base_url=f"{base}/v1",
+            headers=headers,
+            timeout=httpx.Timeout(30, connect=5),
+            event_hooks={"request": [record] if sent is not None else []},
+        ) as http:
             return await LlmClient(http, default_model=MODEL_ID).complete_json(**kwargs)
+
     return asyncio.run(go())
 
 
@@ -110,11 +129,16 @@ def test_the_model_is_sent_as_a_self_contained_strict_schema(llm):
     sent: list[dict] = []
     complete(llm, sent=sent)
     response_format = sent[0]["response_format"]
-    assert response_format == {"type": "json_schema", "json_schema": {
-        "name": "characters", "schema": json_schema(Characters), "strict": True}}
+    assert response_format == {
+        "type": "json_schema",
+        "json_schema": {"name": "characters", "schema": json_schema(Characters), "strict": True},
+    }
     assert "$ref" not in json.dumps(response_format) and "$defs" not in json.dumps(response_format)
     assert response_format["json_schema"]["schema"]["properties"]["characters"]["items"]["required"] == [
-        "name", "handle", "bio"]
+        "name",
+        "handle",
+        "bio",
+    ]
 
 
 def test_seed_is_sent_and_makes_replies_reproducible(llm):
@@ -131,7 +155,7 @@ def test_rate_limit_is_retryable_with_retry_after(llm):
 
 
 def test_retry_after_as_an_http_date(llm):
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     control(llm, {"queue": [{"status": 503, "retry_after": when}]})
     assert 25 <= failure(LlmRetryableError, llm).retry_after <= 31
 
@@ -229,10 +253,15 @@ def test_max_tokens_is_required_and_positive(llm, max_tokens):
     assert required.default is inspect.Parameter.empty and required.kind is inspect.Parameter.KEYWORD_ONLY
 
 
-@pytest.mark.parametrize("fault,error_type", [({"status": 503}, LlmRetryableError),
-                                              ({"status": 400}, LlmFatalError),
-                                              ({"status": 429, "code": "insufficient_quota"}, LlmFatalError),
-                                              ({"content": "[]"}, LlmInvalidOutput)])
+@pytest.mark.parametrize(
+    "fault,error_type",
+    [
+        ({"status": 503}, LlmRetryableError),
+        ({"status": 400}, LlmFatalError),
+        ({"status": 429, "code": "insufficient_quota"}, LlmFatalError),
+        ({"content": "[]"}, LlmInvalidOutput),
+    ],
+)
 def test_usage_reported_with_a_failure_is_on_the_error(llm, fault, error_type):
     control(llm, {"queue": [{**fault, "usage": {"prompt_tokens": 120, "completion_tokens": 7}}]})
     error = failure(error_type, llm)
@@ -240,8 +269,17 @@ def test_usage_reported_with_a_failure_is_on_the_error(llm, fault, error_type):
 
 
 def test_billed_tokens_equal_the_usage_of_every_reply_and_failure(llm):
-    control(llm, {"queue": [{"invalid_json": True}, {"status": 429}, {"content": "{}"},
-                            {"status": 500, "usage": {"prompt_tokens": 9, "completion_tokens": 0}}]})
+    control(
+        llm,
+        {
+            "queue": [
+                {"invalid_json": True},
+                {"status": 429},
+                {"content": "{}"},
+                {"status": 500, "usage": {"prompt_tokens": 9, "completion_tokens": 0}},
+            ]
+        },
+    )
     counted = 0
     for max_tokens in (MAX_TOKENS, MAX_TOKENS, MAX_TOKENS, MAX_TOKENS, 3, MAX_TOKENS):  # ...cut off, valid
         try:
@@ -256,18 +294,29 @@ def test_billed_tokens_equal_the_usage_of_every_reply_and_failure(llm):
 
 def test_reported_usage_tolerates_missing_and_bad_values():
     assert reported_usage({"usage": {"prompt_tokens": 3, "completion_tokens": 4.0, "total_tokens": 7}}) == {
-        "prompt_tokens": 3, "completion_tokens": 4}
-    for body in (None, [], "x", {}, {"usage": None}, {"usage": [1, 2]},
-                 {"usage": {"prompt_tokens": "3", "completion_tokens": True}},
-                 {"usage": {"prompt_tokens": -1, "completion_tokens": 2.5}}):
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+    }
+    for body in (
+        None,
+        [],
+        "x",
+        {},
+        {"usage": None},
+        {"usage": [1, 2]},
+        {"usage": {"prompt_tokens": "3", "completion_tokens": True}},
+        {"usage": {"prompt_tokens": -1, "completion_tokens": 2.5}},
+    ):
         assert reported_usage(body) == {"prompt_tokens": 0, "completion_tokens": 0}
 
 
 def test_output_checked_against_a_stricter_schema_than_the_server_honours(llm):
     # localllm ignores `pattern`, so a pattern the generated handles never match fails on the client side.
     error = failure(LlmInvalidOutput, llm, schema=AtHandleCharacters)
-    assert str(error) == ("LLM output does not match schema 'characters': "
-                          "$.characters[0].handle: String should match pattern '^@' (and 2 more)")
+    assert str(error) == (
+        "LLM output does not match schema 'characters': "
+        "$.characters[0].handle: String should match pattern '^@' (and 2 more)"
+    )
     assert error.errors == [f"$.characters[{i}].handle: String should match pattern '^@'" for i in range(3)]
 
 
@@ -275,13 +324,18 @@ def test_many_concurrent_calls_share_one_client(llm):
     control(llm, {"latency_s": 0.3})
 
     async def go() -> list[LlmReply]:
-        async with httpx.AsyncClient(base_url=f"{llm}/v1", timeout=30,
-                                     limits=httpx.Limits(max_connections=100)) as http:
+        async with httpx.AsyncClient(
+            base_url=f"{llm}/v1", timeout=30, limits=httpx.Limits(max_connections=100)
+        ) as http:
             client = LlmClient(http, default_model=MODEL_ID)
-            return await asyncio.gather(*(
-                client.complete_json(messages=MESSAGES, schema=Characters, schema_name="characters",
-                                     max_tokens=MAX_TOKENS, seed=i)
-                for i in range(80)))
+            return await asyncio.gather(
+                *(
+                    client.complete_json(
+                        messages=MESSAGES, schema=Characters, schema_name="characters", max_tokens=MAX_TOKENS, seed=i
+                    )
+                    for i in range(80)
+                )
+            )
 
     replies = asyncio.run(go())
     assert len({r.raw for r in replies}) == 80
@@ -295,4 +349,3 @@ def test_parse_retry_after_forms():
     assert parse_retry_after(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # past
     assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
     assert parse_retry_after(httpx.Headers({})) is None
-

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from generation.schemas import Output, json_schema
 from localllm import MODEL_ID
-from localllm.content import Generator, completion_content, salient_words
+from localllm.content import Generator, salient_words
 from tests.conftest import start_localllm
 
 PREMISE = "A floating archipelago where clockwork jellyfish deliver gossip between lighthouse bakeries."
@@ -48,10 +48,14 @@ WORLD = json_schema(World)
 
 
 def chat_body(premise: str = PREMISE, schema: dict | None = WORLD, **extra) -> dict:
-    body = {"model": MODEL_ID, "messages": [
-        {"role": "system", "content": "You design fantastical Instagram-like worlds. Answer in JSON."},
-        {"role": "user", "content": f"World premise: {premise}\nCreate the world bible and five characters."},
-    ], **extra}
+    body = {
+        "model": MODEL_ID,
+        "messages": [
+            {"role": "system", "content": "You design fantastical Instagram-like worlds. Answer in JSON."},
+            {"role": "user", "content": f"World premise: {premise}\nCreate the world bible and five characters."},
+        ],
+        **extra,
+    }
     if schema is not None:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "world_bible", "schema": schema}}
     return body
@@ -61,6 +65,7 @@ def request(base: str, method: str, path: str, **kwargs) -> httpx.Response:
     async def go():
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             return await client.request(method, path, **kwargs)
+
     return asyncio.run(go())
 
 
@@ -119,8 +124,10 @@ def test_content_is_on_theme(llm):
 
 
 def test_salient_words_skip_filler_and_instructions():
-    messages = [{"role": "system", "content": "Return JSON only."},
-                {"role": "user", "content": [{"type": "text", "text": "A world where the moth's opera never ends"}]}]
+    messages = [
+        {"role": "system", "content": "Return JSON only."},
+        {"role": "user", "content": [{"type": "text", "text": "A world where the moth's opera never ends"}]},
+    ]
     assert salient_words(messages) == ["moth", "opera", "never", "ends"]
 
 
@@ -147,7 +154,8 @@ class Constraints(Output):
 def test_generator_meets_every_constraint_pydantic_emits(seed):
     schema = json_schema(Constraints)
     assert {"const", "enum", "anyOf", "uniqueItems", "exclusiveMaximum", "exclusiveMinimum"} <= set(
-        re.findall(r'"(\w+)":', json.dumps(schema)))
+        re.findall(r'"(\w+)":', json.dumps(schema))
+    )
     value = Generator(random.Random(seed), ["ember"]).value(schema, key="root")
     Constraints.model_validate_json(json.dumps(value))
 
@@ -182,8 +190,12 @@ def test_models_listing_and_error_replies(llm):
 
     assert_error(request(llm, "GET", "/v2/nothing"), 404)
     assert_error(request(llm, "GET", "/v1/chat/completions"), 405)
-    malformed = assert_error(request(llm, "POST", "/v1/chat/completions", content=b"{not json",
-                                     headers={"Content-Type": "application/json"}), 400)
+    malformed = assert_error(
+        request(
+            llm, "POST", "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
     assert malformed["type"] == "invalid_request_error"
     assert_error(chat(llm, {"model": MODEL_ID, "messages": []}), 400)
     assert_error(chat(llm, {"messages": [{"role": "user", "content": "x"}]}), 400)
@@ -197,8 +209,12 @@ def test_api_key_is_required_when_configured(logs_dir):
         for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
             response = chat(base, chat_body(), headers=headers)
             assert response.status_code == 401
-            assert response.json()["error"] == {"message": "Incorrect API key provided", "param": None,
-                                                "type": "invalid_request_error", "code": "invalid_api_key"}
+            assert response.json()["error"] == {
+                "message": "Incorrect API key provided",
+                "param": None,
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
         assert request(base, "GET", "/v1/models").status_code == 401
         assert chat(base, chat_body(), headers={"Authorization": "Bearer sk-local-123"}).status_code == 200
         assert request(base, "GET", "/_control").json()["latency_s"] == 0.01
@@ -208,8 +224,12 @@ def test_api_key_is_required_when_configured(logs_dir):
 
 
 def test_fault_queue_applies_in_order_then_service_resumes(llm):
-    queue = [{"status": 429, "retry_after": 2}, {"status": 500}, {"status": 503, "retry_after": 1},
-             {"status": 429, "code": "insufficient_quota"}]
+    queue = [
+        {"status": 429, "retry_after": 2},
+        {"status": 500},
+        {"status": 503, "retry_after": 1},
+        {"status": 429, "code": "insufficient_quota"},
+    ]
     assert request(llm, "POST", "/_control", json={"queue": queue}).json()["queue"] == queue
     responses = [chat(llm, chat_body()) for _ in range(5)]
     assert [r.status_code for r in responses] == [429, 500, 503, 429, 200]
@@ -224,7 +244,7 @@ def test_fault_queue_applies_in_order_then_service_resumes(llm):
 
 
 def test_invalid_json_and_fixed_content_switches(llm):
-    request(llm, "POST", "/_control", json={"queue": [{"invalid_json": True}, {"content": "{\"a\": 1}"}]})
+    request(llm, "POST", "/_control", json={"queue": [{"invalid_json": True}, {"content": '{"a": 1}'}]})
     broken = chat(llm, chat_body())
     assert broken.status_code == 200
     broken_content = broken.json()["choices"][0]["message"]["content"]
@@ -250,8 +270,10 @@ def test_hang_holds_the_request_until_the_client_gives_up(llm):
 def test_keep_alive_serves_several_requests_on_one_connection(llm):
     host, port = llm.removeprefix("http://").split(":")
     body = json.dumps(chat_body()).encode()
-    raw_request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    raw_request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         stream = sock.makefile("rb")
         for _ in range(3):
@@ -273,8 +295,9 @@ def test_hundreds_of_requests_are_held_open_at_once(llm):
     async def many(count: int) -> list[int]:
         limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
         async with httpx.AsyncClient(base_url=llm, timeout=60, limits=limits) as client:
-            replies = await asyncio.gather(*(
-                client.post("/v1/chat/completions", json=chat_body(f"{PREMISE} #{i}")) for i in range(count)))
+            replies = await asyncio.gather(
+                *(client.post("/v1/chat/completions", json=chat_body(f"{PREMISE} #{i}")) for i in range(count))
+            )
         return [r.status_code for r in replies]
 
     assert asyncio.run(many(300)) == [200] * 300
@@ -289,8 +312,9 @@ def test_signal_stops_the_server_cleanly_even_with_a_hanging_request(logs_dir, s
     host, port = base.removeprefix("http://").split(":")
     body = json.dumps(chat_body()).encode()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                     + body)
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        )
         deadline = time.monotonic() + 10
         while request(base, "GET", "/_stats").json()["in_flight"] != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -307,8 +331,11 @@ def test_signal_stops_the_server_cleanly_even_with_a_hanging_request(logs_dir, s
 def test_max_tokens_cuts_the_completion_off(llm):
     full = chat(llm, chat_body()).json()
     full_content = full["choices"][0]["message"]["content"]
-    for limits, expected in (({"max_tokens": 10}, 10), ({"max_tokens": 50, "max_completion_tokens": 8}, 8),
-                             ({"max_tokens": 7, "max_completion_tokens": None}, 7)):
+    for limits, expected in (
+        ({"max_tokens": 10}, 10),
+        ({"max_tokens": 50, "max_completion_tokens": 8}, 8),
+        ({"max_tokens": 7, "max_completion_tokens": None}, 7),
+    ):
         reply = chat(llm, chat_body(**limits)).json()
         content = reply["choices"][0]["message"]["content"]
         assert reply["choices"][0]["finish_reason"] == "length"
@@ -319,8 +346,17 @@ def test_max_tokens_cuts_the_completion_off(llm):
     assert roomy["choices"][0]["finish_reason"] == "stop" and roomy["choices"][0]["message"]["content"] == full_content
 
 
-@pytest.mark.parametrize("limits", [{"max_tokens": 0}, {"max_tokens": -5}, {"max_tokens": "10"},
-                                    {"max_tokens": 2.5}, {"max_tokens": True}, {"max_completion_tokens": 0}])
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_tokens": 0},
+        {"max_tokens": -5},
+        {"max_tokens": "10"},
+        {"max_tokens": 2.5},
+        {"max_tokens": True},
+        {"max_completion_tokens": 0},
+    ],
+)
 def test_bad_max_tokens_is_rejected_like_openai(llm, limits):
     request(llm, "POST", "/_control", json={"queue": [{"status": 503}]})
     response = chat(llm, chat_body(**limits))
@@ -332,8 +368,14 @@ def test_bad_max_tokens_is_rejected_like_openai(llm, limits):
 
 def test_usage_override_and_billed_tokens(llm):
     usage = {"prompt_tokens": 321, "completion_tokens": 12}
-    queue = [{"usage": usage}, {"invalid_json": True, "usage": usage}, {"content": "{}", "usage": usage},
-             {"status": 503, "usage": usage}, {"status": 429}, {}]
+    queue = [
+        {"usage": usage},
+        {"invalid_json": True, "usage": usage},
+        {"content": "{}", "usage": usage},
+        {"status": 503, "usage": usage},
+        {"status": 429},
+        {},
+    ]
     request(llm, "POST", "/_control", json={"queue": queue})
     responses = [chat(llm, chat_body()) for _ in queue]
     assert [r.status_code for r in responses] == [200, 200, 200, 503, 429, 200]
@@ -344,6 +386,10 @@ def test_usage_override_and_billed_tokens(llm):
     assert billed == 4 * 333 + reported[5]["total_tokens"]
     request(llm, "POST", "/_control", json={"reset": True})
     assert request(llm, "GET", "/_stats").json()["billed_tokens"] == 0
-    for bad in ({"prompt_tokens": 1}, {"prompt_tokens": -1, "completion_tokens": 0}, [1, 2],
-                {"prompt_tokens": "1", "completion_tokens": 2}):
+    for bad in (
+        {"prompt_tokens": 1},
+        {"prompt_tokens": -1, "completion_tokens": 0},
+        [1, 2],
+        {"prompt_tokens": "1", "completion_tokens": 2},
+    ):
         assert request(llm, "POST", "/_control", json={"queue": [{"usage": bad}]}).status_code == 400

@@ -11,8 +11,16 @@ import httpx
 from localstack import servers
 from tests.conftest import ROOT
 
-PORT_FLAGS = ["--web-port", "--temporal-port", "--temporal-ui-port", "--mongo-port",
-              "--worker-health-port", "--worker-metrics-port", "--llm-port", "--media-port"]
+PORT_FLAGS = [
+    "--web-port",
+    "--temporal-port",
+    "--temporal-ui-port",
+    "--mongo-port",
+    "--worker-health-port",
+    "--worker-metrics-port",
+    "--llm-port",
+    "--media-port",
+]
 
 
 def stack_args(tmp_path) -> tuple[list[str], dict[str, int]]:
@@ -53,9 +61,16 @@ def test_stack_comes_up_with_admin_and_stops_everything_on_ctrl_c(tmp_path):
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['--web-port']}") as web:
             login_page = web.get("/admin/login/")
             assert login_page.status_code == 200
-            logged_in = web.post("/admin/login/?next=/admin/", data={
-                "username": "admin", "password": password, "csrfmiddlewaretoken": web.cookies["csrftoken"],
-                "next": "/admin/"}, follow_redirects=True)
+            logged_in = web.post(
+                "/admin/login/?next=/admin/",
+                data={
+                    "username": "admin",
+                    "password": password,
+                    "csrfmiddlewaretoken": web.cookies["csrftoken"],
+                    "next": "/admin/",
+                },
+                follow_redirects=True,
+            )
             assert logged_in.status_code == 200 and "Site administration" in logged_in.text
             assert "Lanternfall Archipelago" in web.get("/admin/worlds/world/").text
             avatar = web.get("/images/img-w1-r1-c0.png")

@@ -23,8 +23,13 @@ pytestmark = pytest.mark.timeout(120)
 
 def start_media_server(name: str, *args: str) -> tuple[servers.ManagedProcess, str]:
     port = servers.free_port()
-    process = servers.start(name, [sys.executable, "-m", "mediaserver", "--port", str(port), *args],
-                            log_path=LOGS / f"{name}.log", env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+    process = servers.start(
+        name,
+        [sys.executable, "-m", "mediaserver", "--port", str(port), *args],
+        log_path=LOGS / f"{name}.log",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+    )
     try:
         servers.wait_for_port(process, port, timeout=30)
     except servers.StackError:
@@ -56,8 +61,15 @@ def media_server_with():
 
 
 def render(target: str, timeout: float = 10.0, **overrides) -> RenderedImage:
-    request = {"prompt": "a lighthouse on a floating island", "style": "watercolor, dusk", "seed": 42,
-               "width": 320, "height": 240, "kind": "post", **overrides}
+    request = {
+        "prompt": "a lighthouse on a floating island",
+        "style": "watercolor, dusk",
+        "seed": 42,
+        "width": 320,
+        "height": 240,
+        "kind": "post",
+        **overrides,
+    }
 
     async def call() -> RenderedImage:
         async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
@@ -103,13 +115,16 @@ def test_extreme_sizes(media_target):
     assert decode(render(media_target, kind="avatar", width=2048, height=2048, timeout=30)).size == (2048, 2048)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"prompt": "   "}, "prompt must not be empty"),
-    ({"width": 15}, "width must be between 16 and 2048 pixels, got 15"),
-    ({"height": 4096}, "height must be between 16 and 2048 pixels, got 4096"),
-    ({"kind": "video"}, "kind must be one of"),
-    ({"seed": -1}, "media render rejected"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"prompt": "   "}, "prompt must not be empty"),
+        ({"width": 15}, "width must be between 16 and 2048 pixels, got 15"),
+        ({"height": 4096}, "height must be between 16 and 2048 pixels, got 4096"),
+        ({"kind": "video"}, "kind must be one of"),
+        ({"seed": -1}, "media render rejected"),
+    ],
+)
 def test_invalid_requests_are_rejected(media_target, overrides, message):
     with pytest.raises(MediaRejected, match=message) as caught:
         render(media_target, **overrides)
@@ -147,8 +162,12 @@ def test_nothing_listening_is_unavailable():
 
 def test_server_refuses_a_taken_port(media_target):
     port = media_target.rpartition(":")[2]
-    process = servers.start("mediaserver-taken-port", [sys.executable, "-m", "mediaserver", "--port", port],
-                            log_path=LOGS / "mediaserver-taken-port.log", cwd=ROOT)
+    process = servers.start(
+        "mediaserver-taken-port",
+        [sys.executable, "-m", "mediaserver", "--port", port],
+        log_path=LOGS / "mediaserver-taken-port.log",
+        cwd=ROOT,
+    )
     assert process.popen.wait(30) != 0
     assert "cannot listen on 127.0.0.1:" in process.log_tail()
 
@@ -156,8 +175,13 @@ def test_server_refuses_a_taken_port(media_target):
 def test_the_server_listens_on_media_grpc_target_and_stops_on_sigterm():
     port = servers.free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"}  # the default --port
-    process = servers.start("mediaserver-target", [sys.executable, "-m", "mediaserver"],
-                            log_path=LOGS / "mediaserver-target.log", env=env, cwd=ROOT)
+    process = servers.start(
+        "mediaserver-target",
+        [sys.executable, "-m", "mediaserver"],
+        log_path=LOGS / "mediaserver-target.log",
+        env=env,
+        cwd=ROOT,
+    )
     try:
         servers.wait_for_port(process, port, timeout=60)
         assert decode(render(f"127.0.0.1:{port}", kind="avatar", width=64, height=64)).size == (64, 64)
@@ -171,7 +195,13 @@ def test_the_server_listens_on_media_grpc_target_and_stops_on_sigterm():
 
 def test_client_module_imports_nothing_from_django():
     code = "import sys, generation.media; print(','.join(m for m in sys.modules if m.split('.')[0] == 'django'))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

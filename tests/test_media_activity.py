@@ -14,16 +14,26 @@ from generation.media import MediaClient, channel_options
 
 pytestmark = pytest.mark.timeout(60)
 
-WORLD = WorldSnapshot(world_id=9001, name="Render", premise="Glass deserts under two moons.", genre="", tone="",
-                      language="en", visual_style="ink", character_count=1, posts_per_character=0,
-                      requires_approval=False, token_budget=0)
+WORLD = WorldSnapshot(
+    world_id=9001,
+    name="Render",
+    premise="Glass deserts under two moons.",
+    genre="",
+    tone="",
+    language="en",
+    visual_style="ink",
+    character_count=1,
+    posts_per_character=0,
+    requires_approval=False,
+    token_budget=0,
+)
 
 
 class WriteInterrupted(Exception):
     pass
 
 
-def test_a_render_interrupted_after_storing_the_image_still_records_its_task(stack_env, monkeypatch):
+def test_a_render_interrupted_after_storing_the_image_still_records_its_task(mongo_env, media_env, monkeypatch):
     """A worker killed between storing the image and recording the task must not lose the task record:
     the retried activity renders again instead of skipping an item that looks finished."""
     db = mongo.get_db()
@@ -46,7 +56,7 @@ def test_a_render_interrupted_after_storing_the_image_still_records_its_task(sta
     monkeypatch.setattr(store, "record_task", record_task_interrupted_once)
 
     async def attempt_twice() -> None:
-        async with grpc.aio.insecure_channel(stack_env["MEDIA_GRPC_TARGET"], options=channel_options()) as channel:
+        async with grpc.aio.insecure_channel(media_env["MEDIA_GRPC_TARGET"], options=channel_options()) as channel:
             activities = MediaActivities(MediaClient(channel), db)
             with pytest.raises(WriteInterrupted):
                 await ActivityEnvironment().run(activities.render_image, item)

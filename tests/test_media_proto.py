@@ -22,7 +22,8 @@ def test_generated_code_is_in_sync_with_the_proto(tmp_path):
         committed = ROOT / name
         assert committed.exists(), f"{name} is missing; run `python generation/protos/generate.py`"
         assert committed.read_bytes() == path.read_bytes(), (
-            f"{name} is out of date with the .proto; run `python generation/protos/generate.py`")
+            f"{name} is out of date with the .proto; run `python generation/protos/generate.py`"
+        )
 
 
 def test_generated_imports_resolve():

@@ -23,16 +23,26 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_are_recorded():
-    current = {"world_completed", "character_completed", "world_rejected_then_approved", "world_cancelled",
-               "world_budget_exceeded", "rerender_completed"}
-    before_patches = {"character_completed_before_throttled_signals", "world_completed_before_event_driven_progress",
-                      *(f"{name}_before_exact_runs" for name in current - {"rerender_completed"})}
+    current = {
+        "world_completed",
+        "character_completed",
+        "world_rejected_then_approved",
+        "world_cancelled",
+        "world_budget_exceeded",
+        "rerender_completed",
+    }
+    before_patches = {
+        "character_completed_before_throttled_signals",
+        "world_completed_before_event_driven_progress",
+        *(f"{name}_before_exact_runs" for name in current - {"rerender_completed"}),
+    }
     assert {path.stem for path in HISTORIES} >= current | before_patches
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])
 def test_recorded_history_replays(path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow,
-                                   StackCheckWorkflow])
+    replayer = Replayer(
+        workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow, StackCheckWorkflow]
+    )
     asyncio.run(replayer.replay_workflow(history))

@@ -10,11 +10,11 @@ from django.test import Client
 from django.utils import timezone
 
 from clients import mongo
+from clients import temporal as temporal_client
+from clients.temporal import temporal_call
 from generation import documents
 from generation.contracts import WorldCleanupResult, cleanup_workflow_id
 from localstack import servers
-from clients import temporal as temporal_client
-from clients.temporal import temporal_call
 from tests.tcp_proxy import SlowReplyProxy
 from tests.test_generation import FINISHED, counts, make_world, wait_for
 from worlds.models import AuditEvent, GenerationRun, World
@@ -44,6 +44,7 @@ def use_temporal_at(address: str, settings, monkeypatch) -> None:
 
 
 # --- starts and drift -------------------------------------------------------------------------
+
 
 def test_a_start_whose_answer_is_lost_is_confirmed_by_asking_temporal(start_worker, stack_env, settings, monkeypatch):
     """The server accepts the start but its answer comes too late: the row is kept as
@@ -76,7 +77,7 @@ def test_a_start_whose_answer_is_lost_is_confirmed_by_asking_temporal(start_work
     assert generation_start(world=world).number == 2
 
 
-def test_temporal_down_before_the_start_fails_the_row_and_blocks_nothing(stack_env, settings, monkeypatch):
+def test_temporal_down_before_the_start_fails_the_row_and_blocks_nothing(temporal_env, settings, monkeypatch):
     world = make_world()
     use_temporal_at(f"127.0.0.1:{servers.free_port()}", settings, monkeypatch)  # nothing listens there
     with pytest.raises(ActionUnavailable, match="nothing was started: Temporal is not reachable"):
@@ -84,13 +85,13 @@ def test_temporal_down_before_the_start_fails_the_row_and_blocks_nothing(stack_e
     run = world.runs.get()
     assert (run.status, run.number, run.finished_at is not None) == ("failed", 1, True)
     assert "nothing was started" in run.error
-    use_temporal_at(stack_env["TEMPORAL_ADDRESS"], settings, monkeypatch)
+    use_temporal_at(temporal_env["TEMPORAL_ADDRESS"], settings, monkeypatch)
     second = generation_start(world=world)
     assert second.number == 2  # run numbers and workflow IDs are never reused
     generation_cancel(run=second)
 
 
-def test_an_oversized_start_is_refused_with_a_message_and_blocks_nothing(stack_env, settings):
+def test_an_oversized_start_is_refused_with_a_message_and_blocks_nothing(temporal_env, settings):
     """Temporal refuses a workflow input over its blob limit (2 MB): a clear error, a failed row."""
     settings.WORLD_PREMISE_MAX_CHARS = 3_000_000
     world = make_world(premise="sky-whales " * 260_000)  # 2.6 MB
@@ -148,6 +149,7 @@ def test_a_vanished_workflow_is_found_by_the_workers_reconciler_and_by_a_command
 
 # --- publishing ----------------------------------------------------------------------------------
 
+
 def viewer_status(world: World) -> int:
     return Client().get(f"/worlds/{world.pk}/").status_code
 
@@ -194,7 +196,7 @@ def test_a_failed_run_is_public_only_if_staff_publish_it(start_worker, llm_serve
     world = make_world(character_count=1, posts_per_character=2)
     completed = wait_for(generation_start(world=world), FINISHED)
     assert completed.status == "completed"
-    llm_control(llm_server, {"queue": [{"status": 401}]})  # the next run fails at its bible... 
+    llm_control(llm_server, {"queue": [{"status": 401}]})  # the next run fails at its bible...
     failed = wait_for(generation_start(world=world), FINISHED)
     assert failed.status == "failed"
     with pytest.raises(ActionError, match="stopped before its world bible was written"):
@@ -205,9 +207,14 @@ def test_a_failed_run_is_public_only_if_staff_publish_it(start_worker, llm_serve
 
 # --- deletion --------------------------------------------------------------------------------
 
+
 def cleanup_result(world_pk: int) -> WorldCleanupResult:
-    return temporal_call(lambda client: client.get_workflow_handle(
-        cleanup_workflow_id(world_pk), result_type=WorldCleanupResult).result(), timeout=120)
+    return temporal_call(
+        lambda client: client.get_workflow_handle(
+            cleanup_workflow_id(world_pk), result_type=WorldCleanupResult
+        ).result(),
+        timeout=120,
+    )
 
 
 def test_deleting_a_world_stops_its_runs_and_removes_every_document_and_image(start_worker, llm_server):
@@ -242,7 +249,7 @@ def test_deleting_a_world_stops_its_runs_and_removes_every_document_and_image(st
     assert AuditEvent.objects.filter(world_pk=world_pk, action="run_started").count() == 2  # history keeps the ID
 
 
-def test_deleting_needs_temporal_and_changes_nothing_without_it(stack_env, settings, monkeypatch):
+def test_deleting_needs_temporal_and_changes_nothing_without_it(settings, monkeypatch):
     world = make_world()
     use_temporal_at(f"127.0.0.1:{servers.free_port()}", settings, monkeypatch)
     with pytest.raises(ActionUnavailable, match="could not start the cleanup"):
@@ -250,7 +257,7 @@ def test_deleting_needs_temporal_and_changes_nothing_without_it(stack_env, setti
     assert World.objects.filter(pk=world.pk).exists()
 
 
-def test_limits_are_enforced_by_the_services(stack_env, settings):
+def test_limits_are_enforced_by_the_services(settings):
     world = make_world()
     settings.WORLD_PREMISE_MAX_CHARS = 100
     world.premise = "x" * 101

@@ -11,13 +11,31 @@ from generation.schemas import error_lines, json_schema
 
 pytestmark = pytest.mark.fast
 
-OUTPUTS = {"bible": schemas.BIBLE, "character": schemas.CHARACTER, "post": schemas.POST,
-           "cast_1": schemas.cast(1), "cast_4": schemas.cast(4)}
-ALLOWED_KEYWORDS = {"type", "properties", "required", "additionalProperties", "items",
-                    "minLength", "maxLength", "minItems", "maxItems"}
+OUTPUTS = {
+    "bible": schemas.BIBLE,
+    "character": schemas.CHARACTER,
+    "post": schemas.POST,
+    "cast_1": schemas.cast(1),
+    "cast_4": schemas.cast(4),
+}
+ALLOWED_KEYWORDS = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+}
 
-POST = {"caption": "Tea at the floating market ✨", "image_prompt": "watercolor teahouse on a cloud",
-        "location": "Vellmarsh", "hashtags": ["#TeaClouds"]}
+POST = {
+    "caption": "Tea at the floating market ✨",
+    "image_prompt": "watercolor teahouse on a cloud",
+    "location": "Vellmarsh",
+    "hashtags": ["#TeaClouds"],
+}
 MEMBER = {"name": "Wren Mosslight", "handle": "wren.moss", "concept": "A lantern-keeper who paints the tide."}
 
 
@@ -48,14 +66,19 @@ def test_schema_sent_is_strict_and_self_contained(name):
 
 def test_schemas_sent_keep_their_limits():
     assert json_schema(schemas.POST) == {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "required": ["caption", "image_prompt", "location", "hashtags"],
         "properties": {
             "caption": {"type": "string", "minLength": 1, "maxLength": 600},
             "image_prompt": {"type": "string", "minLength": 1, "maxLength": 400},
             "location": {"type": "string", "minLength": 1, "maxLength": 120},
-            "hashtags": {"type": "array", "minItems": 1, "maxItems": 8,
-                         "items": {"type": "string", "minLength": 1, "maxLength": 40}},
+            "hashtags": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 8,
+                "items": {"type": "string", "minLength": 1, "maxLength": 40},
+            },
         },
     }
     members = json_schema(schemas.cast(3))["properties"]["characters"]
@@ -83,23 +106,29 @@ def test_invalid_documents_are_refused_with_their_paths():
     assert problems(schemas.POST, missing) == ["$.location: Field required"]
     assert problems(schemas.POST, {**POST, "mood": "sunny"}) == ["$.mood: Extra inputs are not permitted"]
     assert problems(schemas.POST, {**POST, "location": "x" * 121}) == [
-        "$.location: String should have at most 120 characters"]
+        "$.location: String should have at most 120 characters"
+    ]
     assert problems(schemas.POST, {**POST, "location": ""}) == ["$.location: String should have at least 1 character"]
     assert problems(schemas.POST, {**POST, "hashtags": []}) == [
-        "$.hashtags: List should have at least 1 item after validation, not 0"]
+        "$.hashtags: List should have at least 1 item after validation, not 0"
+    ]
     assert problems(schemas.POST, []) == ["$: Input should be a valid dictionary or instance of Post"]
 
 
 def test_cast_of_the_wrong_length_is_refused():
     assert problems(schemas.cast(3), {"characters": [MEMBER, MEMBER]}) == [
-        "$.characters: List should have at least 3 items after validation, not 2"]
+        "$.characters: List should have at least 3 items after validation, not 2"
+    ]
     assert problems(schemas.cast(1), {"characters": [MEMBER, MEMBER]}) == [
-        "$.characters: List should have at most 1 item after validation, not 2"]
+        "$.characters: List should have at most 1 item after validation, not 2"
+    ]
     assert problems(schemas.cast(2), {"characters": [MEMBER, {**MEMBER, "handle": "w", "x": 1}]}) == [
         "$.characters[1].handle: String should have at least 2 characters",
-        "$.characters[1].x: Extra inputs are not permitted"]
+        "$.characters[1].x: Extra inputs are not permitted",
+    ]
 
 
 def test_no_type_coercion():
-    assert problems(schemas.CHARACTER, {"bio": "b", "personality": "p", "appearance": "a",
-                                        "interests": ("tea", "tides")}) == ["$.interests: Input should be a valid list"]
+    assert problems(
+        schemas.CHARACTER, {"bio": "b", "personality": "p", "appearance": "a", "interests": ("tea", "tides")}
+    ) == ["$.interests: Input should be a valid list"]

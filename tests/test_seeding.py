@@ -22,7 +22,7 @@ COLLECTIONS = ("bibles", "characters", "posts")
 
 
 @pytest.fixture
-def db(stack_env):
+def db(mongo_env):
     """The test Mongo database; new worlds get IDs from FIRST_ID + 1 and their documents are removed after."""
     World.objects.create(id=FIRST_ID, name="ID bump", premise="-").delete()  # SQLite never reuses an ID
     database = mongo.get_db()
@@ -77,8 +77,15 @@ def test_seeded_worlds_show_in_the_admin_the_api_and_the_viewer(db):
     feed = client.get(f"/api/worlds/{world.pk}/posts/")
     assert feed.status_code == 200
     results = feed.json()["results"]
-    assert [(p["index"], p["character_index"]) for p in results] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0),
-                                                                     (2, 1), (3, 0)]
+    assert [(p["index"], p["character_index"]) for p in results] == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+        (3, 0),
+    ]
     assert results[0]["caption"].startswith("Fake seeded post") and results[0]["image_url"] is None
     assert client.get(f"/api/worlds/{world.pk}/characters/").status_code == 200
     assert client.get(f"/worlds/{world.pk}/").status_code == 200
@@ -91,13 +98,16 @@ def test_the_world_list_checkbox_is_djangos_markup():
     assert world_admin.action_checkbox(world) == admin.ModelAdmin.action_checkbox(world_admin, world)
 
 
-@pytest.mark.parametrize("options", [
-    {"worlds": -1, "posts": 0},
-    {"worlds": 5, "posts": -1},
-    {"worlds": 0, "posts": 10},
-    {"worlds": 5, "posts": 10, "characters_per_world": 0},
-    {"worlds": 1, "posts": 101, "characters_per_world": 2},  # more than 50 posts per character
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"worlds": -1, "posts": 0},
+        {"worlds": 5, "posts": -1},
+        {"worlds": 0, "posts": 10},
+        {"worlds": 5, "posts": 10, "characters_per_world": 0},
+        {"worlds": 1, "posts": 101, "characters_per_world": 2},  # more than 50 posts per character
+    ],
+)
 def test_bad_options_are_refused_and_create_nothing(db, options):
     with pytest.raises(CommandError):
         seed(**options)

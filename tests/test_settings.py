@@ -15,8 +15,9 @@ from worldgen_site.env import SettingsError, env_database, env_host_port, env_in
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("WORLDGEN_ENV", "SECRET_KEY", "DEBUG")}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,19 +54,33 @@ def test_unset_environment_is_production_and_fails_closed():
     result = manage("check")  # manage() drops WORLDGEN_ENV, SECRET_KEY and DEBUG
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "worldgen: configuration error: SECRET_KEY is required in production (WORLDGEN_ENV is not development)"]
+        "worldgen: configuration error: SECRET_KEY is required in production (WORLDGEN_ENV is not development)"
+    ]
 
 
 @pytest.mark.parametrize("value", ["staging", "prod", "Development", "developmnet"])
 def test_any_other_environment_name_is_production(value):
-    show = "from django.conf import settings as s; print(s.WORLDGEN_ENV, s.DEBUG, s.SESSION_COOKIE_SECURE, " \
-           "s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS)"
-    result = manage("shell", "-c", show, WORLDGEN_ENV=value, SECRET_KEY=secrets.token_urlsafe(60),
-                    ALLOWED_HOSTS="worldgen.example.com")
+    show = (
+        "from django.conf import settings as s; print(s.WORLDGEN_ENV, s.DEBUG, s.SESSION_COOKIE_SECURE, "
+        "s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS)"
+    )
+    result = manage(
+        "shell",
+        "-c",
+        show,
+        WORLDGEN_ENV=value,
+        SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="worldgen.example.com",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "production False True True True 31536000"
-    debug_on = manage("check", WORLDGEN_ENV=value, SECRET_KEY=secrets.token_urlsafe(60),
-                      ALLOWED_HOSTS="worldgen.example.com", DEBUG="true")
+    debug_on = manage(
+        "check",
+        WORLDGEN_ENV=value,
+        SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="worldgen.example.com",
+        DEBUG="true",
+    )
     assert debug_on.returncode == 2 and "DEBUG must be false in production" in debug_on.stderr
 
 
@@ -76,15 +91,27 @@ def test_production_requires_secret_key_and_hosts():
     assert short_key.returncode == 2 and "at least 50 characters" in short_key.stderr
     no_hosts = manage("check", WORLDGEN_ENV="production", SECRET_KEY=secrets.token_urlsafe(60))
     assert no_hosts.returncode == 2 and "ALLOWED_HOSTS" in no_hosts.stderr
-    debug_on = manage("check", WORLDGEN_ENV="production", SECRET_KEY=secrets.token_urlsafe(60),
-                      ALLOWED_HOSTS="x.example.com", DEBUG="true")
+    debug_on = manage(
+        "check",
+        WORLDGEN_ENV="production",
+        SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="x.example.com",
+        DEBUG="true",
+    )
     assert debug_on.returncode == 2 and "DEBUG must be false" in debug_on.stderr
 
 
 def test_production_settings_pass_check_deploy():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", WORLDGEN_ENV="production",
-                    SECRET_KEY=secrets.token_urlsafe(60), ALLOWED_HOSTS="worldgen.example.com",
-                    DATABASE_URL="postgres://worldgen:pw@db.internal:5432/worldgen")
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        WORLDGEN_ENV="production",
+        SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="worldgen.example.com",
+        DATABASE_URL="postgres://worldgen:pw@db.internal:5432/worldgen",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
@@ -107,7 +134,12 @@ def test_readers_reject_out_of_range_values(monkeypatch):
 
 
 MONGO_PASSWORD, DB_PASSWORD, LLM_TOKEN, LLM_API_KEY, TEMPORAL_API_KEY = (
-    "s3cretpw", "pgs3cret", "llmt0ken", "sk-llm-9f8e7d6c5b4a", "tmprl-5ecret-api-key")
+    "s3cretpw",
+    "pgs3cret",
+    "llmt0ken",
+    "sk-llm-9f8e7d6c5b4a",
+    "tmprl-5ecret-api-key",
+)
 SECRET_ENV = {
     "MONGO_URI": f"mongodb://worldgen:{MONGO_PASSWORD}@127.0.0.1:27017/?retryWrites=false",
     "DATABASE_URL": f"postgres://worldgen:{DB_PASSWORD}@127.0.0.1:1/worldgen",
@@ -122,8 +154,14 @@ def run_with_secrets(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run ``code`` after django.setup() in a development process whose settings hold secrets."""
     base = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "LOG_LEVEL")}
     setup = "import django, os, sys\nos.environ['DJANGO_SETTINGS_MODULE'] = 'worldgen_site.settings'\ndjango.setup()\n"
-    return subprocess.run([sys.executable, "-c", setup + code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**base, "WORLDGEN_ENV": "development", **SECRET_ENV, **env})
+    return subprocess.run(
+        [sys.executable, "-c", setup + code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, "WORLDGEN_ENV": "development", **SECRET_ENV, **env},
+    )
 
 
 DEBUG_PAGE = """
@@ -137,7 +175,7 @@ def boom(request):
 
 urlpatterns = [path("boom/", boom)]
 # runserver copies os.environ into request.META; pass the secret variables the same way.
-meta = {name: os.environ[name] for name in %r}
+meta = {name: os.environ[name] for name in SECRET_NAMES}
 with override_settings(ROOT_URLCONF="__main__"):
     client = Client(raise_request_exception=False)
     page = client.get("/boom/", **meta)
@@ -145,7 +183,7 @@ with override_settings(ROOT_URLCONF="__main__"):
 assert settings.DEBUG and page.status_code == text.status_code == 500
 assert page["Content-Type"].startswith("text/html") and text["Content-Type"].startswith("text/plain")
 print(page.content.decode() + "\\n=====\\n" + text.content.decode())
-""" % (tuple(SECRET_ENV),)
+""".replace("SECRET_NAMES", repr(tuple(SECRET_ENV)))
 
 
 def test_debug_page_masks_secret_settings_and_values():

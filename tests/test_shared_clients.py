@@ -41,8 +41,9 @@ def run_probes_watching_connections(stack_env) -> tuple:
 
 
 def test_concurrent_activities_share_one_bounded_mongo_pool(start_worker, stack_env):
-    worker = start_worker("--max-concurrent-activities", str(CONCURRENT_ACTIVITIES),
-                          env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)})
+    worker = start_worker(
+        "--max-concurrent-activities", str(CONCURRENT_ACTIVITIES), env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)}
+    )
     _, added_connections = run_probes_watching_connections(stack_env)
 
     pool = worker.health().json()["mongo"]["pool"]
@@ -57,8 +58,13 @@ def test_concurrent_activities_share_one_bounded_mongo_pool(start_worker, stack_
 
 def test_the_benchmarks_client_per_activity_mode_really_opens_clients_per_activity(start_worker, stack_env):
     """The anti-pattern bench_generation compares against: same probes, a MongoClient each."""
-    worker = start_worker("--max-concurrent-activities", str(CONCURRENT_ACTIVITIES), "--mongo-client-per-activity",
-                          env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)}, command=("-m", "benchmarks.worker"))
+    worker = start_worker(
+        "--max-concurrent-activities",
+        str(CONCURRENT_ACTIVITIES),
+        "--mongo-client-per-activity",
+        env={"MONGO_MAX_POOL_SIZE": str(POOL_SIZE)},
+        command=("-m", "benchmarks.worker"),
+    )
     _, added_connections = run_probes_watching_connections(stack_env)
 
     assert worker.health().json()["mongo"]["pool"]["created"] <= 2  # the shared client only pinged and made indexes

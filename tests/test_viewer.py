@@ -42,7 +42,7 @@ def png() -> bytes:
 
 
 @pytest.fixture
-def db(stack_env):
+def db(mongo_env):
     """The test Mongo database; removes the documents of the worlds the test made."""
     made: list[int] = []
     yield mongo.get_db(), made
@@ -67,8 +67,12 @@ def make_world(db):
 
 
 def make_run(world: World, number: int = 1, **fields) -> RunRef:
-    run = GenerationRun.objects.create(world=world, number=number, workflow_id=f"world-{world.pk}-run-{number}",
-                                       **{"status": "completed", "stage": "done", **fields})
+    run = GenerationRun.objects.create(
+        world=world,
+        number=number,
+        workflow_id=f"world-{world.pk}-run-{number}",
+        **{"status": "completed", "stage": "done", **fields},
+    )
     return RunRef(run_id=run.pk, world_id=world.pk, number=number, workflow_id=run.workflow_id)
 
 
@@ -79,24 +83,41 @@ def publish(ref: RunRef) -> None:
 
 def write_cast(database, ref: RunRef, cast: list[tuple[str, str]], *, pending_avatars: tuple[int, ...] = ()) -> None:
     """The cast, (name, handle) each, with profiles and avatars (but those listed as pending)."""
-    store.save_cast(database, ref, [{"name": name, "handle": handle, "concept": f"concept of {name}"}
-                                    for name, handle in cast])
+    store.save_cast(
+        database, ref, [{"name": name, "handle": handle, "concept": f"concept of {name}"} for name, handle in cast]
+    )
     for index, (name, handle) in enumerate(cast):
-        store.save_profile(database, ref, index, {
-            "bio": f"Bio of {name}: keeps the lamps of the eastern pier.",
-            "personality": f"{name} is patient and quietly funny.",
-            "appearance": "ink-stained sleeves",
-            "interests": [f"{handle} kites", "tide tables"],
-        })
+        store.save_profile(
+            database,
+            ref,
+            index,
+            {
+                "bio": f"Bio of {name}: keeps the lamps of the eastern pier.",
+                "personality": f"{name} is patient and quietly funny.",
+                "appearance": "ink-stained sleeves",
+                "interests": [f"{handle} kites", "tide tables"],
+            },
+        )
         if index not in pending_avatars:
             store.save_image(database, "characters", documents.character_key(ref, index), png(), {})
 
 
-def write_post(database, ref: RunRef, character_index: int, index: int, *, handle: str, caption: str,
-               rendered: bool = True) -> None:
-    store.save_post(database, ref, character_index, index, {
-        "caption": caption, "image_prompt": f"a lantern over the sea, {handle}", "location": "Wick Harbour",
-        "hashtags": ["#Lanterns", "SkyWhales"]}, handle)
+def write_post(
+    database, ref: RunRef, character_index: int, index: int, *, handle: str, caption: str, rendered: bool = True
+) -> None:
+    store.save_post(
+        database,
+        ref,
+        character_index,
+        index,
+        {
+            "caption": caption,
+            "image_prompt": f"a lantern over the sea, {handle}",
+            "location": "Wick Harbour",
+            "hashtags": ["#Lanterns", "SkyWhales"],
+        },
+        handle,
+    )
     if rendered:
         store.save_image(database, "posts", documents.post_key(ref, character_index, index), png(), {})
 
@@ -112,8 +133,15 @@ def lanternfall(db, make_world):
     write_cast(database, ref, [("Odile Wick", "odile_wick"), ("Bram Tidewell", "bram_tides")], pending_avatars=(1,))
     for character_index, handle in enumerate(["odile_wick", "bram_tides"]):
         for index in range(3):
-            write_post(database, ref, character_index, index, handle=handle,
-                       caption=f"caption-c{character_index}-p{index} from the pier", rendered=index < 2)
+            write_post(
+                database,
+                ref,
+                character_index,
+                index,
+                handle=handle,
+                caption=f"caption-c{character_index}-p{index} from the pier",
+                rendered=index < 2,
+            )
     store.mark_image_for_rerender(database, "posts", documents.post_key(ref, 0, 2), "media service unavailable")
     publish(ref)
     return world, ref
@@ -145,8 +173,9 @@ def test_the_world_list_shows_published_worlds_only(client, db, lanternfall, mak
     world, ref = lanternfall
     never_generated = make_world(name="Neverwhere")
     still_writing = make_world(name="Inkwell Reach")
-    store.save_bible(database, make_run(still_writing, status="running", stage="cast"), BIBLE, revision=0,
-                     feedback=None)
+    store.save_bible(
+        database, make_run(still_writing, status="running", stage="cast"), BIBLE, revision=0, feedback=None
+    )
     unpublished = make_world(name="Hushed Quay")
     store.save_bible(database, make_run(unpublished), BIBLE, revision=0, feedback=None)  # completed, not live
     html = page(client, "/worlds/")
@@ -169,8 +198,16 @@ def test_the_world_page_shows_bible_characters_and_the_first_feed_page(client, l
     world, ref = lanternfall
     html = page(client, f"/worlds/{world.pk}/")
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
-    for text in ["Lanternfall", "The Lantern Compact", BIBLE["setting"], BIBLE["history"], BIBLE["tone"],
-                 "letters that arrive late", "The Wick Guild", "No lantern may be lit twice."]:
+    for text in [
+        "Lanternfall",
+        "The Lantern Compact",
+        BIBLE["setting"],
+        BIBLE["history"],
+        BIBLE["tone"],
+        "letters that arrive late",
+        "The Wick Guild",
+        "No lantern may be lit twice.",
+    ]:
         assert text in html, text
     assert "Odile Wick" in html and "@odile_wick" in html and "Bram Tidewell" in html and "@bram_tides" in html
     assert f'href="/worlds/{world.pk}/characters/0/"' in html and f'href="/worlds/{world.pk}/characters/1/"' in html
@@ -185,9 +222,18 @@ def test_the_world_page_shows_bible_characters_and_the_first_feed_page(client, l
 def test_a_character_profile_shows_the_profile_and_only_their_posts(client, lanternfall):
     world, ref = lanternfall
     html = page(client, f"/worlds/{world.pk}/characters/0/")
-    for text in ["@odile_wick", "Odile Wick", "Bio of Odile Wick: keeps the lamps of the eastern pier.",
-                 "Odile Wick is patient and quietly funny.", "odile_wick kites", "tide tables", "3 posts",
-                 "Wick Harbour", "#Lanterns", "#SkyWhales"]:
+    for text in [
+        "@odile_wick",
+        "Odile Wick",
+        "Bio of Odile Wick: keeps the lamps of the eastern pier.",
+        "Odile Wick is patient and quietly funny.",
+        "odile_wick kites",
+        "tide tables",
+        "3 posts",
+        "Wick Harbour",
+        "#Lanterns",
+        "#SkyWhales",
+    ]:
         assert text in html, text
     assert f'<img class="avatar avatar-l" src="/images/img-{ref.key}-c0.png"' in html
     assert client.get(f"/images/img-{ref.key}-c0.png")["Content-Type"] == "image/png"  # the src resolves
@@ -213,8 +259,15 @@ def test_the_feed_is_paginated_twelve_posts_a_page(client, db, make_world):
     write_cast(database, ref, [("First Mate", "first_mate"), ("Second Mate", "second_mate")])
     for character_index, handle in enumerate(["first_mate", "second_mate"]):
         for index in range(8):
-            write_post(database, ref, character_index, index, handle=handle,
-                       caption=f"[c{character_index}-p{index:02}]", rendered=False)
+            write_post(
+                database,
+                ref,
+                character_index,
+                index,
+                handle=handle,
+                caption=f"[c{character_index}-p{index:02}]",
+                rendered=False,
+            )
     # the feed interleaves characters: post 0 of each, then post 1 of each, ...
     first_page = page(client, f"/worlds/{world.pk}/feed/")
     assert re.findall(r"\[c\d-p\d\d\]", first_page)[:2] == ["[c0-p00]", "[c1-p00]"]
@@ -241,8 +294,7 @@ def test_generated_text_is_escaped(client, db, make_world):
     write_cast(database, ref, [("Eve <img src=x onerror=alert(1)>", "eve")])
     write_post(database, ref, 0, 0, handle="eve", caption='Hello <script>alert("pwned")</script> & bye')
     publish(ref)
-    for url in [f"/worlds/{world.pk}/", f"/worlds/{world.pk}/feed/", f"/worlds/{world.pk}/characters/0/",
-                "/worlds/"]:
+    for url in [f"/worlds/{world.pk}/", f"/worlds/{world.pk}/feed/", f"/worlds/{world.pk}/characters/0/", "/worlds/"]:
         html = page(client, url)
         assert "<script>" not in html and "<img src=x" not in html and "<b>Bold" not in html, url
     html = page(client, f"/worlds/{world.pk}/feed/")
@@ -271,7 +323,10 @@ def test_the_live_run_is_shown_even_when_a_newer_run_exists(client, db, make_wor
         assert "Odile Wick" in html and "generating…" not in html, url
     html = page(client, f"/worlds/{world.pk}/")
     assert "First Telling" in html and "first telling, first post" in html
-    assert f"{documents.image_id(documents.character_key(first, 0))}.png" in html and documents.image_id(second.key) not in html
+    assert (
+        f"{documents.image_id(documents.character_key(first, 0))}.png" in html
+        and documents.image_id(second.key) not in html
+    )
     assert "Twice Told" in page(client, "/worlds/")
 
     publish(third)
@@ -320,11 +375,20 @@ def test_unknown_and_never_generated_worlds_and_characters_are_404(client, lante
     never_generated = make_world(name="Neverwhere")
     not_published = make_world(name="Hushed Quay")
     make_run(not_published)
-    for url in [f"/worlds/{never_generated.pk}/", f"/worlds/{never_generated.pk}/feed/",
-                f"/worlds/{never_generated.pk}/characters/0/", f"/worlds/{not_published.pk}/",
-                f"/worlds/{not_published.pk}/feed/", "/worlds/987654321/", "/worlds/987654321/feed/",
-                f"/worlds/{world.pk}/characters/2/", f"/worlds/{world.pk}/characters/99999999999999999999999/",
-                "/worlds/99999999999999999999999/", f"/worlds/{world.pk}/characters/x/", "/worlds/abc/"]:
+    for url in [
+        f"/worlds/{never_generated.pk}/",
+        f"/worlds/{never_generated.pk}/feed/",
+        f"/worlds/{never_generated.pk}/characters/0/",
+        f"/worlds/{not_published.pk}/",
+        f"/worlds/{not_published.pk}/feed/",
+        "/worlds/987654321/",
+        "/worlds/987654321/feed/",
+        f"/worlds/{world.pk}/characters/2/",
+        f"/worlds/{world.pk}/characters/99999999999999999999999/",
+        "/worlds/99999999999999999999999/",
+        f"/worlds/{world.pk}/characters/x/",
+        "/worlds/abc/",
+    ]:
         assert client.get(url).status_code == 404, url
 
 
@@ -334,8 +398,9 @@ def test_viewer_pages_are_public_and_read_only(client, lanternfall):
     assert client.post(f"/worlds/{world.pk}/").status_code == 405
 
 
-def test_images_are_public_only_for_the_live_run_and_staff_preview_the_others(client, db, make_world,
-                                                                               django_user_model):
+def test_images_are_public_only_for_the_live_run_and_staff_preview_the_others(
+    client, db, make_world, django_user_model
+):
     database, _ = db
     world = make_world(name="Lensmoor")
     first, second = make_run(world, 1), make_run(world, 2)
@@ -343,8 +408,11 @@ def test_images_are_public_only_for_the_live_run_and_staff_preview_the_others(cl
         store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
         write_cast(database, ref, [(handle.replace("_", " ").title(), handle)])
         write_post(database, ref, 0, 0, handle=handle, caption=f"a post by {handle}")
-    avatar_1, post_1, avatar_2 = (f"/images/img-{first.key}-c0.png", f"/images/img-{first.key}-c0-p0.png",
-                                  f"/images/img-{second.key}-c0.png")
+    avatar_1, post_1, avatar_2 = (
+        f"/images/img-{first.key}-c0.png",
+        f"/images/img-{first.key}-c0-p0.png",
+        f"/images/img-{second.key}-c0.png",
+    )
     for url in (avatar_1, post_1, avatar_2):
         assert client.get(url).status_code == 404, url  # nothing is published
 

@@ -13,10 +13,10 @@ import pytest
 from django.conf import settings
 
 from clients import mongo
-from temporal_worker.stack_check import stack_check_run
+from clients.temporal import temporal_call
 from generation.workflows import StackCheckInput, StackCheckResult, StackCheckWorkflow
 from localstack import servers
-from clients.temporal import temporal_call
+from temporal_worker.stack_check import stack_check_run
 from tests.conftest import ROOT
 
 
@@ -67,8 +67,12 @@ def test_graceful_shutdown_lets_in_flight_activities_finish(start_worker, stop_s
 
     async def start(client):
         return await client.start_workflow(
-            StackCheckWorkflow.run, StackCheckInput(check_id, [queue], 1, hold_seconds=3.0),
-            id=check_id, task_queue=queue, execution_timeout=timedelta(minutes=2))
+            StackCheckWorkflow.run,
+            StackCheckInput(check_id, [queue], 1, hold_seconds=3.0),
+            id=check_id,
+            task_queue=queue,
+            execution_timeout=timedelta(minutes=2),
+        )
 
     handle = temporal_call(start)
 
@@ -88,16 +92,23 @@ def test_graceful_shutdown_lets_in_flight_activities_finish(start_worker, stop_s
     assert mongo.get_db().stack_checks.count_documents({"check_id": check_id}) == 1
 
     start_worker("--queues", "workflows")
-    result = temporal_call(lambda client: client.get_workflow_handle(check_id, result_type=StackCheckResult).result(), timeout=60)
+    result = temporal_call(
+        lambda client: client.get_workflow_handle(check_id, result_type=StackCheckResult).result(), timeout=60
+    )
     assert result.probes == 1
     docs = list(mongo.get_db().stack_checks.find({"check_id": check_id}))
     assert len(docs) == 1 and docs[0]["attempt"] == 1  # completed once, not retried
 
 
 def run_worker_command(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", "run_temporal_worker", "--health-port", "-1",
-                           "--metrics-port", "-1", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "manage.py", "run_temporal_worker", "--health-port", "-1", "--metrics-port", "-1", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_gives_up_clearly_when_temporal_never_comes_up(stack_env):
@@ -111,8 +122,11 @@ def test_gives_up_clearly_when_temporal_never_comes_up(stack_env):
 
 def test_gives_up_clearly_when_mongo_never_comes_up(stack_env):
     port = servers.free_port()
-    env = {**stack_env, "MONGO_URI": f"mongodb://user:secret@127.0.0.1:{port}/?retryWrites=false",
-           "MONGO_SERVER_SELECTION_TIMEOUT_MS": "300"}
+    env = {
+        **stack_env,
+        "MONGO_URI": f"mongodb://user:secret@127.0.0.1:{port}/?retryWrites=false",
+        "MONGO_SERVER_SELECTION_TIMEOUT_MS": "300",
+    }
     result = run_worker_command("--connect-timeout", "2", env=env)
     assert result.returncode != 0
     assert f"giving up: MongoDB at mongodb://127.0.0.1:{port}/" in result.stderr
@@ -123,17 +137,30 @@ def test_waits_for_temporal_that_starts_late(stack_env, logs_dir):
     port = servers.free_port()
     worker = servers.start(
         "worker",
-        [sys.executable, "manage.py", "run_temporal_worker", "--health-port", "-1", "--metrics-port", "-1",
-         "--connect-timeout", "60"],
-        log_path=logs_dir / "worker-late-temporal.log", env={**stack_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}"},
+        [
+            sys.executable,
+            "manage.py",
+            "run_temporal_worker",
+            "--health-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+            "--connect-timeout",
+            "60",
+        ],
+        log_path=logs_dir / "worker-late-temporal.log",
+        env={**stack_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{port}"},
         cwd=ROOT,
     )
     temporal = None
     try:
         time.sleep(3)
         assert worker.alive() and "not reachable yet" in worker.log_path.read_text()
-        temporal = servers.start("late temporal", servers.temporal_dev_server_args(port=port, ui_port=None),
-                                 log_path=logs_dir / "temporal-late.log")
+        temporal = servers.start(
+            "late temporal",
+            servers.temporal_dev_server_args(port=port, ui_port=None),
+            log_path=logs_dir / "temporal-late.log",
+        )
         deadline = time.monotonic() + 60
         while "worker started" not in worker.log_path.read_text():
             assert worker.alive() and time.monotonic() < deadline, worker.log_tail(30)
@@ -145,11 +172,14 @@ def test_waits_for_temporal_that_starts_late(stack_env, logs_dir):
             temporal.stop()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--queues", "images"], "--queues takes 'all' or a comma list of workflows, llm, media"),
-    (["--max-concurrent-activities", "0"], "--max-concurrent-activities must be at least 1"),
-    (["--llm-rate-limit", "0"], "--llm-rate-limit must be greater than 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--queues", "images"], "--queues takes 'all' or a comma list of workflows, llm, media"),
+        (["--max-concurrent-activities", "0"], "--max-concurrent-activities must be at least 1"),
+        (["--llm-rate-limit", "0"], "--llm-rate-limit must be greater than 0"),
+    ],
+)
 def test_bad_options_are_refused_with_a_message(stack_env, args, message):
     result = run_worker_command(*args, env=stack_env, timeout=30)
     assert result.returncode != 0 and message in result.stderr

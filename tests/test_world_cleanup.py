@@ -13,11 +13,11 @@ from temporalio.worker import Worker
 
 from clients import mongo
 from generation import documents, store
-from generation.documents import CONTENT_COLLECTIONS
 from generation.activities import CleanupActivities
 from generation.contracts import RunRef, WorldCleanupInput, WorldCleanupResult
-from temporal_worker.heartbeat import HeartbeatInterceptor
+from generation.documents import CONTENT_COLLECTIONS
 from generation.workflows import WorldCleanupWorkflow
+from temporal_worker.heartbeat import HeartbeatInterceptor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,8 +33,14 @@ def seed(db, world_id: int, runs: int = 2) -> None:
     for number in range(1, runs + 1):
         run = RunRef(run_id=number, world_id=world_id, number=number, workflow_id=f"world-{world_id}-run-{number}")
         store.save_bible(db, run, {"title": f"World {world_id}"}, 0, None)
-        store.save_cast(db, run, [{"name": "Ada", "handle": "ada", "concept": "a cartographer"},
-                                  {"name": "Bo", "handle": "bo", "concept": "a lamplighter"}])
+        store.save_cast(
+            db,
+            run,
+            [
+                {"name": "Ada", "handle": "ada", "concept": "a cartographer"},
+                {"name": "Bo", "handle": "bo", "concept": "a lamplighter"},
+            ],
+        )
         store.save_post(db, run, 0, 0, {"caption": "Dawn over the dunes", "image_prompt": "dunes"}, "ada")
         store.record_task(db, run, "post", "0.0", {"status": "succeeded"})
         store.reserve_tokens(db, run, 10_000, "bible:0", 100)
@@ -60,7 +66,7 @@ NOTHING = {name: 0 for name in (*CONTENT_COLLECTIONS, "images.files", "images.ch
 
 
 @pytest.fixture
-def db(stack_env):
+def db(mongo_env):
     database = mongo.get_db()
     documents.ensure_indexes(database)
     for world_id in (1, 12, 31):
@@ -108,6 +114,7 @@ def test_a_cleanup_cut_off_mid_way_is_finished_by_running_it_again(db):
             calls.append(1)
             if len(calls) == batches:
                 raise CutOff()
+
         return on_batch
 
     with pytest.raises(CutOff):  # during the documents
@@ -157,13 +164,20 @@ def test_the_cleanup_workflow_stops_the_world_s_workflows_then_deletes_its_conte
         client = await Client.connect(temporal_server)
         queue = f"cleanup-{uuid.uuid4().hex[:8]}"
         cleanup = CleanupActivities(client, db)
-        async with Worker(client, task_queue=queue, workflows=[WorldCleanupWorkflow, WaitsForCancel],
-                          activities=[cleanup.stop_workflows, cleanup.delete_world_content],
-                          interceptors=[HeartbeatInterceptor()]):
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[WorldCleanupWorkflow, WaitsForCancel],
+            activities=[cleanup.stop_workflows, cleanup.delete_world_content],
+            interceptors=[HeartbeatInterceptor()],
+        ):
             run = await client.start_workflow(WaitsForCancel.run, id=f"{queue}-world-31-run-1", task_queue=queue)
             result = await client.execute_workflow(
-                WorldCleanupWorkflow.run, WorldCleanupInput(31, [run.id, f"{queue}-world-31-run-2"]),
-                id=f"{queue}-world-31-cleanup", task_queue=queue)
+                WorldCleanupWorkflow.run,
+                WorldCleanupInput(31, [run.id, f"{queue}-world-31-run-2"]),
+                id=f"{queue}-world-31-cleanup",
+                task_queue=queue,
+            )
             return result, (await run.describe()).status
 
     result, status = asyncio.run(scenario())

@@ -34,8 +34,7 @@ class JsonFormatter(logging.Formatter):
 @functools.lru_cache(maxsize=8)
 def _secret_values(mongo_uri: str, db_password: str, llm_base_url: str, *keys: str) -> tuple[str, ...]:
     llm = urlsplit(llm_base_url)
-    raw = [urlsplit(mongo_uri).password, db_password, llm.netloc.rpartition("@")[0], llm.username, llm.password,
-           *keys]
+    raw = [urlsplit(mongo_uri).password, db_password, llm.netloc.rpartition("@")[0], llm.username, llm.password, *keys]
     values = {form for value in raw if value for form in (value, unquote(value), quote(value, safe=""))}
     # Longest first, so "user:pass" goes before "pass"; short values would mask ordinary words.
     return tuple(sorted((v for v in values if len(v) >= 4), key=len, reverse=True))
@@ -47,9 +46,13 @@ def secret_values() -> tuple[str, ...]:
     if not settings.configured:
         return ()
     return _secret_values(
-        getattr(settings, "MONGO_URI", ""), settings.DATABASES.get("default", {}).get("PASSWORD") or "",
-        getattr(settings, "LLM_BASE_URL", ""), getattr(settings, "LLM_API_KEY", ""),
-        getattr(settings, "TEMPORAL_API_KEY", ""), settings.SECRET_KEY)
+        getattr(settings, "MONGO_URI", ""),
+        settings.DATABASES.get("default", {}).get("PASSWORD") or "",
+        getattr(settings, "LLM_BASE_URL", ""),
+        getattr(settings, "LLM_API_KEY", ""),
+        getattr(settings, "TEMPORAL_API_KEY", ""),
+        settings.SECRET_KEY,
+    )
 
 
 def mask(text: str, secrets: tuple[str, ...] | None = None) -> str:

@@ -36,8 +36,15 @@ def progress_bar(run: GenerationRun | None) -> str:
     return format_html(
         '<div class="wg-status wg-{}">{}</div><div class="wg-bar" title="{}%"><span style="width:{}%"></span></div>'
         '<div class="wg-muted">{}/{} characters, {}/{} posts</div>',
-        run.status, run.get_status_display(), percent, percent, run.characters_done, run.characters_total,
-        run.posts_done, run.posts_total)
+        run.status,
+        run.get_status_display(),
+        percent,
+        percent,
+        run.characters_done,
+        run.characters_total,
+        run.posts_done,
+        run.posts_total,
+    )
 
 
 def temporal_link(run: GenerationRun) -> str:
@@ -46,17 +53,29 @@ def temporal_link(run: GenerationRun) -> str:
 
 
 class FeedbackForm(forms.Form):
-    feedback = forms.CharField(widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
-                               validators=[validate_feedback_length],
-                               help_text="What should change in the world bible? The bible is regenerated with it.")
+    feedback = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
+        validators=[validate_feedback_length],
+        help_text="What should change in the world bible? The bible is regenerated with it.",
+    )
 
 
 class RunInline(admin.TabularInline):
     model = GenerationRun
     extra = 0
     can_delete = False
-    fields = ("number", "live", "status", "stage", "characters_done", "posts_done", "degraded_items", "tokens_used",
-              "started_by", "error")
+    fields = (
+        "number",
+        "live",
+        "status",
+        "stage",
+        "characters_done",
+        "posts_done",
+        "degraded_items",
+        "tokens_used",
+        "started_by",
+        "error",
+    )
     readonly_fields = fields
     show_change_link = True
 
@@ -90,8 +109,17 @@ class WorldAdmin(admin.ModelAdmin):
     readonly_fields = ("generation", "live", "viewer_link", "preview")
     fieldsets = [
         (None, {"fields": ("name", "premise", ("genre", "tone"), ("language", "visual_style"))}),
-        ("Size and review", {"fields": (("character_count", "posts_per_character"), "requires_approval",
-                                        "token_budget", "model_override")}),
+        (
+            "Size and review",
+            {
+                "fields": (
+                    ("character_count", "posts_per_character"),
+                    "requires_approval",
+                    "token_budget",
+                    "model_override",
+                )
+            },
+        ),
         ("Generated", {"fields": ("generation", "live", "viewer_link", "preview")}),
     ]
 
@@ -107,9 +135,12 @@ class WorldAdmin(admin.ModelAdmin):
     def action_checkbox(self, obj):
         """Django's markup (tests compare it), without rendering a widget template for each row of the list:
         that was a fifth of the list's CPU time."""
-        return format_html('<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
-                           helpers.ACTION_CHECKBOX_NAME, obj.pk,
-                           format_html(_("Select this object for an action - {}"), str(obj)))
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.pk,
+            format_html(_("Select this object for an action - {}"), str(obj)),
+        )
 
     @admin.display(description="Latest run")
     def generation(self, world: World):
@@ -121,9 +152,13 @@ class WorldAdmin(admin.ModelAdmin):
         if world.live_run is None:
             return "Not published: viewers do not see this world. Publish a finished run from the run list."
         run = world.live_run
-        return format_html('<a href="{}">Run {}</a> ({}), published: viewers see it. To roll back, publish an '
-                           'earlier run from the run list.', reverse("admin:worlds_generationrun_change", args=[run.pk]),
-                           run.number, run.get_status_display().lower())
+        return format_html(
+            '<a href="{}">Run {}</a> ({}), published: viewers see it. To roll back, publish an '
+            "earlier run from the run list.",
+            reverse("admin:worlds_generationrun_change", args=[run.pk]),
+            run.number,
+            run.get_status_display().lower(),
+        )
 
     @admin.display(description="World viewer")
     def viewer_link(self, world: World):
@@ -142,12 +177,18 @@ class WorldAdmin(admin.ModelAdmin):
         characters = selectors.run_characters(run=run)
         posts = selectors.run_posts(run=run, limit=6)
         return format_html(
-            '<div class="wg-preview"><h3>{}</h3><p>{}</p><div class="wg-cast">{}</div><div class="wg-posts">{}</div></div>',
-            bible.get("title", "(no bible yet)"), bible.get("setting", ""),
-            format_html_join("", '<figure>{}<figcaption>{} <span class="wg-muted">@{}</span></figcaption></figure>',
-                             ((_image(c), c.get("name", ""), c.get("handle", "")) for c in characters)),
-            format_html_join("", '<figure>{}<figcaption>{}</figcaption></figure>',
-                             ((_image(p), p.get("caption", "")) for p in posts)),
+            '<div class="wg-preview"><h3>{}</h3><p>{}</p>'
+            '<div class="wg-cast">{}</div><div class="wg-posts">{}</div></div>',
+            bible.get("title", "(no bible yet)"),
+            bible.get("setting", ""),
+            format_html_join(
+                "",
+                '<figure>{}<figcaption>{} <span class="wg-muted">@{}</span></figcaption></figure>',
+                ((_image(c), c.get("name", ""), c.get("handle", "")) for c in characters),
+            ),
+            format_html_join(
+                "", "<figure>{}<figcaption>{}</figcaption></figure>", ((_image(p), p.get("caption", "")) for p in posts)
+            ),
         )
 
     # --- actions on the world page (buttons) -----------------------------------
@@ -235,8 +276,10 @@ class WorldAdmin(admin.ModelAdmin):
         deletes them), so no permission on runs is needed."""
         worlds = list(objs)
         runs = sum(world.runs.count() for world in worlds)
-        summary = [f"{world} ({pluralize_runs(world.runs.count())}, with every document and image they made)"
-                   for world in worlds]
+        summary = [
+            f"{world} ({pluralize_runs(world.runs.count())}, with every document and image they made)"
+            for world in worlds
+        ]
         return summary, {"worlds": len(worlds), "runs": runs}, set(), []
 
     def delete_model(self, request, obj):
@@ -263,9 +306,15 @@ class WorldAdmin(admin.ModelAdmin):
 
     # --- helpers -------------------------------------------------------------------
     def _feedback_page(self, request, worlds: list[World], form: FeedbackForm, bulk: bool = False):
-        context = {**self.admin_site.each_context(request), "title": "Reject the world bible", "worlds": worlds,
-                   "form": form, "bulk": bulk, "opts": self.model._meta,
-                   "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reject the world bible",
+            "worlds": worlds,
+            "form": form,
+            "bulk": bulk,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
         return TemplateResponse(request, "admin/worlds/world/reject.html", context)
 
     def _report(self, request, world: World, do) -> None:
@@ -315,7 +364,6 @@ class WorldAdmin(admin.ModelAdmin):
             obj.pk, obj.created_by, obj._state.adding = saved.pk, saved.created_by, False
 
 
-
 def pluralize_runs(count: int) -> str:
     return f"{count} run{'' if count == 1 else 's'}"
 
@@ -328,14 +376,39 @@ def _image(doc: dict) -> str:
 
 @admin.register(GenerationRun)
 class GenerationRunAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "live", "status", "stage", "characters_done", "posts_done", "degraded_items",
-                    "tokens_used", "started_by", "started_at", "finished_at")
+    list_display = (
+        "__str__",
+        "live",
+        "status",
+        "stage",
+        "characters_done",
+        "posts_done",
+        "degraded_items",
+        "tokens_used",
+        "started_by",
+        "started_at",
+        "finished_at",
+    )
     list_filter = ("status",)
     list_select_related = ("world", "started_by")
-    fields = ("world", "number", "live", "status", "timeline", "temporal", "error", ("requires_approval", "bible_approved"),
-              ("characters_done", "characters_total"),
-              ("posts_done", "posts_total"), "degraded_items", "tokens_used", "bible_revision",
-              ("started_by", "approved_by", "rejected_by", "cancelled_by"), ("started_at", "finished_at"), "audit")
+    fields = (
+        "world",
+        "number",
+        "live",
+        "status",
+        "timeline",
+        "temporal",
+        "error",
+        ("requires_approval", "bible_approved"),
+        ("characters_done", "characters_total"),
+        ("posts_done", "posts_total"),
+        "degraded_items",
+        "tokens_used",
+        "bible_revision",
+        ("started_by", "approved_by", "rejected_by", "cancelled_by"),
+        ("started_at", "finished_at"),
+        "audit",
+    )
     readonly_fields = [name for entry in fields for name in (entry if isinstance(entry, tuple) else (entry,))]
     actions = ["publish", "rerender_images", "reconcile"]
 
@@ -346,14 +419,18 @@ class GenerationRunAdmin(admin.ModelAdmin):
     def live(self, run: GenerationRun):
         return "live" if run.world.live_run_id == run.pk else ""
 
-    @admin.action(description="Publish the selected run (viewers see it; an earlier run rolls the world back)",
-                  permissions=["publish_run"])
+    @admin.action(
+        description="Publish the selected run (viewers see it; an earlier run rolls the world back)",
+        permissions=["publish_run"],
+    )
     def publish(self, request, queryset):
-        self._each_run(request, queryset, lambda run: services.run_publish(run=run, user=request.user),
-                       "{run} is live.")
+        self._each_run(
+            request, queryset, lambda run: services.run_publish(run=run, user=request.user), "{run} is live."
+        )
 
-    @admin.action(description="Check the selected runs against Temporal (correct stale rows)",
-                  permissions=["cancel_run"])
+    @admin.action(
+        description="Check the selected runs against Temporal (correct stale rows)", permissions=["cancel_run"]
+    )
     def reconcile(self, request, queryset):
         try:
             changes = services.runs_reconcile(run_ids=list(queryset.values_list("pk", flat=True)), user=request.user)
@@ -372,8 +449,12 @@ class GenerationRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-render missing images of the selected runs", permissions=["start_run"])
     def rerender_images(self, request, queryset):
-        self._each_run(request, queryset, lambda run: services.generation_rerender(run=run, user=request.user),
-                       "Re-rendering the {run.degraded_items} missing images of {run}.")
+        self._each_run(
+            request,
+            queryset,
+            lambda run: services.generation_rerender(run=run, user=request.user),
+            "Re-rendering the {run.degraded_items} missing images of {run}.",
+        )
 
     @staticmethod
     def _each_run(request, queryset, do, done: str) -> None:
@@ -392,10 +473,17 @@ class GenerationRunAdmin(admin.ModelAdmin):
     def timeline(self, run: GenerationRun):
         current = STAGES.index(run.stage) if run.stage in STAGES else -1
         finished = run.status == "completed"
-        return format_html('<ol class="wg-timeline">{}</ol>', format_html_join(
-            "", '<li class="wg-{}">{}</li>',
-            (("done" if finished or i < current else "current" if i == current else "todo", stage)
-             for i, stage in enumerate(STAGES))))
+        return format_html(
+            '<ol class="wg-timeline">{}</ol>',
+            format_html_join(
+                "",
+                '<li class="wg-{}">{}</li>',
+                (
+                    ("done" if finished or i < current else "current" if i == current else "todo", stage)
+                    for i, stage in enumerate(STAGES)
+                ),
+            ),
+        )
 
     @admin.display(description="Temporal")
     def temporal(self, run: GenerationRun):
@@ -403,10 +491,17 @@ class GenerationRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="Audit trail")
     def audit(self, run: GenerationRun):
-        return format_html('<ul>{}</ul>', format_html_join(
-            "", "<li>{} — {}: {} {}</li>",
-            ((e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor or "system", e.get_action_display(), e.detail)
-             for e in run.audit_events.select_related("actor"))))
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li>{} — {}: {} {}</li>",
+                (
+                    (e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor or "system", e.get_action_display(), e.detail)
+                    for e in run.audit_events.select_related("actor")
+                ),
+            ),
+        )
 
     def has_add_permission(self, request):
         return False  # runs are started from a world, through worlds.services

@@ -33,12 +33,13 @@ from worlds.serializers import (
     WorldInputSerializer,
     WorldSerializer,
 )
-from worlds.services import ActionError, ActionInvalid, ActionForbidden, ActionUnavailable
+from worlds.services import ActionError, ActionForbidden, ActionInvalid, ActionUnavailable
 
 logger = logging.getLogger(__name__)
 
 
 # --- errors -----------------------------------------------------------------------------
+
 
 class BadRequest(exceptions.APIException):
     status_code = status.HTTP_400_BAD_REQUEST
@@ -79,11 +80,14 @@ def errors(*codes: int) -> dict:
         409: "Conflicts with the run's state (e.g. already being generated, nothing awaiting approval).",
         503: "Temporal is not reachable; try again.",
     }
-    return {code: OpenApiResponse(OpenApiTypes.OBJECT if code == 400 else ErrorSerializer, description=described[code])
-            for code in codes}
+    return {
+        code: OpenApiResponse(OpenApiTypes.OBJECT if code == 400 else ErrorSerializer, description=described[code])
+        for code in codes
+    }
 
 
 # --- permissions and base view ---------------------------------------------------------
+
 
 class StaffRole(BasePermission):
     """Staff only, with the model permissions the view lists for the method (superusers have all).
@@ -144,19 +148,24 @@ def get_run(run_id: str) -> GenerationRun:
 
 # --- worlds -------------------------------------------------------------------------------
 
+
 class WorldListCreateApi(Api):
     required_perms = {"GET": VIEW_WORLDS, "POST": ("worlds.add_world",)}
     pagination_class = Pagination
 
-    @extend_schema(summary="List worlds, newest first, each with its latest run", parameters=[PageQuerySerializer],
-                   responses={200: WorldSerializer(many=True), **errors(400, 403)})
+    @extend_schema(
+        summary="List worlds, newest first, each with its latest run",
+        parameters=[PageQuerySerializer],
+        responses={200: WorldSerializer(many=True), **errors(400, 403)},
+    )
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(World.objects.select_related("created_by", "live_run"), request, view=self)
         return paginator.get_paginated_response(WorldSerializer(page, many=True).data)
 
-    @extend_schema(summary="Create a world", request=WorldInputSerializer,
-                   responses={201: WorldSerializer, **errors(400, 403)})
+    @extend_schema(
+        summary="Create a world", request=WorldInputSerializer, responses={201: WorldSerializer, **errors(400, 403)}
+    )
     def post(self, request):
         data = WorldInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -172,8 +181,11 @@ class WorldDetailApi(Api):
     def get(self, request, world_id):
         return Response(WorldSerializer(get_world(world_id)).data)
 
-    @extend_schema(summary="Change a world (the next run uses the new definition)", request=WorldInputSerializer,
-                   responses={200: WorldSerializer, **errors(400, 403, 404)})
+    @extend_schema(
+        summary="Change a world (the next run uses the new definition)",
+        request=WorldInputSerializer,
+        responses={200: WorldSerializer, **errors(400, 403, 404)},
+    )
     def patch(self, request, world_id):
         world = get_world(world_id)
         data = WorldInputSerializer(data=request.data, partial=True)
@@ -181,10 +193,12 @@ class WorldDetailApi(Api):
         world = services.world_update(world=world, user=request.user, **data.validated_data)
         return Response(WorldSerializer(world).data)
 
-    @extend_schema(summary="Delete a world, its runs and all their content",
-                   description="Active runs are stopped and every document and image is removed by a durable "
-                               "cleanup workflow; the world is gone (and nothing of it public) at once.",
-                   responses={204: None, **errors(403, 404, 503)})
+    @extend_schema(
+        summary="Delete a world, its runs and all their content",
+        description="Active runs are stopped and every document and image is removed by a durable "
+        "cleanup workflow; the world is gone (and nothing of it public) at once.",
+        responses={204: None, **errors(403, 404, 503)},
+    )
     def delete(self, request, world_id):
         services.world_delete(world=get_world(world_id), user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -194,9 +208,12 @@ class WorldDetailApi(Api):
 class WorldGenerateApi(Api):
     required_perms = {"POST": ("worlds.start_run",)}
 
-    @extend_schema(summary="Start generating a world", request=None,
-                   description="Starts a run and answers at once; follow it at `/api/runs/{id}/`.",
-                   responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)})
+    @extend_schema(
+        summary="Start generating a world",
+        request=None,
+        description="Starts a run and answers at once; follow it at `/api/runs/{id}/`.",
+        responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)},
+    )
     def post(self, request, world_id):
         run = services.generation_start(world=get_world(world_id), user=request.user)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
@@ -206,8 +223,10 @@ class WorldGenerateApi(Api):
 class WorldCharactersApi(Api):
     required_perms = {"GET": VIEW_RUNS}
 
-    @extend_schema(summary="Characters of the world's live (published) run (empty if nothing is published)",
-                   responses={200: CharacterSerializer(many=True), **errors(403, 404)})
+    @extend_schema(
+        summary="Characters of the world's live (published) run (empty if nothing is published)",
+        responses={200: CharacterSerializer(many=True), **errors(403, 404)},
+    )
     def get(self, request, world_id):
         run = get_world(world_id).live_run
         if run is None:
@@ -221,33 +240,46 @@ class WorldCharactersApi(Api):
 class WorldPostsApi(Api):
     required_perms = {"GET": VIEW_RUNS}
 
-    @extend_schema(summary="Feed of the world's live (published) run, in posting order (empty if nothing is "
-                           "published)",
-                   parameters=[PostQuerySerializer], responses={200: PostPageSerializer, **errors(400, 403, 404)})
+    @extend_schema(
+        summary="Feed of the world's live (published) run, in posting order (empty if nothing is published)",
+        parameters=[PostQuerySerializer],
+        responses={200: PostPageSerializer, **errors(400, 403, 404)},
+    )
     def get(self, request, world_id):
         query = PostQuerySerializer(data=query_data(request))
         query.is_valid(raise_exception=True)
         limit, offset = query.validated_data["limit"], query.validated_data["offset"]
         run = get_world(world_id).live_run
-        posts = [] if run is None else selectors.run_posts(
-            run=run, character_index=query.validated_data.get("character"), offset=offset, limit=limit + 1)
+        posts = (
+            []
+            if run is None
+            else selectors.run_posts(
+                run=run, character_index=query.validated_data.get("character"), offset=offset, limit=limit + 1
+            )
+        )
         url = request.build_absolute_uri()
-        return Response({
-            "next": replace_query_param(url, "offset", offset + limit) if len(posts) > limit else None,
-            "previous": replace_query_param(url, "offset", max(offset - limit, 0)) if offset else None,
-            "results": PostSerializer(posts[:limit], many=True).data,
-        })
+        return Response(
+            {
+                "next": replace_query_param(url, "offset", offset + limit) if len(posts) > limit else None,
+                "previous": replace_query_param(url, "offset", max(offset - limit, 0)) if offset else None,
+                "results": PostSerializer(posts[:limit], many=True).data,
+            }
+        )
 
 
 # --- runs ---------------------------------------------------------------------------------
+
 
 @extend_schema(parameters=[RUN_ID])
 class RunDetailApi(Api):
     required_perms = {"GET": ("worlds.view_generationrun",)}
 
-    @extend_schema(summary="A run's progress", responses={200: RunDetailSerializer, **errors(403, 404)},
-                   description="The progress mirrored on the run row; while the run is active also `live`, the "
-                               "workflow's own progress, unless Temporal does not answer.")
+    @extend_schema(
+        summary="A run's progress",
+        responses={200: RunDetailSerializer, **errors(403, 404)},
+        description="The progress mirrored on the run row; while the run is active also `live`, the "
+        "workflow's own progress, unless Temporal does not answer.",
+    )
     def get(self, request, run_id):
         run = get_run(run_id)
         if run.is_active:
@@ -268,8 +300,12 @@ class RunCommandApi(Api):
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema(summary="Approve the world bible (not of a run you started)", parameters=[RUN_ID], request=None,
-               responses={202: RunSerializer, **errors(403, 404, 409, 503)})
+@extend_schema(
+    summary="Approve the world bible (not of a run you started)",
+    parameters=[RUN_ID],
+    request=None,
+    responses={202: RunSerializer, **errors(403, 404, 409, 503)},
+)
 class RunApproveApi(RunCommandApi):
     required_perms = {"POST": ("worlds.review_run",)}
 
@@ -277,8 +313,12 @@ class RunApproveApi(RunCommandApi):
         services.generation_approve(run=run, user=request.user)
 
 
-@extend_schema(summary="Reject the world bible with feedback; it is regenerated with it", parameters=[RUN_ID],
-               request=RejectInputSerializer, responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)})
+@extend_schema(
+    summary="Reject the world bible with feedback; it is regenerated with it",
+    parameters=[RUN_ID],
+    request=RejectInputSerializer,
+    responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)},
+)
 class RunRejectApi(RunCommandApi):
     required_perms = {"POST": ("worlds.review_run",)}
 
@@ -288,8 +328,12 @@ class RunRejectApi(RunCommandApi):
         services.generation_reject(run=run, feedback=data.validated_data["feedback"], user=request.user)
 
 
-@extend_schema(summary="Cancel an active run (what was made is kept)", parameters=[RUN_ID], request=None,
-               responses={202: RunSerializer, **errors(403, 404, 409, 503)})
+@extend_schema(
+    summary="Cancel an active run (what was made is kept)",
+    parameters=[RUN_ID],
+    request=None,
+    responses={202: RunSerializer, **errors(403, 404, 409, 503)},
+)
 class RunCancelApi(RunCommandApi):
     required_perms = {"POST": ("worlds.cancel_run",)}
 
@@ -297,8 +341,12 @@ class RunCancelApi(RunCommandApi):
         services.generation_cancel(run=run, user=request.user)
 
 
-@extend_schema(summary="Render again the images of a finished run that the media service could not make",
-               parameters=[RUN_ID], request=None, responses={202: RunSerializer, **errors(403, 404, 409, 503)})
+@extend_schema(
+    summary="Render again the images of a finished run that the media service could not make",
+    parameters=[RUN_ID],
+    request=None,
+    responses={202: RunSerializer, **errors(403, 404, 409, 503)},
+)
 class RunRerenderApi(RunCommandApi):
     required_perms = {"POST": ("worlds.start_run",)}
 
@@ -306,8 +354,12 @@ class RunRerenderApi(RunCommandApi):
         services.generation_rerender(run=run, user=request.user)
 
 
-@extend_schema(summary="Publish a finished run: it becomes what viewers see (also: roll back to an earlier run)",
-               parameters=[RUN_ID], request=None, responses={202: RunSerializer, **errors(403, 404, 409)})
+@extend_schema(
+    summary="Publish a finished run: it becomes what viewers see (also: roll back to an earlier run)",
+    parameters=[RUN_ID],
+    request=None,
+    responses={202: RunSerializer, **errors(403, 404, 409)},
+)
 class RunPublishApi(RunCommandApi):
     required_perms = {"POST": ("worlds.publish_run",)}
 
@@ -319,8 +371,11 @@ class RunPublishApi(RunCommandApi):
 class WorldUnpublishApi(Api):
     required_perms = {"POST": ("worlds.publish_run",)}
 
-    @extend_schema(summary="Unpublish a world: viewers no longer see it", request=None,
-                   responses={200: WorldSerializer, **errors(403, 404, 409)})
+    @extend_schema(
+        summary="Unpublish a world: viewers no longer see it",
+        request=None,
+        responses={200: WorldSerializer, **errors(403, 404, 409)},
+    )
     def post(self, request, world_id):
         services.world_unpublish(world=get_world(world_id), user=request.user)
         return Response(WorldSerializer(get_world(world_id)).data)

@@ -15,34 +15,40 @@ MIN_TOKEN_BUDGET = 1000
 # Limits that deployments set (settings, read when a value is checked): the forms, the API and the
 # services all go through these validators.
 
+
 def validate_premise_length(value: str) -> None:
     limit = settings.WORLD_PREMISE_MAX_CHARS
     if len(value) > limit:
-        raise ValidationError(f"Keep the premise to at most {limit} characters (it has {len(value)}).",
-                              code="max_length")
+        raise ValidationError(
+            f"Keep the premise to at most {limit} characters (it has {len(value)}).", code="max_length"
+        )
 
 
 def validate_feedback_length(value: str) -> None:
     limit = settings.REVIEW_FEEDBACK_MAX_CHARS
     if len(value) > limit:
-        raise ValidationError(f"Keep the feedback to at most {limit} characters (it has {len(value)}).",
-                              code="max_length")
+        raise ValidationError(
+            f"Keep the feedback to at most {limit} characters (it has {len(value)}).", code="max_length"
+        )
 
 
 def validate_token_budget(value: int) -> None:
     limit = settings.GENERATION_MAX_TOKEN_BUDGET
     if value > limit:
-        raise ValidationError(f"The token budget may be at most {limit} (GENERATION_MAX_TOKEN_BUDGET).",
-                              code="max_value")
+        raise ValidationError(
+            f"The token budget may be at most {limit} (GENERATION_MAX_TOKEN_BUDGET).", code="max_value"
+        )
 
 
 def validate_allowed_model(value: str) -> None:
     if value and value not in settings.LLM_ALLOWED_MODELS:
         # Not code="invalid_choice": a model field puts its own message for that code in place of this one
         # (and leaves it unformatted: "Value %(value)r is not a valid choice.").
-        raise ValidationError(f"{value!r} is not an allowed model; choose one of: "
-                              f"{', '.join(settings.LLM_ALLOWED_MODELS)} (LLM_ALLOWED_MODELS), or leave it blank.",
-                              code="model_not_allowed")
+        raise ValidationError(
+            f"{value!r} is not an allowed model; choose one of: "
+            f"{', '.join(settings.LLM_ALLOWED_MODELS)} (LLM_ALLOWED_MODELS), or leave it blank.",
+            code="model_not_allowed",
+        )
 
 
 class World(models.Model):
@@ -65,26 +71,42 @@ class World(models.Model):
         OIL = "oil", "Oil painting"
 
     name = models.CharField(max_length=120)
-    premise = models.TextField(help_text="What the world is about, in a few sentences.",
-                               validators=[validate_premise_length])
+    premise = models.TextField(
+        help_text="What the world is about, in a few sentences.", validators=[validate_premise_length]
+    )
     genre = models.CharField(max_length=60, default="fantasy")
     tone = models.CharField(max_length=60, default="whimsical")
     language = models.CharField(max_length=8, choices=Language.choices, default=Language.ENGLISH)
     visual_style = models.CharField(max_length=20, choices=VisualStyle.choices, default=VisualStyle.WATERCOLOR)
     character_count = models.PositiveSmallIntegerField(
-        default=5, validators=[MinValueValidator(1), MaxValueValidator(MAX_CHARACTERS)])
+        default=5, validators=[MinValueValidator(1), MaxValueValidator(MAX_CHARACTERS)]
+    )
     posts_per_character = models.PositiveSmallIntegerField(
-        default=3, validators=[MinValueValidator(0), MaxValueValidator(MAX_POSTS_PER_CHARACTER)])
+        default=3, validators=[MinValueValidator(0), MaxValueValidator(MAX_POSTS_PER_CHARACTER)]
+    )
     requires_approval = models.BooleanField(default=False, help_text="Wait for staff to approve the world bible.")
-    model_override = models.CharField(max_length=100, blank=True, validators=[validate_allowed_model],
-                                      help_text="LLM model for this world (blank: default).")
+    model_override = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[validate_allowed_model],
+        help_text="LLM model for this world (blank: default).",
+    )
     token_budget = models.PositiveIntegerField(
-        default=500_000, validators=[MinValueValidator(MIN_TOKEN_BUDGET), validate_token_budget],
-        help_text="A hard cap: the run stops before any LLM call that could take it past this many tokens.")
-    live_run = models.ForeignKey("GenerationRun", null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="+", help_text="The published run: what viewers see.")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+        default=500_000,
+        validators=[MinValueValidator(MIN_TOKEN_BUDGET), validate_token_budget],
+        help_text="A hard cap: the run stops before any LLM call that could take it past this many tokens.",
+    )
+    live_run = models.ForeignKey(
+        "GenerationRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The published run: what viewers see.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -96,16 +118,23 @@ class World(models.Model):
 
 
 STATUS_LABELS = {
-    RunStatus.PENDING: "Pending", RunStatus.START_UNCONFIRMED: "Start unconfirmed (being checked)",
-    RunStatus.RUNNING: "Running", RunStatus.AWAITING_APPROVAL: "Awaiting approval", RunStatus.COMPLETED: "Completed",
-    RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled", RunStatus.EXPIRED: "Expired (approval timed out)",
+    RunStatus.PENDING: "Pending",
+    RunStatus.START_UNCONFIRMED: "Start unconfirmed (being checked)",
+    RunStatus.RUNNING: "Running",
+    RunStatus.AWAITING_APPROVAL: "Awaiting approval",
+    RunStatus.COMPLETED: "Completed",
+    RunStatus.FAILED: "Failed",
+    RunStatus.CANCELLED: "Cancelled",
+    RunStatus.EXPIRED: "Expired (approval timed out)",
     RunStatus.BUDGET_EXCEEDED: "Stopped: token budget exceeded",
 }
 
 
 class GenerationRun(models.Model):
     # The statuses workflows report (generation.contracts.RunStatus), with labels for staff.
-    Status = models.TextChoices("Status", [(status.name, (status.value, STATUS_LABELS[status])) for status in RunStatus])
+    Status = models.TextChoices(
+        "Status", [(status.name, (status.value, STATUS_LABELS[status])) for status in RunStatus]
+    )
 
     ACTIVE = (Status.PENDING, Status.START_UNCONFIRMED, Status.RUNNING, Status.AWAITING_APPROVAL)
 
@@ -124,14 +153,23 @@ class GenerationRun(models.Model):
     requires_approval = models.BooleanField(default=False, help_text="The world required approval when it started.")
     bible_approved = models.BooleanField(default=False, help_text="A reviewer approved its bible.")
     error = models.TextField(blank=True)
-    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
-    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="+")
-    rejected_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="+", help_text="Who rejected the latest revision")
-    cancelled_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                     related_name="+")
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rejected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who rejected the latest revision",
+    )
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -181,12 +219,14 @@ class AuditEvent(models.Model):
         RUN_RECONCILED = "run_reconciled", "Run corrected from Temporal"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     action = models.CharField(max_length=20, choices=Action.choices)
     world = models.ForeignKey(World, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
-    run = models.ForeignKey(GenerationRun, null=True, blank=True, on_delete=models.SET_NULL,
-                            related_name="audit_events")
+    run = models.ForeignKey(
+        GenerationRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
     # Kept when the world is deleted (the foreign keys above become empty).
     world_pk = models.PositiveBigIntegerField(null=True, blank=True, db_index=True, verbose_name="world ID")
     world_name = models.CharField(max_length=120, blank=True)

@@ -38,12 +38,18 @@ class SeedResult:
     seconds: float = 0.0
 
 
-def seed_worlds(*, worlds: int, posts: int, characters_per_world: int = 2, prefix: str = "Seeded",
-                batch_size: int = 500, progress: Callable[[SeedResult], None] | None = None) -> SeedResult:
+def seed_worlds(
+    *,
+    worlds: int,
+    posts: int,
+    characters_per_world: int = 2,
+    prefix: str = "Seeded",
+    batch_size: int = 500,
+    progress: Callable[[SeedResult], None] | None = None,
+) -> SeedResult:
     """Create ``worlds`` fake worlds holding ``posts`` posts in all (spread evenly over worlds and their
     characters), in batches of ``batch_size`` worlds; ``progress`` is called after every batch."""
-    _check(worlds=worlds, posts=posts, characters_per_world=characters_per_world, prefix=prefix,
-           batch_size=batch_size)
+    _check(worlds=worlds, posts=posts, characters_per_world=characters_per_world, prefix=prefix, batch_size=batch_size)
     started = time.monotonic()
     db = mongo.get_db()
     documents.ensure_indexes(db)  # what the worker does on start; reads rely on them
@@ -53,7 +59,7 @@ def seed_worlds(*, worlds: int, posts: int, characters_per_world: int = 2, prefi
         post_counts = [_posts_of_world(i, worlds, posts) for i in numbers]
         runs = _create_rows(numbers, post_counts, characters_per_world, prefix)
         bibles, characters, feed = [], [], []
-        for run, number, post_count in zip(runs, numbers, post_counts):
+        for run, number, post_count in zip(runs, numbers, post_counts, strict=True):
             ref = run.ref
             bibles.append(_bible(ref, number, prefix))
             characters += [_character(ref, number, index) for index in range(characters_per_world)]
@@ -82,57 +88,95 @@ def _check(*, worlds: int, posts: int, characters_per_world: int, prefix: str, b
     if not 1 <= characters_per_world <= MAX_CHARACTERS:
         raise SeedingError(f"--characters-per-world must be between 1 and {MAX_CHARACTERS}")
     if worlds and -(-posts // worlds) > characters_per_world * MAX_POSTS_PER_CHARACTER:
-        raise SeedingError(f"too many posts per world: at most {MAX_POSTS_PER_CHARACTER} per character "
-                           f"({characters_per_world * MAX_POSTS_PER_CHARACTER} per world)")
+        raise SeedingError(
+            f"too many posts per world: at most {MAX_POSTS_PER_CHARACTER} per character "
+            f"({characters_per_world * MAX_POSTS_PER_CHARACTER} per world)"
+        )
     if not prefix.strip():
         raise SeedingError("--prefix cannot be blank")
     if batch_size < 1:
         raise SeedingError("the batch size must be at least 1")
     if World.objects.filter(name__startswith=f"{prefix} world ").exists():
-        raise SeedingError(f'seeded worlds named "{prefix} world ..." exist already: delete them or use '
-                           f"another --prefix")
+        raise SeedingError(
+            f'seeded worlds named "{prefix} world ..." exist already: delete them or use another --prefix'
+        )
 
 
 def _posts_of_world(number: int, worlds: int, posts: int) -> int:
     return posts // worlds + (number < posts % worlds)
 
 
-def _create_rows(numbers: range, post_counts: list[int], characters_per_world: int,
-                 prefix: str) -> list[GenerationRun]:
+def _create_rows(numbers: range, post_counts: list[int], characters_per_world: int, prefix: str) -> list[GenerationRun]:
     now = timezone.now()
     with transaction.atomic():
-        created = World.objects.bulk_create([
-            World(name=f"{prefix} world {number:05d}", genre="seeded", tone="placeholder",
-                  premise=f"FAKE seeded world {number} for load tests; not generated content.",
-                  character_count=characters_per_world,
-                  posts_per_character=-(-post_count // characters_per_world))
-            for number, post_count in zip(numbers, post_counts)])
-        runs = GenerationRun.objects.bulk_create([
-            GenerationRun(world=world, number=1, workflow_id=f"world-{world.pk}-run-1",
-                          status=GenerationRun.Status.COMPLETED, stage="done",
-                          characters_done=characters_per_world, characters_total=characters_per_world,
-                          posts_done=post_count, posts_total=post_count, finished_at=now)
-            for world, post_count in zip(created, post_counts)])
-        for world, run in zip(created, runs):  # completed runs are published
+        created = World.objects.bulk_create(
+            [
+                World(
+                    name=f"{prefix} world {number:05d}",
+                    genre="seeded",
+                    tone="placeholder",
+                    premise=f"FAKE seeded world {number} for load tests; not generated content.",
+                    character_count=characters_per_world,
+                    posts_per_character=-(-post_count // characters_per_world),
+                )
+                for number, post_count in zip(numbers, post_counts, strict=True)
+            ]
+        )
+        runs = GenerationRun.objects.bulk_create(
+            [
+                GenerationRun(
+                    world=world,
+                    number=1,
+                    workflow_id=f"world-{world.pk}-run-1",
+                    status=GenerationRun.Status.COMPLETED,
+                    stage="done",
+                    characters_done=characters_per_world,
+                    characters_total=characters_per_world,
+                    posts_done=post_count,
+                    posts_total=post_count,
+                    finished_at=now,
+                )
+                for world, post_count in zip(created, post_counts, strict=True)
+            ]
+        )
+        for world, run in zip(created, runs, strict=True):  # completed runs are published
             world.live_run = run
         World.objects.bulk_update(created, ["live_run"])
         return runs
 
 
 def _bible(ref: RunRef, number: int, prefix: str) -> dict:
-    bible = {"title": f"{prefix} world {number:05d} (fake)", "setting": "Placeholder setting of a seeded world.",
-             "history": "Placeholder history.", "tone": "placeholder", "visual_style": "none (seeded)",
-             "themes": ["seeded", "fake"], "factions": ["Seeders"], "rules": ["Nothing here was generated."]}
-    return {**documents.bible_document(ref, bible, revision=0),
-            "history": [{"revision": 0, "feedback": None, "bible": bible}]}
+    bible = {
+        "title": f"{prefix} world {number:05d} (fake)",
+        "setting": "Placeholder setting of a seeded world.",
+        "history": "Placeholder history.",
+        "tone": "placeholder",
+        "visual_style": "none (seeded)",
+        "themes": ["seeded", "fake"],
+        "factions": ["Seeders"],
+        "rules": ["Nothing here was generated."],
+    }
+    return {
+        **documents.bible_document(ref, bible, revision=0),
+        "history": [{"revision": 0, "feedback": None, "bible": bible}],
+    }
 
 
 def _character(ref: RunRef, number: int, index: int) -> dict:
-    member = {"name": f"Seeded Person {number}-{index}", "handle": _handle(number, index),
-              "concept": "A fake character for load tests."}
-    return {**documents.character_document(ref, index, member), "status": "profiled",
-            "image_status": documents.ImageStatus.PENDING, "bio": "Fake seeded bio.", "personality": "Placeholder.",
-            "appearance": "Placeholder.", "interests": ["seeding", "benchmarks"]}
+    member = {
+        "name": f"Seeded Person {number}-{index}",
+        "handle": _handle(number, index),
+        "concept": "A fake character for load tests.",
+    }
+    return {
+        **documents.character_document(ref, index, member),
+        "status": "profiled",
+        "image_status": documents.ImageStatus.PENDING,
+        "bio": "Fake seeded bio.",
+        "personality": "Placeholder.",
+        "appearance": "Placeholder.",
+        "interests": ["seeding", "benchmarks"],
+    }
 
 
 def _handle(number: int, character_index: int) -> str:
@@ -140,7 +184,14 @@ def _handle(number: int, character_index: int) -> str:
 
 
 def _post(ref: RunRef, character_index: int, index: int, handle: str) -> dict:
-    post = {"caption": f"Fake seeded post {index} of character {character_index}.", "image_prompt": "none (seeded)",
-            "location": "Nowhere (seeded)", "hashtags": ["#seeded"]}
-    return {**documents.post_document(ref, character_index, index, post, handle),
-            "image_status": documents.ImageStatus.PENDING, "created_at": documents.now()}
+    post = {
+        "caption": f"Fake seeded post {index} of character {character_index}.",
+        "image_prompt": "none (seeded)",
+        "location": "Nowhere (seeded)",
+        "hashtags": ["#seeded"],
+    }
+    return {
+        **documents.post_document(ref, character_index, index, post, handle),
+        "image_status": documents.ImageStatus.PENDING,
+        "created_at": documents.now(),
+    }

@@ -11,8 +11,7 @@ from generation import documents
 from worlds.models import GenerationRun, World
 
 
-def runs_to_reconcile(*, run_ids: list[int] | None = None, quiet_for: timedelta = timedelta(0)
-                      ) -> list[GenerationRun]:
+def runs_to_reconcile(*, run_ids: list[int] | None = None, quiet_for: timedelta = timedelta(0)) -> list[GenerationRun]:
     """Active run rows not mirrored within ``quiet_for`` (all of them, or those of ``run_ids``)."""
     runs = GenerationRun.objects.filter(status__in=GenerationRun.ACTIVE, updated_at__lte=timezone.now() - quiet_for)
     if run_ids is not None:
@@ -32,7 +31,9 @@ def run_characters(*, run: GenerationRun) -> list[dict]:
     return documents.run_characters(mongo.get_db(), run.ref)
 
 
-def run_posts(*, run: GenerationRun, character_index: int | None = None, offset: int = 0, limit: int = 20) -> list[dict]:
+def run_posts(
+    *, run: GenerationRun, character_index: int | None = None, offset: int = 0, limit: int = 20
+) -> list[dict]:
     return documents.run_posts(mongo.get_db(), run.ref, character_index=character_index, offset=offset, limit=limit)
 
 
@@ -97,6 +98,13 @@ def _world_cards(worlds: list[World]) -> list[dict]:
     characters = documents.counts_by_run(db, documents.CHARACTERS, runs)
     posts = documents.counts_by_run(db, documents.POSTS, runs)
     covers = documents.first_avatars(db, runs)
-    return [{"world": world, "run": world.live_run, "cover_image_id": covers.get(run.key),
-             "character_count": characters.get(run.key, 0), "post_count": posts.get(run.key, 0)}
-            for world, run in zip(worlds, runs)]
+    return [
+        {
+            "world": world,
+            "run": world.live_run,
+            "cover_image_id": covers.get(run.key),
+            "character_count": characters.get(run.key, 0),
+            "post_count": posts.get(run.key, 0),
+        }
+        for world, run in zip(worlds, runs, strict=True)
+    ]

@@ -29,6 +29,7 @@ IMAGE_STATUSES = ", ".join(ImageStatus)
 
 # --- errors (for the schema) ---------------------------------------------------------
 
+
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField(read_only=True, help_text="What went wrong, for the user.")
 
@@ -46,6 +47,7 @@ NOT_BLANK = RegexValidator(rf"^[{WHITESPACE}]*[^{WHITESPACE}\x00][^\x00]*$", "En
 
 # JSON-strict fields: a value of the wrong JSON type is refused, as the schema says, where DRF's
 # fields would coerce it (the number 5 into "5", "5" into 5, 0 or "yes" into a boolean).
+
 
 class StrictTextField(serializers.CharField):
     def to_internal_value(self, data):
@@ -75,14 +77,28 @@ class WorldInputSerializer(serializers.ModelSerializer):
 
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
-        models.CharField: StrictTextField, models.TextField: StrictTextField, models.BooleanField: StrictBooleanField,
-        models.PositiveSmallIntegerField: StrictIntegerField, models.PositiveIntegerField: StrictIntegerField,
+        models.CharField: StrictTextField,
+        models.TextField: StrictTextField,
+        models.BooleanField: StrictBooleanField,
+        models.PositiveSmallIntegerField: StrictIntegerField,
+        models.PositiveIntegerField: StrictIntegerField,
     }
 
     class Meta:
         model = World
-        fields = ["name", "premise", "genre", "tone", "language", "visual_style", "character_count",
-                  "posts_per_character", "requires_approval", "model_override", "token_budget"]
+        fields = [
+            "name",
+            "premise",
+            "genre",
+            "tone",
+            "language",
+            "visual_style",
+            "character_count",
+            "posts_per_character",
+            "requires_approval",
+            "model_override",
+            "token_budget",
+        ]
         extra_kwargs = {  # "validators" replaces the model field's: its limits are listed again
             **{name: {"validators": [NOT_BLANK]} for name in ("name", "genre", "tone")},
             "premise": {"validators": [NOT_BLANK, validate_premise_length]},
@@ -94,8 +110,7 @@ class WorldInputSerializer(serializers.ModelSerializer):
 class RunSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = GenerationRun
-        fields = ["id", "number", "status", "stage", "characters_done", "characters_total", "posts_done",
-                  "posts_total"]
+        fields = ["id", "number", "status", "stage", "characters_done", "characters_total", "posts_done", "posts_total"]
         read_only_fields = fields
 
 
@@ -110,8 +125,15 @@ class WorldSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = World
-        fields = ["id", *WorldInputSerializer.Meta.fields, "created_by", "created_at", "updated_at", "latest_run",
-                  "live_run"]
+        fields = [
+            "id",
+            *WorldInputSerializer.Meta.fields,
+            "created_by",
+            "created_at",
+            "updated_at",
+            "latest_run",
+            "live_run",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(RunSummarySerializer(allow_null=True))
@@ -132,10 +154,32 @@ class RunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GenerationRun
-        fields = ["id", "world", "number", "workflow_id", "status", "stage", "characters_done", "characters_total",
-                  "posts_done", "posts_total", "degraded_items", "tokens_used", "bible_revision", "error",
-                  "is_active", "requires_approval", "bible_approved", "started_by", "approved_by", "rejected_by", "cancelled_by", "started_at",
-                  "updated_at", "finished_at"]
+        fields = [
+            "id",
+            "world",
+            "number",
+            "workflow_id",
+            "status",
+            "stage",
+            "characters_done",
+            "characters_total",
+            "posts_done",
+            "posts_total",
+            "degraded_items",
+            "tokens_used",
+            "bible_revision",
+            "error",
+            "is_active",
+            "requires_approval",
+            "bible_approved",
+            "started_by",
+            "approved_by",
+            "rejected_by",
+            "cancelled_by",
+            "started_at",
+            "updated_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 
@@ -163,11 +207,14 @@ class RunDetailSerializer(RunSerializer):
 
 
 class RejectInputSerializer(serializers.Serializer):
-    feedback = StrictTextField(validators=[NOT_BLANK, validate_feedback_length],
-                               help_text="What should change in the world bible (REVIEW_FEEDBACK_MAX_CHARS at most).")
+    feedback = StrictTextField(
+        validators=[NOT_BLANK, validate_feedback_length],
+        help_text="What should change in the world bible (REVIEW_FEEDBACK_MAX_CHARS at most).",
+    )
 
 
 # --- generated content (Mongo documents) -----------------------------------------------
+
 
 def _image_url(doc: dict) -> str | None:
     if doc.get("image_status") == ImageStatus.RENDERED and doc.get("image_id"):
@@ -233,12 +280,15 @@ class PageQuerySerializer(serializers.Serializer):
 
 
 class PostQuerySerializer(PageQuerySerializer):
-    character = QueryIntegerField(min_value=0, max_value=MAX_CHARACTERS - 1, required=False,
-                                  help_text="Only the posts of the character with this index.")
+    character = QueryIntegerField(
+        min_value=0,
+        max_value=MAX_CHARACTERS - 1,
+        required=False,
+        help_text="Only the posts of the character with this index.",
+    )
 
 
 class PostPageSerializer(serializers.Serializer):
     next = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the next page, if any.")
     previous = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the previous page, if any.")
     results = PostSerializer(many=True, read_only=True)
-

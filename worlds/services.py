@@ -56,12 +56,20 @@ def _require(user, permission: str, action: str) -> None:
         raise ActionForbidden(f"you do not have permission to {action}")
 
 
-def _audit(action: str, *, user=None, world: World | None = None, run: GenerationRun | None = None,
-           detail: str = "") -> None:
+def _audit(
+    action: str, *, user=None, world: World | None = None, run: GenerationRun | None = None, detail: str = ""
+) -> None:
     world = world or (run and run.world)
-    AuditEvent.objects.create(action=action, actor=user, world=world, run=run, detail=detail,
-                              world_pk=world and world.pk, world_name=world.name if world else "",
-                              run_number=run and run.number)
+    AuditEvent.objects.create(
+        action=action,
+        actor=user,
+        world=world,
+        run=run,
+        detail=detail,
+        world_pk=world and world.pk,
+        world_name=world.name if world else "",
+        run_number=run and run.number,
+    )
 
 
 def _temporal(call, *, what: str, timeout: float | None = None, not_found: bool = False):
@@ -76,11 +84,11 @@ def _temporal(call, *, what: str, timeout: float | None = None, not_found: bool 
     except RPCError as exc:
         if not_found and exc.status == RPCStatusCode.NOT_FOUND:
             raise
-        raise ActionUnavailable(f"could not {what}: Temporal answered {exc.status.name}: {exc.message}") \
-            from None
+        raise ActionUnavailable(f"could not {what}: Temporal answered {exc.status.name}: {exc.message}") from None
 
 
 # --- worlds ----------------------------------------------------------------------------------
+
 
 def world_create(*, user=None, **fields) -> World:
     _require(user, "add_world", "create worlds")
@@ -106,26 +114,46 @@ def world_delete(*, world: World, user=None) -> str:
     image of them; the world and its runs leave the SQL database at once (so nothing of it is public
     any more). If Temporal cannot take the cleanup, nothing is deleted. Returns the cleanup's ID."""
     _require(user, "delete_world", "delete worlds")
-    workflow_ids = [wid for run_wid in world.runs.values_list("workflow_id", flat=True)
-                    for wid in (run_wid, f"{run_wid}-rerender")]
+    workflow_ids = [
+        wid for run_wid in world.runs.values_list("workflow_id", flat=True) for wid in (run_wid, f"{run_wid}-rerender")
+    ]
     cleanup_id = cleanup_workflow_id(world.pk)
-    _temporal(lambda client: client.start_workflow(
-        WorldCleanupWorkflow.run, WorldCleanupInput(world.pk, workflow_ids), id=cleanup_id,
-        task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING), what=f"start the cleanup of {world}")
+    _temporal(
+        lambda client: client.start_workflow(
+            WorldCleanupWorkflow.run,
+            WorldCleanupInput(world.pk, workflow_ids),
+            id=cleanup_id,
+            task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        ),
+        what=f"start the cleanup of {world}",
+    )
     runs = world.runs.count()
-    _audit(AuditEvent.Action.WORLD_DELETED, user=user, world=world,
-           detail=f"{world.name}; {runs} run{'' if runs == 1 else 's'}; content removed by {cleanup_id}")
+    _audit(
+        AuditEvent.Action.WORLD_DELETED,
+        user=user,
+        world=world,
+        detail=f"{world.name}; {runs} run{'' if runs == 1 else 's'}; content removed by {cleanup_id}",
+    )
     world.delete()
     return cleanup_id
 
 
 def world_snapshot(world: World) -> WorldSnapshot:
     return WorldSnapshot(
-        world_id=world.pk, name=world.name, premise=world.premise, genre=world.genre, tone=world.tone,
-        language=world.language, visual_style=world.visual_style, character_count=world.character_count,
-        posts_per_character=world.posts_per_character, requires_approval=world.requires_approval,
-        token_budget=world.token_budget, model=world.model_override or None,
+        world_id=world.pk,
+        name=world.name,
+        premise=world.premise,
+        genre=world.genre,
+        tone=world.tone,
+        language=world.language,
+        visual_style=world.visual_style,
+        character_count=world.character_count,
+        posts_per_character=world.posts_per_character,
+        requires_approval=world.requires_approval,
+        token_budget=world.token_budget,
+        model=world.model_override or None,
     )
 
 
@@ -145,6 +173,7 @@ def run_config() -> RunConfig:
 # Temporal refuses the start, the row is marked failed; if the answer is lost, it is marked
 # start_unconfirmed and Temporal is asked (describe) until it is known whether the workflow exists.
 
+
 def generation_start(*, world: World, user=None) -> GenerationRun:
     """Start a run of ``world``. Refused while another run of it is active."""
     _require(user, "start_run", "start generation runs")
@@ -162,33 +191,52 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         number = (world.runs.order_by("-number").values_list("number", flat=True).first() or 0) + 1
         workflow_id = f"world-{world.pk}-run-{number}"
         try:
-            run = GenerationRun.objects.create(world=world, number=number, workflow_id=workflow_id, started_by=user,
-                                               status=Status.PENDING, stage=Stage.QUEUED,
-                                               requires_approval=world.requires_approval,
-                                               characters_total=world.character_count,
-                                               posts_total=world.character_count * world.posts_per_character)
+            run = GenerationRun.objects.create(
+                world=world,
+                number=number,
+                workflow_id=workflow_id,
+                started_by=user,
+                status=Status.PENDING,
+                stage=Stage.QUEUED,
+                requires_approval=world.requires_approval,
+                characters_total=world.character_count,
+                posts_total=world.character_count * world.posts_per_character,
+            )
         except IntegrityError:
             raise ActionError(f"{world} is already being generated") from None
     run_input = WorldRunInput(run.ref, world_snapshot(world), run_config())
     try:  # after the commit, so the workflow's first status update finds the row
-        temporal_call(lambda client: client.start_workflow(
-            WorldGenerationWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL))
+        temporal_call(
+            lambda client: client.start_workflow(
+                WorldGenerationWorkflow.run,
+                run_input,
+                id=workflow_id,
+                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+        )
     except TemporalNoAnswer as exc:
-        _set_status(run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING)
+        _set_status(
+            run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING
+        )
         _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=f"{workflow_id} (start unconfirmed)")
         with contextlib.suppress(ActionUnavailable):
             run_reconcile(run=run)  # Temporal may answer now; if not, the reconciler asks again
         run.refresh_from_db()
         if run.status == Status.START_UNCONFIRMED:
-            raise ActionUnavailable(f"Temporal did not confirm the start of {run}; it is being checked and "
-                                        "shows as start unconfirmed until Temporal answers") from None
+            raise ActionUnavailable(
+                f"Temporal did not confirm the start of {run}; it is being checked and "
+                "shows as start unconfirmed until Temporal answers"
+            ) from None
         return run
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
         message = _start_refusal(exc, workflow_id)
         _set_status(run, Status.FAILED, message, expect=Status.PENDING, finished=True)
-        if isinstance(exc, RPCError) and exc.status in (RPCStatusCode.INVALID_ARGUMENT,
-                                                         RPCStatusCode.FAILED_PRECONDITION):
+        if isinstance(exc, RPCError) and exc.status in (
+            RPCStatusCode.INVALID_ARGUMENT,
+            RPCStatusCode.FAILED_PRECONDITION,
+        ):
             raise ActionInvalid(f"{world} could not be started: {message}") from None
         raise ActionUnavailable(f"{world} could not be started: {message}") from None
     _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=workflow_id)
@@ -216,6 +264,7 @@ def _set_status(run: GenerationRun, status: str, error: str, *, expect=None, fin
 
 # --- commands to a running run ------------------------------------------------------------------
 
+
 def _send(run: GenerationRun, call, *, what: str) -> None:
     """Send a command to ``run``'s workflow. A workflow Temporal no longer has is looked into (the row
     is corrected) and reported as such."""
@@ -224,8 +273,10 @@ def _send(run: GenerationRun, call, *, what: str) -> None:
     except RPCError:  # NOT_FOUND
         run_reconcile(run=run)
         run.refresh_from_db()
-        raise ActionError(f"could not {what}: Temporal has no running workflow {run.workflow_id}; "
-                              f"{run} is now {run.get_status_display().lower()}") from None
+        raise ActionError(
+            f"could not {what}: Temporal has no running workflow {run.workflow_id}; "
+            f"{run} is now {run.get_status_display().lower()}"
+        ) from None
 
 
 def _signal(run: GenerationRun, decision: Decision, what: str) -> None:
@@ -260,8 +311,9 @@ def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
     except ValidationError as exc:
         raise ActionInvalid(exc.messages[0]) from None
     _check_review(run, user, "reject")
-    _signal(run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")),
-            f"reject the bible of {run}")
+    _signal(
+        run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")), f"reject the bible of {run}"
+    )
     GenerationRun.objects.filter(pk=run.pk).update(rejected_by=user)
     _audit(AuditEvent.Action.RUN_REJECTED, user=user, run=run, detail=feedback)
 
@@ -308,10 +360,17 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
     workflow_id = f"{run.workflow_id}-rerender"
     run_input = WorldRunInput(run.ref, world_snapshot(run.world), run_config())
     try:
-        _temporal(lambda client: client.start_workflow(
-            RerenderImagesWorkflow.run, run_input, id=workflow_id, task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL),
-            what=f"start the re-render of {run}")
+        _temporal(
+            lambda client: client.start_workflow(
+                RerenderImagesWorkflow.run,
+                run_input,
+                id=workflow_id,
+                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            ),
+            what=f"start the re-render of {run}",
+        )
     except WorkflowAlreadyStartedError:
         raise ActionError(f"the images of {run} are already being re-rendered") from None
     _audit(AuditEvent.Action.IMAGES_RERENDERED, user=user, run=run, detail=f"{run.degraded_items} images")
@@ -322,6 +381,7 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
 # Viewers see a world's live run only. A completed run publishes itself; staff may publish a failed,
 # cancelled or stopped one (never one whose bible still needed approval), roll back to an earlier
 # run by publishing it, or unpublish the world.
+
 
 def run_publish(*, run: GenerationRun, user=None) -> None:
     _require(user, "publish_run", "publish runs")
@@ -336,8 +396,12 @@ def run_publish(*, run: GenerationRun, user=None) -> None:
     if world.live_run_id == run.pk:
         raise ActionError(f"{run} is already live")
     World.objects.filter(pk=world.pk).update(live_run=run)
-    _audit(AuditEvent.Action.RUN_PUBLISHED, user=user, run=run,
-           detail=f"replaces run {world.live_run.number}" if world.live_run else "")
+    _audit(
+        AuditEvent.Action.RUN_PUBLISHED,
+        user=user,
+        run=run,
+        detail=f"replaces run {world.live_run.number}" if world.live_run else "",
+    )
 
 
 def world_unpublish(*, world: World, user=None) -> None:
@@ -352,10 +416,12 @@ def world_unpublish(*, world: World, user=None) -> None:
 
 # --- mirrored state (called by activities and the reconciler) -------------------------------------
 
+
 def run_degraded_record(*, update: DegradedItemsUpdate) -> None:
     """After a re-render: the images still missing (called by an activity)."""
-    GenerationRun.objects.filter(pk=update.run_id).update(degraded_items=update.degraded_items,
-                                                           updated_at=timezone.now())
+    GenerationRun.objects.filter(pk=update.run_id).update(
+        degraded_items=update.degraded_items, updated_at=timezone.now()
+    )
 
 
 def run_status_record(*, update: RunStatusUpdate) -> None:
@@ -364,11 +430,17 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
     from what is stored (posts of a character that failed count too). A completed run goes live."""
     progress = update.progress
     fields = {
-        "status": progress.status, "stage": progress.stage, "characters_done": progress.characters_done,
-        "characters_total": progress.characters_total, "posts_done": progress.posts_done,
-        "posts_total": progress.posts_total, "degraded_items": progress.degraded_items,
-        "tokens_used": progress.tokens_used, "bible_revision": progress.bible_revision,
-        "error": progress.last_error, "updated_at": timezone.now(),
+        "status": progress.status,
+        "stage": progress.stage,
+        "characters_done": progress.characters_done,
+        "characters_total": progress.characters_total,
+        "posts_done": progress.posts_done,
+        "posts_total": progress.posts_total,
+        "degraded_items": progress.degraded_items,
+        "tokens_used": progress.tokens_used,
+        "bible_revision": progress.bible_revision,
+        "error": progress.last_error,
+        "updated_at": timezone.now(),
     }
     if progress.bible_approved:
         fields["bible_approved"] = True
@@ -393,13 +465,17 @@ def runs_reconcile(*, run_ids: list[int] | None = None, user=None) -> list[str]:
     """Check active run rows against Temporal now (all of them, or ``run_ids``); returns the corrections."""
     _require(user, "cancel_run", "correct runs from Temporal")
     runs = selectors.runs_to_reconcile(run_ids=run_ids)
-    observations = _temporal(lambda client: observe_workflows(client, [run.workflow_id for run in runs]),
-                             what="check runs against Temporal", timeout=300)
+    observations = _temporal(
+        lambda client: observe_workflows(client, [run.workflow_id for run in runs]),
+        what="check runs against Temporal",
+        timeout=300,
+    )
     return runs_reconcile_record(runs=runs, observations=observations, user=user)
 
 
 def runs_reconcile_record(*, runs: list[GenerationRun], observations: list[Observed], user=None) -> list[str]:
-    changes = [run_reconcile_record(run=run, observed=observed, user=user) for run, observed in zip(runs, observations)]
+    pairs = zip(runs, observations, strict=True)
+    changes = [run_reconcile_record(run=run, observed=observed, user=user) for run, observed in pairs]
     return [change for change in changes if change]
 
 
@@ -424,8 +500,11 @@ def run_reconcile_record(*, run: GenerationRun, observed: Observed, user=None) -
         grace = timedelta(seconds=settings.RECONCILE_START_GRACE_SECONDS)
         if run.status in (Status.PENDING, Status.START_UNCONFIRMED) and timezone.now() - run.started_at < grace:
             return None  # a start may still be on its way
-        message = ("the workflow never started" if run.status in (Status.PENDING, Status.START_UNCONFIRMED)
-                   else "Temporal no longer has this workflow")
+        message = (
+            "the workflow never started"
+            if run.status in (Status.PENDING, Status.START_UNCONFIRMED)
+            else "Temporal no longer has this workflow"
+        )
         if _set_status(run, Status.FAILED, message, expect=run.status, finished=True):
             return _reconciled(run, message, user)
         return None

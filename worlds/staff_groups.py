@@ -18,5 +18,8 @@ def grant_staff_groups(Group, Permission) -> None:
     for name, grants in STAFF_GROUPS.items():
         group, _ = Group.objects.get_or_create(name=name)
         for model, codenames in grants:
-            group.permissions.add(*Permission.objects.filter(
-                content_type__app_label="worlds", content_type__model=model, codename__in=codenames))
+            group.permissions.add(
+                *Permission.objects.filter(
+                    content_type__app_label="worlds", content_type__model=model, codename__in=codenames
+                )
+            )

@@ -49,9 +49,17 @@ def world_detail(request, world_id: int):
     characters = selectors.run_characters(run=run)
     for character in characters:
         character["post_count"] = counts.get(character["index"], 0)
-    return render(request, "worlds/world_detail.html", {
-        "world": world, "run": run, "bible": selectors.run_bible(run=run), "characters": characters,
-        "page": _with_authors(_feed_page(run, "1"), characters)})
+    return render(
+        request,
+        "worlds/world_detail.html",
+        {
+            "world": world,
+            "run": run,
+            "bible": selectors.run_bible(run=run),
+            "characters": characters,
+            "page": _with_authors(_feed_page(run, "1"), characters),
+        },
+    )
 
 
 @require_GET
@@ -61,8 +69,11 @@ def character_detail(request, world_id: int, index: int):
     if character is None:
         raise Http404("no such character")
     posts = selectors.run_posts(run=run, character_index=index, limit=MAX_POSTS_PER_CHARACTER)
-    return render(request, "worlds/character_detail.html",
-                  {"world": world, "run": run, "character": character, "posts": _with_authors(posts, [character])})
+    return render(
+        request,
+        "worlds/character_detail.html",
+        {"world": world, "run": run, "character": character, "posts": _with_authors(posts, [character])},
+    )
 
 
 @require_GET

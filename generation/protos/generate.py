@@ -20,8 +20,11 @@ PROTO_ROOT = ROOT / "generation" / "protos"
 PACKAGE_ROOT = "generation/media_pb"
 PROTOS = ["worldgen/media/v1/media.proto"]
 # Generated files, relative to the output directory (compared by tests/test_media_proto.py).
-GENERATED = [f"{PACKAGE_ROOT}/{proto[:-len('.proto')]}{suffix}"
-             for proto in PROTOS for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
+GENERATED = [
+    f"{PACKAGE_ROOT}/{proto[: -len('.proto')]}{suffix}"
+    for proto in PROTOS
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+]
 
 
 def generate(out_dir: Path) -> list[Path]:

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,53 +15,157 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='World',
+            name="World",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120)),
-                ('premise', models.TextField(help_text='What the world is about, in a few sentences.')),
-                ('genre', models.CharField(default='fantasy', max_length=60)),
-                ('tone', models.CharField(default='whimsical', max_length=60)),
-                ('language', models.CharField(choices=[('en', 'English'), ('fr', 'French'), ('de', 'German'), ('es', 'Spanish'), ('it', 'Italian'), ('pt', 'Portuguese'), ('ja', 'Japanese')], default='en', max_length=8)),
-                ('visual_style', models.CharField(choices=[('watercolor', 'Watercolor'), ('photoreal', 'Photoreal'), ('pixel-art', 'Pixel art'), ('ink', 'Ink and wash'), ('neon', 'Neon noir'), ('pastel', 'Pastel dream'), ('oil', 'Oil painting')], default='watercolor', max_length=20)),
-                ('character_count', models.PositiveSmallIntegerField(default=5, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(50)])),
-                ('posts_per_character', models.PositiveSmallIntegerField(default=3, validators=[django.core.validators.MinValueValidator(0), django.core.validators.MaxValueValidator(50)])),
-                ('requires_approval', models.BooleanField(default=False, help_text='Wait for staff to approve the world bible.')),
-                ('model_override', models.CharField(blank=True, help_text='LLM model for this world (blank: default).', max_length=100)),
-                ('token_budget', models.PositiveIntegerField(default=500000, help_text='The run stops cleanly when it has used this many tokens.', validators=[django.core.validators.MinValueValidator(1000)])),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=120)),
+                ("premise", models.TextField(help_text="What the world is about, in a few sentences.")),
+                ("genre", models.CharField(default="fantasy", max_length=60)),
+                ("tone", models.CharField(default="whimsical", max_length=60)),
+                (
+                    "language",
+                    models.CharField(
+                        choices=[
+                            ("en", "English"),
+                            ("fr", "French"),
+                            ("de", "German"),
+                            ("es", "Spanish"),
+                            ("it", "Italian"),
+                            ("pt", "Portuguese"),
+                            ("ja", "Japanese"),
+                        ],
+                        default="en",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "visual_style",
+                    models.CharField(
+                        choices=[
+                            ("watercolor", "Watercolor"),
+                            ("photoreal", "Photoreal"),
+                            ("pixel-art", "Pixel art"),
+                            ("ink", "Ink and wash"),
+                            ("neon", "Neon noir"),
+                            ("pastel", "Pastel dream"),
+                            ("oil", "Oil painting"),
+                        ],
+                        default="watercolor",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "character_count",
+                    models.PositiveSmallIntegerField(
+                        default=5,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(50),
+                        ],
+                    ),
+                ),
+                (
+                    "posts_per_character",
+                    models.PositiveSmallIntegerField(
+                        default=3,
+                        validators=[
+                            django.core.validators.MinValueValidator(0),
+                            django.core.validators.MaxValueValidator(50),
+                        ],
+                    ),
+                ),
+                (
+                    "requires_approval",
+                    models.BooleanField(default=False, help_text="Wait for staff to approve the world bible."),
+                ),
+                (
+                    "model_override",
+                    models.CharField(
+                        blank=True, help_text="LLM model for this world (blank: default).", max_length=100
+                    ),
+                ),
+                (
+                    "token_budget",
+                    models.PositiveIntegerField(
+                        default=500000,
+                        help_text="The run stops cleanly when it has used this many tokens.",
+                        validators=[django.core.validators.MinValueValidator(1000)],
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='GenerationRun',
+            name="GenerationRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('workflow_id', models.CharField(max_length=200, unique=True)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('awaiting_approval', 'Awaiting approval'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled'), ('expired', 'Expired (approval timed out)'), ('budget_exceeded', 'Stopped: token budget exceeded')], default='pending', max_length=20)),
-                ('stage', models.CharField(default='queued', max_length=20)),
-                ('characters_done', models.PositiveIntegerField(default=0)),
-                ('characters_total', models.PositiveIntegerField(default=0)),
-                ('posts_done', models.PositiveIntegerField(default=0)),
-                ('posts_total', models.PositiveIntegerField(default=0)),
-                ('degraded_items', models.PositiveIntegerField(default=0)),
-                ('tokens_used', models.PositiveIntegerField(default=0)),
-                ('bible_revision', models.PositiveIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('started_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('world', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='worlds.world')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveIntegerField()),
+                ("workflow_id", models.CharField(max_length=200, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("awaiting_approval", "Awaiting approval"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                            ("expired", "Expired (approval timed out)"),
+                            ("budget_exceeded", "Stopped: token budget exceeded"),
+                        ],
+                        default="pending",
+                        max_length=20,
+                    ),
+                ),
+                ("stage", models.CharField(default="queued", max_length=20)),
+                ("characters_done", models.PositiveIntegerField(default=0)),
+                ("characters_total", models.PositiveIntegerField(default=0)),
+                ("posts_done", models.PositiveIntegerField(default=0)),
+                ("posts_total", models.PositiveIntegerField(default=0)),
+                ("degraded_items", models.PositiveIntegerField(default=0)),
+                ("tokens_used", models.PositiveIntegerField(default=0)),
+                ("bible_revision", models.PositiveIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "started_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "world",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="worlds.world"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-started_at'],
-                'constraints': [models.UniqueConstraint(fields=('world', 'number'), name='unique_run_number_per_world')],
+                "ordering": ["-started_at"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("world", "number"), name="unique_run_number_per_world")
+                ],
             },
         ),
     ]

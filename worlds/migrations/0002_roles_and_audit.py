@@ -6,45 +6,111 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('worlds', '0001_initial'),
+        ("worlds", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='generationrun',
-            options={'ordering': ['-started_at'], 'permissions': [('start_run', 'Can start generation runs'), ('cancel_run', 'Can cancel generation runs'), ('review_run', 'Can approve or reject world bibles')]},
+            name="generationrun",
+            options={
+                "ordering": ["-started_at"],
+                "permissions": [
+                    ("start_run", "Can start generation runs"),
+                    ("cancel_run", "Can cancel generation runs"),
+                    ("review_run", "Can approve or reject world bibles"),
+                ],
+            },
         ),
         migrations.AddField(
-            model_name='generationrun',
-            name='approved_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="generationrun",
+            name="approved_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='generationrun',
-            name='cancelled_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="generationrun",
+            name="cancelled_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='generationrun',
-            name='rejected_by',
-            field=models.ForeignKey(blank=True, help_text='Who rejected the latest revision', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="generationrun",
+            name="rejected_by",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="Who rejected the latest revision",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('action', models.CharField(choices=[('world_created', 'World created'), ('world_updated', 'World updated'), ('world_deleted', 'World deleted'), ('run_started', 'Run started'), ('run_approved', 'Bible approved'), ('run_rejected', 'Bible rejected'), ('run_cancelled', 'Run cancelled')], max_length=20)),
-                ('detail', models.TextField(blank=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='audit_events', to='worlds.generationrun')),
-                ('world', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='audit_events', to='worlds.world')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("world_created", "World created"),
+                            ("world_updated", "World updated"),
+                            ("world_deleted", "World deleted"),
+                            ("run_started", "Run started"),
+                            ("run_approved", "Bible approved"),
+                            ("run_rejected", "Bible rejected"),
+                            ("run_cancelled", "Run cancelled"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("detail", models.TextField(blank=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="audit_events",
+                        to="worlds.generationrun",
+                    ),
+                ),
+                (
+                    "world",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="audit_events",
+                        to="worlds.world",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at'],
+                "ordering": ["-at"],
             },
         ),
     ]

@@ -4,15 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('worlds', '0003_staff_roles'),
+        ("worlds", "0003_staff_roles"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('world_created', 'World created'), ('world_updated', 'World updated'), ('world_deleted', 'World deleted'), ('run_started', 'Run started'), ('run_approved', 'Bible approved'), ('run_rejected', 'Bible rejected'), ('run_cancelled', 'Run cancelled'), ('images_rerendered', 'Images re-rendered')], max_length=20),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("world_created", "World created"),
+                    ("world_updated", "World updated"),
+                    ("world_deleted", "World deleted"),
+                    ("run_started", "Run started"),
+                    ("run_approved", "Bible approved"),
+                    ("run_rejected", "Bible rejected"),
+                    ("run_cancelled", "Run cancelled"),
+                    ("images_rerendered", "Images re-rendered"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

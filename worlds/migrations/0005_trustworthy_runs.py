@@ -2,9 +2,9 @@
 
 import django.core.validators
 import django.db.models.deletion
-import worlds.models
 from django.db import migrations, models
 
+import worlds.models
 from worlds.staff_groups import grant_staff_groups
 
 
@@ -34,70 +34,125 @@ def backfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('worlds', '0004_audit_images_rerendered'),
+        ("worlds", "0004_audit_images_rerendered"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='generationrun',
-            options={'ordering': ['-started_at'], 'permissions': [('start_run', 'Can start generation runs'), ('cancel_run', 'Can cancel generation runs'), ('review_run', 'Can approve or reject world bibles'), ('publish_run', 'Can publish, unpublish and roll back runs')]},
+            name="generationrun",
+            options={
+                "ordering": ["-started_at"],
+                "permissions": [
+                    ("start_run", "Can start generation runs"),
+                    ("cancel_run", "Can cancel generation runs"),
+                    ("review_run", "Can approve or reject world bibles"),
+                    ("publish_run", "Can publish, unpublish and roll back runs"),
+                ],
+            },
         ),
         migrations.AddField(
-            model_name='auditevent',
-            name='run_number',
+            model_name="auditevent",
+            name="run_number",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='auditevent',
-            name='world_name',
+            model_name="auditevent",
+            name="world_name",
             field=models.CharField(blank=True, max_length=120),
         ),
         migrations.AddField(
-            model_name='auditevent',
-            name='world_pk',
-            field=models.PositiveBigIntegerField(blank=True, db_index=True, null=True, verbose_name='world ID'),
+            model_name="auditevent",
+            name="world_pk",
+            field=models.PositiveBigIntegerField(blank=True, db_index=True, null=True, verbose_name="world ID"),
         ),
         migrations.AddField(
-            model_name='generationrun',
-            name='bible_approved',
-            field=models.BooleanField(default=False, help_text='A reviewer approved its bible.'),
+            model_name="generationrun",
+            name="bible_approved",
+            field=models.BooleanField(default=False, help_text="A reviewer approved its bible."),
         ),
         migrations.AddField(
-            model_name='generationrun',
-            name='requires_approval',
-            field=models.BooleanField(default=False, help_text='The world required approval when it started.'),
+            model_name="generationrun",
+            name="requires_approval",
+            field=models.BooleanField(default=False, help_text="The world required approval when it started."),
         ),
         migrations.AddField(
-            model_name='world',
-            name='live_run',
-            field=models.ForeignKey(blank=True, help_text='The published run: what viewers see.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='worlds.generationrun'),
+            model_name="world",
+            name="live_run",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The published run: what viewers see.",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="worlds.generationrun",
+            ),
         ),
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('world_created', 'World created'), ('world_updated', 'World updated'), ('world_deleted', 'World deleted'), ('run_started', 'Run started'), ('run_approved', 'Bible approved'), ('run_rejected', 'Bible rejected'), ('run_cancelled', 'Run cancelled'), ('images_rerendered', 'Images re-rendered'), ('run_published', 'Run published'), ('run_unpublished', 'World unpublished'), ('run_reconciled', 'Run corrected from Temporal')], max_length=20),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("world_created", "World created"),
+                    ("world_updated", "World updated"),
+                    ("world_deleted", "World deleted"),
+                    ("run_started", "Run started"),
+                    ("run_approved", "Bible approved"),
+                    ("run_rejected", "Bible rejected"),
+                    ("run_cancelled", "Run cancelled"),
+                    ("images_rerendered", "Images re-rendered"),
+                    ("run_published", "Run published"),
+                    ("run_unpublished", "World unpublished"),
+                    ("run_reconciled", "Run corrected from Temporal"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='generationrun',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('start_unconfirmed', 'Start unconfirmed (being checked)'), ('running', 'Running'), ('awaiting_approval', 'Awaiting approval'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled'), ('expired', 'Expired (approval timed out)'), ('budget_exceeded', 'Stopped: token budget exceeded')], default='pending', max_length=20),
+            model_name="generationrun",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("start_unconfirmed", "Start unconfirmed (being checked)"),
+                    ("running", "Running"),
+                    ("awaiting_approval", "Awaiting approval"),
+                    ("completed", "Completed"),
+                    ("failed", "Failed"),
+                    ("cancelled", "Cancelled"),
+                    ("expired", "Expired (approval timed out)"),
+                    ("budget_exceeded", "Stopped: token budget exceeded"),
+                ],
+                default="pending",
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='world',
-            name='model_override',
-            field=models.CharField(blank=True, help_text='LLM model for this world (blank: default).', max_length=100, validators=[worlds.models.validate_allowed_model]),
+            model_name="world",
+            name="model_override",
+            field=models.CharField(
+                blank=True,
+                help_text="LLM model for this world (blank: default).",
+                max_length=100,
+                validators=[worlds.models.validate_allowed_model],
+            ),
         ),
         migrations.AlterField(
-            model_name='world',
-            name='premise',
-            field=models.TextField(help_text='What the world is about, in a few sentences.', validators=[worlds.models.validate_premise_length]),
+            model_name="world",
+            name="premise",
+            field=models.TextField(
+                help_text="What the world is about, in a few sentences.",
+                validators=[worlds.models.validate_premise_length],
+            ),
         ),
         migrations.AlterField(
-            model_name='world',
-            name='token_budget',
-            field=models.PositiveIntegerField(default=500000, help_text='A hard cap: the run stops before any LLM call that could take it past this many tokens.', validators=[django.core.validators.MinValueValidator(1000), worlds.models.validate_token_budget]),
+            model_name="world",
+            name="token_budget",
+            field=models.PositiveIntegerField(
+                default=500000,
+                help_text="A hard cap: the run stops before any LLM call that could take it past this many tokens.",
+                validators=[django.core.validators.MinValueValidator(1000), worlds.models.validate_token_budget],
+            ),
         ),
         migrations.RunPython(backfill, migrations.RunPython.noop),
     ]

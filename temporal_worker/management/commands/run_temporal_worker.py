@@ -23,27 +23,50 @@ class Command(BaseCommand):
     help = "Run a Temporal worker for worldgen's task queues until SIGINT/SIGTERM."
 
     def add_arguments(self, parser):
-        parser.add_argument("--queues", default="all",
-                            help="'all' (default) or a comma list of: workflows, llm, media")
-        parser.add_argument("--max-concurrent-activities", type=int,
-                            default=settings.WORKER_MAX_CONCURRENT_ACTIVITIES,
-                            help="activity slots per task queue in this process")
-        parser.add_argument("--max-concurrent-workflow-tasks", type=int,
-                            default=settings.WORKER_MAX_CONCURRENT_WORKFLOW_TASKS)
-        parser.add_argument("--llm-rate-limit", type=float, default=settings.LLM_RATE_LIMIT_PER_SECOND,
-                            help="LLM activities per second across ALL workers (enforced by Temporal)")
-        parser.add_argument("--max-activities-per-second", type=float, default=None,
-                            help="activities per second for this worker, per task queue")
-        parser.add_argument("--graceful-shutdown-timeout", type=float,
-                            default=settings.WORKER_GRACEFUL_SHUTDOWN_SECONDS,
-                            help="seconds in-flight activities get to finish on shutdown")
-        parser.add_argument("--connect-timeout", type=float, default=settings.WORKER_CONNECT_TIMEOUT_SECONDS,
-                            help="seconds to keep retrying Temporal and Mongo at start-up")
+        parser.add_argument("--queues", default="all", help="'all' (default) or a comma list of: workflows, llm, media")
+        parser.add_argument(
+            "--max-concurrent-activities",
+            type=int,
+            default=settings.WORKER_MAX_CONCURRENT_ACTIVITIES,
+            help="activity slots per task queue in this process",
+        )
+        parser.add_argument(
+            "--max-concurrent-workflow-tasks", type=int, default=settings.WORKER_MAX_CONCURRENT_WORKFLOW_TASKS
+        )
+        parser.add_argument(
+            "--llm-rate-limit",
+            type=float,
+            default=settings.LLM_RATE_LIMIT_PER_SECOND,
+            help="LLM activities per second across ALL workers (enforced by Temporal)",
+        )
+        parser.add_argument(
+            "--max-activities-per-second",
+            type=float,
+            default=None,
+            help="activities per second for this worker, per task queue",
+        )
+        parser.add_argument(
+            "--graceful-shutdown-timeout",
+            type=float,
+            default=settings.WORKER_GRACEFUL_SHUTDOWN_SECONDS,
+            help="seconds in-flight activities get to finish on shutdown",
+        )
+        parser.add_argument(
+            "--connect-timeout",
+            type=float,
+            default=settings.WORKER_CONNECT_TIMEOUT_SECONDS,
+            help="seconds to keep retrying Temporal and Mongo at start-up",
+        )
         parser.add_argument("--health-host", default="127.0.0.1")
-        parser.add_argument("--health-port", type=int, default=8081,
-                            help="GET /healthz on this port; 0 picks a free port, -1 disables it")
-        parser.add_argument("--metrics-port", type=int, default=9464,
-                            help="Prometheus metrics from the Temporal SDK; -1 disables them")
+        parser.add_argument(
+            "--health-port",
+            type=int,
+            default=8081,
+            help="GET /healthz on this port; 0 picks a free port, -1 disables it",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=9464, help="Prometheus metrics from the Temporal SDK; -1 disables them"
+        )
 
     def extensions(self, opts) -> WorkerExtensions | None:
         """What a subclass adds to the workers (benchmarks/worker.py does)."""

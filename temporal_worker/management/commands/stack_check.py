@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from temporal_worker.stack_check import stack_check_run
 from clients.temporal import TemporalUnavailable
+from temporal_worker.stack_check import stack_check_run
 
 
 class Command(BaseCommand):

@@ -5,8 +5,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
-    help = ("Create (or reset the passwords of) the local stack's users: a superuser and a reviewer "
-            "(approval needs a second person: nobody approves a run they started). Refused in production.")
+    help = (
+        "Create (or reset the passwords of) the local stack's users: a superuser and a reviewer "
+        "(approval needs a second person: nobody approves a run they started). Refused in production."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")

@@ -8,9 +8,12 @@ from worlds.services import ActionError, generation_start
 SAMPLE = {
     "name": "Lanternfall Archipelago",
     "premise": "Floating islands of lantern-lit tea houses, where sky-whales carry letters between "
-               "rival guilds of cartographers and glassblowers.",
-    "genre": "cozy fantasy", "tone": "whimsical", "visual_style": World.VisualStyle.WATERCOLOR,
-    "character_count": 4, "posts_per_character": 3,
+    "rival guilds of cartographers and glassblowers.",
+    "genre": "cozy fantasy",
+    "tone": "whimsical",
+    "visual_style": World.VisualStyle.WATERCOLOR,
+    "character_count": 4,
+    "posts_per_character": 3,
 }
 
 
@@ -42,8 +45,10 @@ class Command(BaseCommand):
         while run.is_active:
             if time.monotonic() - started > opts["timeout"]:
                 raise CommandError(f"{run} is still {run.status} after {opts['timeout']:.0f}s")
-            line = (f"  {run.status}/{run.stage}: characters {run.characters_done}/{run.characters_total}, "
-                    f"posts {run.posts_done}/{run.posts_total}, tokens {run.tokens_used}")
+            line = (
+                f"  {run.status}/{run.stage}: characters {run.characters_done}/{run.characters_total}, "
+                f"posts {run.posts_done}/{run.posts_total}, tokens {run.tokens_used}"
+            )
             if line != last:
                 self.stdout.write(line)
                 last = line
@@ -51,5 +56,7 @@ class Command(BaseCommand):
             run.refresh_from_db()
         if run.status != "completed":
             raise CommandError(f"{run} ended {run.status}: {run.error}")
-        self.stdout.write(f"{run} completed in {time.monotonic() - started:.1f}s: {run.characters_done} characters, "
-                          f"{run.posts_done} posts, {run.degraded_items} degraded, {run.tokens_used} tokens")
+        self.stdout.write(
+            f"{run} completed in {time.monotonic() - started:.1f}s: {run.characters_done} characters, "
+            f"{run.posts_done} posts, {run.degraded_items} degraded, {run.tokens_used} tokens"
+        )

@@ -4,8 +4,10 @@ from worlds.services import ActionError, runs_reconcile
 
 
 class Command(BaseCommand):
-    help = ("Check every active run row against Temporal and correct rows whose workflow ended, was "
-            "terminated elsewhere, vanished or never started (workers also do this every minute).")
+    help = (
+        "Check every active run row against Temporal and correct rows whose workflow ended, was "
+        "terminated elsewhere, vanished or never started (workers also do this every minute)."
+    )
 
     def handle(self, *args, **opts):
         try:
