@@ -310,8 +310,8 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
         duplicates += max(0, db.posts.count_documents({"run_key": key}) - expected_posts)
         duplicates += max(0, db.characters.count_documents({"run_key": key}) - expected_characters)
     return {
-        "worlds_completed": sum(run.status == "completed" for run in finished),
-        "worlds_failed": sum(run.status != "completed" for run in finished),
+        "worlds_completed": sum(run.status == GenerationRun.Status.COMPLETED for run in finished),
+        "worlds_failed": sum(run.status != GenerationRun.Status.COMPLETED for run in finished),
         "duplicates": duplicates,
         **_percentiles([(run.finished_at - run.started_at).total_seconds() for run in finished]),
     }

@@ -216,7 +216,7 @@ class LlmActivities:
             "prompt": messages,
             "schema_name": name,
             "attempt": attempt,
-            "status": "running",
+            "status": documents.TaskStatus.RUNNING,
             "max_tokens": max_tokens,
             "started_at": documents.now(),
         }
@@ -247,7 +247,7 @@ class LlmActivities:
                     stage,
                     index,
                     {
-                        "status": "succeeded",
+                        "status": documents.TaskStatus.SUCCEEDED,
                         "raw_response": reply.raw,
                         "output": reply.content,
                         "model": reply.model,
@@ -267,7 +267,7 @@ class LlmActivities:
                 stage,
                 index,
                 {
-                    "status": "failed",
+                    "status": documents.TaskStatus.FAILED,
                     "error": str(err),
                     "raw_response": getattr(err, "raw", None),
                     "billed_tokens": bill.tokens,
@@ -381,7 +381,7 @@ class MediaActivities:
             kind,
             key,
             {
-                "status": "succeeded",
+                "status": documents.TaskStatus.SUCCEEDED,
                 "prompt": prompt,
                 "attempt": activity.info().attempt,
                 "output": metadata,

@@ -23,6 +23,19 @@ CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS)
 IMAGES = "images"  # GridFS bucket: images.files and images.chunks
 
 
+class CharacterStatus(StrEnum):
+    CAST = "cast"  # named by the cast
+    PROFILED = "profiled"  # its profile is written
+
+
+class TaskStatus(StrEnum):
+    """Of a ``generation_tasks`` document: one per LLM call or render."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class ImageStatus(StrEnum):
     PENDING = "pending"
     RENDERED = "rendered"

@@ -17,12 +17,12 @@ from generation.documents import (
     LEDGERS,
     POSTS,
     TASKS,
+    CharacterStatus,
     ImageStatus,
     bible_document,
     bible_key,
     character_document,
     character_key,
-    ensure_indexes,  # noqa: F401  (re-exported for the worker and tests; defined with the fields)
     image_id,
     now,
     post_document,
@@ -58,7 +58,7 @@ def save_cast(db: Database, run: RunRef, members: list[dict]) -> None:
         document = character_document(run, index, member)
         db[CHARACTERS].update_one(
             {"_id": document.pop("_id")},
-            {"$set": document, "$setOnInsert": {"status": "cast", "image_status": ImageStatus.PENDING}},
+            {"$set": document, "$setOnInsert": {"status": CharacterStatus.CAST, "image_status": ImageStatus.PENDING}},
             upsert=True,
         )
 
@@ -72,7 +72,8 @@ def load_character(db: Database, run: RunRef, index: int) -> dict:
 
 def save_profile(db: Database, run: RunRef, index: int, profile: dict) -> None:
     db[CHARACTERS].update_one(
-        {"_id": character_key(run, index)}, {"$set": {**profile, "status": "profiled", "updated_at": now()}}
+        {"_id": character_key(run, index)},
+        {"$set": {**profile, "status": CharacterStatus.PROFILED, "updated_at": now()}},
     )
 
 

@@ -146,7 +146,7 @@ def mongo_env(mongo_server, module_mongo_db) -> dict:
     """SecantusDB; this process's ``clients.mongo`` points at it, in this module's database (indexed as
     a worker would on start)."""
     from clients import mongo
-    from generation.store import ensure_indexes
+    from generation.documents import ensure_indexes
 
     settings.MONGO_URI = mongo_server
     mongo.close_client()

@@ -20,19 +20,22 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
+from generation.contracts import Stage
 from generation.documents import ImageStatus
 from worlds import selectors, services
 from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
 
-STAGES = ["bible", "approval", "characters", "posts", "done"]
+STAGES = [Stage.BIBLE, Stage.APPROVAL, Stage.CHARACTERS, Stage.POSTS, Stage.DONE]
+Status = GenerationRun.Status
 
 
 def progress_bar(run: GenerationRun | None) -> str:
     if run is None:
         return format_html('<span class="wg-muted">{}</span>', "never generated")
     total = 2 + run.characters_total + run.posts_total
-    done = (run.stage not in ("queued", "bible")) + (run.status == "completed") + run.characters_done + run.posts_done
-    percent = 100 if run.status == "completed" else min(99, int(100 * done / max(total, 1)))
+    done = (run.stage not in (Stage.QUEUED, Stage.BIBLE)) + (run.status == Status.COMPLETED)
+    done += run.characters_done + run.posts_done
+    percent = 100 if run.status == Status.COMPLETED else min(99, int(100 * done / max(total, 1)))
     return format_html(
         '<div class="wg-status wg-{}">{}</div><div class="wg-bar" title="{}%"><span style="width:{}%"></span></div>'
         '<div class="wg-muted">{}/{} characters, {}/{} posts</div>',
@@ -50,6 +53,22 @@ def progress_bar(run: GenerationRun | None) -> str:
 def temporal_link(run: GenerationRun) -> str:
     url = f"{settings.TEMPORAL_UI_URL}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{run.workflow_id}"
     return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, run.workflow_id)
+
+
+class RunPermissions:
+    """What the admin's actions check (``permissions=[...]``): the run roles of worlds.staff_groups."""
+
+    def has_start_run_permission(self, request):
+        return request.user.has_perm("worlds.start_run")
+
+    def has_cancel_run_permission(self, request):
+        return request.user.has_perm("worlds.cancel_run")
+
+    def has_review_run_permission(self, request):
+        return request.user.has_perm("worlds.review_run")
+
+    def has_publish_run_permission(self, request):
+        return request.user.has_perm("worlds.publish_run")
 
 
 class FeedbackForm(forms.Form):
@@ -100,7 +119,7 @@ class WorldChangeList(ChangeList):
 
 
 @admin.register(World)
-class WorldAdmin(admin.ModelAdmin):
+class WorldAdmin(RunPermissions, admin.ModelAdmin):
     list_display = (*WORLD_LIST_COLUMNS, "generation")
     search_fields = ("name", "premise")
     list_filter = ("requires_approval", "visual_style", "language")
@@ -253,15 +272,6 @@ class WorldAdmin(admin.ModelAdmin):
             return None
         return self._feedback_page(request, list(queryset), form, bulk=True)
 
-    def has_start_run_permission(self, request):
-        return request.user.has_perm("worlds.start_run")
-
-    def has_cancel_run_permission(self, request):
-        return request.user.has_perm("worlds.cancel_run")
-
-    def has_review_run_permission(self, request):
-        return request.user.has_perm("worlds.review_run")
-
     # --- deletion: always through worlds.services.world_delete (stops runs, removes content) --------
     @admin.action(description="Delete selected worlds, their runs and all their content", permissions=["delete"])
     def delete_selected(self, request, queryset):
@@ -375,7 +385,7 @@ def _image(doc: dict) -> str:
 
 
 @admin.register(GenerationRun)
-class GenerationRunAdmin(admin.ModelAdmin):
+class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
     list_display = (
         "__str__",
         "live",
@@ -441,12 +451,6 @@ class GenerationRunAdmin(admin.ModelAdmin):
             messages.warning(request, change)
         messages.success(request, f"{len(changes)} of {queryset.count()} runs corrected from Temporal.")
 
-    def has_publish_run_permission(self, request):
-        return request.user.has_perm("worlds.publish_run")
-
-    def has_cancel_run_permission(self, request):
-        return request.user.has_perm("worlds.cancel_run")
-
     @admin.action(description="Re-render missing images of the selected runs", permissions=["start_run"])
     def rerender_images(self, request, queryset):
         self._each_run(
@@ -466,13 +470,10 @@ class GenerationRunAdmin(admin.ModelAdmin):
             else:
                 messages.success(request, done.format(run=run))
 
-    def has_start_run_permission(self, request):
-        return request.user.has_perm("worlds.start_run")
-
     @admin.display(description="Stage timeline")
     def timeline(self, run: GenerationRun):
         current = STAGES.index(run.stage) if run.stage in STAGES else -1
-        finished = run.status == "completed"
+        finished = run.status == Status.COMPLETED
         return format_html(
             '<ol class="wg-timeline">{}</ol>',
             format_html_join(

@@ -170,7 +170,7 @@ def _character(ref: RunRef, number: int, index: int) -> dict:
     }
     return {
         **documents.character_document(ref, index, member),
-        "status": "profiled",
+        "status": documents.CharacterStatus.PROFILED,
         "image_status": documents.ImageStatus.PENDING,
         "bio": "Fake seeded bio.",
         "personality": "Placeholder.",

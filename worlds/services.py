@@ -458,7 +458,7 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
             live = run and run.world.live_run
             if run is not None and (live is None or live.number < run.number):
                 World.objects.filter(pk=run.world_id).update(live_run=run)
-                _audit(AuditEvent.Action.RUN_PUBLISHED, run=run, detail="completed")
+                _audit(AuditEvent.Action.RUN_PUBLISHED, run=run, detail=Status.COMPLETED)
 
 
 def runs_reconcile(*, run_ids: list[int] | None = None, user=None) -> list[str]:

@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from worlds.models import World
+from worlds.models import GenerationRun, World
 from worlds.services import ActionError, generation_start
 
 SAMPLE = {
@@ -54,7 +54,7 @@ class Command(BaseCommand):
                 last = line
             time.sleep(0.5)
             run.refresh_from_db()
-        if run.status != "completed":
+        if run.status != GenerationRun.Status.COMPLETED:
             raise CommandError(f"{run} ended {run.status}: {run.error}")
         self.stdout.write(
             f"{run} completed in {time.monotonic() - started:.1f}s: {run.characters_done} characters, "
