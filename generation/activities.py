@@ -86,11 +86,15 @@ class StackCheckActivities:
 REPAIR_ATTEMPTS = 2  # extra LLM calls that show the model its own invalid reply
 MEDIA_ATTEMPTS_BEFORE_DEGRADING = 3
 # max_tokens of each call: the most one reply may cost. A cast grows with its size.
-MAX_TOKENS = {"bible": 1500, "character": 800, "post": 500}
+MAX_TOKENS = {"bible": 1500, "character": 1000, "post": 500}
 
 
 def cast_max_tokens(characters: int) -> int:
     return 200 + 80 * characters
+
+
+def plan_max_tokens(posts: int) -> int:
+    return 120 + 80 * posts
 
 
 def prompt_token_bound(messages: list[dict]) -> int:
@@ -179,12 +183,30 @@ class LlmActivities:
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
-    async def generate_post(self, inp: ItemInput) -> TokenUsage:
-        assert inp.post_index is not None, "a post has an index"
+    async def plan_posts(self, inp: ItemInput) -> TokenUsage:
+        """One call plans the character's posts as distinct moments; each post then writes one."""
         bible = await in_thread(store.load_bible, self.db, inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
+        posts = inp.world.posts_per_character
+        reply, bill = await self._complete(
+            inp.run,
+            inp.world,
+            "plan",
+            inp.character_index,
+            prompts.plan(inp.world, bible, profile, posts),
+            schemas.plan(posts),
+            "post_plan",
+            plan_max_tokens(posts),
+        )
+        await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"])
+        return TokenUsage(bill.tokens, bill.run_tokens)
+
+    @activity.defn
+    async def generate_post(self, inp: ItemInput) -> TokenUsage:
+        assert inp.post_index is not None, "a post has an index"
+        profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
-        messages = prompts.post(inp.world, bible, profile, earlier, inp.post_index)
+        messages = prompts.post(inp.world, profile, earlier, inp.post_index)
         reply, bill = await self._complete(
             inp.run,
             inp.world,
@@ -217,6 +239,8 @@ class LlmActivities:
             "schema_name": name,
             "attempt": attempt,
             "status": documents.TaskStatus.RUNNING,
+            "prompt_version": prompts.PROMPT_VERSION,
+            "sampling": prompts.SAMPLING.get(stage) if self.llm.send_sampling else None,
             "max_tokens": max_tokens,
             "started_at": documents.now(),
         }
@@ -226,7 +250,7 @@ class LlmActivities:
             for repair in range(REPAIR_ATTEMPTS + 1):
                 try:
                     reply = await self._billed_call(
-                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill
+                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill, stage
                     )
                 except LlmInvalidOutput as invalid:
                     if repair == REPAIR_ATTEMPTS:
@@ -287,6 +311,7 @@ class LlmActivities:
         name: str,
         max_tokens: int,
         bill: Bill,
+        stage: str,
     ) -> LlmReply:
         """One LLM call under the run's budget: reserved before, settled with what the provider reported."""
         need = prompt_token_bound(messages) + max_tokens
@@ -299,7 +324,12 @@ class LlmActivities:
         billed = 0
         try:
             reply = await self.llm.complete_json(
-                messages=messages, schema=schema, schema_name=name, model=world.model, max_tokens=max_tokens
+                messages=messages,
+                schema=schema,
+                schema_name=name,
+                model=world.model,
+                max_tokens=max_tokens,
+                sampling=prompts.SAMPLING.get(stage),
             )
             billed = reply.prompt_tokens + reply.completion_tokens
             return reply

@@ -104,9 +104,10 @@ class LlmReply:
 
 
 class LlmClient:
-    def __init__(self, http: httpx.AsyncClient, *, default_model: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, default_model: str, send_sampling: bool = True) -> None:
         self.http = http
         self.default_model = default_model
+        self.send_sampling = send_sampling  # some providers refuse sampling parameters (LLM_SEND_SAMPLING)
 
     async def complete_json(
         self,
@@ -118,8 +119,10 @@ class LlmClient:
         model: str | None = None,
         seed: int | None = None,
         timeout: float | None = None,
+        sampling: dict | None = None,
     ) -> LlmReply:
-        """One chat completion constrained to ``schema`` and ``max_tokens``; the parsed, validated content."""
+        """One chat completion constrained to ``schema`` and ``max_tokens``; the parsed, validated content.
+        ``sampling`` (temperature, top_p, penalties) is sent unless the client was made without it."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         model = model or self.default_model
@@ -134,6 +137,8 @@ class LlmClient:
         }
         if seed is not None:
             payload["seed"] = seed
+        if sampling and self.send_sampling:
+            payload.update(sampling)
         started = time.monotonic()
         try:
             response = await self.http.post(

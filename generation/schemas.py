@@ -48,6 +48,18 @@ class Character(Output):
     personality: str = text(400)
     appearance: str = text(400)
     interests: list[Word] = items(2, 6)
+    diction: str = text(300)  # how they write
+    quirks: list[Line] = items(2, 4)
+    never_says: list[Line] = items(2, 4)
+
+
+class Moment(Output):
+    """One planned post: where, when, in what mood, what happens."""
+
+    place: str = text(120)
+    time: str = text(80)
+    mood: str = text(80)
+    event: str = text(240)
 
 
 class Post(Output):
@@ -71,6 +83,13 @@ def cast(count: int) -> type[Output]:
     """The cast model: exactly ``count`` characters."""
     members = Annotated[list[CastMember], Field(min_length=count, max_length=count)]
     return create_model(f"Cast{count}", __base__=Output, characters=(members, ...))
+
+
+@functools.cache
+def plan(count: int) -> type[Output]:
+    """A character's plan: exactly ``count`` moments, one per post."""
+    moments = Annotated[list[Moment], Field(min_length=count, max_length=count)]
+    return create_model(f"Plan{count}", __base__=Output, moments=(moments, ...))
 
 
 @functools.cache

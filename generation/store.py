@@ -77,6 +77,10 @@ def save_profile(db: Database, run: RunRef, index: int, profile: dict) -> None:
     )
 
 
+def save_plan(db: Database, run: RunRef, index: int, moments: list[dict]) -> None:
+    db[CHARACTERS].update_one({"_id": character_key(run, index)}, {"$set": {"plan": moments, "updated_at": now()}})
+
+
 def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
     cursor = (
         db[POSTS]

@@ -144,6 +144,7 @@ EVENT_DRIVEN_PROGRESS = "event-driven-progress"  # the parent woke every PROGRES
 # Before it: a cancel did not wait for activities to stop (and could be swallowed), children were
 # started one at a time, and the budget was checked on tokens summed from activity results only.
 EXACT_RUNS = "exact-cancel-and-budget"
+PLANNED_POSTS = "planned-posts"  # before it, characters wrote their posts with no plan
 
 
 class BudgetExceeded(Exception):
@@ -431,7 +432,8 @@ class WorldGenerationWorkflow:
 
 @workflow.defn
 class CharacterWorkflow:
-    """One character: profile, avatar, then its posts in order (each sees the earlier ones)."""
+    """One character: profile, avatar, a plan of its posts, then the posts in order (each writes one
+    planned moment and sees the earlier captions)."""
 
     @workflow.run
     async def run(self, inp: CharacterInput) -> CharacterProgress:
@@ -457,6 +459,8 @@ class CharacterWorkflow:
         item = ItemInput(inp.run, world, inp.index)
         await llm(LlmActivities.generate_character, item)
         progress.degraded += await render_or_degrade(item, config.media_queue, config.workflows_queue, exact)
+        if world.posts_per_character and workflow.patched(PLANNED_POSTS):
+            await llm(LlmActivities.plan_posts, item)
         for post_index in range(world.posts_per_character):
             post = ItemInput(inp.run, world, inp.index, post_index)
             await llm(LlmActivities.generate_post, post)

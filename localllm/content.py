@@ -245,6 +245,13 @@ def message_text(message: dict) -> str:
     return ""
 
 
+def premise_words(messages: list[dict], count: int = 12) -> str:
+    """The first words of a "Premise:" line in the messages ("" if there is none)."""
+    text = "\n".join(message_text(m) for m in messages if isinstance(m, dict))
+    match = re.search(r"Premise:[ \t]*(.+)", text)
+    return " ".join(match.group(1).split()[:count]).rstrip(".") if match else ""
+
+
 def salient_words(messages: list[dict], limit: int = 16) -> list[str]:
     """Distinctive words of the user messages (all messages if there is no user message), in order."""
     user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -257,9 +264,20 @@ def salient_words(messages: list[dict], limit: int = 16) -> list[str]:
     return words[:limit]
 
 
-def completion_content(messages: list[dict], schema: dict | None, *, schema_name: str = "", seed: Any = None) -> str:
-    """The JSON text answering ``messages``: schema-valid if a schema is given, else ``{"text": ...}``."""
+CONTENT_STYLES = ("varied", "repetitive")
+REPEATED_SENTENCE = "Another ordinary day here, nothing new to report"
+
+
+def completion_content(
+    messages: list[dict], schema: dict | None, *, schema_name: str = "", seed: Any = None, style: str = "varied"
+) -> str:
+    """The JSON text answering ``messages``: schema-valid if a schema is given, else ``{"text": ...}``.
+    ``style="repetitive"``: every caption is one fixed sentence (plus the start of the premise when the
+    prompt has one)."""
     generator = Generator(random.Random(request_seed(messages, schema, seed)), salient_words(messages))
+    if style == "repetitive":
+        premise = premise_words(messages)
+        generator.caption_override = f"{REPEATED_SENTENCE}. {premise}." if premise else f"{REPEATED_SENTENCE}."
     if schema is None:
         value: Any = {"text": generator.text("description")}
     else:
@@ -271,6 +289,7 @@ class Generator:
     """Builds a value for a schema; ``key`` (the field name) picks the kind of text."""
 
     def __init__(self, rng: random.Random, keywords: list[str]) -> None:
+        self.caption_override: str | None = None
         self.rng = rng
         self.keywords = keywords or FALLBACK_KEYWORDS
         self.used: set[str] = set()  # names and handles already given, to keep them distinct
@@ -445,6 +464,8 @@ class Generator:
                     f"Notes from the {kw().capitalize()} {noun().capitalize()}",
                 ]
             )
+        if kind == "caption" and self.caption_override:
+            return self.caption_override
         if kind == "caption":
             tags = " ".join(self.hashtag() for _ in range(r.randint(1, 3)))
             return f"{self.pick(ACTIVITIES)} {adj()} {kw()} {noun()} {self.pick(EMOJIS)} {tags}"

@@ -26,8 +26,12 @@ once. Endpoints:
   Any item but a hang may add ``"usage": {"prompt_tokens": P, "completion_tokens": C}``
   to report that usage instead of the estimate; on an error status the error
   body then carries this ``usage`` too (some providers bill failed requests).
-  ``{"reset": true}`` empties the queue, restores the start-up latency and
-  zeroes the counters. ``GET /_control`` shows the switches.
+  ``{"content_style": "repetitive"}`` makes every caption the same sentence (plus
+  the premise's first words when the prompt has them), so content-quality flags
+  can be tested end to end;
+  ``"varied"`` (the default) gives distinct captions.
+  ``{"reset": true}`` empties the queue, restores the start-up latency and the
+  varied style, and zeroes the counters. ``GET /_control`` shows the switches.
 - ``GET /_stats``: ``{"chat_requests", "by_status", "in_flight", "peak_in_flight",
   "billed_tokens", "without_max_tokens"}``; ``billed_tokens`` sums prompt + completion tokens of every
   ``usage`` in a reply made (the provider's bill; a reply whose client has gone
@@ -46,7 +50,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from localllm import MODEL_ID, SYSTEM_FINGERPRINT
-from localllm.content import completion_content, message_text
+from localllm.content import CONTENT_STYLES, completion_content, message_text
 
 log = logging.getLogger("localllm")
 
@@ -124,6 +128,7 @@ class LocalLlmServer:
         self.by_status: Counter[str] = Counter()
         self.chat_requests = self.in_flight = self.peak_in_flight = self.billed_tokens = 0
         self.without_max_tokens = 0  # chat requests that set no max_tokens
+        self.content_style = "varied"  # or "repetitive": every caption the same sentence
         self.connections: set[asyncio.Task] = set()
         self.server: asyncio.AbstractServer | None = None
 
@@ -152,6 +157,11 @@ class LocalLlmServer:
             self.by_status.clear()
             self.chat_requests, self.peak_in_flight, self.billed_tokens = 0, self.in_flight, 0
             self.without_max_tokens = 0
+            self.content_style = "varied"
+        if "content_style" in control:
+            if control["content_style"] not in CONTENT_STYLES:
+                raise ValueError(f'"content_style" must be one of {", ".join(CONTENT_STYLES)}')
+            self.content_style = control["content_style"]
         if "latency_s" in control:
             self.latency_s = float(control["latency_s"])
         for item in control.get("queue", []):
@@ -162,7 +172,7 @@ class LocalLlmServer:
             self.queue.append(item)
 
     def control_state(self) -> dict:
-        return {"latency_s": self.latency_s, "queue": list(self.queue)}
+        return {"latency_s": self.latency_s, "queue": list(self.queue), "content_style": self.content_style}
 
     def stats(self) -> dict:
         return {
@@ -331,7 +341,9 @@ class LocalLlmServer:
         if "content" in fault:
             content = str(fault["content"])
         else:
-            content = completion_content(messages, schema, schema_name=schema_name, seed=body.get("seed"))
+            content = completion_content(
+                messages, schema, schema_name=schema_name, seed=body.get("seed"), style=self.content_style
+            )
         if fault.get("invalid_json"):
             content = content[: max(1, len(content) // 2)]
         finish_reason = "stop"

@@ -100,7 +100,8 @@ def build_workers(
     if extensions.database is not None:
         db = extensions.database(db)
     stack_check = StackCheckActivities(db)
-    llm = LlmActivities(LlmClient(clients.llm_http, default_model=settings.LLM_MODEL), db)
+    llm_client = LlmClient(clients.llm_http, default_model=settings.LLM_MODEL, send_sampling=settings.LLM_SEND_SAMPLING)
+    llm = LlmActivities(llm_client, db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)
@@ -113,7 +114,7 @@ def build_workers(
             cleanup.stop_workflows,
             cleanup.delete_world_content,
         ],
-        "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.generate_post],
+        "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.plan_posts, llm.generate_post],
         "media": [media.render_image],
     }
     workers = []

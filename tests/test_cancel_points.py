@@ -111,6 +111,11 @@ class StandIns:
         await self.step("generate_character", str(inp.character_index))
         return TokenUsage(10)
 
+    @activity.defn(name="plan_posts")
+    async def plan_posts(self, inp: ItemInput) -> TokenUsage:
+        await self.step("plan_posts", str(inp.character_index))
+        return TokenUsage(10)
+
     @activity.defn(name="generate_post")
     async def generate_post(self, inp: ItemInput) -> TokenUsage:
         await self.step("generate_post", f"{inp.character_index}.{inp.post_index}")
@@ -139,6 +144,7 @@ class StandIns:
             self.generate_bible,
             self.generate_cast,
             self.generate_character,
+            self.plan_posts,
             self.generate_post,
             self.render_image,
             self.mark_image_for_rerender,
@@ -240,6 +246,7 @@ BLOCK_POINTS = [
     ("generate_cast", 1),
     ("generate_character", 1),
     ("render_image", 1),
+    ("plan_posts", 1),
     ("generate_post", 1),
     ("render_image", 3),
 ]

@@ -31,13 +31,13 @@ SEED = int(os.environ.get("CHAOS_SEED", "20261123"))
 
 def expected_counts(characters: int, posts_per_character: int) -> dict:
     posts = characters * posts_per_character
-    # bible, cast, one profile per character, one per post, one render per avatar and per post
+    # bible, cast, one profile and one plan per character, one per post, one render per avatar and per post
     return {
         "bibles": 1,
         "characters": characters,
         "posts": posts,
         "images": characters + posts,
-        "tasks": 1 + 1 + characters + posts + characters + posts,
+        "tasks": 1 + 1 + 2 * characters + posts + characters + posts,
     }
 
 

@@ -83,8 +83,8 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     assert run.status == "completed", run.error
     assert (run.characters_done, run.posts_done, run.degraded_items) == (3, 6, 0)
     assert run.tokens_used > 0 and run.finished_at is not None
-    # bible, cast, 3 profiles, 6 posts, 3 avatars, 6 post images
-    assert counts(run) == {"bibles": 1, "characters": 3, "posts": 6, "images": 9, "tasks": 1 + 1 + 3 + 6 + 3 + 6}
+    # bible, cast, 3 profiles, 3 plans, 6 posts, 3 avatars, 6 post images
+    assert counts(run) == {"bibles": 1, "characters": 3, "posts": 6, "images": 9, "tasks": 1 + 1 + 3 + 3 + 6 + 3 + 6}
 
     db, key = mongo.get_db(), run.ref.key
     handles = [c["handle"] for c in db.characters.find({"run_key": key})]
@@ -94,8 +94,12 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     )
     task = db.generation_tasks.find_one({"_id": f"{key}:post:0.1"})
     assert task["status"] == "succeeded" and task["usage"]["completion_tokens"] > 0
-    assert task["prompt"][1]["content"].count("Your earlier posts:") == 1
+    prompt = task["prompt"][1]["content"]
+    assert prompt.count("Your earlier captions") == 1 and "This post is about one moment: at " in prompt
+    assert "Premise:" not in prompt and task["prompt_version"] == "2" and task["sampling"]["frequency_penalty"] > 0
     assert task["raw_response"] and task["output"]["caption"] and task["attempt"] == 1
+    character = db.characters.find_one({"run_key": key, "index": 0})
+    assert len(character["plan"]) == 2 and character["diction"] and character["never_says"]
     record_history(run.workflow_id, "world_completed")
     record_history(f"{run.workflow_id}-character-1", "character_completed")
 
@@ -214,7 +218,7 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     record_history(workflow_id, "rerender_completed")
     run.refresh_from_db()
     assert still_missing == 0 and run.degraded_items == 0 and run.status == "completed"
-    assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 4}
+    assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 2 + 4}
     assert db.posts.count_documents({"run_key": key, "image_status": documents.ImageStatus.RENDERED}) == 2
     with pytest.raises(ActionError, match="no images waiting for a re-render"):
         generation_rerender(run=run)
@@ -314,4 +318,4 @@ def test_killed_worker_is_restarted_and_the_world_completes_without_duplicates(s
     finally:
         llm_control(llm_server, {"reset": True})
     assert run.status == "completed", run.error
-    assert counts(run) == {"bibles": 1, "characters": 3, "posts": 12, "images": 15, "tasks": 1 + 1 + 3 + 12 + 15}
+    assert counts(run) == {"bibles": 1, "characters": 3, "posts": 12, "images": 15, "tasks": 1 + 1 + 3 + 3 + 12 + 15}

@@ -32,6 +32,7 @@ def test_histories_are_recorded():
         "rerender_completed",
     }
     before_patches = {
+        "character_completed_before_planned_posts",
         "character_completed_before_throttled_signals",
         "world_completed_before_event_driven_progress",
         *(f"{name}_before_exact_runs" for name in current - {"rerender_completed"}),

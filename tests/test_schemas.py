@@ -91,12 +91,25 @@ def test_cast_models_are_cached_per_count():
     assert json_schema(schemas.cast(3)) is json_schema(schemas.cast(3))
 
 
+PROFILE = {
+    "bio": "b",
+    "personality": "p",
+    "appearance": "a",
+    "interests": ["tea", "tides"],
+    "diction": "short sentences, no emoji",
+    "quirks": ["ends with a question", "counts things"],
+    "never_says": ["anything about money", "goodbye"],
+}
+MOMENT = {"place": "the pier", "time": "dawn", "mood": "restless", "event": "a gull steals a letter"}
+
+
 def test_valid_documents_pass_and_dump_to_plain_dicts():
     assert schemas.POST.model_validate(POST).model_dump() == POST
     cast = {"characters": [MEMBER, {**MEMBER, "handle": "wr"}]}
     assert schemas.cast(2).model_validate(cast).model_dump() == cast
-    profile = {"bio": "b", "personality": "p", "appearance": "a", "interests": ["tea", "tides"]}
-    assert schemas.CHARACTER.model_validate(profile).model_dump() == profile
+    assert schemas.CHARACTER.model_validate(PROFILE).model_dump() == PROFILE
+    plan = {"moments": [MOMENT, {**MOMENT, "place": "the ferry"}]}
+    assert schemas.plan(2).model_validate(plan).model_dump() == plan
 
 
 def test_invalid_documents_are_refused_with_their_paths():
@@ -129,6 +142,12 @@ def test_cast_of_the_wrong_length_is_refused():
 
 
 def test_no_type_coercion():
-    assert problems(
-        schemas.CHARACTER, {"bio": "b", "personality": "p", "appearance": "a", "interests": ("tea", "tides")}
-    ) == ["$.interests: Input should be a valid list"]
+    assert problems(schemas.CHARACTER, {**PROFILE, "interests": ("tea", "tides")}) == [
+        "$.interests: Input should be a valid list"
+    ]
+
+
+def test_a_plan_has_exactly_one_moment_per_post():
+    assert problems(schemas.plan(2), {"moments": [MOMENT]}) == [
+        "$.moments: List should have at least 2 items after validation, not 1"
+    ]
