@@ -192,6 +192,25 @@ def post_counts_by_character(db: Database, run: RunRef) -> dict[int, int]:
     return {group["_id"]: group["count"] for group in groups}
 
 
+def run_quality_inputs(db: Database, run: RunRef) -> tuple[list[dict], list[dict], dict | None, list[dict]]:
+    """What ``generation.quality`` reads of a run: (posts, characters, bible, LLM task documents), each
+    with only the fields it needs. LLM tasks are those with a ``schema_name`` (renders have none)."""
+    posts = (
+        db[POSTS]
+        .find(
+            {"run_key": run.key},
+            {"_id": 0, "character_index": 1, "index": 1, "handle": 1, "caption": 1, "hashtags": 1, "location": 1},
+        )
+        .sort([("character_index", ASCENDING), ("index", ASCENDING)])
+    )
+    characters = db[CHARACTERS].find({"run_key": run.key}, {"_id": 0, "index": 1, "handle": 1}).sort("index", ASCENDING)
+    tasks = db[TASKS].find(
+        {"run_key": run.key, "schema_name": {"$exists": True}},
+        {"_id": 0, "stage": 1, "schema_name": 1, "status": 1, "repairs": 1, "prompt_version": 1},
+    )
+    return list(posts), list(characters), run_bible(db, run), list(tasks)
+
+
 def counts_by_run(db: Database, collection: str, runs: list[RunRef]) -> dict[str, int]:
     """Documents per run key in ``collection``, for many runs in one query."""
     groups = db[collection].aggregate(

@@ -2,6 +2,8 @@
 Real worker, Temporal, Mongo, LLM endpoint and media server behind it."""
 
 import html
+import io
+import json
 import re
 import time
 
@@ -9,13 +11,14 @@ import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from clients import mongo
 from clients import temporal as temporal_client
 from generation import store
 from localstack import servers
-from tests.test_api import cleanup_status
+from tests.test_api import QUALITY_FLAGS, cleanup_status, write_quality_content
 from tests.test_generation import FINISHED, make_world, wait_for
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.staff_groups import grant_staff_groups
@@ -380,6 +383,88 @@ def test_the_reconcile_action_corrects_stale_rows_from_temporal(temporal_env):
     run.refresh_from_db()
     assert (run.status, run.error) == ("failed", "Temporal no longer has this workflow")
     assert AuditEvent.objects.filter(run=run, action="run_reconciled", actor__username="editor-r").exists()
+
+
+# --- content quality --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quality_content(mongo_env):
+    """``tests.test_api.write_quality_content``; the worlds' content is removed after the test."""
+    worlds = set()
+
+    def write(run: GenerationRun) -> None:
+        worlds.add(run.world_id)
+        write_quality_content(run)
+
+    yield write
+    for world_id in worlds:
+        store.delete_world_content(mongo.get_db(), world_id)
+
+
+def test_the_run_page_shows_the_content_quality_and_its_flags(quality_content):
+    world = with_runs("Lanternfall", "completed")
+    run = world.runs.get()
+    quality_content(run)
+    reviewer = staff("reviewer-q", "Reviewers")
+    page = html.unescape(reviewer.get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode())
+    assert "Content quality" in page and 'class="wg-quality"' in page
+    assert re.search(r"<td>distinct-2 of captions</td><td>0.54</td><td>≥ 0.6</td><td><span class=\"wg-miss\">✗", page)
+    assert re.search(r"<td>hashtag variety</td><td>0.50</td><td>≥ 0.5</td><td><span class=\"wg-ok\">✓", page)
+    assert "<td>LLM calls</td><td>11</td><td></td><td></td>" in page  # no target
+    for flag in QUALITY_FLAGS["run"] + QUALITY_FLAGS["echo"] + QUALITY_FLAGS["wren"]:
+        assert flag in page, flag
+    assert "<td>#1 @echo</td><td>3</td><td>0.09</td><td>2</td>" in page
+    assert "Prompt versions: v2" in page
+    listing = reviewer.get("/admin/worlds/generationrun/").content.decode()
+    assert "Content quality" not in listing and "distinct-2" not in listing  # computed on the run page only
+
+
+def test_the_quality_panel_of_a_run_without_content_has_no_flags(mongo_env):
+    run = with_runs("Quietreach", "running").runs.get()
+    store.delete_world_content(mongo.get_db(), run.world_id)
+    page = html.unescape(
+        staff("editor-q", "Editors").get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode()
+    )
+    assert "✓ No run figure misses its target." in page and "✗" not in page
+    assert "Prompt versions: not recorded" in page
+
+
+def quality_report(*args: str) -> str:
+    out = io.StringIO()
+    call_command("quality_report", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_the_quality_report_command(quality_content):
+    world = with_runs("Lanternfall", "completed", "cancelled", "running")
+    first, second, active = world.runs.order_by("number")
+    quality_content(first)
+    text = quality_report("--run", str(first.pk))
+    assert text.startswith(f"Lanternfall run 1 (ID {first.pk}, completed)") and "prompt versions: v2" in text
+    assert re.search(r"distinct-2 of captions +0\.54 +≥ 0\.6 +MISSED", text)
+    assert re.search(r"hashtag variety +0\.50 +≥ 0\.5 +ok", text)
+    for flag in QUALITY_FLAGS["run"]:
+        assert f"flag: {flag}" in text
+    assert "character #1 @echo:\n    " + QUALITY_FLAGS["echo"][0] in text
+    assert "character #2 @wren:" in text and "@mira" not in text  # only flagged characters
+
+    body = json.loads(quality_report("--run", str(first.pk), "--json"))
+    assert [entry["run_id"] for entry in body] == [first.pk]
+    assert body[0]["run"] == "Lanternfall run 1" and body[0]["report"]["run"]["flags"] == QUALITY_FLAGS["run"]
+    assert [c["flags"] for c in body[0]["report"]["characters"]] == [QUALITY_FLAGS[h] for h in ("mira", "echo", "wren")]
+
+    assert quality_report("--world", str(world.pk)).startswith(f"Lanternfall run 3 (ID {active.pk}, running)")
+    assert "no flags" in quality_report("--world", str(world.pk))  # nothing made yet
+    latest = json.loads(quality_report("--json"))  # finished runs only
+    assert sorted(entry["run_id"] for entry in latest) == [first.pk, second.pk]
+
+    with pytest.raises(CommandError, match="no run with ID 987654"):
+        quality_report("--run", "987654")
+    with pytest.raises(CommandError, match="no world with ID 987654"):
+        quality_report("--world", "987654")
+    with pytest.raises(CommandError, match="Emptyworld \\(ID [0-9]+\\) has no runs yet"):
+        quality_report("--world", str(make_world(name="Emptyworld").pk))
 
 
 # --- limits in the forms ------------------------------------------------------------------------------

@@ -122,6 +122,67 @@ def content(mongo_env):
         store.delete_world_content(db, world_id)
 
 
+# A run with a deliberately repetitive character: "echo" says the same two sentences in every post, one of
+# them copied from the premise; "wren" borrows echo's "the lantern market"; "mira" is fine.
+QUALITY_POSTS = {
+    ("mira", "Bakery", "#bread"): [
+        "Fresh bread from the oven smells of cinnamon.",
+        "My kiln cracked again so I laughed about it.",
+    ],
+    ("echo", "Market", "#echo"): [
+        "Another lovely evening at the lantern market. Sky-whales carry letters between islands."
+    ]
+    * 3,
+    ("wren", "Bridge", "#lanterns"): ["Lanterns sway above the lantern market tonight."],
+}
+QUALITY_FLAGS = {
+    "run": [
+        "distinct-2 of captions: 0.54 (target ≥ 0.6)",  # 31 distinct word pairs of 57
+        "4-grams copied from the premise or bible: 0.20 (target ≤ 0.05)",  # 9 of 45
+        "repairs per LLM call: 0.18 (target ≤ 0.1)",  # 2 repairs in 11 calls
+    ],
+    "mira": [],
+    "echo": ["sentences repeated across its posts: 2 (target 0)"],
+    "wren": ["3-grams shared with other characters: 0.20 (target ≤ 0.1)"],  # 1 of its 5
+}
+
+
+def write_quality_content(run: GenerationRun) -> None:
+    """Replaces the world's content with QUALITY_POSTS and the task records of the LLM calls that wrote them
+    (bible, cast with two repairs, three profiles, six posts) and of the renders (not LLM calls)."""
+    db, ref = mongo.get_db(), run.ref
+    store.delete_world_content(db, run.world_id)
+    store.save_bible(db, ref, {"title": "Lanternfall", "setting": "Tea houses drift on warm winds."}, 0, None)
+    store.save_cast(
+        db, ref, [{"name": handle.title(), "handle": handle, "concept": "x"} for handle, *_ in QUALITY_POSTS]
+    )
+    llm_tasks = [("bible", 0, 0), ("cast", 0, 2)]
+    for character, ((handle, location, hashtag), captions) in enumerate(QUALITY_POSTS.items()):
+        llm_tasks.append(("character", character, 0))
+        for index, caption in enumerate(captions):
+            post = {"caption": caption, "hashtags": [hashtag], "location": location, "image_prompt": "x"}
+            store.save_post(db, ref, character, index, post, handle)
+            llm_tasks.append(("post", f"{character}.{index}", 0))
+            store.record_task(db, ref, "post", documents.post_key(ref, character, index), {"status": "succeeded"})
+    for stage, index, repairs in llm_tasks:
+        fields = {"schema_name": stage, "status": "succeeded", "repairs": repairs, "prompt_version": "v2"}
+        store.record_task(db, ref, stage, index, fields)
+
+
+@pytest.fixture
+def quality_content(mongo_env):
+    """``write_quality_content``; the worlds' content is removed after the test."""
+    worlds = set()
+
+    def write(run: GenerationRun) -> None:
+        worlds.add(run.world_id)
+        write_quality_content(run)
+
+    yield write
+    for world_id in worlds:
+        store.delete_world_content(mongo.get_db(), world_id)
+
+
 def cleanup_status(world_pk: int) -> str:
     """Temporal's status of the world's cleanup workflow (RUNNING while no worker has run it)."""
     description = temporal_call(lambda client: client.get_workflow_handle(cleanup_workflow_id(world_pk)).describe())
@@ -403,6 +464,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
         "characters": ("get", f"/api/worlds/{world.pk}/characters/", None),
         "posts": ("get", f"/api/worlds/{world.pk}/posts/", None),
         "run": ("get", f"/api/runs/{done.pk}/", None),
+        "quality": ("get", f"/api/runs/{done.pk}/quality/", None),
         "create": ("post", "/api/worlds/", world_body()),
         "change": ("patch", f"/api/worlds/{valid.pk}/", {"tone": "grim"}),
         "generate": ("post", f"/api/worlds/{world.pk}/generate/", None),
@@ -421,6 +483,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
         "characters": 200,
         "posts": 200,
         "run": 200,
+        "quality": 200,
         "create": 201,
         "change": 200,
         "generate": 400,
@@ -439,6 +502,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
             "characters",
             "posts",
             "run",
+            "quality",
             "create",
             "change",
             "generate",
@@ -447,7 +511,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
             "publish",
             "unpublish",
         },
-        "reviewer": {"list", "read", "characters", "posts", "run", "approve", "reject"},
+        "reviewer": {"list", "read", "characters", "posts", "run", "quality", "approve", "reject"},
         "lead": set(allowed),
         "staff": set(),
         "outsider": set(),
@@ -737,6 +801,62 @@ def test_a_run_is_published_only_with_a_cleared_bible(users, content):
     assert editor.post("/api/worlds/987654/unpublish/").status_code == 404
 
 
+# --- content quality ------------------------------------------------------------------------------
+
+
+def test_the_quality_report_flags_a_repetitive_character(users, quality_content):
+    run = make_run(make_world(character_count=3, posts_per_character=3), "completed", tokens_used=6000)
+    quality_content(run)
+    response = api(users["reviewer"]).get(f"/api/runs/{run.pk}/quality/")
+    assert response.status_code == 200, response.content
+    report = response.json()
+    figures = report["run"]
+    assert figures["flags"] == QUALITY_FLAGS["run"]
+    assert figures["checks"] == {
+        "distinct_2": False,
+        "copy_share": False,
+        "hashtag_variety": True,  # 3 of 6
+        "location_variety": True,  # 3 of 6
+        "repairs_per_call": False,
+    }
+    assert (figures["distinct_2"], figures["copy_share"], figures["repairs_per_call"]) == (31 / 57, 9 / 45, 2 / 11)
+    assert (figures["posts"], figures["llm_calls"], figures["tokens_per_post"]) == (6, 11, 1000.0)
+    assert [(c["index"], c["handle"], c["posts"], c["repeated_sentences"]) for c in report["characters"]] == [
+        (0, "mira", 2, 0),
+        (1, "echo", 3, 2),
+        (2, "wren", 1, 0),
+    ]
+    assert [c["overlap"] for c in report["characters"]] == [0.0, 1 / 11, 1 / 5]
+    assert {c["handle"]: c["flags"] for c in report["characters"]} == {
+        handle: QUALITY_FLAGS[handle] for handle in ("mira", "echo", "wren")
+    }
+    assert report["prompt_versions"] == ["v2"]
+
+
+def test_the_quality_report_of_a_run_without_posts_is_zeros(users, mongo_env):
+    run = make_run(make_world(), "running")
+    store.delete_world_content(mongo.get_db(), run.world_id)
+    response = api(users["editor"]).get(f"/api/runs/{run.pk}/quality/")
+    assert response.status_code == 200, response.content
+    report = response.json()
+    assert report["characters"] == [] and report["prompt_versions"] == []
+    assert report["run"] == {
+        "distinct_1": 0.0,
+        "distinct_2": 0.0,
+        "copy_share": 0.0,
+        "hashtag_variety": 0.0,
+        "location_variety": 0.0,
+        "repairs_per_call": 0.0,
+        "llm_calls": 0,
+        "posts": 0,
+        "tokens_per_post": None,
+        "checks": {},
+        "flags": [],
+    }
+    assert api(users["editor"]).get(f"/api/runs/{run.pk + 1000}/quality/").status_code == 404
+    assert api(users["staff"]).get(f"/api/runs/{run.pk}/quality/").status_code == 403
+
+
 # --- schema and docs --------------------------------------------------------------------------
 
 ROUTES = {
@@ -746,6 +866,7 @@ ROUTES = {
     "/api/worlds/{world_id}/characters/": {"get"},
     "/api/worlds/{world_id}/posts/": {"get"},
     "/api/runs/{run_id}/": {"get"},
+    "/api/runs/{run_id}/quality/": {"get"},
     "/api/runs/{run_id}/approve/": {"post"},
     "/api/runs/{run_id}/reject/": {"post"},
     "/api/runs/{run_id}/cancel/": {"post"},
@@ -793,6 +914,21 @@ def test_the_schema_is_valid_openapi_3_and_describes_every_route():
     assert world["live_run"]["nullable"] is True and world["live_run"]["readOnly"] is True
     run = schema["components"]["schemas"]["Run"]["properties"]
     assert run["requires_approval"]["type"] == run["bible_approved"]["type"] == "boolean"
+    quality = paths["/api/runs/{run_id}/quality/"]["get"]["responses"]
+    assert set(quality) == {"200", "403", "404"}
+    assert quality["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/QualityReport"}
+    components = schema["components"]["schemas"]
+    assert set(components["QualityReport"]["properties"]) == {"run", "characters", "prompt_versions"}
+    assert components["RunQuality"]["properties"]["tokens_per_post"]["nullable"] is True
+    assert components["RunQuality"]["properties"]["checks"]["additionalProperties"] == {"type": "boolean"}
+    assert set(components["CharacterQuality"]["properties"]) == {
+        "index",
+        "handle",
+        "posts",
+        "overlap",
+        "repeated_sentences",
+        "flags",
+    }
 
 
 def test_the_docs_page_is_served():

@@ -319,3 +319,29 @@ def test_killed_worker_is_restarted_and_the_world_completes_without_duplicates(s
         llm_control(llm_server, {"reset": True})
     assert run.status == "completed", run.error
     assert counts(run) == {"bibles": 1, "characters": 3, "posts": 12, "images": 15, "tasks": 1 + 1 + 3 + 3 + 12 + 15}
+
+
+def test_quality_report_flags_repetitive_content_and_passes_varied_content(start_worker, llm_server):
+    """The stand-in writes the same caption over and over on request: the run's quality report
+    flags it (low distinct-2, repeated sentences, overlap between characters); varied content passes."""
+    from worlds.selectors import run_quality
+
+    start_worker()
+    llm_control(llm_server, {"content_style": "repetitive"})
+    try:
+        repetitive = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=3)), FINISHED)
+    finally:
+        llm_control(llm_server, {"reset": True})
+    varied = wait_for(
+        generation_start(world=make_world(name="Varied", character_count=2, posts_per_character=3)), FINISHED
+    )
+    assert (repetitive.status, varied.status) == ("completed", "completed")
+
+    bad = run_quality(run=repetitive)
+    assert bad.run.distinct_2 < 0.6 and not bad.run.checks["distinct_2"]
+    assert all(c.repeated_sentences > 0 and c.overlap > 0.1 and c.flags for c in bad.characters)
+    assert bad.run.flags and bad.prompt_versions == ["2"]
+    good = run_quality(run=varied)
+    assert good.run.distinct_2 >= 0.6 and good.run.checks["distinct_2"]
+    assert all(c.repeated_sentences == 0 for c in good.characters)
+    assert good.run.tokens_per_post and good.run.llm_calls == 1 + 1 + 2 + 2 + 6

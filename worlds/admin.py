@@ -20,6 +20,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
+from generation import quality
 from generation.contracts import Stage
 from generation.documents import ImageStatus
 from worlds import selectors, services
@@ -384,6 +385,15 @@ def _image(doc: dict) -> str:
     return format_html('<div class="wg-placeholder">{}</div>', "image pending")  # args: Django 6 requires them
 
 
+def _check_mark(met: bool | None) -> str:
+    """✓ or ✗ against the target; blank for figures without one or not measured yet."""
+    return "" if met is None else format_html('<span class="wg-{}">{}</span>', "ok" if met else "miss", "✓✗"[not met])
+
+
+def _flags(flags: list[str]) -> str:
+    return format_html('<span class="wg-miss">✗ {}</span>', "; ".join(flags)) if flags else _check_mark(True)
+
+
 @admin.register(GenerationRun)
 class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
     list_display = (
@@ -417,6 +427,7 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
         "bible_revision",
         ("started_by", "approved_by", "rejected_by", "cancelled_by"),
         ("started_at", "finished_at"),
+        "quality",
         "audit",
     )
     readonly_fields = [name for entry in fields for name in (entry if isinstance(entry, tuple) else (entry,))]
@@ -489,6 +500,45 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
     @admin.display(description="Temporal")
     def temporal(self, run: GenerationRun):
         return temporal_link(run)
+
+    @admin.display(description="Content quality")
+    def quality(self, run: GenerationRun):
+        """The run's quality report, computed for this page only (the run list does not show it)."""
+        report = selectors.run_quality(run=run)
+        figures = report.run
+        figure_rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    quality.LABELS[name],
+                    quality.shown(getattr(figures, name)),
+                    quality.THRESHOLDS.get(name, ""),
+                    _check_mark(figures.checks.get(name)),
+                )
+                for name in quality.RUN_FIGURES
+            ),
+        )
+        flags = format_html_join("", '<li class="wg-miss">✗ {}</li>', ((flag,) for flag in figures.flags))
+        character_rows = format_html_join(
+            "",
+            "<tr><td>#{} @{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (c.index, c.handle, c.posts, quality.shown(c.overlap), c.repeated_sentences, _flags(c.flags))
+                for c in report.characters
+            ),
+        )
+        return format_html(
+            '<div class="wg-quality"><table><tr><th>Figure</th><th>Value</th><th>Target</th><th></th></tr>{}'
+            "</table><ul>{}</ul><p>{}</p><table><tr><th>Character</th><th>Posts</th><th>Overlap (target {})</th>"
+            "<th>Repeated sentences (target {})</th><th>Flags</th></tr>{}</table></div>",
+            figure_rows,
+            flags or format_html("<li>{}</li>", "✓ No run figure misses its target."),
+            "Prompt versions: " + (", ".join(report.prompt_versions) or "not recorded"),
+            quality.THRESHOLDS["overlap"],
+            quality.THRESHOLDS["repeated_sentences"],
+            character_rows,
+        )
 
     @admin.display(description="Audit trail")
     def audit(self, run: GenerationRun):

@@ -27,6 +27,7 @@ from worlds.serializers import (
     PostPageSerializer,
     PostQuerySerializer,
     PostSerializer,
+    QualityReportSerializer,
     RejectInputSerializer,
     RunDetailSerializer,
     RunSerializer,
@@ -288,6 +289,22 @@ class RunDetailApi(Api):
             except Exception as exc:  # an optional extra: the mirrored fields still answer
                 logger.warning("live progress of %s unavailable: %s", run.workflow_id, exc)
         return Response(RunDetailSerializer(run).data)
+
+
+@extend_schema(parameters=[RUN_ID])
+class RunQualityApi(Api):
+    required_perms = {"GET": ("worlds.view_generationrun",)}
+
+    @extend_schema(
+        summary="A run's content quality report",
+        responses={200: QualityReportSerializer, **errors(403, 404)},
+        description="Variety, copying and repetition of the captions so far, repairs per LLM call, and each "
+        "character's overlap with the others; `flags` name the targets missed. A run with no posts yet has "
+        "zeros and no flags.",
+    )
+    def get(self, request, run_id):
+        run = get_object_or_404(GenerationRun.objects.select_related("world"), pk=run_id)
+        return Response(QualityReportSerializer(selectors.run_quality(run=run).as_dict()).data)
 
 
 class RunCommandApi(Api):

@@ -13,6 +13,7 @@ urlpatterns = [
     path("worlds/<str:world_id>/posts/", api.WorldPostsApi.as_view(), name="api-world-posts"),
     path("worlds/<str:world_id>/unpublish/", api.WorldUnpublishApi.as_view(), name="api-world-unpublish"),
     path("runs/<str:run_id>/", api.RunDetailApi.as_view(), name="api-run"),
+    path("runs/<str:run_id>/quality/", api.RunQualityApi.as_view(), name="api-run-quality"),
     path("runs/<str:run_id>/approve/", api.RunApproveApi.as_view(), name="api-run-approve"),
     path("runs/<str:run_id>/reject/", api.RunRejectApi.as_view(), name="api-run-reject"),
     path("runs/<str:run_id>/cancel/", api.RunCancelApi.as_view(), name="api-run-cancel"),

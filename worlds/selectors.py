@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from clients import mongo
 from clients.temporal import temporal_call
-from generation import documents
+from generation import documents, quality
 from worlds.models import GenerationRun, World
 
 
@@ -35,6 +35,19 @@ def run_posts(
     *, run: GenerationRun, character_index: int | None = None, offset: int = 0, limit: int = 20
 ) -> list[dict]:
     return documents.run_posts(mongo.get_db(), run.ref, character_index=character_index, offset=offset, limit=limit)
+
+
+def run_quality(*, run: GenerationRun) -> quality.QualityReport:
+    """The content quality report of a run (whatever it has made so far)."""
+    posts, characters, bible, tasks = documents.run_quality_inputs(mongo.get_db(), run.ref)
+    return quality.build_report(
+        posts=posts,
+        characters=characters,
+        premise=run.world.premise,
+        bible=bible,
+        tasks=tasks,
+        tokens_used=run.tokens_used or None,
+    )
 
 
 def image_png(*, image_id: str) -> bytes | None:

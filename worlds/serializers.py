@@ -292,3 +292,47 @@ class PostPageSerializer(serializers.Serializer):
     next = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the next page, if any.")
     previous = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the previous page, if any.")
     results = PostSerializer(many=True, read_only=True)
+
+
+# --- content quality (generation.quality) -----------------------------------------------
+
+
+class RunQualitySerializer(serializers.Serializer):
+    distinct_1 = serializers.FloatField(read_only=True, help_text="Unique words / words of the captions.")
+    distinct_2 = serializers.FloatField(read_only=True, help_text="Unique word pairs / word pairs (target ≥ 0.6).")
+    copy_share = serializers.FloatField(
+        read_only=True, help_text="Share of the captions' 4-grams found in the premise or bible (target ≤ 0.05)."
+    )
+    hashtag_variety = serializers.FloatField(read_only=True, help_text="Distinct / all hashtags (target ≥ 0.5).")
+    location_variety = serializers.FloatField(read_only=True, help_text="Distinct / all locations (target ≥ 0.5).")
+    repairs_per_call = serializers.FloatField(read_only=True, help_text="Repair prompts per LLM call (target ≤ 0.1).")
+    llm_calls = serializers.IntegerField(read_only=True)
+    posts = serializers.IntegerField(read_only=True)
+    tokens_per_post = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="The run's tokens / posts; null when unknown."
+    )
+    checks = serializers.DictField(
+        child=serializers.BooleanField(),
+        read_only=True,
+        help_text="Whether each figure measured so far meets its target, by name.",
+    )
+    flags = _strings()
+
+
+class CharacterQualitySerializer(serializers.Serializer):
+    index = serializers.IntegerField(read_only=True)
+    handle = _text()
+    posts = serializers.IntegerField(read_only=True)
+    overlap = serializers.FloatField(
+        read_only=True, help_text="Share of its 3-grams other characters use too (target ≤ 0.1)."
+    )
+    repeated_sentences = serializers.IntegerField(
+        read_only=True, help_text="Sentences found in more than one of its posts (target 0)."
+    )
+    flags = _strings()
+
+
+class QualityReportSerializer(serializers.Serializer):
+    run = RunQualitySerializer(read_only=True)
+    characters = CharacterQualitySerializer(many=True, read_only=True)
+    prompt_versions = _strings()
