@@ -9,7 +9,7 @@ DEV := WORLDGEN_ENV=development
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast lint bench bench-web check clean proto
+.PHONY: install demo test test-fast lint bench bench-web eval check clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,18 @@ bench: $(STAMP)
 BENCH_WEB_ARGS ?=
 bench-web: $(STAMP)
 	$(DEV) $(PY) -m benchmarks.web $(BENCH_WEB_ARGS) --json test-artifacts/bench-web.json
+
+# Content quality with a real small model (Qwen2.5 0.5B on llama.cpp; not part of `make test`); see
+# docs/QUALITY.md. EVAL_ARGS="--worlds 2 --label v2" etc.; LLM_BASE_URL=... LLM_MODEL=... make eval
+# evaluates that server's model instead.
+EVAL_STAMP := $(VENV)/.installed-eval
+EVAL_ARGS ?=
+$(EVAL_STAMP): $(STAMP) requirements-eval.txt
+	$(PY) -m pip install --quiet -r requirements-eval.txt
+	touch $(EVAL_STAMP)
+
+eval: $(EVAL_STAMP)
+	$(DEV) $(PY) -m benchmarks.quality --json test-artifacts/eval.json $(EVAL_ARGS)
 
 proto: $(STAMP)
 	$(PY) generation/protos/generate.py

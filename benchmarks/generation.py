@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 MODES = ("baseline", "pipeline", "per-activity-connections")
+BENCH_WORKER = (sys.executable, "-m", "benchmarks.worker")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -58,24 +59,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 class Stack:
-    """The servers of one benchmark invocation, all on free ports, all stopped at the end."""
+    """The servers of one benchmark invocation, all on free ports, all stopped at the end.
 
-    def __init__(self, opts: argparse.Namespace, workdir: Path) -> None:
+    With ``llm_base_url`` the workers call that LLM endpoint instead of a local ``localllm``
+    (``benchmarks.quality`` passes its model server)."""
+
+    def __init__(self, opts: argparse.Namespace, workdir: Path, *, llm_base_url: str | None = None) -> None:
         self.opts, self.workdir, self.processes = opts, workdir, []
-        logs = workdir / "logs"
+        try:
+            self._start_all(llm_base_url)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, llm_base_url: str | None) -> None:
+        opts, workdir = self.opts, self.workdir
         ports = {name: servers.free_port() for name in ("temporal", "mongo", "llm", "media")}
-        self._start(
-            "Temporal", servers.temporal_dev_server_args(port=ports["temporal"], ui_port=None), ports["temporal"], logs
+        self.start_server(
+            "Temporal", servers.temporal_dev_server_args(port=ports["temporal"], ui_port=None), ports["temporal"]
         )
-        mongo_uri = self._start_mongo(ports["mongo"], logs)
-        self._start(
-            "localllm",
-            [sys.executable, "-m", "localllm", "--port", str(ports["llm"]), "--latency", str(opts.llm_latency)],
-            ports["llm"],
-            logs,
-        )
-        self._start(
-            "mediaserver", [sys.executable, "-m", "mediaserver", "--port", str(ports["media"])], ports["media"], logs
+        mongo_uri = self._start_mongo(ports["mongo"])
+        if llm_base_url is None:
+            self.start_server(
+                "localllm",
+                [sys.executable, "-m", "localllm", "--port", str(ports["llm"]), "--latency", str(opts.llm_latency)],
+                ports["llm"],
+            )
+            llm_base_url = f"http://127.0.0.1:{ports['llm']}/v1"
+        self.start_server(
+            "mediaserver", [sys.executable, "-m", "mediaserver", "--port", str(ports["media"])], ports["media"]
         )
         self.env = {
             **os.environ,
@@ -85,45 +97,47 @@ class Stack:
             "MONGO_URI": mongo_uri,
             "MONGO_DB": "worldgen_bench",
             "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-            "LLM_BASE_URL": f"http://127.0.0.1:{ports['llm']}/v1",
+            "LLM_BASE_URL": llm_base_url,
             "MEDIA_GRPC_TARGET": f"127.0.0.1:{ports['media']}",
             "LLM_RATE_LIMIT_PER_SECOND": "100000",
             "GENERATION_CHARACTER_CONCURRENCY": "5",
         }
 
-    def _start(self, name: str, args: list[str], port: int, logs: Path) -> servers.ManagedProcess:
-        process = servers.start(name, args, log_path=logs / f"{name}.log", cwd=ROOT)
+    def start_server(self, name: str, args: list[str], port: int, timeout: float = 90) -> servers.ManagedProcess:
+        """Start a server (log in ``logs/<name>.log``), stopped with the stack, and wait for its port."""
+        process = servers.start(name, args, log_path=self.workdir / "logs" / f"{name}.log", cwd=ROOT)
         self.processes.append(process)
-        servers.wait_for_port(process, port, timeout=90)
+        servers.wait_for_port(process, port, timeout=timeout)
         return process
 
-    def _start_mongo(self, port: int, logs: Path) -> str:
+    def _start_mongo(self, port: int) -> str:
         """SecantusDB in memory; with --mongo-auth on disk, restarted with a user and --auth. Returns the URI."""
         uri = servers.mongo_uri(port)
         if not self.opts.mongo_auth:
-            self._start("SecantusDB", servers.secantus_args(port=port, storage=None), port, logs)
+            self.start_server("SecantusDB", servers.secantus_args(port=port, storage=None), port)
             return uri
         import pymongo
 
         storage = self.workdir / "mongo"
-        setup = self._start("SecantusDB-setup", servers.secantus_args(port=port, storage=storage), port, logs)
+        setup = self.start_server("SecantusDB-setup", servers.secantus_args(port=port, storage=storage), port)
         with pymongo.MongoClient(uri) as client:
             client.admin.command("createUser", "bench", pwd="bench-password", roles=["root"])
         setup.stop()
         self.processes.remove(setup)
-        self._start("SecantusDB", [*servers.secantus_args(port=port, storage=storage), "--auth"], port, logs)
+        self.start_server("SecantusDB", [*servers.secantus_args(port=port, storage=storage), "--auth"], port)
         return uri.replace("mongodb://", "mongodb://bench:bench-password@")
 
-    def start_workers(self, tag: str, *extra_args: str) -> list["BenchWorker"]:
+    def start_workers(
+        self, tag: str, *extra_args: str, command: tuple[str, ...] = BENCH_WORKER, cwd: Path = ROOT
+    ) -> list["BenchWorker"]:
+        """``opts.workers`` worker processes: ``command`` (run in ``cwd``) plus the worker options."""
         workers = []
         for index in range(self.opts.workers):
             metrics, health = servers.free_port(), servers.free_port()
             process = servers.start(
                 f"worker-{tag}-{index}",
                 [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.worker",
+                    *command,
                     "--metrics-port",
                     str(metrics),
                     "--health-port",
@@ -136,7 +150,7 @@ class Stack:
                 ],
                 log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log",
                 env=self.env,
-                cwd=ROOT,
+                cwd=cwd,
             )
             servers.wait_for_port(process, health, timeout=120)
             workers.append(
@@ -296,13 +310,7 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
         )
         for index in range(opts.worlds)
     ]
-    runs = [generation_start(world=world) for world in worlds]
-    deadline = time.monotonic() + opts.timeout
-    while GenerationRun.objects.filter(pk__in=[run.pk for run in runs], status__in=GenerationRun.ACTIVE).exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"pipeline did not finish within {opts.timeout:.0f}s")
-        time.sleep(0.5)
-    finished = list(GenerationRun.objects.filter(pk__in=[run.pk for run in runs]))
+    finished = wait_for_runs([generation_start(world=world) for world in worlds], timeout=opts.timeout)
     db, keys = mongo.get_db(), [run.ref.key for run in finished]
     expected_posts, expected_characters = opts.characters * opts.posts, opts.characters
     duplicates = 0
@@ -315,6 +323,18 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
         "duplicates": duplicates,
         **_percentiles([(run.finished_at - run.started_at).total_seconds() for run in finished]),
     }
+
+
+def wait_for_runs(runs: list, *, timeout: float) -> list:
+    """The run rows once none of ``runs`` is active any more (SystemExit after ``timeout`` seconds)."""
+    from worlds.models import GenerationRun
+
+    ids, deadline = [run.pk for run in runs], time.monotonic() + timeout
+    while GenerationRun.objects.filter(pk__in=ids, status__in=GenerationRun.ACTIVE).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"generation did not finish within {timeout:.0f}s")
+        time.sleep(0.5)
+    return list(GenerationRun.objects.filter(pk__in=ids))
 
 
 def _percentiles(durations: list[float]) -> dict:
