@@ -199,6 +199,16 @@ def generate(definition: WorldDefinition, opts: argparse.Namespace) -> dict:
     return {"run": run, "wall_s": round(time.monotonic() - started, 1)}
 
 
+def captions_by_handle(run) -> dict[str, list[str]]:
+    """The run's captions, per character in posting order: what the figures were computed on."""
+    from worlds.selectors import run_posts
+
+    by_handle: dict[str, list[str]] = {}
+    for post in sorted(run_posts(run=run, limit=10_000), key=lambda p: (p["character_index"], p["index"])):
+        by_handle.setdefault(post["handle"], []).append(post.get("caption", ""))
+    return by_handle
+
+
 def world_row(definition: WorldDefinition, outcome: dict, report: dict) -> dict:
     """The table's figures for one world, from its quality report and run row."""
     run, characters = report["run"], report["characters"]
@@ -375,6 +385,7 @@ def main(argv: list[str]) -> int:
             )
             outcomes.append(outcome)
         reports = [run_quality(run=outcome["run"]).as_dict() for outcome in outcomes]
+        captions = [captions_by_handle(outcome["run"]) for outcome in outcomes]
     finally:
         for worker in workers:  # first, while Temporal is up to take its shutdown
             worker.process.stop()
@@ -401,8 +412,9 @@ def main(argv: list[str]) -> int:
                 "wall_s": o["wall_s"],
                 "row": row,
                 "report": report,
+                "captions": texts,
             }
-            for d, o, report, row in zip(definitions, outcomes, reports, rows[:-1], strict=True)
+            for d, o, report, row, texts in zip(definitions, outcomes, reports, rows[:-1], captions, strict=True)
         ],
     }
     print()

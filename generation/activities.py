@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from generation import documents, prompts, schemas, store
+from generation import documents, prompts, quality, schemas, store
 from generation.contracts import (
     BUDGET_EXCEEDED,
     BibleInput,
@@ -128,9 +128,10 @@ class LlmActivities:
     validate (repairing invalid output), store idempotently, record the task.
     Every call is reserved on the run's token ledger first and settled with what was billed."""
 
-    def __init__(self, llm: LlmClient, db: Database) -> None:
+    def __init__(self, llm: LlmClient, db: Database, *, rewrites: bool = False) -> None:
         self.llm = llm
         self.db = db
+        self.rewrites = rewrites  # GENERATION_REWRITES: plans and captions that repeat are written once more
 
     @activity.defn
     async def generate_bible(self, inp: BibleInput) -> TokenUsage:
@@ -188,16 +189,25 @@ class LlmActivities:
         bible = await in_thread(store.load_bible, self.db, inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         posts = inp.world.posts_per_character
+        messages = prompts.plan(inp.world, bible, profile, posts)
+        schema, tokens = schemas.plan(posts), plan_max_tokens(posts)
         reply, bill = await self._complete(
-            inp.run,
-            inp.world,
-            "plan",
-            inp.character_index,
-            prompts.plan(inp.world, bible, profile, posts),
-            schemas.plan(posts),
-            "post_plan",
-            plan_max_tokens(posts),
+            inp.run, inp.world, "plan", inp.character_index, messages, schema, "post_plan", tokens
         )
+        if self.rewrites and (problems := quality.plan_problems(reply.content["moments"])):  # told what repeats
+            second, again = await self._complete(
+                inp.run,
+                inp.world,
+                "plan",
+                f"{inp.character_index}.rewrite",
+                prompts.rewrite(messages, reply.raw, problems),
+                schema,
+                "post_plan",
+                tokens,
+            )
+            bill = Bill(bill.tokens + again.tokens, again.run_tokens)
+            if len(quality.plan_problems(second.content["moments"])) < len(problems):
+                reply = second
         await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"])
         return TokenUsage(bill.tokens, bill.run_tokens)
 
@@ -207,20 +217,39 @@ class LlmActivities:
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
         messages = prompts.post(inp.world, profile, earlier, inp.post_index)
+        position = f"{inp.character_index}.{inp.post_index}"
         reply, bill = await self._complete(
-            inp.run,
-            inp.world,
-            "post",
-            f"{inp.character_index}.{inp.post_index}",
-            messages,
-            schemas.POST,
-            "post",
-            MAX_TOKENS["post"],
+            inp.run, inp.world, "post", position, messages, schemas.POST, "post", MAX_TOKENS["post"]
         )
+        if self.rewrites:
+            reply, bill = await self._fresher_caption(inp, messages, reply, bill, earlier)
         await in_thread(
             store.save_post, self.db, inp.run, inp.character_index, inp.post_index, reply.content, profile["handle"]
         )
         return TokenUsage(bill.tokens, bill.run_tokens)
+
+    async def _fresher_caption(
+        self, inp: ItemInput, messages: list[dict], reply: LlmReply, bill: Bill, earlier: list[str]
+    ) -> tuple[LlmReply, Bill]:
+        """A caption that repeats its character, the world's description or the other characters is written
+        once more, told what it repeated; the fresher of the two is kept."""
+        bible = await in_thread(store.load_bible, self.db, inp.run)
+        others = await in_thread(store.other_captions, self.db, inp.run, inp.character_index)
+        context = {"earlier": earlier, "others": others, "sources": [inp.world.premise, *quality.strings(bible)]}
+        if not (problems := quality.caption_problems(reply.content["caption"], **context)):
+            return reply, bill
+        second, again = await self._complete(
+            inp.run,
+            inp.world,
+            "post",
+            f"{inp.character_index}.{inp.post_index}.rewrite",
+            prompts.rewrite(messages, reply.raw, problems),
+            schemas.POST,
+            "post",
+            MAX_TOKENS["post"],
+        )
+        fresher = len(quality.caption_problems(second.content["caption"], **context)) < len(problems)
+        return (second if fresher else reply), Bill(bill.tokens + again.tokens, again.run_tokens)
 
     async def _complete(
         self,

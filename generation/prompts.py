@@ -4,6 +4,9 @@ Version 2, plan then write: each character's profile carries an explicit voice; 
 character plans its posts as distinct moments (place, time, mood, a small event); each post then
 writes one moment in that voice, shown its earlier captions as things not to repeat. Prompts get
 the world bible compressed to a few facts, never pasted whole, and posts never see the premise.
+With GENERATION_REWRITES, a plan whose moments repeat each other and a caption that repeats the
+character, the world's description or the other characters are written once more, told what they
+repeated (``generation.quality``). docs/QUALITY.md has the figures of each version.
 """
 
 import json
@@ -102,6 +105,20 @@ def plan(world: WorldSnapshot, bible_doc: dict, profile: dict, posts: int) -> li
         "(of day or season), a mood and a small event that happens there. No two moments share a place, a "
         "mood or an event; make them specific and ordinary, not a summary of the world."
     )
+
+
+def rewrite(messages: list[dict], reply: str, problems: list[str]) -> list[dict]:
+    """Ask once more for the same post, told what its first version repeated."""
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {
+            "role": "user",
+            "content": "Rewrite this post about the same moment, in new words: "
+            + "; ".join(problems)
+            + ". Reply with the whole post as JSON again.",
+        },
+    ]
 
 
 def post(world: WorldSnapshot, profile: dict, earlier_captions: list[str], index: int) -> list[dict]:

@@ -226,3 +226,52 @@ def build_report(
         report_characters.append(character)
     versions = sorted({str(task["prompt_version"]) for task in llm_tasks if task.get("prompt_version")})
     return QualityReport(run, report_characters, versions)
+
+
+# --- checking one new caption (before it is stored) -------------------------------------------------------
+
+OWN_REUSE_LIMIT = 0.25  # share of a caption's 3-grams already in the character's earlier captions
+
+
+def caption_problems(caption: str, *, earlier: list[str], others: list[str], sources: list[str]) -> list[str]:
+    """What a new caption repeats, as lines for a rewrite request (empty when it is fresh): sentences or
+    phrases of the character's earlier captions, phrases of the premise or bible (``sources``), phrases
+    other characters already used (``others``). The same measures as the run's report, on one caption."""
+    problems = []
+    earlier_sentences = {sentence for text in earlier for sentence in sentences(text)}
+    if repeated := [sentence for sentence in sentences(caption) if sentence in earlier_sentences]:
+        problems.append(f"it repeats a sentence of your earlier posts: {_quoted(repeated)}")
+    trigrams = set(ngrams(caption, 3))
+    own = {gram for text in earlier for gram in ngrams(text, 3)}
+    if not repeated and trigrams and len(reused := trigrams & own) / len(trigrams) > OWN_REUSE_LIMIT:
+        problems.append(f"it reuses phrases of your earlier posts: {_quoted(_phrases(reused))}")
+    fourgrams = ngrams(caption, 4)
+    source_grams = {gram for text in sources for gram in ngrams(text, 4)}
+    copied = [gram for gram in fourgrams if gram in source_grams]
+    if fourgrams and not THRESHOLDS["copy_share"].met(len(copied) / len(fourgrams)):
+        problems.append(f"it copies the world's description: {_quoted(_phrases(copied))}")
+    others_grams = {gram for text in others for gram in ngrams(text, 3)}
+    if trigrams and not THRESHOLDS["overlap"].met(len(shared := trigrams & others_grams) / len(trigrams)):
+        problems.append(f"it uses phrases other characters already posted: {_quoted(_phrases(shared))}")
+    return problems
+
+
+def _phrases(grams) -> list[str]:
+    return sorted(" ".join(gram) for gram in grams)[:3]
+
+
+def _quoted(texts: list[str]) -> str:
+    return "; ".join(f'"{text}"' for text in texts[:3])
+
+
+def plan_problems(moments: list[dict]) -> list[str]:
+    """Moments of a plan that share a place or an event, as lines for a rewrite request."""
+    problems = []
+    for name in ("place", "event"):
+        seen: dict[str, int] = {}
+        for number, moment in enumerate(moments, start=1):
+            key = " ".join(words(moment.get(name, "")))
+            if key in seen:
+                problems.append(f"moments {seen[key]} and {number} have the same {name}")
+            seen.setdefault(key, number)
+    return problems

@@ -326,12 +326,22 @@ def test_quality_report_flags_repetitive_content_and_passes_varied_content(start
     flags it (low distinct-2, repeated sentences, overlap between characters); varied content passes."""
     from worlds.selectors import run_quality
 
-    start_worker()
+    rewriting = start_worker(env={"GENERATION_REWRITES": "true"})
     llm_control(llm_server, {"content_style": "repetitive"})
     try:
         repetitive = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=3)), FINISHED)
     finally:
         llm_control(llm_server, {"reset": True})
+    # each repeated caption was written once more, told what it repeated (and still came back the same)
+    rewrites = list(
+        mongo.get_db().generation_tasks.find({"run_key": repetitive.ref.key, "index": {"$regex": "rewrite"}})
+    )
+    assert len(rewrites) >= 4  # posts 2 and 3 of both characters (and a first post that copies the other's)
+    asks = [task["prompt"][-1]["content"] for task in rewrites]
+    assert all(ask.startswith("Rewrite this post") for ask in asks)
+    assert sum("repeats a sentence of your earlier posts" in ask for ask in asks) >= 4
+    rewriting.process.stop()
+    start_worker()
     varied = wait_for(
         generation_start(world=make_world(name="Varied", character_count=2, posts_per_character=3)), FINISHED
     )
@@ -344,4 +354,4 @@ def test_quality_report_flags_repetitive_content_and_passes_varied_content(start
     good = run_quality(run=varied)
     assert good.run.distinct_2 >= 0.6 and good.run.checks["distinct_2"]
     assert all(c.repeated_sentences == 0 for c in good.characters)
-    assert good.run.tokens_per_post and good.run.llm_calls == 1 + 1 + 2 + 2 + 6
+    assert good.run.tokens_per_post and good.run.llm_calls == 1 + 1 + 2 + 2 + 6  # no rewrites: exact counts

@@ -233,3 +233,36 @@ def test_a_run_without_posts_has_zeros_and_no_flags():
         "characters": [],
         "prompt_versions": [],
     }
+
+
+def test_a_new_caption_is_checked_against_the_character_the_world_and_the_others():
+    problems = quality.caption_problems(
+        "The lanterns glow over the bay tonight. I love my morning tea.",
+        earlier=["I love my morning tea. Rain again on the roof."],
+        others=["the lanterns glow over the harbour at dusk"],
+        sources=["Floating lanterns glow over the bay"],
+    )
+    assert problems == [
+        'it repeats a sentence of your earlier posts: "i love my morning tea"',
+        'it copies the world\'s description: "glow over the bay"; "lanterns glow over the"',
+        'it uses phrases other characters already posted: "glow over the"; "lanterns glow over"; "the lanterns glow"',
+    ]
+    fresh = "A heron stole my sandwich at the ferry gate, and honestly, respect."
+    assert quality.caption_problems(fresh, earlier=["I love my morning tea."], others=[], sources=["lanterns"]) == []
+    reused = quality.caption_problems(
+        "my morning tea went cold again", earlier=["my morning tea went cold at dawn"], others=[], sources=[]
+    )
+    assert reused == ['it reuses phrases of your earlier posts: "morning tea went"; "my morning tea"; "tea went cold"']
+
+
+def test_a_plan_whose_moments_share_a_place_or_an_event_is_reported():
+    moments = [
+        {"place": "The Pier", "event": "a gull steals my bun"},
+        {"place": "the pier!", "event": "the ferry is late"},
+        {"place": "the market", "event": "A gull steals my bun."},
+    ]
+    assert quality.plan_problems(moments) == [
+        "moments 1 and 2 have the same place",
+        "moments 1 and 3 have the same event",
+    ]
+    assert quality.plan_problems(moments[:1]) == []
