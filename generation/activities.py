@@ -194,20 +194,20 @@ class LlmActivities:
         reply, bill = await self._complete(
             inp.run, inp.world, "plan", inp.character_index, messages, schema, "post_plan", tokens
         )
-        if self.rewrites and (problems := quality.plan_problems(reply.content["moments"])):  # told what repeats
-            second, again = await self._complete(
+        if self.rewrites:
+            reply, bill = await self._fresher(
                 inp.run,
                 inp.world,
                 "plan",
-                f"{inp.character_index}.rewrite",
-                prompts.rewrite(messages, reply.raw, problems),
+                inp.character_index,
+                messages,
+                reply,
+                bill,
                 schema,
                 "post_plan",
                 tokens,
+                problems_of=lambda content: quality.plan_problems(content["moments"]),
             )
-            bill = Bill(bill.tokens + again.tokens, again.run_tokens)
-            if len(quality.plan_problems(second.content["moments"])) < len(problems):
-                reply = second
         await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"])
         return TokenUsage(bill.tokens, bill.run_tokens)
 
@@ -231,24 +231,54 @@ class LlmActivities:
     async def _fresher_caption(
         self, inp: ItemInput, messages: list[dict], reply: LlmReply, bill: Bill, earlier: list[str]
     ) -> tuple[LlmReply, Bill]:
-        """A caption that repeats its character, the world's description or the other characters is written
-        once more, told what it repeated; the fresher of the two is kept."""
+        """A caption that repeats its character, the world's description or the other characters."""
         bible = await in_thread(store.load_bible, self.db, inp.run)
         others = await in_thread(store.other_captions, self.db, inp.run, inp.character_index)
         context = {"earlier": earlier, "others": others, "sources": [inp.world.premise, *quality.strings(bible)]}
-        if not (problems := quality.caption_problems(reply.content["caption"], **context)):
-            return reply, bill
-        second, again = await self._complete(
+        return await self._fresher(
             inp.run,
             inp.world,
             "post",
-            f"{inp.character_index}.{inp.post_index}.rewrite",
-            prompts.rewrite(messages, reply.raw, problems),
+            f"{inp.character_index}.{inp.post_index}",
+            messages,
+            reply,
+            bill,
             schemas.POST,
             "post",
             MAX_TOKENS["post"],
+            problems_of=lambda content: quality.caption_problems(content["caption"], **context),
         )
-        fresher = len(quality.caption_problems(second.content["caption"], **context)) < len(problems)
+
+    async def _fresher(
+        self,
+        run: RunRef,
+        world: WorldSnapshot,
+        stage: str,
+        index,
+        messages: list[dict],
+        reply: LlmReply,
+        bill: Bill,
+        schema: type[BaseModel],
+        name: str,
+        max_tokens: int,
+        *,
+        problems_of,
+    ) -> tuple[LlmReply, Bill]:
+        """If ``problems_of`` finds what the reply repeats, ask once more, told what; keep the reply with
+        fewer problems (both calls are billed)."""
+        if not (problems := problems_of(reply.content)):
+            return reply, bill
+        second, again = await self._complete(
+            run,
+            world,
+            stage,
+            f"{index}.rewrite",
+            prompts.rewrite(messages, reply.raw, problems),
+            schema,
+            name,
+            max_tokens,
+        )
+        fresher = len(problems_of(second.content)) < len(problems)
         return (second if fresher else reply), Bill(bill.tokens + again.tokens, again.run_tokens)
 
     async def _complete(
