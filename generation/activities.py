@@ -103,6 +103,18 @@ def prompt_token_bound(messages: list[dict]) -> int:
     return sum(len(message["content"].encode()) // 2 + 8 for message in messages)
 
 
+def planned_caption(profile: dict, index: int, *, fallback: str) -> str:
+    """When the guard leaves too little twice: the moment as planned (the report flags it if it repeats)."""
+    moments = profile.get("plan") or []
+    return (moments[index].get("event") if index < len(moments) else None) or fallback
+
+
+def call_seed(run: RunRef, call: str, repair: int) -> int:
+    """Each call samples with its own seed, from the run and the task: reproducible, and not the same random
+    choices for every prompt (the same seed for every call made a small model write alike posts)."""
+    return int.from_bytes(hashlib.sha256(f"{run.key}/{call}/{repair}".encode()).digest()[:4], "big") >> 1
+
+
 async def in_thread(fn, *args):
     """Run a blocking (Mongo) call in a thread. A cancel does not cut it off: it is waited for, so
     nothing is written after the activity reports itself cancelled."""
@@ -128,10 +140,9 @@ class LlmActivities:
     validate (repairing invalid output), store idempotently, record the task.
     Every call is reserved on the run's token ledger first and settled with what was billed."""
 
-    def __init__(self, llm: LlmClient, db: Database, *, rewrites: bool = False) -> None:
+    def __init__(self, llm: LlmClient, db: Database) -> None:
         self.llm = llm
         self.db = db
-        self.rewrites = rewrites  # GENERATION_REWRITES: plans and captions that repeat are written once more
 
     @activity.defn
     async def generate_bible(self, inp: BibleInput) -> TokenUsage:
@@ -190,96 +201,70 @@ class LlmActivities:
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         posts = inp.world.posts_per_character
         messages = prompts.plan(inp.world, bible, profile, posts)
-        schema, tokens = schemas.plan(posts), plan_max_tokens(posts)
         reply, bill = await self._complete(
-            inp.run, inp.world, "plan", inp.character_index, messages, schema, "post_plan", tokens
+            inp.run,
+            inp.world,
+            "plan",
+            inp.character_index,
+            messages,
+            schemas.plan(posts),
+            "post_plan",
+            plan_max_tokens(posts),
         )
-        if self.rewrites:
-            reply, bill = await self._fresher(
-                inp.run,
-                inp.world,
-                "plan",
-                inp.character_index,
-                messages,
-                reply,
-                bill,
-                schema,
-                "post_plan",
-                tokens,
-                problems_of=lambda content: quality.plan_problems(content["moments"]),
-            )
         await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"])
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
     async def generate_post(self, inp: ItemInput) -> TokenUsage:
+        """Writes one planned moment. The guard drops sentences that repeat the character's earlier posts or
+        echo the prompt; if too little is left, the post is written once more, told which sentences not to
+        write, and if that fails too, the caption is the moment as planned."""
         assert inp.post_index is not None, "a post has an index"
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
-        messages = prompts.post(inp.world, profile, earlier, inp.post_index)
+        messages = prompts.post(inp.world, profile, inp.post_index)
         position = f"{inp.character_index}.{inp.post_index}"
         reply, bill = await self._complete(
             inp.run, inp.world, "post", position, messages, schemas.POST, "post", MAX_TOKENS["post"]
         )
-        if self.rewrites:
-            reply, bill = await self._fresher_caption(inp, messages, reply, bill, earlier)
+        guard = functools.partial(
+            quality.guard_caption, earlier=earlier, echoes=prompts.post_echoes(profile), labels=prompts.SCENE_LABELS
+        )
+        post = reply.content
+        caption, dropped = await self._guarded(inp, position, post["caption"], guard)
+        if dropped and len(quality.words(caption)) < quality.MIN_CAPTION_WORDS:
+            again, second = await self._complete(
+                inp.run,
+                inp.world,
+                "post",
+                f"{position}.retry",
+                prompts.avoiding(messages, dropped),
+                schemas.POST,
+                "post",
+                MAX_TOKENS["post"],
+            )
+            bill = Bill(bill.tokens + second.tokens, second.run_tokens)
+            post, first_caption = again.content, caption
+            caption, dropped = await self._guarded(inp, f"{position}.retry", post["caption"], guard)
+            if dropped and len(quality.words(caption)) < quality.MIN_CAPTION_WORDS:
+                caption = planned_caption(profile, inp.post_index, fallback=first_caption or post["caption"])
         await in_thread(
-            store.save_post, self.db, inp.run, inp.character_index, inp.post_index, reply.content, profile["handle"]
+            store.save_post,
+            self.db,
+            inp.run,
+            inp.character_index,
+            inp.post_index,
+            {**post, "caption": caption},
+            profile["handle"],
         )
         return TokenUsage(bill.tokens, bill.run_tokens)
 
-    async def _fresher_caption(
-        self, inp: ItemInput, messages: list[dict], reply: LlmReply, bill: Bill, earlier: list[str]
-    ) -> tuple[LlmReply, Bill]:
-        """A caption that repeats its character, the world's description or the other characters."""
-        bible = await in_thread(store.load_bible, self.db, inp.run)
-        others = await in_thread(store.other_captions, self.db, inp.run, inp.character_index)
-        context = {"earlier": earlier, "others": others, "sources": [inp.world.premise, *quality.strings(bible)]}
-        return await self._fresher(
-            inp.run,
-            inp.world,
-            "post",
-            f"{inp.character_index}.{inp.post_index}",
-            messages,
-            reply,
-            bill,
-            schemas.POST,
-            "post",
-            MAX_TOKENS["post"],
-            problems_of=lambda content: quality.caption_problems(content["caption"], **context),
-        )
-
-    async def _fresher(
-        self,
-        run: RunRef,
-        world: WorldSnapshot,
-        stage: str,
-        index,
-        messages: list[dict],
-        reply: LlmReply,
-        bill: Bill,
-        schema: type[BaseModel],
-        name: str,
-        max_tokens: int,
-        *,
-        problems_of,
-    ) -> tuple[LlmReply, Bill]:
-        """If ``problems_of`` finds what the reply repeats, ask once more, told what; keep the reply with
-        fewer problems (both calls are billed)."""
-        if not (problems := problems_of(reply.content)):
-            return reply, bill
-        second, again = await self._complete(
-            run,
-            world,
-            stage,
-            f"{index}.rewrite",
-            prompts.rewrite(messages, reply.raw, problems),
-            schema,
-            name,
-            max_tokens,
-        )
-        fresher = len(problems_of(second.content)) < len(problems)
-        return (second if fresher else reply), Bill(bill.tokens + again.tokens, again.run_tokens)
+    async def _guarded(self, inp: ItemInput, position: str, caption: str, guard) -> tuple[str, list[str]]:
+        """The caption after the guard, and what it dropped (recorded on the post's task)."""
+        caption, dropped = guard(caption)
+        if dropped:
+            await in_thread(store.record_task, self.db, inp.run, "post", position, {"dropped_sentences": dropped})
+        return caption, dropped
 
     async def _complete(
         self,
@@ -308,8 +293,9 @@ class LlmActivities:
         try:
             for repair in range(REPAIR_ATTEMPTS + 1):
                 try:
+                    seed = call_seed(run, f"{stage}:{index}", repair) if self.llm.send_sampling else None
                     reply = await self._billed_call(
-                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill, stage
+                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill, stage, seed
                     )
                 except LlmInvalidOutput as invalid:
                     if repair == REPAIR_ATTEMPTS:
@@ -334,6 +320,7 @@ class LlmActivities:
                         "raw_response": reply.raw,
                         "output": reply.content,
                         "model": reply.model,
+                        "seed": seed,
                         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
                         "billed_tokens": bill.tokens,
                         "latency_s": reply.latency_s,
@@ -371,6 +358,7 @@ class LlmActivities:
         max_tokens: int,
         bill: Bill,
         stage: str,
+        seed: int | None,
     ) -> LlmReply:
         """One LLM call under the run's budget: reserved before, settled with what the provider reported."""
         need = prompt_token_bound(messages) + max_tokens
@@ -389,6 +377,7 @@ class LlmActivities:
                 model=world.model,
                 max_tokens=max_tokens,
                 sampling=prompts.SAMPLING.get(stage),
+                seed=seed,
             )
             billed = reply.prompt_tokens + reply.completion_tokens
             return reply

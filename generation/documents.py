@@ -206,7 +206,15 @@ def run_quality_inputs(db: Database, run: RunRef) -> tuple[list[dict], list[dict
     characters = db[CHARACTERS].find({"run_key": run.key}, {"_id": 0, "index": 1, "handle": 1}).sort("index", ASCENDING)
     tasks = db[TASKS].find(
         {"run_key": run.key, "schema_name": {"$exists": True}},
-        {"_id": 0, "stage": 1, "schema_name": 1, "status": 1, "repairs": 1, "prompt_version": 1},
+        {
+            "_id": 0,
+            "stage": 1,
+            "schema_name": 1,
+            "status": 1,
+            "repairs": 1,
+            "prompt_version": 1,
+            "dropped_sentences": 1,
+        },
     )
     return list(posts), list(characters), run_bible(db, run), list(tasks)
 

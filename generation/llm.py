@@ -122,7 +122,7 @@ class LlmClient:
         sampling: dict | None = None,
     ) -> LlmReply:
         """One chat completion constrained to ``schema`` and ``max_tokens``; the parsed, validated content.
-        ``sampling`` (temperature, top_p, penalties) is sent unless the client was made without it."""
+        ``sampling`` (temperature, top_p, penalties) and ``seed`` are sent unless the client was made without them."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         model = model or self.default_model
@@ -135,10 +135,10 @@ class LlmClient:
                 "json_schema": {"name": schema_name, "schema": json_schema(schema), "strict": True},
             },
         }
-        if seed is not None:
-            payload["seed"] = seed
-        if sampling and self.send_sampling:
-            payload.update(sampling)
+        if self.send_sampling:
+            payload.update(sampling or {})
+            if seed is not None:
+                payload["seed"] = seed
         started = time.monotonic()
         try:
             response = await self.http.post(

@@ -1,12 +1,13 @@
 """Prompt builders: the world snapshot plus context read from Mongo. Pure functions.
 
-Version 2, plan then write: each character's profile carries an explicit voice; one call per
-character plans its posts as distinct moments (place, time, mood, a small event); each post then
-writes one moment in that voice, shown its earlier captions as things not to repeat. Prompts get
-the world bible compressed to a few facts, never pasted whole, and posts never see the premise.
-With GENERATION_REWRITES, a plan whose moments repeat each other and a caption that repeats the
-character, the world's description or the other characters are written once more, told what they
-repeated (``generation.quality``). docs/QUALITY.md has the figures of each version.
+Version 4, plan then write: each character's profile carries an explicit voice. One call per
+character plans its posts as ordinary moments (place, time, mood, what happens), each started from a
+different everyday situation (``SITUATIONS``), so a small model does not plan every post around the
+premise. Each post then writes one moment in that voice. Posts never see the premise or the bible, and
+not the earlier captions either: a 0.5B model copies whatever it is shown. The caption guard
+(``generation.quality.guard_caption``) checks each caption against the earlier ones and the prompt
+instead; a post it empties is asked once more, told which sentences not to write (``avoiding``).
+Every call samples with its own seed. docs/QUALITY.md has the figures of each version.
 """
 
 import json
@@ -14,7 +15,7 @@ import re
 
 from generation.contracts import WorldSnapshot
 
-PROMPT_VERSION = "2"  # recorded on every task document; bump it whenever a prompt changes
+PROMPT_VERSION = "4"  # recorded on every task document; bump it whenever a prompt changes
 
 SYSTEM = (
     "You write content for worldgen, a generator of fictional, Instagram-like worlds. "
@@ -61,12 +62,6 @@ def facts(bible: dict) -> str:
     return "\n".join(lines)
 
 
-def voice(profile: dict) -> str:
-    quirks = "; ".join(profile.get("quirks") or [])
-    never = "; ".join(profile.get("never_says") or [])
-    return f"Your voice: {profile.get('diction', '')}\nYour habits: {quirks}\nYou never: {never}"
-
-
 def bible(world: WorldSnapshot, *, previous: dict | None = None, feedback: str | None = None) -> list[dict]:
     text = f"{_world(world)}\n\nWrite the world bible: setting, history, tone, visual style, themes, factions, rules."
     if previous and feedback:
@@ -96,46 +91,86 @@ def character(world: WorldSnapshot, bible_doc: dict, member: dict) -> list[dict]
     )
 
 
+# Everyday situations a plan's moments start from: each character gets different ones (by its index),
+# so small models do not plan every character's posts around the premise.
+SITUATIONS = (
+    "something you ate or drank",
+    "a small problem at work",
+    "someone you ran into",
+    "something you lost or found",
+    "the weather changing",
+    "an object you fixed or made",
+    "a sound or smell you noticed",
+    "a trade or a purchase",
+    "a quiet moment before sleep",
+    "a mistake you made",
+    "a gift, given or received",
+    "an animal",
+    "something you overheard",
+    "a place you went for the first time",
+    "waiting for someone",
+    "a chore you put off",
+)
+
+
+def situations(character_index: int, posts: int) -> list[str]:
+    start = character_index * posts
+    return [SITUATIONS[(start + offset) % len(SITUATIONS)] for offset in range(posts)]
+
+
 def plan(world: WorldSnapshot, bible_doc: dict, profile: dict, posts: int) -> list[dict]:
+    starts = "\n".join(
+        f"Moment {number}: {situation}"
+        for number, situation in enumerate(situations(profile.get("index", 0), posts), start=1)
+    )
+    themes = ", ".join((bible_doc.get("themes") or [])[:4])
     return _messages(
-        f"Genre: {world.genre}. Tone: {world.tone}. Write in language: {world.language}.\n{facts(bible_doc)}\n\n"
-        f"You are {profile['name']} (@{profile['handle']}). {profile.get('bio', '')} "
+        f"Genre: {world.genre}. Tone: {world.tone}. Themes: {themes}. Write in language: {world.language}.\n\n"
+        f"You are {profile['name']} (@{profile['handle']}): {profile.get('concept', '')} "
         f"Interests: {', '.join(profile.get('interests') or [])}.\n\n"
-        f"Plan your next {posts} posts as {posts} different moments of your life: for each a place, a time "
-        "(of day or season), a mood and a small event that happens there. No two moments share a place, a "
-        "mood or an event; make them specific and ordinary, not a summary of the world."
+        f"Plan your next {posts} posts as {posts} moments of your ordinary day, one for each of these:\n{starts}\n\n"
+        "For each moment give: the place (a specific spot: a street, a shop, a room, never the name of the "
+        "world), the time, your mood, and what happens, in one plain sentence about you. Do not describe the "
+        "world."
     )
 
 
-def rewrite(messages: list[dict], reply: str, problems: list[str]) -> list[dict]:
-    """Ask once more for the same post, told what its first version repeated."""
-    return [
-        *messages,
-        {"role": "assistant", "content": reply},
-        {
-            "role": "user",
-            "content": "Rewrite this post about the same moment, in new words: "
-            + "; ".join(problems)
-            + ". Reply with the whole post as JSON again.",
-        },
-    ]
+SCENE_LABELS = ("Where", "When", "Mood", "What happens")
+POST_TASK = (
+    "Write the caption you post about this moment: first person, one to three short sentences, as if typed on "
+    "your phone right then. Tell one detail you saw, did or felt. Do not start with the place or the time, do "
+    "not copy the lines above and do not describe the world. Then a prompt for its image, the location and two "
+    "to five hashtags."
+)
 
 
-def post(world: WorldSnapshot, profile: dict, earlier_captions: list[str], index: int) -> list[dict]:
+def post(world: WorldSnapshot, profile: dict, index: int) -> list[dict]:
     moments = profile.get("plan") or []
-    moment = moments[index] if index < len(moments) else None
-    scene = (
-        f"This post is about one moment: at {moment['place']}, {moment['time']}, feeling {moment['mood']}: "
-        f"{moment['event']}"
-        if moment
-        else "This post is about one small moment of your day."
-    )
-    earlier = "\n".join(f"- {caption}" for caption in earlier_captions[-10:]) or "(none yet)"
+    moment = moments[index] if index < len(moments) else {"event": "one small moment of your day."}
+    fields = (moment.get("place"), moment.get("time"), moment.get("mood"), moment.get("event"))
+    scene = "\n".join(f"{label}: {value}" for label, value in zip(SCENE_LABELS, fields, strict=True) if value)
     return _messages(
         f"Genre: {world.genre}. Tone: {world.tone}. Write in language: {world.language}.\n\n"
-        f"You are {profile['name']} (@{profile['handle']}). {profile.get('bio', '')}\n{voice(profile)}\n\n"
-        f"{scene}\n\nYour earlier captions (do not reuse their words, phrases or sentences):\n{earlier}\n\n"
-        f"Write post number {index + 1}: a caption of one to three sentences about this moment only, in your "
-        "voice; do not explain the world or restate its premise. Then a prompt for its image, the location "
-        "(where the moment happens) and two to five hashtags."
+        f"You are {profile['name']} (@{profile['handle']}): {profile.get('concept', '')}\n"
+        f"How you write: {profile.get('diction', '')}\n\n"
+        f"The moment of this post:\n{scene}\n\n{POST_TASK}"
     )
+
+
+def post_echoes(profile: dict) -> list[str]:
+    """What a caption must not copy (4-grams): the post prompt's instructions, the character's concept and
+    diction. The moment itself may be retold."""
+    return [POST_TASK, "The moment of this post", profile.get("concept", ""), profile.get("diction", "")]
+
+
+def avoiding(messages: list[dict], repeated: list[str]) -> list[dict]:
+    """The same post asked once more, told which sentences the guard dropped."""
+    lines = "\n".join(f"- {sentence}" for sentence in repeated)
+    return [
+        *messages[:-1],
+        {
+            **messages[-1],
+            "content": f"{messages[-1]['content']}\n\nDo not write these sentences again (they repeat your "
+            f"earlier posts or copy the lines above):\n{lines}",
+        },
+    ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 # --- text ----------------------------------------------------------------------------------------------
@@ -112,6 +112,7 @@ LABELS = {
     "llm_calls": "LLM calls",
     "posts": "posts",
     "tokens_per_post": "tokens per post",
+    "sentences_dropped": "sentences dropped by the caption guard",
     "overlap": "3-grams shared with other characters",
     "repeated_sentences": "sentences repeated across its posts",
 }
@@ -141,6 +142,7 @@ class RunQuality:
     llm_calls: int
     posts: int
     tokens_per_post: float | None
+    sentences_dropped: int  # by the caption guard (``guard_caption``), before the captions were stored
     checks: dict[str, bool] = field(default_factory=dict)  # target met, for each figure measured
     flags: list[str] = field(default_factory=list)  # one line per target missed
 
@@ -200,6 +202,7 @@ def build_report(
         llm_calls=len(llm_tasks),
         posts=len(posts),
         tokens_per_post=tokens_used / len(posts) if tokens_used and posts else None,
+        sentences_dropped=sum(len(task.get("dropped_sentences") or []) for task in llm_tasks),
     )
     measured = (["distinct_2", "copy_share", "hashtag_variety", "location_variety"] if posts else []) + (
         ["repairs_per_call"] if llm_tasks else []
@@ -228,50 +231,28 @@ def build_report(
     return QualityReport(run, report_characters, versions)
 
 
-# --- checking one new caption (before it is stored) -------------------------------------------------------
+# --- the caption guard: one new caption, before it is stored ------------------------------------------------
 
-OWN_REUSE_LIMIT = 0.25  # share of a caption's 3-grams already in the character's earlier captions
-
-
-def caption_problems(caption: str, *, earlier: list[str], others: list[str], sources: list[str]) -> list[str]:
-    """What a new caption repeats, as lines for a rewrite request (empty when it is fresh): sentences or
-    phrases of the character's earlier captions, phrases of the premise or bible (``sources``), phrases
-    other characters already used (``others``). The same measures as the run's report, on one caption."""
-    problems = []
-    earlier_sentences = {sentence for text in earlier for sentence in sentences(text)}
-    if repeated := [sentence for sentence in sentences(caption) if sentence in earlier_sentences]:
-        problems.append(f"it repeats a sentence of your earlier posts: {_quoted(repeated)}")
-    trigrams = set(ngrams(caption, 3))
-    own = {gram for text in earlier for gram in ngrams(text, 3)}
-    if not repeated and trigrams and len(reused := trigrams & own) / len(trigrams) > OWN_REUSE_LIMIT:
-        problems.append(f"it reuses phrases of your earlier posts: {_quoted(_phrases(reused))}")
-    fourgrams = ngrams(caption, 4)
-    source_grams = {gram for text in sources for gram in ngrams(text, 4)}
-    copied = [gram for gram in fourgrams if gram in source_grams]
-    if fourgrams and not THRESHOLDS["copy_share"].met(len(copied) / len(fourgrams)):
-        problems.append(f"it copies the world's description: {_quoted(_phrases(copied))}")
-    others_grams = {gram for text in others for gram in ngrams(text, 3)}
-    if trigrams and not THRESHOLDS["overlap"].met(len(shared := trigrams & others_grams) / len(trigrams)):
-        problems.append(f"it uses phrases other characters already posted: {_quoted(_phrases(shared))}")
-    return problems
+MIN_CAPTION_WORDS = 4  # a caption with fewer words left after the guard is asked for once more
+SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n+|$)")
 
 
-def _phrases(grams) -> list[str]:
-    return sorted(" ".join(gram) for gram in grams)[:3]
-
-
-def _quoted(texts: list[str]) -> str:
-    return "; ".join(f'"{text}"' for text in texts[:3])
-
-
-def plan_problems(moments: list[dict]) -> list[str]:
-    """Moments of a plan that share a place or an event, as lines for a rewrite request."""
-    problems = []
-    for name in ("place", "event"):
-        seen: dict[str, int] = {}
-        for number, moment in enumerate(moments, start=1):
-            key = " ".join(words(moment.get(name, "")))
-            if key in seen:
-                problems.append(f"moments {seen[key]} and {number} have the same {name}")
-            seen.setdefault(key, number)
-    return problems
+def guard_caption(
+    caption: str, *, earlier: list[str], echoes: Sequence[str] = (), labels: tuple[str, ...] = ()
+) -> tuple[str, list[str]]:
+    """The caption without the sentences that (a) repeat a sentence (of MIN_SENTENCE_WORDS words or more) of
+    the character's earlier captions or of the caption itself, (b) copy a 4-gram of ``echoes`` (the prompt's
+    instructions, the character's description) or (c) start with one of the prompt's ``labels`` ("Where:");
+    and the sentences dropped, as written."""
+    seen = {sentence for text in earlier for sentence in sentences(text)}
+    echoed = {gram for text in echoes for gram in ngrams(text, 4)}
+    labelled = re.compile(rf"\s*(?:{'|'.join(map(re.escape, labels))})\s*:", re.I) if labels else None
+    kept, dropped = [], []
+    for piece in SENTENCE.findall(caption):
+        said = sentences(piece)
+        if (said and said[0] in seen) or echoed.intersection(ngrams(piece, 4)) or (labelled and labelled.match(piece)):
+            dropped.append(piece.strip())
+            continue
+        seen.update(said)
+        kept.append(piece)
+    return "".join(kept).strip(), dropped

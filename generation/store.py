@@ -90,12 +90,6 @@ def earlier_captions(db: Database, run: RunRef, character_index: int, before: in
     return [doc["caption"] for doc in cursor]
 
 
-def other_captions(db: Database, run: RunRef, character_index: int, limit: int = 40) -> list[str]:
-    """Captions the run's other characters have posted so far (the latest ``limit``)."""
-    cursor = db[POSTS].find({"run_key": run.key, "character_index": {"$ne": character_index}}, {"caption": 1})
-    return [doc["caption"] for doc in cursor.sort("updated_at", -1).limit(limit)]
-
-
 def save_post(db: Database, run: RunRef, character_index: int, index: int, post: dict, handle: str) -> None:
     document = post_document(run, character_index, index, post, handle)
     db[POSTS].update_one(

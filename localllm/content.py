@@ -264,7 +264,7 @@ def salient_words(messages: list[dict], limit: int = 16) -> list[str]:
     return words[:limit]
 
 
-CONTENT_STYLES = ("varied", "repetitive")
+CONTENT_STYLES = ("varied", "repetitive", "echoing")
 REPEATED_SENTENCE = "Another ordinary day here, nothing new to report"
 
 
@@ -272,12 +272,15 @@ def completion_content(
     messages: list[dict], schema: dict | None, *, schema_name: str = "", seed: Any = None, style: str = "varied"
 ) -> str:
     """The JSON text answering ``messages``: schema-valid if a schema is given, else ``{"text": ...}``.
-    ``style="repetitive"``: every caption is one fixed sentence (plus the start of the premise when the
-    prompt has one)."""
+    ``style="repetitive"``: every caption, and every planned moment's event, is one fixed sentence (plus the
+    start of the premise when the prompt has one). ``style="echoing"``: every caption starts with that
+    sentence, then varies."""
     generator = Generator(random.Random(request_seed(messages, schema, seed)), salient_words(messages))
     if style == "repetitive":
         premise = premise_words(messages)
         generator.caption_override = f"{REPEATED_SENTENCE}. {premise}." if premise else f"{REPEATED_SENTENCE}."
+    if style == "echoing":
+        generator.caption_prefix = f"{REPEATED_SENTENCE}. "
     if schema is None:
         value: Any = {"text": generator.text("description")}
     else:
@@ -290,6 +293,7 @@ class Generator:
 
     def __init__(self, rng: random.Random, keywords: list[str]) -> None:
         self.caption_override: str | None = None
+        self.caption_prefix = ""
         self.rng = rng
         self.keywords = keywords or FALLBACK_KEYWORDS
         self.used: set[str] = set()  # names and handles already given, to keep them distinct
@@ -397,6 +401,8 @@ class Generator:
         if kind == "handle":
             return self.fit_handle(self.handle(siblings), min_length, max_length)
         text = self.unique(self.person_name) if kind == "name" else self.text(kind)
+        if key == "event" and self.caption_override:  # a planned moment says the same, too
+            text = self.caption_override
         while len(text) < min_length:
             text += " " + self.text("sentence")
         return self.fit_text(text, min_length, max_length)
@@ -468,7 +474,7 @@ class Generator:
             return self.caption_override
         if kind == "caption":
             tags = " ".join(self.hashtag() for _ in range(r.randint(1, 3)))
-            return f"{self.pick(ACTIVITIES)} {adj()} {kw()} {noun()} {self.pick(EMOJIS)} {tags}"
+            return f"{self.caption_prefix}{self.pick(ACTIVITIES)} {adj()} {kw()} {noun()} {self.pick(EMOJIS)} {tags}"
         if kind == "bio":
             return (
                 f"{self.pick(ROLES).capitalize()} from {self.place_name()}. "

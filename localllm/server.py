@@ -28,7 +28,8 @@ once. Endpoints:
   body then carries this ``usage`` too (some providers bill failed requests).
   ``{"content_style": "repetitive"}`` makes every caption the same sentence (plus
   the premise's first words when the prompt has them), so content-quality flags
-  can be tested end to end;
+  can be tested end to end; ``"echoing"`` starts every caption with that sentence
+  and varies the rest (the repeat guard drops it from all but the first post);
   ``"varied"`` (the default) gives distinct captions.
   ``{"reset": true}`` empties the queue, restores the start-up latency and the
   varied style, and zeroes the counters. ``GET /_control`` shows the switches.
@@ -128,7 +129,7 @@ class LocalLlmServer:
         self.by_status: Counter[str] = Counter()
         self.chat_requests = self.in_flight = self.peak_in_flight = self.billed_tokens = 0
         self.without_max_tokens = 0  # chat requests that set no max_tokens
-        self.content_style = "varied"  # or "repetitive": every caption the same sentence
+        self.content_style = "varied"  # or "repetitive" / "echoing" (localllm.content.CONTENT_STYLES)
         self.connections: set[asyncio.Task] = set()
         self.server: asyncio.AbstractServer | None = None
 

@@ -101,7 +101,7 @@ def build_workers(
         db = extensions.database(db)
     stack_check = StackCheckActivities(db)
     llm_client = LlmClient(clients.llm_http, default_model=settings.LLM_MODEL, send_sampling=settings.LLM_SEND_SAMPLING)
-    llm = LlmActivities(llm_client, db, rewrites=settings.GENERATION_REWRITES)
+    llm = LlmActivities(llm_client, db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)

@@ -197,9 +197,6 @@ def stack_env(temporal_env, mongo_env, llm_env, media_env, sql_env) -> dict:
         **sql_env,
         "LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
-        # Exact task and call counts: the stand-in's procedural captions would sometimes be rewritten.
-        # test_quality_report_flags_... turns rewrites on.
-        "GENERATION_REWRITES": "false",
     }
 
 

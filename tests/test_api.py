@@ -850,6 +850,7 @@ def test_the_quality_report_of_a_run_without_posts_is_zeros(users, mongo_env):
         "llm_calls": 0,
         "posts": 0,
         "tokens_per_post": None,
+        "sentences_dropped": 0,
         "checks": {},
         "flags": [],
     }

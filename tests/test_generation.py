@@ -95,11 +95,19 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     task = db.generation_tasks.find_one({"_id": f"{key}:post:0.1"})
     assert task["status"] == "succeeded" and task["usage"]["completion_tokens"] > 0
     prompt = task["prompt"][1]["content"]
-    assert prompt.count("Your earlier captions") == 1 and "This post is about one moment: at " in prompt
-    assert "Premise:" not in prompt and task["prompt_version"] == "2" and task["sampling"]["frequency_penalty"] > 0
-    assert task["raw_response"] and task["output"]["caption"] and task["attempt"] == 1
     character = db.characters.find_one({"run_key": key, "index": 0})
     assert len(character["plan"]) == 2 and character["diction"] and character["never_says"]
+    assert f"Where: {character['plan'][1]['place']}" in prompt  # the post writes its planned moment
+    first_caption = db.posts.find_one({"run_key": key, "character_index": 0, "index": 0})["caption"]
+    assert first_caption not in prompt and "Premise:" not in prompt  # nothing to copy from
+    assert task["prompt_version"] == "4" and task["sampling"]["frequency_penalty"] > 0
+    assert (
+        isinstance(task["seed"], int)
+        and task["seed"] != db.generation_tasks.find_one({"_id": f"{key}:post:0.0"})["seed"]
+    )
+    assert task["raw_response"] and task["output"]["caption"] and task["attempt"] == 1
+    plan = db.generation_tasks.find_one({"_id": f"{key}:plan:0"})["prompt"][1]["content"]
+    assert "Moment 1: something you ate or drank\nMoment 2: a small problem at work" in plan
     record_history(run.workflow_id, "world_completed")
     record_history(f"{run.workflow_id}-character-1", "character_completed")
 
@@ -321,37 +329,57 @@ def test_killed_worker_is_restarted_and_the_world_completes_without_duplicates(s
     assert counts(run) == {"bibles": 1, "characters": 3, "posts": 12, "images": 15, "tasks": 1 + 1 + 3 + 3 + 12 + 15}
 
 
-def test_quality_report_flags_repetitive_content_and_passes_varied_content(start_worker, llm_server):
-    """The stand-in writes the same caption over and over on request: the run's quality report
-    flags it (low distinct-2, repeated sentences, overlap between characters); varied content passes."""
+def test_repeat_guard_and_quality_report_on_repetitive_echoing_and_varied_content(start_worker, llm_server):
+    """The stand-in writes the same caption over and over on request: the guard asks once more, in vain, and the
+    run's quality report flags it (low distinct-2, repeated sentences, overlap between characters). Captions
+    that only start alike lose the repeated sentence. Varied content passes untouched."""
     from worlds.selectors import run_quality
 
-    rewriting = start_worker(env={"GENERATION_REWRITES": "true"})
+    start_worker()
     llm_control(llm_server, {"content_style": "repetitive"})
     try:
         repetitive = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=3)), FINISHED)
     finally:
         llm_control(llm_server, {"reset": True})
-    # each repeated caption was written once more, told what it repeated (and still came back the same)
-    rewrites = list(
-        mongo.get_db().generation_tasks.find({"run_key": repetitive.ref.key, "index": {"$regex": "rewrite"}})
-    )
-    assert len(rewrites) >= 4  # posts 2 and 3 of both characters (and a first post that copies the other's)
-    asks = [task["prompt"][-1]["content"] for task in rewrites]
-    assert all(ask.startswith("Rewrite this post") for ask in asks)
-    assert sum("repeats a sentence of your earlier posts" in ask for ask in asks) >= 4
-    rewriting.process.stop()
-    start_worker()
+    # the guard dropped each repeated caption's only sentence and asked once more, in vain; the caption is
+    # then the moment as planned, which the stand-in repeats too, for the report to flag
+    retries = list(mongo.get_db().generation_tasks.find({"run_key": repetitive.ref.key, "index": {"$regex": "retry"}}))
+    assert sorted(task["index"] for task in retries) == ["0.1.retry", "0.2.retry", "1.1.retry", "1.2.retry"]
+    assert all("copy the lines above):\n- Another ordinary day" in task["prompt"][-1]["content"] for task in retries)
+    db = mongo.get_db()
+    plans = {c["index"]: c["plan"] for c in db.characters.find({"run_key": repetitive.ref.key})}
+    for post in db.posts.find({"run_key": repetitive.ref.key, "index": {"$gt": 0}}):
+        assert post["caption"] == plans[post["character_index"]][post["index"]]["event"]
+    llm_control(llm_server, {"content_style": "echoing"})
+    try:
+        echoing = wait_for(
+            generation_start(world=make_world(name="Echo", character_count=2, posts_per_character=3)), FINISHED
+        )
+    finally:
+        llm_control(llm_server, {"reset": True})
     varied = wait_for(
         generation_start(world=make_world(name="Varied", character_count=2, posts_per_character=3)), FINISHED
     )
-    assert (repetitive.status, varied.status) == ("completed", "completed")
+    assert (repetitive.status, echoing.status, varied.status) == ("completed", "completed", "completed")
 
     bad = run_quality(run=repetitive)
     assert bad.run.distinct_2 < 0.6 and not bad.run.checks["distinct_2"]
     assert all(c.repeated_sentences > 0 and c.overlap > 0.1 and c.flags for c in bad.characters)
-    assert bad.run.flags and bad.prompt_versions == ["2"]
+    assert bad.run.flags and bad.prompt_versions == ["4"]
+    # every caption began with the same sentence: the guard kept it in each character's first post only
+    echoes = run_quality(run=echoing)
+    assert echoes.run.sentences_dropped == 4 and all(c.repeated_sentences == 0 for c in echoes.characters)
+    captions = {
+        (p["character_index"], p["index"]): p["caption"]
+        for p in mongo.get_db().posts.find({"run_key": echoing.ref.key})
+    }
+    assert [caption.startswith("Another ordinary day") for _, caption in sorted(captions.items())] == [
+        True,
+        False,
+        False,
+    ] * 2
+    assert echoes.run.llm_calls == 1 + 1 + 2 + 2 + 6  # nothing was asked again: enough was left
     good = run_quality(run=varied)
     assert good.run.distinct_2 >= 0.6 and good.run.checks["distinct_2"]
-    assert all(c.repeated_sentences == 0 for c in good.characters)
-    assert good.run.tokens_per_post and good.run.llm_calls == 1 + 1 + 2 + 2 + 6  # no rewrites: exact counts
+    assert all(c.repeated_sentences == 0 for c in good.characters) and good.run.sentences_dropped == 0
+    assert good.run.tokens_per_post and good.run.llm_calls == 1 + 1 + 2 + 2 + 6  # no retries: exact counts

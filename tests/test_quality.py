@@ -140,7 +140,8 @@ TASKS = [
     llm_task("cast", repairs=2),
     *[llm_task("character") for _ in range(3)],
     llm_task("plan", version=None),  # written before prompt versions were recorded
-    *[llm_task("post") for _ in range(4)],
+    *[llm_task("post") for _ in range(3)],
+    llm_task("post", dropped_sentences=["The harbour lamps glow tonight.", "Tea again."]),
     llm_task("post", repairs=None, status="failed"),
     # renders: not LLM calls
     *[{"stage": "avatar", "status": "succeeded"} for _ in range(3)],
@@ -160,7 +161,7 @@ def test_build_report_of_a_small_run():
     assert run.copy_share == 3 / 28
     assert (run.hashtag_variety, run.location_variety) == (5 / 6, 4 / 5)
     assert (run.llm_calls, run.repairs_per_call) == (12, 2 / 12)
-    assert (run.posts, run.tokens_per_post) == (5, 1000.0)
+    assert (run.posts, run.tokens_per_post, run.sentences_dropped) == (5, 1000.0, 2)
     assert run.checks == {
         "distinct_2": True,
         "copy_share": False,
@@ -227,6 +228,7 @@ def test_a_run_without_posts_has_zeros_and_no_flags():
             "llm_calls": 0,
             "posts": 0,
             "tokens_per_post": None,
+            "sentences_dropped": 0,
             "checks": {},
             "flags": [],
         },
@@ -235,34 +237,48 @@ def test_a_run_without_posts_has_zeros_and_no_flags():
     }
 
 
-def test_a_new_caption_is_checked_against_the_character_the_world_and_the_others():
-    problems = quality.caption_problems(
-        "The lanterns glow over the bay tonight. I love my morning tea.",
-        earlier=["I love my morning tea. Rain again on the roof."],
-        others=["the lanterns glow over the harbour at dusk"],
-        sources=["Floating lanterns glow over the bay"],
+def test_the_caption_guard_drops_sentences_a_character_already_posted_and_keeps_the_rest():
+    caption, dropped = quality.guard_caption(
+        "I love my morning tea! A heron stole my sandwich at the gate.\nOkay. I love my MORNING tea",
+        earlier=["Rain again on the roof. I love my morning tea."],
     )
-    assert problems == [
-        'it repeats a sentence of your earlier posts: "i love my morning tea"',
-        'it copies the world\'s description: "glow over the bay"; "lanterns glow over the"',
-        'it uses phrases other characters already posted: "glow over the"; "lanterns glow over"; "the lanterns glow"',
-    ]
-    fresh = "A heron stole my sandwich at the ferry gate, and honestly, respect."
-    assert quality.caption_problems(fresh, earlier=["I love my morning tea."], others=[], sources=["lanterns"]) == []
-    reused = quality.caption_problems(
-        "my morning tea went cold again", earlier=["my morning tea went cold at dawn"], others=[], sources=[]
-    )
-    assert reused == ['it reuses phrases of your earlier posts: "morning tea went"; "my morning tea"; "tea went cold"']
+    assert caption == "A heron stole my sandwich at the gate.\nOkay."
+    assert dropped == ["I love my morning tea!", "I love my MORNING tea"]
 
 
-def test_a_plan_whose_moments_share_a_place_or_an_event_is_reported():
-    moments = [
-        {"place": "The Pier", "event": "a gull steals my bun"},
-        {"place": "the pier!", "event": "the ferry is late"},
-        {"place": "the market", "event": "A gull steals my bun."},
+def test_the_caption_guard_drops_a_sentence_the_caption_itself_repeats_and_leaves_fresh_captions_alone():
+    caption, dropped = quality.guard_caption("The ferry is late. Gulls everywhere. The ferry is late.", earlier=[])
+    assert (caption, dropped) == ("The ferry is late. Gulls everywhere.", ["The ferry is late."])
+    fresh = "A heron stole my sandwich at the ferry gate, and honestly, respect. #ferrylife"
+    checked = {"earlier": ["A heron stole my bun.", "the ferry gate"], "echoes": ["Write a caption about the gate"]}
+    assert quality.guard_caption(fresh, **checked, labels=("Where",)) == (fresh, [])
+    assert quality.guard_caption("", earlier=["I love my morning tea."]) == ("", [])
+
+
+def test_the_caption_guard_drops_sentences_that_echo_the_prompt():
+    from generation import prompts
+
+    profile = {"concept": "A tired detective of the night markets.", "diction": "Short, dry sentences; no emoji."}
+    caption, dropped = quality.guard_caption(
+        "Rain in my collar again. As if typed on your phone right then.\nWhere: the noodle stall at the corner\n"
+        "Mia is a tired detective of the night markets. She writes in short, dry sentences; no emoji.",
+        earlier=[],
+        echoes=prompts.post_echoes(profile),
+        labels=prompts.SCENE_LABELS,
+    )
+    assert caption == "Rain in my collar again."
+    assert dropped == [
+        "As if typed on your phone right then.",
+        "Where: the noodle stall at the corner",
+        "Mia is a tired detective of the night markets.",
+        "She writes in short, dry sentences; no emoji.",
     ]
-    assert quality.plan_problems(moments) == [
-        "moments 1 and 2 have the same place",
-        "moments 1 and 3 have the same event",
-    ]
-    assert quality.plan_problems(moments[:1]) == []
+
+
+def test_each_character_plans_from_different_everyday_situations():
+    from generation import prompts
+
+    firsts = [prompts.situations(index, 3) for index in range(5)]
+    assert all(len(set(plan)) == 3 for plan in firsts)
+    assert len({situation for plan in firsts for situation in plan}) == 15  # 5 characters, no situation twice
+    assert prompts.situations(6, 3)[0] == prompts.SITUATIONS[18 % len(prompts.SITUATIONS)]  # wraps around

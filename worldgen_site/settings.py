@@ -155,10 +155,6 @@ LLM_RATE_LIMIT_PER_SECOND = env_float("LLM_RATE_LIMIT_PER_SECOND", 50.0)
 GENERATION_APPROVAL_TIMEOUT_SECONDS = env_int("GENERATION_APPROVAL_TIMEOUT_SECONDS", 7 * 24 * 3600, minimum=1)
 GENERATION_MAX_BIBLE_REVISIONS = env_int("GENERATION_MAX_BIBLE_REVISIONS", 3)
 GENERATION_CHARACTER_CONCURRENCY = env_int("GENERATION_CHARACTER_CONCURRENCY", 5, minimum=1)
-# A plan whose moments repeat each other, and a caption that repeats its character, the world's description
-# or the other characters, are written once more (generation/quality.py says what repeated). Off by default:
-# on the small model it cost about a third more tokens per post for mixed gains (docs/QUALITY.md).
-GENERATION_REWRITES = env_bool("GENERATION_REWRITES", False)
 GENERATION_MAX_TOKEN_BUDGET = env_int("GENERATION_MAX_TOKEN_BUDGET", 5_000_000, minimum=1000)
 WORLD_PREMISE_MAX_CHARS = env_int("WORLD_PREMISE_MAX_CHARS", 4000, minimum=100)
 REVIEW_FEEDBACK_MAX_CHARS = env_int("REVIEW_FEEDBACK_MAX_CHARS", 2000, minimum=100)

@@ -311,6 +311,10 @@ class RunQualitySerializer(serializers.Serializer):
     tokens_per_post = serializers.FloatField(
         read_only=True, allow_null=True, help_text="The run's tokens / posts; null when unknown."
     )
+    sentences_dropped = serializers.IntegerField(
+        read_only=True,
+        help_text="Sentences the caption guard dropped: repeats of the character's posts, echoes of the prompt.",
+    )
     checks = serializers.DictField(
         child=serializers.BooleanField(),
         read_only=True,
