@@ -103,10 +103,10 @@ def prompt_token_bound(messages: list[dict]) -> int:
     return sum(len(message["content"].encode()) // 2 + 8 for message in messages)
 
 
-def planned_caption(profile: dict, index: int, *, fallback: str) -> str:
-    """When the guard leaves too little twice: the moment as planned (the report flags it if it repeats)."""
-    moments = profile.get("plan") or []
-    return (moments[index].get("event") if index < len(moments) else None) or fallback
+def last_resort(guard, candidates: list[str], written: str) -> str:
+    """When the guard leaves too little twice: the first candidate it passes whole (the moment as planned,
+    then what was left of each reply), else the caption as written, for the quality report to flag."""
+    return next((text for text in candidates if text.strip() and not guard(text)[1]), written)
 
 
 def call_seed(run: RunRef, call: str, repair: int) -> int:
@@ -247,7 +247,9 @@ class LlmActivities:
             post, first_caption = again.content, caption
             caption, dropped = await self._guarded(inp, f"{position}.retry", post["caption"], guard)
             if dropped and len(quality.words(caption)) < quality.MIN_CAPTION_WORDS:
-                caption = planned_caption(profile, inp.post_index, fallback=first_caption or post["caption"])
+                moments = profile.get("plan") or []
+                planned = moments[inp.post_index].get("event", "") if inp.post_index < len(moments) else ""
+                caption = last_resort(guard, [planned, first_caption, caption], post["caption"])
         await in_thread(
             store.save_post,
             self.db,

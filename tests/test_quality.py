@@ -1,6 +1,8 @@
 """generation.quality: every metric on fixed texts with values computed by hand, the targets and the
 flags they give, and the report of a small run built from documents as stored. No servers."""
 
+import functools
+
 import pytest
 
 from generation import quality
@@ -282,3 +284,15 @@ def test_each_character_plans_from_different_everyday_situations():
     assert all(len(set(plan)) == 3 for plan in firsts)
     assert len({situation for plan in firsts for situation in plan}) == 15  # 5 characters, no situation twice
     assert prompts.situations(6, 3)[0] == prompts.SITUATIONS[18 % len(prompts.SITUATIONS)]  # wraps around
+
+
+def test_the_last_resort_caption_is_the_first_candidate_the_guard_passes_whole():
+    from generation.activities import last_resort
+
+    guard = functools.partial(quality.guard_caption, earlier=["Cara uncovers clues and solves mysteries."])
+    planned_again = "Cara uncovers clues and solves mysteries"
+    assert last_resort(guard, [planned_again, "", "Rain, again."], "written") == "Rain, again."
+    assert (
+        last_resort(guard, ["A new lead at the noodle stall.", "Rain."], "written") == "A new lead at the noodle stall."
+    )
+    assert last_resort(guard, [planned_again, " "], planned_again) == planned_again  # flagged by the report
