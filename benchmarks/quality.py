@@ -209,6 +209,35 @@ def captions_by_handle(run) -> dict[str, list[str]]:
     return by_handle
 
 
+def as_first_written(run) -> dict:
+    """The report of the captions as the model first wrote them, before the caption guard: what the prompts do
+    alone. (Tokens and calls are the run's, guard retries included.)"""
+    from clients import mongo
+    from generation import documents, quality
+
+    db = mongo.get_db()
+    posts, characters, bible, tasks = documents.run_quality_inputs(db, run.ref)
+    first = {
+        task["index"]: task["output"]["caption"]
+        for task in db[documents.TASKS].find(
+            {"run_key": run.ref.key, "stage": "post", "schema_name": "post", "status": "succeeded"},
+            {"index": 1, "output.caption": 1},
+        )
+    }
+    written = [
+        {**post, "caption": first.get(f"{post['character_index']}.{post['index']}", post["caption"])} for post in posts
+    ]
+    report = quality.build_report(
+        posts=written,
+        characters=characters,
+        premise=run.world.premise,
+        bible=bible,
+        tasks=tasks,
+        tokens_used=run.tokens_used or None,
+    )
+    return report.as_dict()
+
+
 def world_row(definition: WorldDefinition, outcome: dict, report: dict) -> dict:
     """The table's figures for one world, from its quality report and run row."""
     run, characters = report["run"], report["characters"]
@@ -385,6 +414,7 @@ def main(argv: list[str]) -> int:
             )
             outcomes.append(outcome)
         reports = [run_quality(run=outcome["run"]).as_dict() for outcome in outcomes]
+        unguarded = [as_first_written(outcome["run"]) for outcome in outcomes]
         captions = [captions_by_handle(outcome["run"]) for outcome in outcomes]
     finally:
         for worker in workers:  # first, while Temporal is up to take its shutdown
@@ -392,6 +422,8 @@ def main(argv: list[str]) -> int:
         stack.stop()
     rows = [world_row(d, o, r) for d, o, r in zip(definitions, outcomes, reports, strict=True)]
     rows.append(total_row(rows))
+    first_rows = [world_row(d, o, r) for d, o, r in zip(definitions, outcomes, unguarded, strict=True)]
+    first_rows.append(total_row(first_rows))
     prompt_versions = list(dict.fromkeys(v for report in reports for v in report.get("prompt_versions", [])))
     result = {
         "label": opts.label,
@@ -403,6 +435,7 @@ def main(argv: list[str]) -> int:
         "options": {k: str(v) for k, v in vars(opts).items()},
         "targets": targets(),
         "summary": rows[-1] | {"misses": misses(rows[-1])},
+        "summary_as_first_written": first_rows[-1] | {"misses": misses(first_rows[-1])},
         "worlds": [
             {
                 "definition": asdict(d),
@@ -411,16 +444,22 @@ def main(argv: list[str]) -> int:
                 "tokens_used": o["run"].tokens_used,
                 "wall_s": o["wall_s"],
                 "row": row,
+                "row_as_first_written": first_row,
                 "report": report,
                 "captions": texts,
             }
-            for d, o, report, row, texts in zip(definitions, outcomes, reports, rows[:-1], captions, strict=True)
+            for d, o, report, row, first_row, texts in zip(
+                definitions, outcomes, reports, rows[:-1], first_rows[:-1], captions, strict=True
+            )
         ],
     }
     print()
     print(f"content quality{f' — {opts.label}' if opts.label else ''}")
     print(table(rows))
     print("* misses its target (docs/QUALITY.md): " + ", ".join(f"{c} {t}" for c, t in targets().items()))
+    dropped = sum(report["run"].get("sentences_dropped", 0) for report in reports)
+    print(f"the caption guard dropped {dropped} sentences; the captions as the model first wrote them:")
+    print(table(first_rows))
     for definition, report in zip(definitions, reports, strict=True):
         flags = [*report["run"]["flags"], *(f"@{c['handle']} {f}" for c in report["characters"] for f in c["flags"])]
         if flags:
