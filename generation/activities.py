@@ -268,6 +268,12 @@ class LlmActivities:
             await in_thread(store.record_task, self.db, inp.run, "post", position, {"dropped_sentences": dropped})
         return caption, dropped
 
+    @staticmethod
+    def _attempt(number: int, started: float, bill: Bill, ended: dict) -> dict:
+        """One activity attempt as kept in the task's ``attempts``: how it ended, its time and its tokens."""
+        latency = round(time.monotonic() - started, 3)
+        return {"attempt": number, **ended, "latency_s": latency, "billed_tokens": bill.tokens, "at": documents.now()}
+
     async def _complete(
         self,
         run: RunRef,
@@ -291,7 +297,7 @@ class LlmActivities:
             "started_at": documents.now(),
         }
         await in_thread(store.record_task, self.db, run, stage, index, task)
-        bill = Bill()
+        bill, started = Bill(), time.monotonic()
         try:
             for repair in range(REPAIR_ATTEMPTS + 1):
                 try:
@@ -311,8 +317,9 @@ class LlmActivities:
                         },
                     ]
                     continue
+                ended = {"status": documents.TaskStatus.SUCCEEDED, "repairs": repair}
                 await in_thread(
-                    store.record_task,
+                    functools.partial(store.record_task, attempt=self._attempt(attempt, started, bill, ended)),
                     self.db,
                     run,
                     stage,
@@ -332,8 +339,9 @@ class LlmActivities:
                 )
                 return reply, bill
         except (LlmError, BudgetRefused) as err:
+            ended = {"status": documents.TaskStatus.FAILED, "error": str(err)}
             await in_thread(
-                store.record_task,
+                functools.partial(store.record_task, attempt=self._attempt(attempt, started, bill, ended)),
                 self.db,
                 run,
                 stage,

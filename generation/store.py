@@ -197,16 +197,18 @@ def tokens_used(db: Database, run_key: str) -> int:
     return doc["used"] if doc else 0
 
 
-def record_task(db: Database, run: RunRef, stage: str, index: str | int, fields: dict) -> None:
-    """One document per generation task: inputs, prompt, raw reply, parsed output, usage, latency, attempt."""
-    db[TASKS].update_one(
-        {"_id": task_key(run, stage, index)},
-        {
-            "$set": {**run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
-            "$setOnInsert": {"created_at": now()},
-        },
-        upsert=True,
-    )
+def record_task(
+    db: Database, run: RunRef, stage: str, index: str | int, fields: dict, *, attempt: dict | None = None
+) -> None:
+    """One document per generation task: inputs, prompt, raw reply, parsed output, usage, latency, attempt.
+    ``attempt`` (how one activity attempt ended) is appended to the task's ``attempts``: retries keep them all."""
+    update: dict = {
+        "$set": {**run_fields(run), "stage": stage, "index": index, **fields, "updated_at": now()},
+        "$setOnInsert": {"created_at": now()},
+    }
+    if attempt is not None:
+        update["$push"] = {"attempts": attempt}
+    db[TASKS].update_one({"_id": task_key(run, stage, index)}, update, upsert=True)
 
 
 # --- A deleted world's content ----------------------------------------------------------------------

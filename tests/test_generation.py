@@ -195,6 +195,18 @@ def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_s
     assert counts(run)["posts"] == 1
     task = mongo.get_db().generation_tasks.find_one({"_id": documents.task_key(run.ref, "bible", 0)})
     assert task["status"] == "succeeded" and task["attempt"] == 5 and task["repairs"] == 1
+    # every attempt is kept, not only the last one
+    attempts = task["attempts"]
+    assert [(a["attempt"], a["status"]) for a in attempts] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "failed"),
+        (4, "failed"),
+        (5, "succeeded"),
+    ]
+    assert ["429" in attempts[0]["error"], "500" in attempts[1]["error"], "503" in attempts[2]["error"]] == [True] * 3
+    assert "timed out" in attempts[3]["error"] and attempts[3]["latency_s"] >= 2
+    assert attempts[4]["repairs"] == 1 and attempts[4]["billed_tokens"] == task["billed_tokens"] > 0
 
 
 def test_exhausted_quota_fails_the_run_with_a_readable_error(start_worker, llm_server):
