@@ -339,7 +339,9 @@ class LlmActivities:
                 )
                 return reply, bill
         except (LlmError, BudgetRefused) as err:
-            ended = {"status": documents.TaskStatus.FAILED, "error": str(err)}
+            retrying = isinstance(err, LlmRetryableError)
+            status = documents.TaskStatus.RETRYING if retrying else documents.TaskStatus.FAILED
+            ended = {"status": status, "error": str(err)}
             await in_thread(
                 functools.partial(store.record_task, attempt=self._attempt(attempt, started, bill, ended)),
                 self.db,
@@ -347,7 +349,7 @@ class LlmActivities:
                 stage,
                 index,
                 {
-                    "status": documents.TaskStatus.FAILED,
+                    "status": status,
                     "error": str(err),
                     "raw_response": getattr(err, "raw", None),
                     "billed_tokens": bill.tokens,

@@ -70,6 +70,7 @@ class RunConfig:
     approval_timeout_s: float = 7 * 24 * 3600
     max_bible_revisions: int = 3
     character_concurrency: int = 5
+    llm_retry_max_interval_s: float = 300.0  # LLM calls retry for as long as the provider is down, this far apart
 
 
 @dataclass

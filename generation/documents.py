@@ -32,6 +32,7 @@ class TaskStatus(StrEnum):
     """Of a ``generation_tasks`` document: one per LLM call or render."""
 
     RUNNING = "running"
+    RETRYING = "retrying"  # the provider is down or limiting: Temporal tries again later
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -217,6 +218,34 @@ def run_quality_inputs(db: Database, run: RunRef) -> tuple[list[dict], list[dict
         },
     )
     return list(posts), list(characters), run_bible(db, run), list(tasks)
+
+
+def waiting_calls(db: Database, run: RunRef) -> list[dict]:
+    """The run's LLM calls whose provider is down or limiting them: their last attempt ended retryable. For
+    each: stage, index, since (the first of those attempts in a row), attempts, the last error."""
+    waiting = []
+    tasks = db[TASKS].find(
+        {"run_key": run.key, "status": {"$in": [TaskStatus.RUNNING, TaskStatus.RETRYING]}},
+        {"_id": 0, "stage": 1, "index": 1, "attempts": 1},
+    )
+    for task in tasks:
+        streak = []
+        for attempt in reversed(task.get("attempts") or []):
+            if attempt.get("status") != TaskStatus.RETRYING:
+                break
+            streak.append(attempt)
+        if streak:
+            since, last = streak[-1]["at"], streak[0]
+            waiting.append(
+                {
+                    "stage": task["stage"],
+                    "index": str(task["index"]),
+                    "since": since,
+                    "attempts": len(streak),
+                    "error": last.get("error", ""),
+                }
+            )
+    return sorted(waiting, key=lambda call: call["since"])
 
 
 def counts_by_run(db: Database, collection: str, runs: list[RunRef]) -> dict[str, int]:

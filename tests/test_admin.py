@@ -16,7 +16,7 @@ from django.test import Client
 
 from clients import mongo
 from clients import temporal as temporal_client
-from generation import store
+from generation import documents, store
 from localstack import servers
 from tests.test_api import QUALITY_FLAGS, cleanup_status, write_quality_content
 from tests.test_generation import FINISHED, make_world, wait_for
@@ -523,3 +523,20 @@ def test_the_world_form_refuses_an_over_long_premise_and_a_disallowed_model():
     assert response.context["adminform"].form.errors == {k: v for k, v in expected.items() if k != "premise"}
     world.refresh_from_db()
     assert (world.token_budget, world.model_override) == (500_000, "")
+
+
+def test_the_run_page_shows_what_a_running_run_waits_for(quality_content):
+    world = with_runs("Lanternfall", "running")
+    run = world.runs.get()
+    quality_content(run)  # for the world's clean-up afterwards
+    attempt = {"attempt": 4, "status": "retrying", "error": "LLM unavailable (503): upstream down"}
+    store.record_task(
+        mongo.get_db(), run.ref, "bible", 0, {"status": "retrying"}, attempt={**attempt, "at": documents.now()}
+    )
+    reviewer = staff("reviewer-w", "Reviewers")
+    page = html.unescape(reviewer.get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode())
+    assert re.search(
+        r"<p>the LLM, for bible 0, since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC; "
+        r"failed attempts in a row: 1; last error: LLM unavailable \(503\)",
+        page,
+    )

@@ -4,6 +4,7 @@ the local LLM and the media server are the real ones from conftest."""
 
 import json
 import time
+from datetime import datetime, timedelta
 
 import pytest
 import yaml
@@ -619,6 +620,27 @@ def test_a_world_never_generated_has_no_content(users):
     ]:
         response = client.get(f"/api/worlds/{world.pk}/posts/?{query}")
         assert response.status_code == 400 and field in response.json(), query
+
+
+def test_a_run_shows_the_llm_calls_waiting_for_their_provider(users, mongo_env):
+    run = make_run(make_world(), "running")
+    db, ref, reviewer = mongo.get_db(), run.ref, api(users["reviewer"])
+    error = "LLM unavailable (503): upstream down"
+    first = documents.now()
+    for number in (1, 2, 3):
+        attempt = {"attempt": number, "status": "retrying", "error": error, "at": first + timedelta(seconds=number - 1)}
+        store.record_task(db, ref, "post", "0.1", {"status": "retrying"}, attempt=attempt)
+    ok = {"attempt": 2, "status": "succeeded", "at": documents.now()}
+    store.record_task(db, ref, "post", "0.0", {"status": "succeeded"}, attempt=ok)
+    [waiting] = reviewer.get(f"/api/runs/{run.pk}/").json()["waiting"]
+    since = datetime.fromisoformat(waiting.pop("since").replace("Z", "+00:00"))
+    assert abs((since - first).total_seconds()) < 0.01
+    assert waiting == {"stage": "post", "index": "0.1", "attempts": 3, "error": error}
+    # its next attempt is running: it still waits, since the same time
+    store.record_task(db, ref, "post", "0.1", {"status": "running"})
+    assert reviewer.get(f"/api/runs/{run.pk}/").json()["waiting"][0]["attempts"] == 3
+    store.record_task(db, ref, "post", "0.1", {"status": "succeeded"}, attempt={**ok, "attempt": 4})
+    assert reviewer.get(f"/api/runs/{run.pk}/").json()["waiting"] == []
 
 
 def test_temporal_trouble_never_makes_a_500(users, temporal_env, settings, monkeypatch):

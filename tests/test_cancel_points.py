@@ -3,7 +3,6 @@ of it is still working. In process, on the time-skipping test server: the real w
 with stand-in activities registered under the real activity names (no Mongo, LLM or media)."""
 
 import asyncio
-import threading
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -31,26 +30,6 @@ from generation.contracts import (
 from generation.workflows import CharacterWorkflow, RerenderImagesWorkflow, WorldGenerationWorkflow
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(60)]
-
-
-class LoopThread:
-    """One event loop for the module, so the test server starts once."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def run(self, coro, timeout: float = 45):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-
-@pytest.fixture(scope="module")
-def env(time_skipping_server):
-    loop = LoopThread()
-    environment = loop.run(WorkflowEnvironment.start_time_skipping(test_server_existing_path=time_skipping_server))
-    yield loop, environment
-    loop.run(environment.shutdown())
-    loop.loop.call_soon_threadsafe(loop.loop.stop)
 
 
 class StandIns:

@@ -198,15 +198,44 @@ def test_llm_faults_are_retried_and_invalid_json_is_repaired(start_worker, llm_s
     # every attempt is kept, not only the last one
     attempts = task["attempts"]
     assert [(a["attempt"], a["status"]) for a in attempts] == [
-        (1, "failed"),
-        (2, "failed"),
-        (3, "failed"),
-        (4, "failed"),
+        (1, "retrying"),
+        (2, "retrying"),
+        (3, "retrying"),
+        (4, "retrying"),
         (5, "succeeded"),
     ]
     assert ["429" in attempts[0]["error"], "500" in attempts[1]["error"], "503" in attempts[2]["error"]] == [True] * 3
     assert "timed out" in attempts[3]["error"] and attempts[3]["latency_s"] >= 2
     assert attempts[4]["repairs"] == 1 and attempts[4]["billed_tokens"] == task["billed_tokens"] > 0
+
+
+def test_an_llm_outage_longer_than_the_old_retry_budget_waits_and_says_what_for(start_worker, llm_server):
+    """12 failed attempts in a row (the old policy gave up after 8): the run waits, shows what for and since
+    when, and completes when the provider answers again. Retries back off to 1 s here (the default is 300)."""
+    from django.test import override_settings
+
+    from worlds.selectors import run_waiting
+
+    start_worker()
+    llm_control(llm_server, {"queue": [{"status": 503, "message": "upstream down"}] * 12})
+    with override_settings(LLM_RETRY_MAX_INTERVAL_SECONDS=1.0):
+        run = generation_start(world=make_world(character_count=1, posts_per_character=1))
+    deadline = time.monotonic() + 60
+    while not (waiting := run_waiting(run=run)):
+        assert time.monotonic() < deadline, "the run never showed what it waits for"
+        time.sleep(0.1)
+    [call] = waiting
+    assert (call["stage"], call["index"], call["attempts"]) == ("bible", "0", 1) and "503" in call["error"]
+    while (waiting := run_waiting(run=run)) and waiting[0]["attempts"] < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    run.refresh_from_db()
+    assert run.status == "running" and waiting[0]["since"] == call["since"]  # past the old budget, still waiting
+    wait_for(run, FINISHED)
+    assert run.status == "completed", run.error
+    assert run_waiting(run=run) == [] and counts(run)["posts"] == 1
+    task = mongo.get_db().generation_tasks.find_one({"_id": documents.task_key(run.ref, "bible", 0)})
+    assert [a["status"] for a in task["attempts"]] == ["retrying"] * 12 + ["succeeded"]
 
 
 def test_exhausted_quota_fails_the_run_with_a_readable_error(start_worker, llm_server):

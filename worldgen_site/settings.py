@@ -169,6 +169,8 @@ LLM_MODEL = env_str("LLM_MODEL", "worldgen-procedural-1")
 # Models a world may choose as its model_override (the default model is always allowed).
 LLM_ALLOWED_MODELS = list(dict.fromkeys([LLM_MODEL, *env_list("LLM_ALLOWED_MODELS", [])]))
 LLM_TIMEOUT_SECONDS = env_float("LLM_TIMEOUT_SECONDS", 120.0, minimum=1.0)
+# A provider that is down (5xx, 429, timeouts) is retried without limit, at most this many seconds apart.
+LLM_RETRY_MAX_INTERVAL_SECONDS = env_float("LLM_RETRY_MAX_INTERVAL_SECONDS", 300.0, minimum=1.0)
 # Send per-stage sampling parameters (temperature, top_p, penalties; generation/prompts.py).
 LLM_SEND_SAMPLING = env_bool("LLM_SEND_SAMPLING", True)
 MEDIA_GRPC_TARGET = env_host_port("MEDIA_GRPC_TARGET", "127.0.0.1:50051")

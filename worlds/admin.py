@@ -418,6 +418,7 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
         "status",
         "timeline",
         "temporal",
+        "waiting",
         "error",
         ("requires_approval", "bible_approved"),
         ("characters_done", "characters_total"),
@@ -500,6 +501,21 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
     @admin.display(description="Temporal")
     def temporal(self, run: GenerationRun):
         return temporal_link(run)
+
+    @admin.display(description="Waiting for")
+    def waiting(self, run: GenerationRun):
+        """LLM calls retried while their provider is down: the run waits instead of failing."""
+        calls = selectors.run_waiting(run=run) if run.is_active else []
+        if not calls:
+            return "-"
+        return format_html_join(
+            "",
+            "<p>the LLM, for {} {}, since {}; failed attempts in a row: {}; last error: {}</p>",
+            (
+                (c["stage"], c["index"], c["since"].strftime("%Y-%m-%d %H:%M:%S UTC"), c["attempts"], c["error"])
+                for c in calls
+            ),
+        )
 
     @admin.display(description="Content quality")
     def quality(self, run: GenerationRun):

@@ -279,11 +279,16 @@ class RunDetailApi(Api):
         summary="A run's progress",
         responses={200: RunDetailSerializer, **errors(403, 404)},
         description="The progress mirrored on the run row; while the run is active also `live`, the "
-        "workflow's own progress, unless Temporal does not answer.",
+        "workflow's own progress, unless Temporal does not answer, and `waiting`, the LLM calls waiting for "
+        "their provider to come back (an outage does not fail a run; it waits).",
     )
     def get(self, request, run_id):
         run = get_run(run_id)
         if run.is_active:
+            try:
+                run.waiting = selectors.run_waiting(run=run)
+            except Exception as exc:  # likewise optional: Mongo may be unreachable
+                logger.warning("waiting calls of %s unavailable: %s", run.workflow_id, exc)
             try:
                 run.live = selectors.run_live_progress(run=run)
             except Exception as exc:  # an optional extra: the mirrored fields still answer

@@ -54,6 +54,11 @@ def image_png(*, image_id: str) -> bytes | None:
     return documents.image_png(mongo.get_db(), image_id)
 
 
+def run_waiting(*, run: GenerationRun) -> list[dict]:
+    """The run's LLM calls waiting for their provider to come back, the longest-waiting first."""
+    return documents.waiting_calls(mongo.get_db(), run.ref)
+
+
 def run_live_progress(*, run: GenerationRun):
     """The workflow's own progress (a Temporal query); list pages use the mirrored row instead."""
     from generation.workflows import WorldGenerationWorkflow

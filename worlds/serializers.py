@@ -199,11 +199,24 @@ class LiveProgressSerializer(serializers.Serializer):
     awaiting_decision = serializers.BooleanField(read_only=True)
 
 
+class WaitingCallSerializer(serializers.Serializer):
+    """An LLM call that waits for its provider: it is retried, backing off, until the provider answers."""
+
+    stage = serializers.CharField(read_only=True)
+    index = serializers.CharField(read_only=True, help_text="Which item of the stage: `0`, or `character.post`.")
+    since = serializers.DateTimeField(read_only=True, help_text="When its first failed attempt in a row ended.")
+    attempts = serializers.IntegerField(read_only=True, help_text="Failed attempts in a row so far.")
+    error = serializers.CharField(read_only=True, help_text="What the last attempt got.")
+
+
 class RunDetailSerializer(RunSerializer):
     live = LiveProgressSerializer(required=False, help_text="Present while the run is active and Temporal answers.")
+    waiting = WaitingCallSerializer(
+        many=True, required=False, help_text="While the run is active: the LLM calls waiting for their provider."
+    )
 
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "live"]
+        fields = [*RunSerializer.Meta.fields, "live", "waiting"]
 
 
 class RejectInputSerializer(serializers.Serializer):

@@ -165,6 +165,7 @@ def run_config() -> RunConfig:
         approval_timeout_s=settings.GENERATION_APPROVAL_TIMEOUT_SECONDS,
         max_bible_revisions=settings.GENERATION_MAX_BIBLE_REVISIONS,
         character_concurrency=settings.GENERATION_CHARACTER_CONCURRENCY,
+        llm_retry_max_interval_s=settings.LLM_RETRY_MAX_INTERVAL_SECONDS,
     )
 
 
