@@ -154,10 +154,9 @@ def run_input(queue: str, *, characters: int = 2, posts: int = 2, approval: bool
     return WorldRunInput(RunRef(1, 1, 1, f"{queue}-world"), world, config)
 
 
-async def cancel_when(env: WorkflowEnvironment, stand_ins: StandIns, workflow, inp: WorldRunInput, ready) -> int:
-    """Start ``workflow``, cancel it once ``ready()`` is true; returns the log position at the cancel."""
-    config = inp.config
-    workers = [
+def stand_in_workers(env: WorkflowEnvironment, stand_ins: StandIns, config: RunConfig) -> list[Worker]:
+    """One worker per task queue of ``config``: the real workflows, the stand-in activities."""
+    return [
         Worker(
             env.client,
             task_queue=queue,
@@ -170,6 +169,12 @@ async def cancel_when(env: WorkflowEnvironment, stand_ins: StandIns, workflow, i
         )
         for queue in (config.workflows_queue, config.llm_queue, config.media_queue)
     ]
+
+
+async def cancel_when(env: WorkflowEnvironment, stand_ins: StandIns, workflow, inp: WorldRunInput, ready) -> int:
+    """Start ``workflow``, cancel it once ``ready()`` is true; returns the log position at the cancel."""
+    config = inp.config
+    workers = stand_in_workers(env, stand_ins, config)
     async with workers[0], workers[1], workers[2]:
         handle = await env.client.start_workflow(
             workflow, inp, id=inp.run.workflow_id, task_queue=config.workflows_queue

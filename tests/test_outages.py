@@ -9,11 +9,10 @@ import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
 from generation.contracts import BibleInput, ItemInput, TokenUsage
-from generation.workflows import CharacterWorkflow, RerenderImagesWorkflow, WorldGenerationWorkflow
-from tests.test_cancel_points import StandIns, run_input
+from generation.workflows import WorldGenerationWorkflow
+from tests.test_cancel_points import StandIns, run_input, stand_in_workers
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(60)]
 
@@ -55,17 +54,7 @@ class ProviderDown(StandIns):
 async def generate(environment, stand_ins: StandIns):
     inp = run_input(f"outage-{uuid.uuid4().hex[:8]}")
     config = inp.config
-    workers = [
-        Worker(
-            environment.client,
-            task_queue=queue,
-            activities=stand_ins.activities(),
-            workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow]
-            if queue == config.workflows_queue
-            else [],
-        )
-        for queue in (config.workflows_queue, config.llm_queue, config.media_queue)
-    ]
+    workers = stand_in_workers(environment, stand_ins, config)
     async with workers[0], workers[1], workers[2]:
         handle = await environment.client.start_workflow(
             WorldGenerationWorkflow.run, inp, id=inp.run.workflow_id, task_queue=config.workflows_queue
