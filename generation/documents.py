@@ -182,6 +182,19 @@ def run_posts(
     return list(cursor.skip(offset).limit(limit))
 
 
+def provenance(db: Database, run: RunRef, stage: str, indexes: list) -> dict[str, str]:
+    """What made each item of ``stage`` (by task index as stored: 0 for a character, "0.1" for a post): its
+    prompt version and model, as text, by the index as a string."""
+    tasks = db[TASKS].find(
+        {"run_key": run.key, "stage": stage, "index": {"$in": indexes}, "schema_name": {"$exists": True}},
+        {"_id": 0, "index": 1, "prompt_version": 1, "model": 1},
+    )
+    return {
+        str(task["index"]): f"prompts v{task.get('prompt_version') or '?'} · {task.get('model') or 'model unknown'}"
+        for task in tasks
+    }
+
+
 def run_post_count(db: Database, run: RunRef) -> int:
     return db[POSTS].count_documents({"run_key": run.key})
 

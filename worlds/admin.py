@@ -196,6 +196,7 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
         bible = selectors.run_bible(run=run) or {}
         characters = selectors.run_characters(run=run)
         posts = selectors.run_posts(run=run, limit=6)
+        made_by = selectors.item_provenance(run=run, characters=characters, posts=posts)
         return format_html(
             '<div class="wg-preview"><h3>{}</h3><p>{}</p>'
             '<div class="wg-cast">{}</div><div class="wg-posts">{}</div></div>',
@@ -203,11 +204,14 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             bible.get("setting", ""),
             format_html_join(
                 "",
-                '<figure>{}<figcaption>{} <span class="wg-muted">@{}</span></figcaption></figure>',
-                ((_image(c), c.get("name", ""), c.get("handle", "")) for c in characters),
+                '<figure>{}<figcaption>{} <span class="wg-muted">@{}</span>'
+                '<small class="wg-muted">{}</small></figcaption></figure>',
+                ((_image(c), c.get("name", ""), c.get("handle", ""), made_by[(c["index"],)]) for c in characters),
             ),
             format_html_join(
-                "", "<figure>{}<figcaption>{}</figcaption></figure>", ((_image(p), p.get("caption", "")) for p in posts)
+                "",
+                '<figure>{}<figcaption>{}<small class="wg-muted">{}</small></figcaption></figure>',
+                ((_image(p), p.get("caption", ""), made_by[(p["character_index"], p["index"])]) for p in posts),
             ),
         )
 

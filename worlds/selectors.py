@@ -37,6 +37,20 @@ def run_posts(
     return documents.run_posts(mongo.get_db(), run.ref, character_index=character_index, offset=offset, limit=limit)
 
 
+def item_provenance(*, run: GenerationRun, characters: list[dict], posts: list[dict]) -> dict[tuple, str]:
+    """The prompt version and model that made each character ((index,)) and post ((character, index))."""
+    db = mongo.get_db()
+    made_characters = documents.provenance(db, run.ref, "character", [c["index"] for c in characters])
+    made_posts = documents.provenance(db, run.ref, "post", [f"{p['character_index']}.{p['index']}" for p in posts])
+    return {
+        **{(c["index"],): made_characters.get(str(c["index"]), "") for c in characters},
+        **{
+            (p["character_index"], p["index"]): made_posts.get(f"{p['character_index']}.{p['index']}", "")
+            for p in posts
+        },
+    }
+
+
 def run_quality(*, run: GenerationRun) -> quality.QualityReport:
     """The content quality report of a run (whatever it has made so far)."""
     posts, characters, bible, tasks = documents.run_quality_inputs(mongo.get_db(), run.ref)
