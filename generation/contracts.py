@@ -71,6 +71,7 @@ class RunConfig:
     max_bible_revisions: int = 3
     character_concurrency: int = 5
     llm_retry_max_interval_s: float = 300.0  # LLM calls retry for as long as the provider is down, this far apart
+    max_failed_share: float = 0.2  # a run with more failed items (of characters + posts) fails
 
 
 @dataclass
@@ -127,6 +128,7 @@ class CharacterProgress:
     posts_done: int = 0
     degraded: int = 0
     run_tokens: int = 0  # the largest run ledger total this character saw
+    failed: int = 0  # items that failed for good: its profile (with its posts), its plan, its posts
 
 
 @dataclass
@@ -146,6 +148,7 @@ class Progress:
     posts_done: int = 0
     posts_total: int = 0
     degraded_items: int = 0
+    failed_items: int = 0
     tokens_used: int = 0
     last_error: str = ""
     awaiting_decision: bool = False

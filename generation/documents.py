@@ -182,6 +182,16 @@ def run_posts(
     return list(cursor.skip(offset).limit(limit))
 
 
+def failed_tasks(db: Database, run: RunRef) -> list[dict]:
+    """The run's LLM tasks that failed for good: stage, index, error."""
+    tasks = db[TASKS].find(
+        {"run_key": run.key, "status": TaskStatus.FAILED, "schema_name": {"$exists": True}},
+        {"_id": 0, "stage": 1, "index": 1, "error": 1},
+    )
+    found = [{"stage": task["stage"], "index": str(task["index"]), "error": task.get("error", "")} for task in tasks]
+    return sorted(found, key=lambda task: (task["stage"], task["index"]))
+
+
 def provenance(db: Database, run: RunRef, stage: str, indexes: list) -> dict[str, str]:
     """What made each item of ``stage`` (by task index as stored: 0 for a character, "0.1" for a post): its
     prompt version and model, as text, by the index as a string."""

@@ -152,6 +152,8 @@ EVENT_DRIVEN_PROGRESS = "event-driven-progress"  # the parent woke every PROGRES
 # started one at a time, and the budget was checked on tokens summed from activity results only.
 EXACT_RUNS = "exact-cancel-and-budget"
 PLANNED_POSTS = "planned-posts"  # before it, characters wrote their posts with no plan
+PARTIAL_FAILURES = "partial-failures"  # before it, one item that failed for good failed the whole run
+ITEM_ERRORS = ("LlmInvalidOutput",)  # failures of one item, not of the provider or the run
 
 
 class BudgetExceeded(Exception):
@@ -194,6 +196,16 @@ def _fairness(world_id: int) -> Priority:
     return Priority(fairness_key=f"world-{world_id}")
 
 
+def item_failed(err: BaseException) -> bool:
+    """The error is one item's own (output still invalid after repairs), not a cancel or the provider's."""
+    return (
+        isinstance(err, ActivityError)
+        and isinstance(err.cause, ApplicationError)
+        and err.cause.type in ITEM_ERRORS
+        and not cancel_requested(err)
+    )
+
+
 def describe_failure(err: BaseException) -> str:
     """The innermost readable message of an activity or child failure."""
     while (cause := getattr(err, "cause", None)) is not None:
@@ -211,6 +223,7 @@ class WorldGenerationWorkflow:
         self._tokens_by_character: dict[int, int] = {}
         self._posts_by_character: dict[int, int] = {}
         self._degraded_by_character: dict[int, int] = {}
+        self._failed_by_character: dict[int, int] = {}
         self._base_tokens = 0
         self._ledger_tokens = 0  # the run's token ledger (every billed token), as last reported
         self._unmirrored_progress = False
@@ -232,6 +245,7 @@ class WorldGenerationWorkflow:
         self._tokens_by_character[tick.index] = tick.tokens
         self._posts_by_character[tick.index] = tick.posts_done
         self._degraded_by_character[tick.index] = tick.degraded
+        self._failed_by_character[tick.index] = tick.failed
         self._ledger_tokens = max(self._ledger_tokens, tick.run_tokens)
         self._recount()
         self._unmirrored_progress = True
@@ -250,6 +264,7 @@ class WorldGenerationWorkflow:
                 await self._finish(RunStatus.EXPIRED, Stage.APPROVAL, "nobody approved the world bible in time")
                 return self._progress
             await self._generate_characters()
+            self._check_failed_items()
             await self._finish(RunStatus.COMPLETED, Stage.DONE)
         except BudgetExceeded:
             await self._finish(
@@ -413,6 +428,17 @@ class WorldGenerationWorkflow:
         self._progress.tokens_used = max(summed, self._ledger_tokens)
         self._progress.posts_done = sum(self._posts_by_character.values())
         self._progress.degraded_items = sum(self._degraded_by_character.values())
+        self._progress.failed_items = sum(self._failed_by_character.values())
+
+    def _check_failed_items(self) -> None:
+        """A run completes with a few failed items; past the run's share (of characters + posts), it fails."""
+        failed, share = self._progress.failed_items, self._inp.config.max_failed_share
+        items = self._progress.characters_total + self._progress.posts_total
+        if failed > share * items:
+            raise ApplicationError(
+                f"{failed} of {items} items failed for good, more than {share:.0%}; see the run's failed items",
+                non_retryable=True,
+            )
 
     def _check_budget(self) -> None:
         if self._progress.tokens_used > self._inp.world.token_budget:
@@ -463,16 +489,30 @@ class CharacterWorkflow:
             progress.tokens += usage.tokens
             progress.run_tokens = max(progress.run_tokens, usage.run_tokens)
 
+        partial = workflow.patched(PARTIAL_FAILURES)
+
+        async def made(activity, item: ItemInput, items: int = 1) -> bool:
+            """An LLM step; an item that fails for good is counted (``items``) and skipped, not raised."""
+            try:
+                await llm(activity, item)
+                return True
+            except ActivityError as err:
+                if not (partial and item_failed(err)):
+                    raise
+                progress.failed += items
+                return False
+
         item = ItemInput(inp.run, world, inp.index)
-        await llm(LlmActivities.generate_character, item)
+        if not await made(LlmActivities.generate_character, item, items=1 + world.posts_per_character):
+            return progress  # no profile: no avatar and no posts
         progress.degraded += await render_or_degrade(item, config.media_queue, config.workflows_queue, exact)
         if world.posts_per_character and workflow.patched(PLANNED_POSTS):
-            await llm(LlmActivities.plan_posts, item)
+            await made(LlmActivities.plan_posts, item)  # without a plan, each post writes a moment of its own
         for post_index in range(world.posts_per_character):
             post = ItemInput(inp.run, world, inp.index, post_index)
-            await llm(LlmActivities.generate_post, post)
-            progress.degraded += await render_or_degrade(post, config.media_queue, config.workflows_queue, exact)
-            progress.posts_done += 1
+            if await made(LlmActivities.generate_post, post):
+                progress.degraded += await render_or_degrade(post, config.media_queue, config.workflows_queue, exact)
+                progress.posts_done += 1
             if parent is not None and self._progress_signal_due(post_index, world.posts_per_character, last_signal):
                 last_signal = workflow.now()
                 await workflow.get_external_workflow_handle(parent.workflow_id).signal(

@@ -542,3 +542,18 @@ def test_the_run_page_shows_what_a_running_run_waits_for(quality_content):
         r"failed attempts in a row: 1; last error: LLM unavailable \(503\)",
         page,
     )
+
+
+def test_the_run_page_lists_the_failed_items(quality_content):
+    world = with_runs("Lanternfall", "completed")
+    run = world.runs.get()
+    GenerationRun.objects.filter(pk=run.pk).update(failed_items=1)
+    quality_content(run)  # for the world's clean-up afterwards
+    error = "LLM output for 'post' is not valid JSON: Expecting value"
+    store.record_task(
+        mongo.get_db(), run.ref, "post", "1.2", {"status": "failed", "schema_name": "post", "error": error}
+    )
+    page = html.unescape(
+        staff("reviewer-f", "Reviewers").get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode()
+    )
+    assert f"<p>post 1.2: {error}</p>" in page

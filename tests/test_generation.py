@@ -238,6 +238,33 @@ def test_an_llm_outage_longer_than_the_old_retry_budget_waits_and_says_what_for(
     assert [a["status"] for a in task["attempts"]] == ["retrying"] * 12 + ["succeeded"]
 
 
+def test_a_post_still_invalid_after_repairs_is_a_failed_item_and_the_run_completes(start_worker, llm_server):
+    """The stand-in answers the second post's call, and both repairs, with invalid JSON: that post fails for
+    good, the run goes on and completes with 1 failed item, listed with its error in the API."""
+    from django.contrib.auth.models import Group, Permission, User
+    from django.test import override_settings
+    from rest_framework.test import APIClient
+
+    from worlds.staff_groups import grant_staff_groups
+
+    start_worker()
+    llm_control(llm_server, {"queue": [{}] * 5 + [{"invalid_json": True}] * 3})  # bible, cast, profile, plan, post 0
+    with override_settings(GENERATION_MAX_FAILED_SHARE=0.5):  # 1 of 3 items
+        run = generation_start(world=make_world(character_count=1, posts_per_character=2))
+    wait_for(run, FINISHED)
+    assert (run.status, run.failed_items, counts(run)["posts"]) == ("completed", 1, 1), run.error
+    grant_staff_groups(Group, Permission)
+    reviewer = User.objects.create_user("reviewer-failed-items", is_staff=True)
+    reviewer.groups.add(Group.objects.get(name="Reviewers"))
+    client = APIClient()
+    client.force_login(reviewer)
+    body = client.get(f"/api/runs/{run.pk}/").json()
+    assert body["failed_items"] == 1
+    [failed] = body["failed"]
+    assert (failed["stage"], failed["index"]) == ("post", "0.1") and "is not valid JSON" in failed["error"]
+    record_history(f"{run.workflow_id}-character-0", "character_with_a_failed_post")
+
+
 def test_exhausted_quota_fails_the_run_with_a_readable_error(start_worker, llm_server):
     start_worker()
     llm_control(llm_server, {"queue": [{"status": 429, "code": "insufficient_quota"}]})

@@ -428,6 +428,7 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
         ("characters_done", "characters_total"),
         ("posts_done", "posts_total"),
         "degraded_items",
+        "failed",
         "tokens_used",
         "bible_revision",
         ("started_by", "approved_by", "rejected_by", "cancelled_by"),
@@ -505,6 +506,18 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
     @admin.display(description="Temporal")
     def temporal(self, run: GenerationRun):
         return temporal_link(run)
+
+    @admin.display(description="Failed items")
+    def failed(self, run: GenerationRun):
+        """Items that failed for good; the run went on without them (up to GENERATION_MAX_FAILED_SHARE)."""
+        if not run.failed_items:
+            return "0"
+        items = selectors.run_failed_items(run=run)
+        return format_html(
+            "{}{}",
+            run.failed_items,
+            format_html_join("", "<p>{} {}: {}</p>", ((i["stage"], i["index"], i["error"]) for i in items)),
+        )
 
     @admin.display(description="Waiting for")
     def waiting(self, run: GenerationRun):

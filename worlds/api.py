@@ -280,15 +280,18 @@ class RunDetailApi(Api):
         responses={200: RunDetailSerializer, **errors(403, 404)},
         description="The progress mirrored on the run row; while the run is active also `live`, the "
         "workflow's own progress, unless Temporal does not answer, and `waiting`, the LLM calls waiting for "
-        "their provider to come back (an outage does not fail a run; it waits).",
+        "their provider to come back (an outage does not fail a run; it waits). `failed` lists the items "
+        "that failed for good: the run went on without them, and fails past GENERATION_MAX_FAILED_SHARE.",
     )
     def get(self, request, run_id):
         run = get_run(run_id)
-        if run.is_active:
-            try:
+        try:
+            run.failed = selectors.run_failed_items(run=run) if run.failed_items else []
+            if run.is_active:
                 run.waiting = selectors.run_waiting(run=run)
-            except Exception as exc:  # likewise optional: Mongo may be unreachable
-                logger.warning("waiting calls of %s unavailable: %s", run.workflow_id, exc)
+        except Exception as exc:  # optional extras: Mongo may be unreachable
+            logger.warning("failed items or waiting calls of %s unavailable: %s", run.workflow_id, exc)
+        if run.is_active:
             try:
                 run.live = selectors.run_live_progress(run=run)
             except Exception as exc:  # an optional extra: the mirrored fields still answer

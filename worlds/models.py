@@ -148,6 +148,9 @@ class GenerationRun(models.Model):
     posts_done = models.PositiveIntegerField(default=0)
     posts_total = models.PositiveIntegerField(default=0)
     degraded_items = models.PositiveIntegerField(default=0)
+    failed_items = models.PositiveIntegerField(
+        default=0, help_text="Characters (with their posts), plans and posts that failed for good; the run went on."
+    )
     tokens_used = models.PositiveIntegerField(default=0)
     bible_revision = models.PositiveIntegerField(default=0)
     requires_approval = models.BooleanField(default=False, help_text="The world required approval when it started.")

@@ -68,6 +68,11 @@ def image_png(*, image_id: str) -> bytes | None:
     return documents.image_png(mongo.get_db(), image_id)
 
 
+def run_failed_items(*, run: GenerationRun) -> list[dict]:
+    """The items of the run that failed for good (the run went on without them), with their errors."""
+    return documents.failed_tasks(mongo.get_db(), run.ref)
+
+
 def run_waiting(*, run: GenerationRun) -> list[dict]:
     """The run's LLM calls waiting for their provider to come back, the longest-waiting first."""
     return documents.waiting_calls(mongo.get_db(), run.ref)

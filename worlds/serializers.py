@@ -166,6 +166,7 @@ class RunSerializer(serializers.ModelSerializer):
             "posts_done",
             "posts_total",
             "degraded_items",
+            "failed_items",
             "tokens_used",
             "bible_revision",
             "error",
@@ -209,14 +210,25 @@ class WaitingCallSerializer(serializers.Serializer):
     error = serializers.CharField(read_only=True, help_text="What the last attempt got.")
 
 
+class FailedItemSerializer(serializers.Serializer):
+    """An item that failed for good (its output still invalid after repairs); the run went on without it."""
+
+    stage = serializers.CharField(read_only=True, help_text="`character`, `plan` or `post`.")
+    index = serializers.CharField(read_only=True, help_text="Which item: `0`, or `character.post`.")
+    error = serializers.CharField(read_only=True)
+
+
 class RunDetailSerializer(RunSerializer):
     live = LiveProgressSerializer(required=False, help_text="Present while the run is active and Temporal answers.")
     waiting = WaitingCallSerializer(
         many=True, required=False, help_text="While the run is active: the LLM calls waiting for their provider."
     )
+    failed = FailedItemSerializer(
+        many=True, required=False, help_text="The items that failed for good (`failed_items` counts them)."
+    )
 
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "live", "waiting"]
+        fields = [*RunSerializer.Meta.fields, "live", "waiting", "failed"]
 
 
 class RejectInputSerializer(serializers.Serializer):

@@ -166,6 +166,7 @@ def run_config() -> RunConfig:
         max_bible_revisions=settings.GENERATION_MAX_BIBLE_REVISIONS,
         character_concurrency=settings.GENERATION_CHARACTER_CONCURRENCY,
         llm_retry_max_interval_s=settings.LLM_RETRY_MAX_INTERVAL_SECONDS,
+        max_failed_share=settings.GENERATION_MAX_FAILED_SHARE,
     )
 
 
@@ -438,6 +439,7 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
         "posts_done": progress.posts_done,
         "posts_total": progress.posts_total,
         "degraded_items": progress.degraded_items,
+        "failed_items": progress.failed_items,
         "tokens_used": progress.tokens_used,
         "bible_revision": progress.bible_revision,
         "error": progress.last_error,
