@@ -209,35 +209,6 @@ def captions_by_handle(run) -> dict[str, list[str]]:
     return by_handle
 
 
-def as_first_written(run) -> dict:
-    """The report of the captions as the model first wrote them, before the caption guard: what the prompts do
-    alone. (Tokens and calls are the run's, guard retries included.)"""
-    from clients import mongo
-    from generation import documents, quality
-
-    db = mongo.get_db()
-    posts, characters, bible, tasks = documents.run_quality_inputs(db, run.ref)
-    first = {
-        task["index"]: task["output"]["caption"]
-        for task in db[documents.TASKS].find(
-            {"run_key": run.ref.key, "stage": "post", "schema_name": "post", "status": "succeeded"},
-            {"index": 1, "output.caption": 1},
-        )
-    }
-    written = [
-        {**post, "caption": first.get(f"{post['character_index']}.{post['index']}", post["caption"])} for post in posts
-    ]
-    report = quality.build_report(
-        posts=written,
-        characters=characters,
-        premise=run.world.premise,
-        bible=bible,
-        tasks=tasks,
-        tokens_used=run.tokens_used or None,
-    )
-    return report.as_dict()
-
-
 def world_row(definition: WorldDefinition, outcome: dict, report: dict) -> dict:
     """The table's figures for one world, from its quality report and run row."""
     run, characters = report["run"], report["characters"]
@@ -414,7 +385,7 @@ def main(argv: list[str]) -> int:
             )
             outcomes.append(outcome)
         reports = [run_quality(run=outcome["run"]).as_dict() for outcome in outcomes]
-        unguarded = [as_first_written(outcome["run"]) for outcome in outcomes]
+        unguarded = [run_quality(run=outcome["run"], as_first_written=True).as_dict() for outcome in outcomes]
         captions = [captions_by_handle(outcome["run"]) for outcome in outcomes]
     finally:
         for worker in workers:  # first, while Temporal is up to take its shutdown

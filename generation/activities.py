@@ -247,8 +247,7 @@ class LlmActivities:
             post, first_caption = again.content, caption
             caption, dropped = await self._guarded(inp, f"{position}.retry", post["caption"], guard)
             if dropped and len(quality.words(caption)) < quality.MIN_CAPTION_WORDS:
-                moments = profile.get("plan") or []
-                planned = moments[inp.post_index].get("event", "") if inp.post_index < len(moments) else ""
+                planned = prompts.moment(profile, inp.post_index).get("event", "")
                 caption = last_resort(guard, [planned, first_caption, caption], post["caption"])
         await in_thread(
             store.save_post,

@@ -243,6 +243,16 @@ def run_quality_inputs(db: Database, run: RunRef) -> tuple[list[dict], list[dict
     return list(posts), list(characters), run_bible(db, run), list(tasks)
 
 
+def first_captions(db: Database, run: RunRef) -> dict[str, str]:
+    """Each post's caption as the model first wrote it (its task's output, before the caption guard), by
+    task index ("0.1")."""
+    tasks = db[TASKS].find(
+        {"run_key": run.key, "stage": "post", "status": TaskStatus.SUCCEEDED, "output.caption": {"$exists": True}},
+        {"_id": 0, "index": 1, "output.caption": 1},
+    )
+    return {str(task["index"]): task["output"]["caption"] for task in tasks}
+
+
 def waiting_calls(db: Database, run: RunRef) -> list[dict]:
     """The run's LLM calls whose provider is down or limiting them: their last attempt ended retryable. For
     each: stage, index, since (the first of those attempts in a row), attempts, the last error."""

@@ -144,10 +144,15 @@ POST_TASK = (
 )
 
 
-def post(world: WorldSnapshot, profile: dict, index: int) -> list[dict]:
+def moment(profile: dict, index: int) -> dict:
+    """Post ``index``'s planned moment (place, time, mood, event); empty when the plan has none."""
     moments = profile.get("plan") or []
-    moment = moments[index] if index < len(moments) else {"event": "one small moment of your day."}
-    fields = (moment.get("place"), moment.get("time"), moment.get("mood"), moment.get("event"))
+    return moments[index] if index < len(moments) else {}
+
+
+def post(world: WorldSnapshot, profile: dict, index: int) -> list[dict]:
+    planned = moment(profile, index) or {"event": "one small moment of your day."}
+    fields = (planned.get("place"), planned.get("time"), planned.get("mood"), planned.get("event"))
     scene = "\n".join(f"{label}: {value}" for label, value in zip(SCENE_LABELS, fields, strict=True) if value)
     return _messages(
         f"Genre: {world.genre}. Tone: {world.tone}. Write in language: {world.language}.\n\n"

@@ -270,6 +270,24 @@ def time_skipping_server() -> str:
     return str(path)
 
 
+@pytest.fixture
+def quality_content(mongo_env):
+    """``tests.test_api.write_quality_content``; the worlds' content is removed after the test."""
+    from clients import mongo
+    from generation import store
+    from tests.test_api import write_quality_content
+
+    worlds = set()
+
+    def write(run) -> None:
+        worlds.add(run.world_id)
+        write_quality_content(run)
+
+    yield write
+    for world_id in worlds:
+        store.delete_world_content(mongo.get_db(), world_id)
+
+
 class LoopThread:
     """One event loop for a module, so its time-skipping test server starts once."""
 

@@ -18,7 +18,7 @@ from clients import mongo
 from clients import temporal as temporal_client
 from generation import documents, store
 from localstack import servers
-from tests.test_api import QUALITY_FLAGS, cleanup_status, write_quality_content
+from tests.test_api import QUALITY_FLAGS, cleanup_status
 from tests.test_generation import FINISHED, make_world, wait_for
 from worlds.models import AuditEvent, GenerationRun, World
 from worlds.staff_groups import grant_staff_groups
@@ -388,20 +388,6 @@ def test_the_reconcile_action_corrects_stale_rows_from_temporal(temporal_env):
 
 
 # --- content quality --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def quality_content(mongo_env):
-    """``tests.test_api.write_quality_content``; the worlds' content is removed after the test."""
-    worlds = set()
-
-    def write(run: GenerationRun) -> None:
-        worlds.add(run.world_id)
-        write_quality_content(run)
-
-    yield write
-    for world_id in worlds:
-        store.delete_world_content(mongo.get_db(), world_id)
 
 
 def test_the_run_page_shows_the_content_quality_and_its_flags(quality_content):

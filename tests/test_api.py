@@ -170,20 +170,6 @@ def write_quality_content(run: GenerationRun) -> None:
         store.record_task(db, ref, stage, index, fields)
 
 
-@pytest.fixture
-def quality_content(mongo_env):
-    """``write_quality_content``; the worlds' content is removed after the test."""
-    worlds = set()
-
-    def write(run: GenerationRun) -> None:
-        worlds.add(run.world_id)
-        write_quality_content(run)
-
-    yield write
-    for world_id in worlds:
-        store.delete_world_content(mongo.get_db(), world_id)
-
-
 def cleanup_status(world_pk: int) -> str:
     """Temporal's status of the world's cleanup workflow (RUNNING while no worker has run it)."""
     description = temporal_call(lambda client: client.get_workflow_handle(cleanup_workflow_id(world_pk)).describe())
@@ -853,6 +839,24 @@ def test_the_quality_report_flags_a_repetitive_character(users, quality_content)
         handle: QUALITY_FLAGS[handle] for handle in ("mira", "echo", "wren")
     }
     assert report["prompt_versions"] == ["v2"]
+
+
+def test_the_quality_report_as_first_written_reads_the_captions_before_the_guard(quality_content):
+    from worlds.selectors import run_quality
+
+    run = make_run(make_world(character_count=3, posts_per_character=3), "completed", tokens_used=6000)
+    quality_content(run)
+    db = mongo.get_db()
+    first = "The ferry is late again today."
+    for index in (0, 1):  # mira's two posts, as first written: one sentence, twice; stored: what the guard left
+        store.record_task(db, run.ref, "post", f"0.{index}", {"output": {"caption": first}})
+    stored, written = run_quality(run=run), run_quality(run=run, as_first_written=True)
+    assert (stored.characters[0].handle, stored.characters[0].repeated_sentences) == ("mira", 0)
+    assert written.characters[0].repeated_sentences == 1
+    assert [c.repeated_sentences for c in written.characters[1:]] == [
+        c.repeated_sentences for c in stored.characters[1:]
+    ]
+    assert written.run.tokens_per_post == stored.run.tokens_per_post
 
 
 def test_the_quality_report_of_a_run_without_posts_is_zeros(users, mongo_env):

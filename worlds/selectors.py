@@ -51,9 +51,15 @@ def item_provenance(*, run: GenerationRun, characters: list[dict], posts: list[d
     }
 
 
-def run_quality(*, run: GenerationRun) -> quality.QualityReport:
-    """The content quality report of a run (whatever it has made so far)."""
-    posts, characters, bible, tasks = documents.run_quality_inputs(mongo.get_db(), run.ref)
+def run_quality(*, run: GenerationRun, as_first_written: bool = False) -> quality.QualityReport:
+    """The content quality report of a run (whatever it has made so far). ``as_first_written``: of the
+    captions as the model first wrote them, before the caption guard (what the prompts do alone; tokens and
+    calls are the run's, guard retries included)."""
+    db = mongo.get_db()
+    posts, characters, bible, tasks = documents.run_quality_inputs(db, run.ref)
+    if as_first_written:
+        first = documents.first_captions(db, run.ref)
+        posts = [{**p, "caption": first.get(f"{p['character_index']}.{p['index']}", p["caption"])} for p in posts]
     return quality.build_report(
         posts=posts,
         characters=characters,
