@@ -111,8 +111,10 @@ def last_resort(guard, candidates: list[str], written: str) -> str:
 
 def call_seed(run: RunRef, call: str, repair: int) -> int:
     """Each call samples with its own seed, from the run and the task: reproducible, and not the same random
-    choices for every prompt (the same seed for every call made a small model write alike posts)."""
-    return int.from_bytes(hashlib.sha256(f"{run.key}/{call}/{repair}".encode()).digest()[:4], "big") >> 1
+    choices for every prompt (the same seed for every call made a small model write alike posts). A resumed
+    run samples afresh: an item that failed for good is not written the same way again."""
+    key = run.key if not run.resume else f"{run.key}/resume-{run.resume}"
+    return int.from_bytes(hashlib.sha256(f"{key}/{call}/{repair}".encode()).digest()[:4], "big") >> 1
 
 
 async def in_thread(fn, *args):
@@ -146,6 +148,8 @@ class LlmActivities:
 
     @activity.defn
     async def generate_bible(self, inp: BibleInput) -> TokenUsage:
+        if await in_thread(store.has_bible, self.db, inp.run, inp.revision):
+            return await self._stored(inp.run)
         previous = None
         if inp.feedback:
             previous = await in_thread(store.load_bible, self.db, inp.run)
@@ -158,6 +162,8 @@ class LlmActivities:
 
     @activity.defn
     async def generate_cast(self, inp: CastInput) -> TokenUsage:
+        if await in_thread(store.has_cast, self.db, inp.run, inp.world.character_count):
+            return await self._stored(inp.run)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         messages = prompts.cast(inp.world, bible)
         reply, bill = await self._complete(
@@ -178,6 +184,8 @@ class LlmActivities:
 
     @activity.defn
     async def generate_character(self, inp: ItemInput) -> TokenUsage:
+        if await in_thread(store.has_profile, self.db, inp.run, inp.character_index):
+            return await self._stored(inp.run)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         member = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         messages = prompts.character(inp.world, bible, member)
@@ -197,6 +205,8 @@ class LlmActivities:
     @activity.defn
     async def plan_posts(self, inp: ItemInput) -> TokenUsage:
         """One call plans the character's posts as distinct moments; each post then writes one."""
+        if await in_thread(store.has_plan, self.db, inp.run, inp.character_index):
+            return await self._stored(inp.run)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         posts = inp.world.posts_per_character
@@ -220,6 +230,8 @@ class LlmActivities:
         echo the prompt; if too little is left, the post is written once more, told which sentences not to
         write, and if that fails too, the caption is the moment as planned."""
         assert inp.post_index is not None, "a post has an index"
+        if await in_thread(store.has_post, self.db, inp.run, inp.character_index, inp.post_index):
+            return await self._stored(inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
         messages = prompts.post(inp.world, profile, inp.post_index)
@@ -259,6 +271,10 @@ class LlmActivities:
             profile["handle"],
         )
         return TokenUsage(bill.tokens, bill.run_tokens)
+
+    async def _stored(self, run: RunRef) -> TokenUsage:
+        """An item stored already (by an earlier attempt, or before the run was resumed): no LLM call."""
+        return TokenUsage(0, await in_thread(store.tokens_used, self.db, run.key))
 
     async def _guarded(self, inp: ItemInput, position: str, caption: str, guard) -> tuple[str, list[str]]:
         """The caption after the guard, and what it dropped (recorded on the post's task)."""

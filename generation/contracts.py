@@ -55,6 +55,7 @@ class RunRef:
     world_id: int
     number: int
     workflow_id: str
+    resume: int = 0  # 0 for the run's first execution, then 1, 2, … for each resume
 
     @property
     def key(self) -> str:
@@ -79,6 +80,9 @@ class WorldRunInput:
     run: RunRef
     world: WorldSnapshot
     config: RunConfig
+    # A resumed run goes on from its stored bible revision; one a reviewer approved skips the approval gate.
+    bible_revision: int = 0
+    bible_approved: bool = False
 
 
 @dataclass

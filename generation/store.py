@@ -42,8 +42,29 @@ def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: 
     )
 
 
-def has_bible(db: Database, run: RunRef) -> bool:
-    return db[BIBLES].count_documents({"_id": bible_key(run)}, limit=1) > 0
+def has_bible(db: Database, run: RunRef, revision: int | None = None) -> bool:
+    query: dict = {"_id": bible_key(run)} if revision is None else {"_id": bible_key(run), "revision": revision}
+    return db[BIBLES].count_documents(query, limit=1) > 0
+
+
+# What a run has stored already: a resumed run (or a retried activity) skips these items and pays nothing.
+
+
+def has_cast(db: Database, run: RunRef, size: int) -> bool:
+    return db[CHARACTERS].count_documents({"run_key": run.key}) >= size
+
+
+def has_profile(db: Database, run: RunRef, index: int) -> bool:
+    query = {"_id": character_key(run, index), "status": CharacterStatus.PROFILED}
+    return db[CHARACTERS].count_documents(query, limit=1) > 0
+
+
+def has_plan(db: Database, run: RunRef, index: int) -> bool:
+    return db[CHARACTERS].count_documents({"_id": character_key(run, index), "plan": {"$exists": True}}, limit=1) > 0
+
+
+def has_post(db: Database, run: RunRef, character_index: int, index: int) -> bool:
+    return db[POSTS].count_documents({"_id": post_key(run, character_index, index)}, limit=1) > 0
 
 
 def load_bible(db: Database, run: RunRef) -> dict:

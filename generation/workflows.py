@@ -259,8 +259,9 @@ class WorldGenerationWorkflow:
         self._progress.posts_total = world.character_count * world.posts_per_character
         try:
             await self._mirror(RunStatus.RUNNING, Stage.BIBLE)
-            await self._generate_bible(revision=0, feedback=None)
-            if world.requires_approval and not await self._approval_gate():
+            await self._generate_bible(revision=inp.bible_revision, feedback=None)
+            self._progress.bible_approved = inp.bible_approved
+            if world.requires_approval and not inp.bible_approved and not await self._approval_gate():
                 await self._finish(RunStatus.EXPIRED, Stage.APPROVAL, "nobody approved the world bible in time")
                 return self._progress
             await self._generate_characters()

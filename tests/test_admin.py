@@ -205,6 +205,32 @@ def test_rerender_action_needs_the_start_role_and_explains_refusals():
     assert not AuditEvent.objects.filter(action="images_rerendered").exists()
 
 
+def test_an_editor_resumes_a_failed_run_from_the_run_list(start_worker, llm_server):
+    from tests.test_generation import counts, llm_control
+
+    start_worker()
+    llm_control(llm_server, {"queue": [{"status": 401}]})  # the bible's call: the run fails at once
+    world = make_world(name="Resumia", character_count=1, posts_per_character=1)
+    editor = staff("editor-resume", "Editors")
+    post_button(editor, world, "generate")
+    run = wait_for(world.runs.get(), FINISHED)
+    assert run.status == "failed" and counts(run)["bibles"] == 0
+    reviewer = staff("reviewer-resume", "Reviewers")
+    assert 'value="resume"' not in reviewer.get("/admin/worlds/generationrun/").content.decode()
+    reviewer.post("/admin/worlds/generationrun/", {"action": "resume", "_selected_action": [run.pk]})
+    assert not AuditEvent.objects.filter(action="run_resumed").exists()
+
+    assert 'value="resume"' in editor.get("/admin/worlds/generationrun/").content.decode()
+    response = editor.post(
+        "/admin/worlds/generationrun/", {"action": "resume", "_selected_action": [run.pk]}, follow=True
+    )
+    assert messages_of(response) == ["Resumia run 1 is resumed: it makes only what is missing."]
+    run = wait_for(run, FINISHED)
+    assert (run.status, run.resumes, counts(run)["posts"]) == ("completed", 1, 1), run.error
+    page = editor.get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode()
+    assert f"world-{world.pk}-run-1-resume-1" in page and "Run resumed" in page
+
+
 # --- deleting worlds (through worlds.services.world_delete) ------------------------------------------
 
 

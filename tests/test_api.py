@@ -459,6 +459,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
         "reject": ("post", f"/api/runs/{done.pk}/reject/", {"feedback": "More whales."}),
         "cancel": ("post", f"/api/runs/{done.pk}/cancel/", None),
         "rerender": ("post", f"/api/runs/{done.pk}/rerender/", None),
+        "resume": ("post", f"/api/runs/{done.pk}/resume/", None),
         "publish": ("post", f"/api/runs/{done.pk}/publish/", None),
         "unpublish": ("post", f"/api/worlds/{valid.pk}/unpublish/", None),
     }
@@ -478,6 +479,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
         "reject": 409,
         "cancel": 409,
         "rerender": 409,
+        "resume": 409,
         "publish": 409,
         "unpublish": 409,
     }
@@ -495,6 +497,7 @@ def test_permissions_follow_the_staff_roles(users, world_cleanups):
             "generate",
             "cancel",
             "rerender",
+            "resume",
             "publish",
             "unpublish",
         },
@@ -558,6 +561,14 @@ def test_commands_on_a_finished_run_conflict(users, temporal_env):
     response = editor.post(f"/api/runs/{run.pk}/cancel/")
     assert response.status_code == 409
     assert response.json() == {"detail": "Lanternfall run 1 is not running (it is completed)"}
+    response = editor.post(f"/api/runs/{run.pk}/resume/")
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "Lanternfall run 1 has nothing to resume: it is completed with every item made"
+    }
+    running = make_run(make_world(name="Busy"), "running", started_by=users["editor"])
+    response = editor.post(f"/api/runs/{running.pk}/resume/")
+    assert response.status_code == 409 and response.json()["detail"].endswith("nothing to resume: it is running")
     for body in ({}, {"feedback": "   "}, {"feedback": None}, [1], {"feedback": "x" * 2001}):
         response = reviewer.post(f"/api/runs/{run.pk}/reject/", body, format="json")
         assert response.status_code == 400, body
@@ -898,6 +909,7 @@ ROUTES = {
     "/api/runs/{run_id}/reject/": {"post"},
     "/api/runs/{run_id}/cancel/": {"post"},
     "/api/runs/{run_id}/rerender/": {"post"},
+    "/api/runs/{run_id}/resume/": {"post"},
     "/api/runs/{run_id}/publish/": {"post"},
     "/api/worlds/{world_id}/unpublish/": {"post"},
 }
@@ -1118,6 +1130,35 @@ def test_approval_with_four_eyes_rejection_feedback_and_conflicts(users, worker)
         ("run_approved", "reviewer", "revision 1"),
         ("run_published", None, "completed"),
     ]  # by the run itself, once completed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_run_resumes_at_its_bible_revision_and_waits_for_approval_again(users, worker, settings):
+    lead, reviewer = api(users["lead"]), api(users["reviewer"])
+    world = lead.post("/api/worlds/", world_body(requires_approval=True, posts_per_character=1), format="json").json()
+    settings.GENERATION_APPROVAL_TIMEOUT_SECONDS = 4
+    run = lead.post(f"/api/worlds/{world['id']}/generate/").json()
+    wait_for(reviewer, run["id"], {"awaiting_approval"})
+    assert reviewer.post(f"/api/runs/{run['id']}/reject/", {"feedback": "Gloomier."}, format="json").status_code == 202
+    run = wait_for(reviewer, run["id"], FINISHED)
+    assert (run["status"], run["bible_revision"]) == ("expired", 1)
+    bible_task = documents.task_key(GenerationRun.objects.get(pk=run["id"]).ref, "bible", 1)
+    bible_attempts = mongo.get_db().generation_tasks.find_one({"_id": bible_task})["attempts"]
+    settings.GENERATION_APPROVAL_TIMEOUT_SECONDS = 3600
+
+    assert api(users["reviewer"]).post(f"/api/runs/{run['id']}/resume/").status_code == 403  # needs start_run
+    response = lead.post(f"/api/runs/{run['id']}/resume/")
+    assert response.status_code == 202 and response.json()["resumes"] == 1
+    assert response.json()["workflow_id"] == f"world-{world['id']}-run-1-resume-1"
+    run = wait_for(reviewer, run["id"], {"awaiting_approval"})
+    assert (run["bible_revision"], run["bible_approved"]) == (1, False)  # the stored revision, not a new one
+    assert mongo.get_db().generation_tasks.find_one({"_id": bible_task})["attempts"] == bible_attempts
+    response = lead.post(f"/api/runs/{run['id']}/resume/")
+    assert response.status_code == 409 and "nothing to resume: it is awaiting approval" in response.json()["detail"]
+    assert reviewer.post(f"/api/runs/{run['id']}/approve/").status_code == 202
+    run = wait_for(reviewer, run["id"], FINISHED)
+    assert (run["status"], run["posts_done"], run["failed_items"]) == ("completed", 1, 0), run["error"]
+    assert mongo.get_db().bibles.count_documents({"world_id": world["id"]}) == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -432,12 +432,12 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
         "tokens_used",
         "bible_revision",
         ("started_by", "approved_by", "rejected_by", "cancelled_by"),
-        ("started_at", "finished_at"),
+        ("started_at", "resumes", "resumed_at", "finished_at"),
         "quality",
         "audit",
     )
     readonly_fields = [name for entry in fields for name in (entry if isinstance(entry, tuple) else (entry,))]
-    actions = ["publish", "rerender_images", "reconcile"]
+    actions = ["resume", "publish", "rerender_images", "reconcile"]
 
     class Media:
         css = {"all": ["worlds/admin.css"]}
@@ -467,6 +467,18 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
         for change in changes:
             messages.warning(request, change)
         messages.success(request, f"{len(changes)} of {queryset.count()} runs corrected from Temporal.")
+
+    @admin.action(
+        description="Resume the selected runs (failed, cancelled, or with failed items): stored items are kept",
+        permissions=["start_run"],
+    )
+    def resume(self, request, queryset):
+        self._each_run(
+            request,
+            queryset,
+            lambda run: services.generation_resume(run=run, user=request.user),
+            "{run} is resumed: it makes only what is missing.",
+        )
 
     @admin.action(description="Re-render missing images of the selected runs", permissions=["start_run"])
     def rerender_images(self, request, queryset):

@@ -380,6 +380,22 @@ class RunRerenderApi(RunCommandApi):
 
 
 @extend_schema(
+    summary="Resume a run that finished short: it goes on as the same run, skipping every item already stored",
+    description="For a failed, cancelled, expired or budget-stopped run, or a completed one with failed items "
+    "(which are made again). Items already stored are not generated or billed again. The resumed run keeps "
+    "the world definition it started with, except the token budget, which is the world's current one.",
+    parameters=[RUN_ID],
+    request=None,
+    responses={202: RunSerializer, **errors(400, 403, 404, 409, 503)},
+)
+class RunResumeApi(RunCommandApi):
+    required_perms = {"POST": ("worlds.start_run",)}
+
+    def command(self, request, run):
+        services.generation_resume(run=run, user=request.user)
+
+
+@extend_schema(
     summary="Publish a finished run: it becomes what viewers see (also: roll back to an earlier run)",
     parameters=[RUN_ID],
     request=None,

@@ -18,6 +18,7 @@ urlpatterns = [
     path("runs/<str:run_id>/reject/", api.RunRejectApi.as_view(), name="api-run-reject"),
     path("runs/<str:run_id>/cancel/", api.RunCancelApi.as_view(), name="api-run-cancel"),
     path("runs/<str:run_id>/rerender/", api.RunRerenderApi.as_view(), name="api-run-rerender"),
+    path("runs/<str:run_id>/resume/", api.RunResumeApi.as_view(), name="api-run-resume"),
     path("runs/<str:run_id>/publish/", api.RunPublishApi.as_view(), name="api-run-publish"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

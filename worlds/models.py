@@ -173,7 +173,12 @@ class GenerationRun(models.Model):
     cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    world_snapshot = models.JSONField(
+        null=True, blank=True, editable=False, help_text="The world definition the run started with."
+    )
+    resumes = models.PositiveIntegerField(default=0, help_text="How many times staff resumed the run.")
     started_at = models.DateTimeField(auto_now_add=True)
+    resumed_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -197,7 +202,22 @@ class GenerationRun(models.Model):
     @property
     def ref(self) -> RunRef:
         """What workflows and the Mongo document model know the run by."""
-        return RunRef(self.pk, self.world_id, self.number, self.workflow_id)
+        return RunRef(self.pk, self.world_id, self.number, self.workflow_id, self.resumes)
+
+    @property
+    def base_workflow_id(self) -> str:
+        """The workflow ID of the run's first execution; a resume runs as ``<it>-resume-<n>``."""
+        return f"world-{self.world_id}-run-{self.number}"
+
+    @property
+    def resumable(self) -> bool:
+        """Finished without all its items: failed, cancelled, expired, stopped, or completed with failed items."""
+        finished_short = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.EXPIRED, RunStatus.BUDGET_EXCEEDED)
+        return self.status in finished_short or (self.status == RunStatus.COMPLETED and self.failed_items > 0)
+
+    @property
+    def last_start(self):
+        return self.resumed_at or self.started_at
 
     @property
     def bible_cleared(self) -> bool:
@@ -220,6 +240,7 @@ class AuditEvent(models.Model):
         RUN_PUBLISHED = "run_published", "Run published"
         RUN_UNPUBLISHED = "run_unpublished", "World unpublished"
         RUN_RECONCILED = "run_reconciled", "Run corrected from Temporal"
+        RUN_RESUMED = "run_resumed", "Run resumed"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(

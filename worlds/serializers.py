@@ -177,7 +177,9 @@ class RunSerializer(serializers.ModelSerializer):
             "approved_by",
             "rejected_by",
             "cancelled_by",
+            "resumes",
             "started_at",
+            "resumed_at",
             "updated_at",
             "finished_at",
         ]

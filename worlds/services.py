@@ -2,6 +2,7 @@
 activities call these; none of them talk to Temporal or the ORM directly."""
 
 import contextlib
+import dataclasses
 from datetime import timedelta
 
 from django.conf import settings
@@ -186,12 +187,13 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         raise ActionInvalid(f"{world} cannot be generated: {problems}") from None
     for stale in world.runs.filter(status__in=GenerationRun.ACTIVE):
         run_reconcile(run=stale)  # a row whose workflow ended or vanished must not block the world
+    snapshot = world_snapshot(world)
     with transaction.atomic():
         World.objects.select_for_update().filter(pk=world.pk).first()  # serialise starts of one world
         if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
             raise ActionError(f"{world} is already being generated; cancel that run first")
         number = (world.runs.order_by("-number").values_list("number", flat=True).first() or 0) + 1
-        workflow_id = f"world-{world.pk}-run-{number}"
+        workflow_id = f"world-{world.pk}-run-{number}"  # GenerationRun.base_workflow_id
         try:
             run = GenerationRun.objects.create(
                 world=world,
@@ -203,11 +205,19 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
                 requires_approval=world.requires_approval,
                 characters_total=world.character_count,
                 posts_total=world.character_count * world.posts_per_character,
+                world_snapshot=dataclasses.asdict(snapshot),
             )
         except IntegrityError:
             raise ActionError(f"{world} is already being generated") from None
-    run_input = WorldRunInput(run.ref, world_snapshot(world), run_config())
-    try:  # after the commit, so the workflow's first status update finds the row
+    return _start_workflow(run, WorldRunInput(run.ref, snapshot, run_config()), user, AuditEvent.Action.RUN_STARTED)
+
+
+def _start_workflow(run: GenerationRun, run_input: WorldRunInput, user, action: str) -> GenerationRun:
+    """Start the workflow of a ``run`` row just made pending (a start or a resume), after the commit so
+    the workflow's first status update finds the row. A refusal marks the row failed; a lost answer,
+    start unconfirmed, settled by asking Temporal."""
+    workflow_id, world = run.workflow_id, run.world
+    try:
         temporal_call(
             lambda client: client.start_workflow(
                 WorldGenerationWorkflow.run,
@@ -222,7 +232,7 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         _set_status(
             run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING
         )
-        _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=f"{workflow_id} (start unconfirmed)")
+        _audit(action, user=user, run=run, detail=f"{workflow_id} (start unconfirmed)")
         with contextlib.suppress(ActionUnavailable):
             run_reconcile(run=run)  # Temporal may answer now; if not, the reconciler asks again
         run.refresh_from_db()
@@ -241,8 +251,65 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
         ):
             raise ActionInvalid(f"{world} could not be started: {message}") from None
         raise ActionUnavailable(f"{world} could not be started: {message}") from None
-    _audit(AuditEvent.Action.RUN_STARTED, user=user, run=run, detail=workflow_id)
+    _audit(action, user=user, run=run, detail=workflow_id)
     return run
+
+
+def generation_resume(*, run: GenerationRun, user=None) -> GenerationRun:
+    """Go on with a run that finished short (failed, cancelled, expired, stopped by its budget, or completed
+    with failed items) as the same run: items already stored are skipped without an LLM call, failed ones
+    are made again. It runs as a new workflow, ``<run's workflow ID>-resume-<n>``, with the world as the
+    run started it, except the token budget, which is the world's current one (raise it to resume a run
+    its budget stopped)."""
+    _require(user, "start_run", "resume generation runs")
+    run.refresh_from_db()
+    world = run.world
+    if not run.resumable:
+        raise ActionError(
+            f"{run} has nothing to resume: it is {run.get_status_display().lower()}"
+            + (" with every item made" if run.status == Status.COMPLETED else "")
+        )
+    snapshot = _resume_snapshot(run)
+    if rerender_running(run=run):
+        raise ActionError(f"the images of {run} are being re-rendered; resume it once that has finished")
+    for stale in world.runs.filter(status__in=GenerationRun.ACTIVE):
+        run_reconcile(run=stale)
+    with transaction.atomic():
+        World.objects.select_for_update().filter(pk=world.pk).first()  # serialised with starts of the world
+        if world.runs.filter(status__in=GenerationRun.ACTIVE).exists():
+            raise ActionError(f"{world} is already being generated; resume {run} once that run has finished")
+        resumes = run.resumes + 1
+        updated = GenerationRun.objects.filter(pk=run.pk, status=run.status, resumes=run.resumes).update(
+            status=Status.PENDING,
+            stage=Stage.QUEUED,
+            resumes=resumes,
+            workflow_id=f"{run.base_workflow_id}-resume-{resumes}",
+            error="",
+            resumed_at=timezone.now(),
+            finished_at=None,
+        )
+        if not updated:
+            raise ActionError(f"{run} changed meanwhile (resumed by someone else?); look again")
+    run.refresh_from_db()
+    run_input = WorldRunInput(run.ref, snapshot, run_config(), run.bible_revision, run.bible_approved)
+    return _start_workflow(run, run_input, user, AuditEvent.Action.RUN_RESUMED)
+
+
+def _resume_snapshot(run: GenerationRun) -> WorldSnapshot:
+    """The world as the run started it, with the world's current token budget."""
+    world = run.world
+    if run.world_snapshot:
+        return dataclasses.replace(WorldSnapshot(**run.world_snapshot), token_budget=world.token_budget)
+    # Runs started before snapshots were kept: the world as it is now, if its shape has not changed.
+    if (world.character_count, world.character_count * world.posts_per_character) != (
+        run.characters_total,
+        run.posts_total,
+    ):
+        raise ActionInvalid(
+            f"{run} was made with {run.characters_total} characters and {run.posts_total} posts, and {world} "
+            "has changed since; start a new run instead"
+        )
+    return world_snapshot(world)
 
 
 def _start_refusal(exc: Exception, workflow_id: str) -> str:
@@ -501,7 +568,7 @@ def run_reconcile_record(*, run: GenerationRun, observed: Observed, user=None) -
         return None
     if observed.state == "missing":
         grace = timedelta(seconds=settings.RECONCILE_START_GRACE_SECONDS)
-        if run.status in (Status.PENDING, Status.START_UNCONFIRMED) and timezone.now() - run.started_at < grace:
+        if run.status in (Status.PENDING, Status.START_UNCONFIRMED) and timezone.now() - run.last_start < grace:
             return None  # a start may still be on its way
         message = (
             "the workflow never started"
