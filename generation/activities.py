@@ -28,6 +28,8 @@ from generation.contracts import (
     CastInput,
     ImageRef,
     ItemInput,
+    NewVersions,
+    RegenerateInput,
     RunRef,
     TokenUsage,
     WorldCleanupResult,
@@ -184,44 +186,50 @@ class LlmActivities:
 
     @activity.defn
     async def generate_character(self, inp: ItemInput) -> TokenUsage:
-        if await in_thread(store.has_profile, self.db, inp.run, inp.character_index):
+        if await in_thread(store.has_profile, self.db, inp.run, inp.character_index, inp.version):
             return await self._stored(inp.run)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         member = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         messages = prompts.character(inp.world, bible, member)
+        if inp.version:
+            messages = prompts.revised(messages, feedback=inp.feedback, previous=member.get("bio"))
         reply, bill = await self._complete(
             inp.run,
             inp.world,
             "character",
-            inp.character_index,
+            documents.item_index(inp.character_index, version=inp.version),
             messages,
             schemas.CHARACTER,
             "character_profile",
             MAX_TOKENS["character"],
         )
-        await in_thread(store.save_profile, self.db, inp.run, inp.character_index, reply.content)
+        await in_thread(
+            store.save_profile, self.db, inp.run, inp.character_index, reply.content, inp.version, inp.feedback
+        )
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
     async def plan_posts(self, inp: ItemInput) -> TokenUsage:
         """One call plans the character's posts as distinct moments; each post then writes one."""
-        if await in_thread(store.has_plan, self.db, inp.run, inp.character_index):
+        if await in_thread(store.has_plan, self.db, inp.run, inp.character_index, inp.version):
             return await self._stored(inp.run)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         posts = inp.world.posts_per_character
         messages = prompts.plan(inp.world, bible, profile, posts)
+        if inp.version:
+            messages = prompts.revised(messages, feedback=inp.feedback, previous=None)
         reply, bill = await self._complete(
             inp.run,
             inp.world,
             "plan",
-            inp.character_index,
+            documents.item_index(inp.character_index, version=inp.version),
             messages,
             schemas.plan(posts),
             "post_plan",
             plan_max_tokens(posts),
         )
-        await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"])
+        await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"], inp.version)
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
@@ -230,12 +238,16 @@ class LlmActivities:
         echo the prompt; if too little is left, the post is written once more, told which sentences not to
         write, and if that fails too, the caption is the moment as planned."""
         assert inp.post_index is not None, "a post has an index"
-        if await in_thread(store.has_post, self.db, inp.run, inp.character_index, inp.post_index):
+        if await in_thread(store.has_post, self.db, inp.run, inp.character_index, inp.post_index, inp.version):
             return await self._stored(inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
         messages = prompts.post(inp.world, profile, inp.post_index)
-        position = f"{inp.character_index}.{inp.post_index}"
+        if inp.version:  # a new version: told the editor's note, and kept from repeating the one it replaces
+            previous = await in_thread(store.post_caption, self.db, inp.run, inp.character_index, inp.post_index)
+            messages = prompts.revised(messages, feedback=inp.feedback, previous=previous)
+            earlier = earlier + ([previous] if previous else [])
+        position = str(documents.item_index(inp.character_index, inp.post_index, inp.version))
         reply, bill = await self._complete(
             inp.run, inp.world, "post", position, messages, schemas.POST, "post", MAX_TOKENS["post"]
         )
@@ -269,6 +281,8 @@ class LlmActivities:
             inp.post_index,
             {**post, "caption": caption},
             profile["handle"],
+            inp.version,
+            inp.feedback,
         )
         return TokenUsage(bill.tokens, bill.run_tokens)
 
@@ -457,7 +471,9 @@ class MediaActivities:
         kind = "avatar" if inp.post_index is None else "post"
         prompt = doc.get("appearance") if kind == "avatar" else doc.get("image_prompt")
         width, height = (256, 256) if kind == "avatar" else (640, 480)
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
+        version = doc.get("version", 1)
+        seeded = key if version <= 1 else f"{key}-v{version}"  # a new version, a new image
+        seed = int.from_bytes(hashlib.sha256(seeded.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
         started = time.monotonic()
         try:
             image = await self.media.render_image(
@@ -476,7 +492,7 @@ class MediaActivities:
             give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
             raise ApplicationError(str(err), type="MediaUnavailable", non_retryable=give_up) from err
         metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
-        image_id = await in_thread(store.store_image_file, self.db, key, image.png, metadata)
+        image_id = await in_thread(store.store_image_file, self.db, key, image.png, metadata, version)
         # The task record is written before the image is marked rendered: a worker killed in between
         # re-runs this activity instead of skipping it, so the record is never lost.
         await in_thread(
@@ -484,7 +500,7 @@ class MediaActivities:
             self.db,
             inp.run,
             kind,
-            key,
+            key if version <= 1 else f"{key}@v{version}",
             {
                 "status": documents.TaskStatus.SUCCEEDED,
                 "prompt": prompt,
@@ -506,6 +522,18 @@ class StoreActivities:
     @activity.defn
     def list_images_to_rerender(self, run: RunRef) -> list[ImageRef]:
         return [ImageRef(character, post) for character, post in store.images_to_rerender(self.db, run)]
+
+    @activity.defn
+    def archive_versions(self, inp: RegenerateInput) -> NewVersions:
+        character, posts = store.archive_versions(
+            self.db,
+            inp.run,
+            inp.character_index,
+            inp.post_index,
+            inp.world.posts_per_character,
+            inp.regeneration_id,
+        )
+        return NewVersions(character, list(posts), list(posts.values()))
 
     @activity.defn
     def mark_image_for_rerender(self, inp: ItemInput) -> None:

@@ -101,6 +101,43 @@ class ItemInput:
     world: WorldSnapshot
     character_index: int
     post_index: int | None = None
+    version: int = 0  # a regeneration writes this version of the item (0: the run's own first version)
+    feedback: str = ""  # what the editor asked of the new version
+
+
+@dataclass
+class RegenerateInput:
+    """Make a new version of one character (profile, avatar, plan and posts) or of one post (caption and
+    image). ``regeneration_id``: the ``worlds.models.Regeneration`` row the result is reported to."""
+
+    regeneration_id: int
+    run: RunRef
+    world: WorldSnapshot
+    config: RunConfig
+    character_index: int
+    post_index: int | None = None
+    feedback: str = ""
+
+
+@dataclass
+class NewVersions:
+    """The version each item of a regeneration will be written as (the stored one + 1): the character's
+    (None when one post is regenerated), and each regenerated post's."""
+
+    character: int | None
+    post_indexes: list[int]
+    post_versions: list[int]
+
+
+@dataclass
+class RegenerationUpdate:
+    """How a regeneration ended, mirrored onto its row."""
+
+    regeneration_id: int
+    status: str  # completed, failed or cancelled
+    tokens: int = 0
+    error: str = ""
+    run_key: str = ""
 
 
 @dataclass

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from generation.contracts import RunRef
 
 BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS = "bibles", "characters", "posts", "generation_tasks", "token_ledgers"
-CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS)
+VERSIONS = "item_versions"  # earlier versions of regenerated characters and posts
+CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS, VERSIONS)
 IMAGES = "images"  # GridFS bucket: images.files and images.chunks
 
 
@@ -51,7 +52,7 @@ def run_key(world_id: int, number: int) -> str:
     return f"w{world_id}-r{number}"
 
 
-IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?$")
+IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?(-v[0-9]+)?$")
 
 
 def bible_key(run: RunRef) -> str:
@@ -70,9 +71,19 @@ def task_key(run: RunRef, stage: str, index: str | int) -> str:
     return f"{run.key}:{stage}:{index}"
 
 
-def image_id(document_key: str) -> str:
-    """The GridFS ID of the image of a character or post document."""
-    return f"img-{document_key}"
+def image_id(document_key: str, version: int = 1) -> str:
+    """The GridFS ID of the image of a character or post document (of one of its versions)."""
+    return f"img-{document_key}" if version <= 1 else f"img-{document_key}-v{version}"
+
+
+def item_index(character_index: int, post_index: int | None = None, version: int = 1) -> str | int:
+    """The task index of a character (0) or a post ("0.1"), of a regenerated version ("0@v2", "0.1@v2")."""
+    index: str | int = character_index if post_index is None else f"{character_index}.{post_index}"
+    return index if version <= 1 else f"{index}@v{version}"
+
+
+def version_key(document_key: str, version: int) -> str:
+    return f"{document_key}:v{version}"
 
 
 def image_run(image: str) -> tuple[int, int] | None:
@@ -153,6 +164,8 @@ def ensure_indexes(db: Database) -> None:
     db[BIBLES].create_index([("run_key", ASCENDING)], name="bible_run_key")
     # A deleted world's content is deleted by world_id (the other collections' indexes start with it).
     db[TASKS].create_index([("world_id", ASCENDING)], name="task_world")
+    db[VERSIONS].create_index([("run_key", ASCENDING), ("item", ASCENDING)], name="version_item")
+    db[VERSIONS].create_index([("world_id", ASCENDING)], name="version_world")
 
 
 # --- reads of the web side (worlds.selectors) ------------------------------------------------------------
@@ -202,6 +215,35 @@ def provenance(db: Database, run: RunRef, stage: str, indexes: list) -> dict[str
     return {
         str(task["index"]): f"prompts v{task.get('prompt_version') or '?'} · {task.get('model') or 'model unknown'}"
         for task in tasks
+    }
+
+
+def item_versions(db: Database, run: RunRef, character_index: int, post_index: int | None) -> dict:
+    """A character's or post's current version and the earlier ones it replaced (newest first), each as
+    version, feedback, text (bio or caption), image status and ID, and when it was replaced."""
+    if post_index is None:
+        key, current = (
+            character_key(run, character_index),
+            db[CHARACTERS].find_one({"_id": character_key(run, character_index)}),
+        )
+    else:
+        key = post_key(run, character_index, post_index)
+        current = db[POSTS].find_one({"_id": key})
+    earlier = db[VERSIONS].find({"run_key": run.key, "item": key}).sort("version", -1)
+    return {
+        "current": current and _version_entry(current, current.get("version", 1), None),
+        "earlier": [_version_entry(doc["content"], doc["version"], doc.get("archived_at")) for doc in earlier],
+    }
+
+
+def _version_entry(content: dict, version: int, archived_at) -> dict:
+    return {
+        "version": version,
+        "feedback": content.get("feedback", ""),
+        "text": content.get("caption", content.get("bio", "")),
+        "image_status": content.get("image_status", ""),
+        "image_id": content.get("image_id"),
+        "archived_at": archived_at,
     }
 
 

@@ -179,3 +179,13 @@ def avoiding(messages: list[dict], repeated: list[str]) -> list[dict]:
             f"earlier posts or copy the lines above):\n{lines}",
         },
     ]
+
+
+def revised(messages: list[dict], *, feedback: str, previous: str | None) -> list[dict]:
+    """The same request for a new version of an item: the editor's feedback, and the text it replaces."""
+    note = "An editor asked for a new version of this."
+    if feedback:
+        note += f" Their note: {feedback}"
+    if previous:
+        note += f"\nThe version it replaces (write something new, not this):\n{previous}"
+    return [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']}\n\n{note}"}]

@@ -17,6 +17,7 @@ from generation.documents import (
     LEDGERS,
     POSTS,
     TASKS,
+    VERSIONS,
     CharacterStatus,
     ImageStatus,
     bible_document,
@@ -29,6 +30,7 @@ from generation.documents import (
     post_key,
     run_fields,
     task_key,
+    version_key,
     world_image_ids,
 )
 
@@ -54,17 +56,65 @@ def has_cast(db: Database, run: RunRef, size: int) -> bool:
     return db[CHARACTERS].count_documents({"run_key": run.key}) >= size
 
 
-def has_profile(db: Database, run: RunRef, index: int) -> bool:
-    query = {"_id": character_key(run, index), "status": CharacterStatus.PROFILED}
+# ``version`` (a regeneration's): stored only once that version is. A document without a version is version 1.
+
+
+def _stored(version: int, field: str = "version") -> dict:
+    return {field: {"$gte": version}} if version > 1 else {}
+
+
+def has_profile(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
+    query = {"_id": character_key(run, index), "status": CharacterStatus.PROFILED, **_stored(version)}
     return db[CHARACTERS].count_documents(query, limit=1) > 0
 
 
-def has_plan(db: Database, run: RunRef, index: int) -> bool:
-    return db[CHARACTERS].count_documents({"_id": character_key(run, index), "plan": {"$exists": True}}, limit=1) > 0
+def has_plan(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
+    query = {"_id": character_key(run, index), "plan": {"$exists": True}, **_stored(version, "plan_version")}
+    return db[CHARACTERS].count_documents(query, limit=1) > 0
 
 
-def has_post(db: Database, run: RunRef, character_index: int, index: int) -> bool:
-    return db[POSTS].count_documents({"_id": post_key(run, character_index, index)}, limit=1) > 0
+def has_post(db: Database, run: RunRef, character_index: int, index: int, version: int = 0) -> bool:
+    query = {"_id": post_key(run, character_index, index), **_stored(version)}
+    return db[POSTS].count_documents(query, limit=1) > 0
+
+
+def archive_versions(
+    db: Database, run: RunRef, character_index: int, post_index: int | None, posts: int, regeneration_id: int
+) -> tuple[int | None, dict[int, int]]:
+    """Keep the stored version of what a regeneration replaces (the character and its ``posts`` posts, or one
+    post) in ``item_versions``, and return the versions to write: (the character's or None, {post: version}).
+    Idempotent: a retry archives the same versions again, onto the same keys."""
+    character = None
+    if post_index is None:
+        character = _archive(db, run, CHARACTERS, character_key(run, character_index), regeneration_id)
+    indexes = range(posts) if post_index is None else [post_index]
+    versions = {p: _archive(db, run, POSTS, post_key(run, character_index, p), regeneration_id) for p in indexes}
+    return character, versions
+
+
+def _archive(db: Database, run: RunRef, collection: str, key: str, regeneration_id: int) -> int:
+    """Archive the stored version of ``key`` (if any); returns the version that replaces it."""
+    doc = db[collection].find_one({"_id": key})
+    if doc is None:  # a post that failed for good: its first version is written now
+        return 1
+    version = doc.pop("version", 1)
+    del doc["_id"]
+    db[VERSIONS].update_one(
+        {"_id": version_key(key, version)},
+        {
+            "$setOnInsert": {
+                **run_fields(run),
+                "item": key,
+                "kind": collection,
+                "version": version,
+                "content": doc,
+                "replaced_by_regeneration": regeneration_id,
+                "archived_at": now(),
+            }
+        },
+        upsert=True,
+    )
+    return version + 1
 
 
 def load_bible(db: Database, run: RunRef) -> dict:
@@ -91,15 +141,35 @@ def load_character(db: Database, run: RunRef, index: int) -> dict:
     return doc
 
 
-def save_profile(db: Database, run: RunRef, index: int, profile: dict) -> None:
+def _new_version(version: int, feedback: str) -> dict:
+    """The fields a regenerated version sets: its number and feedback, and a new image to render."""
+    if version <= 0:
+        return {}
+    return {"version": version, "feedback": feedback, "image_status": ImageStatus.PENDING, "image_id": None}
+
+
+def save_profile(db: Database, run: RunRef, index: int, profile: dict, version: int = 0, feedback: str = "") -> None:
     db[CHARACTERS].update_one(
         {"_id": character_key(run, index)},
-        {"$set": {**profile, "status": CharacterStatus.PROFILED, "updated_at": now()}},
+        {
+            "$set": {
+                **profile,
+                "status": CharacterStatus.PROFILED,
+                **_new_version(version, feedback),
+                "updated_at": now(),
+            }
+        },
     )
 
 
-def save_plan(db: Database, run: RunRef, index: int, moments: list[dict]) -> None:
-    db[CHARACTERS].update_one({"_id": character_key(run, index)}, {"$set": {"plan": moments, "updated_at": now()}})
+def save_plan(db: Database, run: RunRef, index: int, moments: list[dict], version: int = 0) -> None:
+    fields = {"plan": moments, "updated_at": now(), **({"plan_version": version} if version > 0 else {})}
+    db[CHARACTERS].update_one({"_id": character_key(run, index)}, {"$set": fields})
+
+
+def post_caption(db: Database, run: RunRef, character_index: int, index: int) -> str | None:
+    doc = db[POSTS].find_one({"_id": post_key(run, character_index, index)}, {"caption": 1})
+    return doc and doc.get("caption")
 
 
 def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
@@ -111,13 +181,19 @@ def earlier_captions(db: Database, run: RunRef, character_index: int, before: in
     return [doc["caption"] for doc in cursor]
 
 
-def save_post(db: Database, run: RunRef, character_index: int, index: int, post: dict, handle: str) -> None:
-    document = post_document(run, character_index, index, post, handle)
-    db[POSTS].update_one(
-        {"_id": document.pop("_id")},
-        {"$set": document, "$setOnInsert": {"image_status": ImageStatus.PENDING, "created_at": now()}},
-        upsert=True,
-    )
+def save_post(
+    db: Database,
+    run: RunRef,
+    character_index: int,
+    index: int,
+    post: dict,
+    handle: str,
+    version: int = 0,
+    feedback: str = "",
+) -> None:
+    document = post_document(run, character_index, index, post, handle) | _new_version(version, feedback)
+    on_insert = {"created_at": now()} | ({} if version > 0 else {"image_status": ImageStatus.PENDING})
+    db[POSTS].update_one({"_id": document.pop("_id")}, {"$set": document, "$setOnInsert": on_insert}, upsert=True)
 
 
 def image_target(db: Database, run: RunRef, character_index: int, post_index: int | None) -> tuple[str, str, dict]:
@@ -133,8 +209,8 @@ def save_image(db: Database, collection: str, key: str, png: bytes, metadata: di
     mark_image_rendered(db, collection, key, store_image_file(db, key, png, metadata))
 
 
-def store_image_file(db: Database, key: str, png: bytes, metadata: dict) -> str:
-    image = image_id(key)
+def store_image_file(db: Database, key: str, png: bytes, metadata: dict, version: int = 1) -> str:
+    image = image_id(key, version)
     fs = gridfs.GridFS(db, collection=IMAGES)
     if not fs.exists(image):  # rendering is deterministic: a retry stores nothing new
         fs.delete(image)  # chunks left by an attempt interrupted mid-write (the file document comes last)

@@ -41,6 +41,8 @@ with workflow.unsafe.imports_passed_through():
         DegradedItemsUpdate,
         ItemInput,
         Progress,
+        RegenerateInput,
+        RegenerationUpdate,
         RunConfig,
         RunStatus,
         RunStatusUpdate,
@@ -140,6 +142,7 @@ LLM_TIMEOUTS: dict[str, Any] = {
 }
 MIRROR_ACTIVITY = "record_run_status"  # registered by worlds.activities (Django side)
 DEGRADED_MIRROR_ACTIVITY = "record_degraded_items"  # likewise
+REGENERATION_MIRROR_ACTIVITY = "record_regeneration"  # likewise
 MIRROR_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
@@ -179,6 +182,19 @@ async def run_activity(activity: Any, arg: Any, *, exact: bool, after_cancel: bo
     if not after_cancel and workflow.cancellation_reason() is not None:
         raise asyncio.CancelledError()
     return result
+
+
+async def run_llm(activity: Any, arg: Any, config: RunConfig, world_id: int, exact: bool) -> TokenUsage:
+    """An LLM activity: on the LLM queue, retried while the provider is down, fair between worlds."""
+    return await run_activity(
+        activity,
+        arg,
+        exact=exact,
+        task_queue=config.llm_queue,
+        retry_policy=llm_retry(config),
+        priority=_fairness(world_id),
+        **LLM_TIMEOUTS,
+    )
 
 
 def budget_stop(err: BaseException | None) -> str | None:
@@ -289,15 +305,7 @@ class WorldGenerationWorkflow:
         return self._progress
 
     async def _llm(self, activity, arg) -> None:
-        usage = await run_activity(
-            activity,
-            arg,
-            exact=self._exact,
-            task_queue=self._inp.config.llm_queue,
-            retry_policy=llm_retry(self._inp.config),
-            priority=_fairness(self._inp.world.world_id),
-            **LLM_TIMEOUTS,
-        )
+        usage = await run_llm(activity, arg, self._inp.config, self._inp.world.world_id, self._exact)
         self._add_tokens(usage)
 
     async def _generate_bible(self, revision: int, feedback: str | None) -> None:
@@ -478,15 +486,7 @@ class CharacterWorkflow:
         last_signal = workflow.now()
 
         async def llm(activity, item: ItemInput) -> None:
-            usage = await run_activity(
-                activity,
-                item,
-                exact=exact,
-                task_queue=config.llm_queue,
-                retry_policy=llm_retry(config),
-                priority=_fairness(world.world_id),
-                **LLM_TIMEOUTS,
-            )
+            usage = await run_llm(activity, item, config, world.world_id, exact)
             progress.tokens += usage.tokens
             progress.run_tokens = max(progress.run_tokens, usage.run_tokens)
 
@@ -616,6 +616,68 @@ class RerenderImagesWorkflow:
             DegradedItemsUpdate(inp.run.run_id, still_missing),
             exact=exact,
             after_cancel=after_cancel,
+            task_queue=inp.config.workflows_queue,
+            **MIRROR_OPTIONS,
+        )
+
+
+# --- Regenerating one item ---------------------------------------------------------------
+
+
+@workflow.defn
+class RegenerateItemWorkflow:
+    """A new version of one character (profile, avatar, plan, then each of its posts) or of one post (caption
+    and image), written with the editor's feedback. The versions it replaces are archived first, and the
+    feed shows each new one as soon as it is stored. Reports how it ended to its regeneration row."""
+
+    @workflow.run
+    async def run(self, inp: RegenerateInput) -> int:
+        config, world = inp.config, inp.world
+        self._tokens = 0
+
+        async def llm(activity, item: ItemInput) -> None:
+            self._tokens += (await run_llm(activity, item, config, world.world_id, exact=True)).tokens
+
+        async def render(item: ItemInput) -> None:
+            await render_or_degrade(item, config.media_queue, config.workflows_queue, exact=True)
+
+        def version_of(post_index: int | None, version: int) -> ItemInput:
+            return ItemInput(inp.run, world, inp.character_index, post_index, version, inp.feedback)
+
+        try:
+            versions = await run_activity(
+                StoreActivities.archive_versions,
+                inp,
+                exact=True,
+                task_queue=config.workflows_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+            if versions.character is not None:
+                character = version_of(None, versions.character)
+                await llm(LlmActivities.generate_character, character)
+                await render(character)
+                if versions.post_indexes:
+                    await llm(LlmActivities.plan_posts, character)
+            for index, version in zip(versions.post_indexes, versions.post_versions, strict=True):
+                post = version_of(index, version)
+                await llm(LlmActivities.generate_post, post)
+                await render(post)
+        except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
+            if cancel_requested(err):
+                await self._report(inp, RunStatus.CANCELLED, "cancelled by staff")
+                raise asyncio.CancelledError() from err
+            message = budget_stop(err) or describe_failure(err)
+            await self._report(inp, RunStatus.FAILED, message)
+            raise ApplicationError(message, non_retryable=True) from err
+        await self._report(inp, RunStatus.COMPLETED)
+        return self._tokens
+
+    async def _report(self, inp: RegenerateInput, status: RunStatus, error: str = "") -> None:
+        await run_activity(
+            REGENERATION_MIRROR_ACTIVITY,
+            RegenerationUpdate(inp.regeneration_id, status, self._tokens, error, inp.run.key),
+            exact=True,
+            after_cancel=True,
             task_queue=inp.config.workflows_queue,
             **MIRROR_OPTIONS,
         )

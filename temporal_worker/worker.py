@@ -35,6 +35,7 @@ from generation.llm import LlmClient
 from generation.media import MediaClient
 from generation.workflows import (
     CharacterWorkflow,
+    RegenerateItemWorkflow,
     RerenderImagesWorkflow,
     StackCheckWorkflow,
     WorldCleanupWorkflow,
@@ -109,7 +110,9 @@ def build_workers(
         "workflows": [
             store_activities.mark_image_for_rerender,
             store_activities.list_images_to_rerender,
+            store_activities.archive_versions,
             mirror.record_run_status,
+            mirror.record_regeneration,
             mirror.record_degraded_items,
             cleanup.stop_workflows,
             cleanup.delete_world_content,
@@ -125,6 +128,7 @@ def build_workers(
                 WorldGenerationWorkflow,
                 CharacterWorkflow,
                 RerenderImagesWorkflow,
+                RegenerateItemWorkflow,
                 WorldCleanupWorkflow,
                 StackCheckWorkflow,
                 *extensions.workflows,

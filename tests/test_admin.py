@@ -231,6 +231,46 @@ def test_an_editor_resumes_a_failed_run_from_the_run_list(start_worker, llm_serv
     assert f"world-{world.pk}-run-1-resume-1" in page and "Run resumed" in page
 
 
+def test_an_editor_regenerates_a_post_from_the_preview_and_sees_both_versions(start_worker):
+    from worlds.models import Regeneration
+
+    start_worker()
+    world = make_world(name="Versa", character_count=1, posts_per_character=1)
+    editor = staff("editor-versions", "Editors")
+    post_button(editor, world, "generate")
+    run = wait_for(world.runs.get(), FINISHED)
+    page = editor.get(f"/admin/worlds/world/{world.pk}/change/").content.decode()
+    url = f"/admin/worlds/world/{world.pk}/runs/{run.pk}/regenerate/0/0/"
+    assert url in page and f"/admin/worlds/world/{world.pk}/runs/{run.pk}/regenerate/0/" in page
+    old_caption = mongo.get_db().posts.find_one({"run_key": run.ref.key})["caption"]
+
+    reviewer = staff("reviewer-versions", "Reviewers")
+    assert "Regenerate" not in reviewer.get(url).content.decode().split("<h2>Regenerations</h2>")[1]
+    response = reviewer.post(url, {"feedback": "Louder."}, follow=True)
+    assert "permission to regenerate" in " ".join(messages_of(response))
+    response = editor.post(url, {"feedback": "x" * 2001})
+    assert response.status_code == 200 and "at most" in response.content.decode()  # the form says why
+    assert not Regeneration.objects.exists()
+
+    response = editor.post(url, {"feedback": "Louder."}, follow=True)
+    assert messages_of(response) == [
+        "Versa: post 0.0 of run 1 is being regenerated; the feed shows the new version once it is written."
+    ]
+    regeneration = Regeneration.objects.get()
+    deadline = time.monotonic() + 60
+    while regeneration.status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        regeneration.refresh_from_db()
+    assert regeneration.status == "completed", regeneration.error
+    page = html.unescape(editor.get(url).content.decode())
+    assert "Version 2</strong> (current: the feed shows it)" in page and "Made with the note: Louder." in page
+    assert "Version 1</strong> (replaced" in page and old_caption in page
+    assert 'editor-versions: post 0.0, completed ("Louder.")' in page
+    assert "Item regenerated" in editor.get(f"/admin/worlds/generationrun/{run.pk}/change/").content.decode()
+    assert editor.get(f"/admin/worlds/world/{world.pk}/runs/{run.pk}/regenerate/0/5/").status_code == 404
+
+
 # --- deleting worlds (through worlds.services.world_delete) ------------------------------------------
 
 

@@ -910,6 +910,9 @@ ROUTES = {
     "/api/runs/{run_id}/cancel/": {"post"},
     "/api/runs/{run_id}/rerender/": {"post"},
     "/api/runs/{run_id}/resume/": {"post"},
+    "/api/runs/{run_id}/regenerate/": {"post"},
+    "/api/runs/{run_id}/versions/": {"get"},
+    "/api/regenerations/{regeneration_id}/": {"get"},
     "/api/runs/{run_id}/publish/": {"post"},
     "/api/worlds/{world_id}/unpublish/": {"post"},
 }

@@ -27,7 +27,12 @@ from generation.contracts import (
     WorldRunInput,
     WorldSnapshot,
 )
-from generation.workflows import CharacterWorkflow, RerenderImagesWorkflow, WorldGenerationWorkflow
+from generation.workflows import (
+    CharacterWorkflow,
+    RegenerateItemWorkflow,
+    RerenderImagesWorkflow,
+    WorldGenerationWorkflow,
+)
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(60)]
 
@@ -161,7 +166,7 @@ def stand_in_workers(env: WorkflowEnvironment, stand_ins: StandIns, config: RunC
             env.client,
             task_queue=queue,
             activities=stand_ins.activities(),
-            workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow]
+            workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow, RegenerateItemWorkflow]
             if queue == config.workflows_queue
             else [],
             max_heartbeat_throttle_interval=timedelta(milliseconds=100),
@@ -171,7 +176,7 @@ def stand_in_workers(env: WorkflowEnvironment, stand_ins: StandIns, config: RunC
     ]
 
 
-async def cancel_when(env: WorkflowEnvironment, stand_ins: StandIns, workflow, inp: WorldRunInput, ready) -> int:
+async def cancel_when(env: WorkflowEnvironment, stand_ins: StandIns, workflow, inp, ready) -> int:
     """Start ``workflow``, cancel it once ``ready()`` is true; returns the log position at the cancel."""
     config = inp.config
     workers = stand_in_workers(env, stand_ins, config)

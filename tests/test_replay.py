@@ -12,6 +12,7 @@ from temporalio.worker import Replayer
 
 from generation.workflows import (
     CharacterWorkflow,
+    RegenerateItemWorkflow,
     RerenderImagesWorkflow,
     StackCheckWorkflow,
     WorldGenerationWorkflow,
@@ -20,6 +21,15 @@ from generation.workflows import (
 pytestmark = pytest.mark.fast
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+BEFORE_EXACT_RUNS = (
+    "world_completed",
+    "character_completed",
+    "world_rejected_then_approved",
+    "world_cancelled",
+    "world_budget_exceeded",
+)
 
 
 def test_histories_are_recorded():
@@ -31,13 +41,17 @@ def test_histories_are_recorded():
         "world_budget_exceeded",
         "rerender_completed",
         "character_with_a_failed_post",
+        "world_resumed",
+        "regenerate_post",
+        "regenerate_character",
+        "regenerate_failed",
     }
     before_patches = {
         "character_completed_before_partial_failures",
         "character_completed_before_planned_posts",
         "character_completed_before_throttled_signals",
         "world_completed_before_event_driven_progress",
-        *(f"{name}_before_exact_runs" for name in current - {"rerender_completed", "character_with_a_failed_post"}),
+        *(f"{name}_before_exact_runs" for name in BEFORE_EXACT_RUNS),
     }
     assert {path.stem for path in HISTORIES} >= current | before_patches
 
@@ -46,6 +60,12 @@ def test_histories_are_recorded():
 def test_recorded_history_replays(path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     replayer = Replayer(
-        workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow, StackCheckWorkflow]
+        workflows=[
+            WorldGenerationWorkflow,
+            CharacterWorkflow,
+            RerenderImagesWorkflow,
+            RegenerateItemWorkflow,
+            StackCheckWorkflow,
+        ]
     )
     asyncio.run(replayer.replay_workflow(history))

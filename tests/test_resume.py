@@ -5,7 +5,7 @@ import pytest
 
 from clients import mongo
 from generation import documents
-from tests.test_generation import FINISHED, counts, llm_control, llm_stats, make_world, wait_for
+from tests.test_generation import FINISHED, counts, llm_control, llm_stats, make_world, record_history, wait_for
 from worlds.models import AuditEvent
 from worlds.services import ActionError, generation_approve, generation_cancel, generation_resume, generation_start
 
@@ -71,6 +71,7 @@ def test_a_failed_run_resumes_as_the_same_run_and_calls_the_llm_only_for_what_is
     assert len(missing) >= 6 - posts_before and all(after[key][-1]["status"] == "succeeded" for key in missing)
     assert resumed.tokens_used > tokens_before  # the same ledger: the resume's tokens add to the run's
     assert AuditEvent.objects.filter(run=resumed, action=AuditEvent.Action.RUN_RESUMED).count() == 1
+    record_history(resumed.workflow_id, "world_resumed")
 
 
 def test_a_cancelled_run_resumes_and_ends_with_every_item_once(start_worker, llm_server):

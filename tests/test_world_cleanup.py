@@ -46,6 +46,8 @@ def seed(db, world_id: int, runs: int = 2) -> None:
         store.reserve_tokens(db, run, 10_000, "bible:0", 100)
         store.store_image_file(db, documents.character_key(run, 0), PNG, {})
         store.store_image_file(db, documents.post_key(run, 0, 0), PNG, {})
+        store.archive_versions(db, run, 0, 0, 1, regeneration_id=number)  # post 0.0 was regenerated:
+        store.store_image_file(db, documents.post_key(run, 0, 0), PNG, {}, version=2)  # its old version is kept
 
 
 def content(db, world_id: int) -> dict[str, int]:
@@ -86,7 +88,7 @@ def test_deleting_world_1_deletes_all_of_it_and_nothing_of_world_12(db):
     deleted, images = store.delete_world_content(db, 1, batch=1, on_batch=lambda: batches.append(1))
 
     assert deleted == sum(before_1[name] for name in CONTENT_COLLECTIONS)
-    assert images == before_1["images.files"] == 4
+    assert images == before_1["images.files"] == 6
     assert len(batches) >= images  # one image a batch, with a call between batches
     assert content(db, 1) == NOTHING
     assert content(db, 12) == before_12
@@ -121,11 +123,11 @@ def test_a_cleanup_cut_off_mid_way_is_finished_by_running_it_again(db):
         store.delete_world_content(db, 1, batch=1, on_batch=cut_off_after(2))
     with pytest.raises(CutOff):  # during the images
         store.delete_world_content(db, 1, batch=1, on_batch=cut_off_after(len(CONTENT_COLLECTIONS) + 1))
-    assert content(db, 1)["images.files"] == 2
+    assert content(db, 1)["images.files"] == 4
 
     deleted, images = store.delete_world_content(db, 1, batch=1)
 
-    assert deleted == 0 and images == 2
+    assert deleted == 0 and images == 4
     assert content(db, 1) == NOTHING
     assert content(db, 12) == before_12
 
@@ -141,7 +143,7 @@ def test_the_content_activity_heartbeats_between_batches(db):
 
     result = asyncio.run(delete())
 
-    assert result.images == 4 and result.documents > 0
+    assert result.images == 6 and result.documents > 0
     assert len(beats) >= len(CONTENT_COLLECTIONS) + 1
     assert content(db, 31) == NOTHING
 
@@ -185,6 +187,6 @@ def test_the_cleanup_workflow_stops_the_world_s_workflows_then_deletes_its_conte
     assert result.stopped_workflows == 1  # the unknown ID counts as stopped, not as running
     assert status == WorkflowExecutionStatus.CANCELED
     assert result.documents == sum(before_31[name] for name in CONTENT_COLLECTIONS)
-    assert result.images == before_31["images.files"] == 4
+    assert result.images == before_31["images.files"] == 6
     assert content(db, 31) == NOTHING
     assert content(db, 12) == before_12

@@ -228,4 +228,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Runs and regenerations both have a status field, with different choices.
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "worlds.models.GenerationRun.Status",
+        "RegenerationStatusEnum": "worlds.models.Regeneration.Status",
+    },
 }

@@ -6,7 +6,7 @@ import contextlib
 from django.db import close_old_connections
 from temporalio import activity
 
-from generation.contracts import DegradedItemsUpdate, RunStatusUpdate
+from generation.contracts import DegradedItemsUpdate, RegenerationUpdate, RunStatusUpdate
 from worlds import services
 
 
@@ -30,3 +30,8 @@ class RunMirrorActivities:
     def record_degraded_items(self, update: DegradedItemsUpdate) -> None:
         with _fresh_db_connections():
             services.run_degraded_record(update=update)
+
+    @activity.defn(name="record_regeneration")
+    def record_regeneration(self, update: RegenerationUpdate) -> None:
+        with _fresh_db_connections():
+            services.regeneration_record(update=update)

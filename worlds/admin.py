@@ -13,7 +13,8 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.views.main import ChangeList
-from django.http import HttpResponseRedirect
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -24,7 +25,7 @@ from generation import quality
 from generation.contracts import Stage
 from generation.documents import ImageStatus
 from worlds import selectors, services
-from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
+from worlds.models import AuditEvent, GenerationRun, Regeneration, World, validate_feedback_length
 
 STAGES = [Stage.BIBLE, Stage.APPROVAL, Stage.CHARACTERS, Stage.POSTS, Stage.DONE]
 Status = GenerationRun.Status
@@ -77,6 +78,15 @@ class FeedbackForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
         validators=[validate_feedback_length],
         help_text="What should change in the world bible? The bible is regenerated with it.",
+    )
+
+
+class RegenerateForm(forms.Form):
+    feedback = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 70}),
+        validators=[validate_feedback_length],
+        help_text='What should the new version change? For example "make her grumpier". Optional.',
     )
 
 
@@ -197,6 +207,11 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
         characters = selectors.run_characters(run=run)
         posts = selectors.run_posts(run=run, limit=6)
         made_by = selectors.item_provenance(run=run, characters=characters, posts=posts)
+
+        def regenerate(*position: int) -> str:
+            url = reverse("admin:worlds_world_regenerate", args=[world.pk, run.pk, *position])
+            return format_html('<a href="{}">Versions and regenerate</a>', url)
+
         return format_html(
             '<div class="wg-preview"><h3>{}</h3><p>{}</p>'
             '<div class="wg-cast">{}</div><div class="wg-posts">{}</div></div>',
@@ -205,13 +220,33 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             format_html_join(
                 "",
                 '<figure>{}<figcaption>{} <span class="wg-muted">@{}</span>'
-                '<small class="wg-muted">{}</small></figcaption></figure>',
-                ((_image(c), c.get("name", ""), c.get("handle", ""), made_by[(c["index"],)]) for c in characters),
+                '<small class="wg-muted">v{} · {}</small><small>{}</small></figcaption></figure>',
+                (
+                    (
+                        _image(c),
+                        c.get("name", ""),
+                        c.get("handle", ""),
+                        c.get("version", 1),
+                        made_by[(c["index"],)],
+                        regenerate(c["index"]),
+                    )
+                    for c in characters
+                ),
             ),
             format_html_join(
                 "",
-                '<figure>{}<figcaption>{}<small class="wg-muted">{}</small></figcaption></figure>',
-                ((_image(p), p.get("caption", ""), made_by[(p["character_index"], p["index"])]) for p in posts),
+                '<figure>{}<figcaption>{}<small class="wg-muted">v{} · {}</small><small>{}</small></figcaption>'
+                "</figure>",
+                (
+                    (
+                        _image(p),
+                        p.get("caption", ""),
+                        p.get("version", 1),
+                        made_by[(p["character_index"], p["index"])],
+                        regenerate(p["character_index"], p["index"]),
+                    )
+                    for p in posts
+                ),
             ),
         )
 
@@ -224,6 +259,16 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             path("<int:world_id>/approve/", view(self.approve_view), name="worlds_world_approve"),
             path("<int:world_id>/reject/", view(self.reject_view), name="worlds_world_reject"),
             path("<int:world_id>/unpublish/", view(self.unpublish_view), name="worlds_world_unpublish"),
+            path(
+                "<int:world_id>/runs/<int:run_id>/regenerate/<int:character>/",
+                view(self.regenerate_view),
+                name="worlds_world_regenerate",
+            ),
+            path(
+                "<int:world_id>/runs/<int:run_id>/regenerate/<int:character>/<int:post>/",
+                view(self.regenerate_view),
+                name="worlds_world_regenerate",
+            ),
         ] + super().get_urls()
 
     def _world_action(self, request, world_id: int, do) -> HttpResponseRedirect:
@@ -251,6 +296,47 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             self._report(request, world, lambda w: self._reject(request, w, form.cleaned_data["feedback"]))
             return HttpResponseRedirect(reverse("admin:worlds_world_change", args=[world.pk]))
         return self._feedback_page(request, [world], form)
+
+    def regenerate_view(self, request, world_id: int, run_id: int, character: int, post: int | None = None):
+        """An item's current and earlier versions, and a form to regenerate it with feedback."""
+        run = get_object_or_404(GenerationRun.objects.select_related("world"), pk=run_id, world_id=world_id)
+        if not self.has_view_permission(request, run.world):
+            raise PermissionDenied
+        form = RegenerateForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                regeneration = services.item_regenerate(
+                    run=run,
+                    character_index=character,
+                    post_index=post,
+                    feedback=form.cleaned_data["feedback"],
+                    user=request.user,
+                )
+            except services.ActionError as exc:
+                self.message_user(request, f"{run.world}: {exc}", messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"{run.world}: {regeneration.item} of run {run.number} is being regenerated; "
+                    "the feed shows the new version once it is written.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:worlds_world_change", args=[world_id]))
+        versions = selectors.item_versions(run=run, character_index=character, post_index=post)
+        if versions["current"] is None:
+            raise Http404("no such character or post")
+        item = f"character {character}" if post is None else f"post {character}.{post}"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{item.capitalize()} of {run}",
+            "run": run,
+            "versions": [versions["current"], *versions["earlier"]],
+            "regenerations": versions["regenerations"],
+            "form": form,
+            "can_regenerate": request.user.has_perm("worlds.start_run"),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/worlds/world/regenerate.html", context)
 
     # --- bulk actions (world list) ------------------------------------------------
     @admin.action(description="Generate selected worlds", permissions=["start_run"])
@@ -601,6 +687,23 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # runs are started from a world, through worlds.services
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Regeneration)
+class RegenerationAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "status", "feedback", "tokens_used", "requested_by", "started_at", "finished_at")
+    list_filter = ("status",)
+    list_select_related = ("run__world", "requested_by")
+    readonly_fields = ("run", "item", "feedback", "status", "error", "tokens_used", "requested_by", "started_at")
+
+    def has_add_permission(self, request):
+        return False  # regenerations are asked for on the world's preview, through worlds.services
 
     def has_change_permission(self, request, obj=None):
         return False

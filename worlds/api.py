@@ -19,15 +19,19 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from worlds import selectors, services
-from worlds.models import GenerationRun, World
+from worlds.models import GenerationRun, Regeneration, World
 from worlds.serializers import (
     CharacterSerializer,
     ErrorSerializer,
+    ItemQuerySerializer,
+    ItemVersionsSerializer,
     PageQuerySerializer,
     PostPageSerializer,
     PostQuerySerializer,
     PostSerializer,
     QualityReportSerializer,
+    RegenerateInputSerializer,
+    RegenerationSerializer,
     RejectInputSerializer,
     RunDetailSerializer,
     RunSerializer,
@@ -406,6 +410,69 @@ class RunPublishApi(RunCommandApi):
 
     def command(self, request, run):
         services.run_publish(run=run, user=request.user)
+
+
+# --- regenerating one item ---------------------------------------------------------------------
+
+
+@extend_schema(parameters=[RUN_ID])
+class RunRegenerateApi(Api):
+    required_perms = {"POST": ("worlds.start_run",)}
+
+    @extend_schema(
+        summary="Regenerate one character (profile, avatar, plan, posts) or one post (caption, image)",
+        description="Of a finished run, with optional feedback. The version it replaces is kept (see "
+        "`versions`); the feed shows the new one once it is written. A second request for the same item (or "
+        "its character, or one of its posts) while one runs answers 409. Poll `GET /api/regenerations/{id}/`.",
+        request=RegenerateInputSerializer,
+        responses={202: RegenerationSerializer, **errors(400, 403, 404, 409, 503)},
+    )
+    def post(self, request, run_id):
+        run = get_run(run_id)
+        data = RegenerateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        regeneration = services.item_regenerate(
+            run=run,
+            character_index=data.validated_data["character"],
+            post_index=data.validated_data["post"],
+            feedback=data.validated_data["feedback"],
+            user=request.user,
+        )
+        return Response(RegenerationSerializer(regeneration).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(parameters=[RUN_ID])
+class RunItemVersionsApi(Api):
+    required_perms = {"GET": ("worlds.view_generationrun",)}
+
+    @extend_schema(
+        summary="A character's or post's versions: the current one, the earlier ones, its regenerations",
+        parameters=[ItemQuerySerializer],
+        responses={200: ItemVersionsSerializer, **errors(400, 403, 404)},
+    )
+    def get(self, request, run_id):
+        run = get_run(run_id)
+        query = ItemQuerySerializer(data=query_data(request))
+        query.is_valid(raise_exception=True)
+        character, post = query.validated_data["character"], query.validated_data.get("post")
+        versions = selectors.item_versions(run=run, character_index=character, post_index=post)
+        if versions["current"] is None:
+            item = f"character {character}" if post is None else f"post {character}.{post}"
+            raise exceptions.NotFound(f"{run} has no {item}")
+        return Response(ItemVersionsSerializer(versions).data)
+
+
+class RegenerationDetailApi(Api):
+    required_perms = {"GET": ("worlds.view_generationrun",)}
+
+    @extend_schema(
+        summary="A regeneration: running, completed, failed or cancelled",
+        parameters=[OpenApiParameter("regeneration_id", OpenApiTypes.INT, OpenApiParameter.PATH)],
+        responses={200: RegenerationSerializer, **errors(403, 404)},
+    )
+    def get(self, request, regeneration_id):
+        regeneration = get_object_or_404(Regeneration.objects.select_related("run", "requested_by"), pk=regeneration_id)
+        return Response(RegenerationSerializer(regeneration).data)
 
 
 @extend_schema(parameters=[WORLD_ID])

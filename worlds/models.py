@@ -225,6 +225,56 @@ class GenerationRun(models.Model):
         return not self.requires_approval or self.bible_approved
 
 
+class Regeneration(models.Model):
+    """A new version of one character (profile, avatar, plan, posts) or one post (caption, image) of a finished
+    run, asked for by staff. The versions it replaces are kept in Mongo (``item_versions``)."""
+
+    Status = models.TextChoices(
+        "Status",
+        [
+            ("RUNNING", ("running", "Running")),
+            ("COMPLETED", ("completed", "Completed")),
+            ("FAILED", ("failed", "Failed")),
+            ("CANCELLED", ("cancelled", "Cancelled")),
+        ],
+    )
+
+    run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="regenerations")
+    character_index = models.PositiveSmallIntegerField()
+    post_index = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Empty: the whole character.")
+    feedback = models.TextField(blank=True, validators=[validate_feedback_length])
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    error = models.TextField(blank=True)
+    tokens_used = models.PositiveIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.item} of {self.run}"
+
+    @property
+    def item(self) -> str:
+        if self.post_index is None:
+            return f"character {self.character_index}"
+        return f"post {self.character_index}.{self.post_index}"
+
+    @property
+    def workflow_id(self) -> str:
+        return f"{self.run.base_workflow_id}-regenerate-{self.pk}"
+
+    def overlaps(self, character_index: int, post_index: int | None) -> bool:
+        """Both would write the same item: the same post, or a character and any of its posts."""
+        if self.character_index != character_index:
+            return False
+        return self.post_index is None or post_index is None or self.post_index == post_index
+
+
 class AuditEvent(models.Model):
     """Who did what to which world or run. Written by worlds.services only."""
 
@@ -241,6 +291,7 @@ class AuditEvent(models.Model):
         RUN_UNPUBLISHED = "run_unpublished", "World unpublished"
         RUN_RECONCILED = "run_reconciled", "Run corrected from Temporal"
         RUN_RESUMED = "run_resumed", "Run resumed"
+        ITEM_REGENERATED = "item_regenerated", "Item regenerated"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from django.core.paginator import Page, Paginator
+from django.db.models import Q
 from django.utils import timezone
 
 from clients import mongo
@@ -40,15 +41,26 @@ def run_posts(
 def item_provenance(*, run: GenerationRun, characters: list[dict], posts: list[dict]) -> dict[tuple, str]:
     """The prompt version and model that made each character ((index,)) and post ((character, index))."""
     db = mongo.get_db()
-    made_characters = documents.provenance(db, run.ref, "character", [c["index"] for c in characters])
-    made_posts = documents.provenance(db, run.ref, "post", [f"{p['character_index']}.{p['index']}" for p in posts])
-    return {
-        **{(c["index"],): made_characters.get(str(c["index"]), "") for c in characters},
-        **{
-            (p["character_index"], p["index"]): made_posts.get(f"{p['character_index']}.{p['index']}", "")
-            for p in posts
-        },
+    character_tasks = {c["index"]: documents.item_index(c["index"], None, c.get("version", 1)) for c in characters}
+    post_tasks = {
+        (p["character_index"], p["index"]): documents.item_index(p["character_index"], p["index"], p.get("version", 1))
+        for p in posts
     }
+    made_characters = documents.provenance(db, run.ref, "character", list(character_tasks.values()))
+    made_posts = documents.provenance(db, run.ref, "post", list(post_tasks.values()))
+    return {
+        **{(index,): made_characters.get(str(task), "") for index, task in character_tasks.items()},
+        **{position: made_posts.get(str(task), "") for position, task in post_tasks.items()},
+    }
+
+
+def item_versions(*, run: GenerationRun, character_index: int, post_index: int | None = None) -> dict:
+    """A character's or post's current version, the earlier ones, and the run's regenerations of it."""
+    versions = documents.item_versions(mongo.get_db(), run.ref, character_index, post_index)
+    regenerations = run.regenerations.filter(character_index=character_index).select_related("requested_by", "run")
+    if post_index is not None:
+        regenerations = regenerations.filter(Q(post_index=post_index) | Q(post_index__isnull=True))
+    return {**versions, "regenerations": list(regenerations)}
 
 
 def run_quality(*, run: GenerationRun, as_first_written: bool = False) -> quality.QualityReport:

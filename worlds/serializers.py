@@ -16,7 +16,9 @@ from generation.documents import ImageStatus
 from worlds import selectors
 from worlds.models import (
     MAX_CHARACTERS,
+    MAX_POSTS_PER_CHARACTER,
     GenerationRun,
+    Regeneration,
     World,
     validate_allowed_model,
     validate_feedback_length,
@@ -259,6 +261,7 @@ def _strings():
 
 class CharacterSerializer(serializers.Serializer):
     index = serializers.IntegerField(read_only=True)
+    version = serializers.IntegerField(read_only=True, default=1, help_text="1, then one more per regeneration.")
     name = _text()
     handle = _text()
     bio = _text()
@@ -280,6 +283,7 @@ class CharacterSerializer(serializers.Serializer):
 class PostSerializer(serializers.Serializer):
     character_index = serializers.IntegerField(read_only=True)
     index = serializers.IntegerField(read_only=True)
+    version = serializers.IntegerField(read_only=True, default=1, help_text="1, then one more per regeneration.")
     handle = _text()
     caption = _text()
     hashtags = _strings()
@@ -319,6 +323,79 @@ class PostPageSerializer(serializers.Serializer):
     next = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the next page, if any.")
     previous = serializers.CharField(read_only=True, allow_null=True, help_text="URL of the previous page, if any.")
     results = PostSerializer(many=True, read_only=True)
+
+
+# --- regenerating one item -------------------------------------------------------------
+
+
+class RegenerateInputSerializer(serializers.Serializer):
+    character = StrictIntegerField(min_value=0, max_value=MAX_CHARACTERS - 1, help_text="The character's index.")
+    post = StrictIntegerField(
+        min_value=0,
+        max_value=MAX_POSTS_PER_CHARACTER - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The post's index within the character; leave it out to regenerate the whole character.",
+    )
+    feedback = StrictTextField(
+        required=False,
+        allow_blank=True,
+        default="",
+        validators=[validate_feedback_length],
+        help_text='What the new version should change, e.g. "make her grumpier" (optional).',
+    )
+
+
+class RegenerationSerializer(serializers.ModelSerializer):
+    run = serializers.PrimaryKeyRelatedField(read_only=True)
+    item = serializers.CharField(read_only=True, help_text='"character 0" or "post 0.1".')
+    workflow_id = serializers.CharField(read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Regeneration
+        fields = [
+            "id",
+            "run",
+            "item",
+            "character_index",
+            "post_index",
+            "feedback",
+            "status",
+            "error",
+            "tokens_used",
+            "workflow_id",
+            "requested_by",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class ItemVersionSerializer(serializers.Serializer):
+    version = serializers.IntegerField(read_only=True)
+    feedback = serializers.CharField(read_only=True, help_text="The note this version was made with.")
+    text = serializers.CharField(read_only=True, help_text="A post's caption, or a character's bio.")
+    image_url = serializers.SerializerMethodField()
+    archived_at = serializers.DateTimeField(read_only=True, allow_null=True, help_text="When a newer one replaced it.")
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_image_url(self, entry: dict) -> str | None:
+        return _image_url(entry)
+
+
+class ItemVersionsSerializer(serializers.Serializer):
+    current = ItemVersionSerializer(read_only=True, help_text="What the feed shows.")
+    earlier = ItemVersionSerializer(many=True, read_only=True, help_text="The versions it replaced, newest first.")
+    regenerations = RegenerationSerializer(many=True, read_only=True)
+
+
+class ItemQuerySerializer(serializers.Serializer):
+    character = QueryIntegerField(min_value=0, max_value=MAX_CHARACTERS - 1, help_text="The character's index.")
+    post = QueryIntegerField(
+        min_value=0, max_value=MAX_POSTS_PER_CHARACTER - 1, required=False, help_text="A post of it (optional)."
+    )
 
 
 # --- content quality (generation.quality) -----------------------------------------------

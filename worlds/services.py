@@ -19,6 +19,8 @@ from generation import store
 from generation.contracts import (
     Decision,
     DegradedItemsUpdate,
+    RegenerateInput,
+    RegenerationUpdate,
     RunConfig,
     RunStatusUpdate,
     Stage,
@@ -27,9 +29,14 @@ from generation.contracts import (
     WorldSnapshot,
     cleanup_workflow_id,
 )
-from generation.workflows import RerenderImagesWorkflow, WorldCleanupWorkflow, WorldGenerationWorkflow
+from generation.workflows import (
+    RegenerateItemWorkflow,
+    RerenderImagesWorkflow,
+    WorldCleanupWorkflow,
+    WorldGenerationWorkflow,
+)
 from worlds import selectors
-from worlds.models import AuditEvent, GenerationRun, World, validate_feedback_length
+from worlds.models import AuditEvent, GenerationRun, Regeneration, World, validate_feedback_length
 
 Status = GenerationRun.Status
 FINISHED_FROM_TEMPORAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT"}
@@ -118,6 +125,8 @@ def world_delete(*, world: World, user=None) -> str:
     workflow_ids = [
         wid for run_wid in world.runs.values_list("workflow_id", flat=True) for wid in (run_wid, f"{run_wid}-rerender")
     ]
+    running = Regeneration.objects.filter(run__world=world, status=Regeneration.Status.RUNNING).select_related("run")
+    workflow_ids += [regeneration.workflow_id for regeneration in running]
     cleanup_id = cleanup_workflow_id(world.pk)
     _temporal(
         lambda client: client.start_workflow(
@@ -270,6 +279,9 @@ def generation_resume(*, run: GenerationRun, user=None) -> GenerationRun:
             + (" with every item made" if run.status == Status.COMPLETED else "")
         )
     snapshot = _resume_snapshot(run)
+    _settle_regenerations(run)
+    if run.regenerations.filter(status=Regeneration.Status.RUNNING).exists():
+        raise ActionError(f"an item of {run} is being regenerated; resume it once that has finished")
     if rerender_running(run=run):
         raise ActionError(f"the images of {run} are being re-rendered; resume it once that has finished")
     for stale in world.runs.filter(status__in=GenerationRun.ACTIVE):
@@ -371,14 +383,19 @@ def generation_approve(*, run: GenerationRun, user=None) -> None:
     _audit(AuditEvent.Action.RUN_APPROVED, user=user, run=run, detail=f"revision {run.bible_revision}")
 
 
-def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
+def _clean_feedback(feedback: str | None, *, required: bool) -> str:
     feedback = (feedback or "").strip()
-    if not feedback:
+    if required and not feedback:
         raise ActionInvalid("say what should change: feedback is required to reject")
     try:
         validate_feedback_length(feedback)
     except ValidationError as exc:
         raise ActionInvalid(exc.messages[0]) from None
+    return feedback
+
+
+def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
+    feedback = _clean_feedback(feedback, required=True)
     _check_review(run, user, "reject")
     _signal(
         run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")), f"reject the bible of {run}"
@@ -444,6 +461,117 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
         raise ActionError(f"the images of {run} are already being re-rendered") from None
     _audit(AuditEvent.Action.IMAGES_RERENDERED, user=user, run=run, detail=f"{run.degraded_items} images")
     return workflow_id
+
+
+# --- regenerating one item ----------------------------------------------------------------------
+# A new version of one character or post of a finished run, as a workflow of its own
+# (``<run's first workflow ID>-regenerate-<row ID>``). One item is regenerated at a time: a second request
+# for it (or for its character, or one of its posts) while one runs is refused.
+
+
+def item_regenerate(
+    *, run: GenerationRun, character_index: int, post_index: int | None = None, feedback: str = "", user=None
+) -> Regeneration:
+    """Regenerate character ``character_index`` of ``run`` (profile, avatar, plan and posts) or one of its
+    posts (caption and image), with optional feedback. The version it replaces is kept; the tokens count
+    toward the run's ledger and budget (the world's current one)."""
+    _require(user, "start_run", "regenerate characters and posts")
+    feedback = _clean_feedback(feedback, required=False)
+    run.refresh_from_db()
+    label = f"character {character_index}" if post_index is None else f"post {character_index}.{post_index}"
+    run_snapshot = _resume_snapshot(run)
+    if not 0 <= character_index < run_snapshot.character_count or not (
+        post_index is None or 0 <= post_index < run_snapshot.posts_per_character
+    ):
+        raise ActionInvalid(
+            f"{run} has no {label}: it has characters 0 to {run_snapshot.character_count - 1}, each with posts "
+            f"0 to {run_snapshot.posts_per_character - 1}"
+        )
+    if run.is_active:
+        raise ActionError(f"{run} is {run.get_status_display().lower()}; regenerate its items once it has finished")
+    db = mongo.get_db()
+    stored = (
+        store.has_profile(db, run.ref, character_index)
+        if post_index is None
+        else store.has_post(db, run.ref, character_index, post_index)
+    )
+    if not stored:
+        raise ActionError(f"{label} of {run} was never made; resume the run to make its failed items")
+    _settle_regenerations(run)
+    with transaction.atomic():
+        GenerationRun.objects.select_for_update().filter(pk=run.pk).first()  # serialise requests for the run
+        for other in run.regenerations.filter(status=Regeneration.Status.RUNNING):
+            if other.overlaps(character_index, post_index):
+                raise ActionError(f"{other.item} of {run} is already being regenerated; wait for it to finish")
+        regeneration = Regeneration.objects.create(
+            run=run, character_index=character_index, post_index=post_index, feedback=feedback, requested_by=user
+        )
+    inp = RegenerateInput(regeneration.pk, run.ref, run_snapshot, run_config(), character_index, post_index, feedback)
+    try:
+        temporal_call(
+            lambda client: client.start_workflow(
+                RegenerateItemWorkflow.run,
+                inp,
+                id=regeneration.workflow_id,
+                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+        )
+    except TemporalNoAnswer:
+        pass  # it may have started: it stays running, and the next request for the item asks Temporal
+    except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
+        message = _start_refusal(exc, regeneration.workflow_id)
+        _regeneration_finished(regeneration.pk, Regeneration.Status.FAILED, message)
+        raise ActionUnavailable(f"{label} of {run} could not be regenerated: {message}") from None
+    detail = f"{label} ({regeneration.workflow_id})" + (f": {feedback}" if feedback else "")
+    _audit(AuditEvent.Action.ITEM_REGENERATED, user=user, run=run, detail=detail)
+    return regeneration
+
+
+def _settle_regenerations(run: GenerationRun) -> None:
+    """Regenerations of ``run`` marked running whose workflow Temporal no longer runs are marked failed."""
+    running = list(run.regenerations.filter(status=Regeneration.Status.RUNNING).select_related("run"))
+    if not running:
+        return
+
+    async def describe(client, workflow_id: str) -> str:
+        try:
+            return (await client.get_workflow_handle(workflow_id).describe()).status.name
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return "MISSING"
+            raise
+
+    for regeneration in running:
+        status = _temporal(
+            lambda client, r=regeneration: describe(client, r.workflow_id), what=f"look up {regeneration}"
+        )
+        if status == "COMPLETED":
+            _regeneration_finished(regeneration.pk, Regeneration.Status.COMPLETED)
+        elif status == "CANCELED":
+            _regeneration_finished(regeneration.pk, Regeneration.Status.CANCELLED, "cancelled in Temporal")
+        elif status != "RUNNING":
+            message = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
+            _regeneration_finished(regeneration.pk, Regeneration.Status.FAILED, message)
+
+
+def _regeneration_finished(regeneration_id: int, status: str, error: str = "", **fields) -> None:
+    Regeneration.objects.filter(pk=regeneration_id, status=Regeneration.Status.RUNNING).update(
+        status=status, error=error, finished_at=timezone.now(), **fields
+    )
+
+
+def regeneration_record(*, update: RegenerationUpdate) -> None:
+    """How a regeneration ended (called by an activity); the run's token count follows its ledger."""
+    Regeneration.objects.filter(pk=update.regeneration_id).update(
+        status=update.status, error=update.error, tokens_used=update.tokens, finished_at=timezone.now()
+    )
+    if update.run_key:
+        used = store.tokens_used(mongo.get_db(), update.run_key)
+        GenerationRun.objects.filter(regenerations=update.regeneration_id, tokens_used__lt=used).update(
+            tokens_used=used
+        )
 
 
 # --- publishing --------------------------------------------------------------------------------
