@@ -472,7 +472,7 @@ class MediaActivities:
         prompt = doc.get("appearance") if kind == "avatar" else doc.get("image_prompt")
         width, height = (256, 256) if kind == "avatar" else (640, 480)
         version = doc.get("version", 1)
-        seeded = key if version <= 1 else f"{key}-v{version}"  # a new version, a new image
+        seeded = task_index = key if version <= 1 else f"{key}@v{version}"  # a new version, a new image
         seed = int.from_bytes(hashlib.sha256(seeded.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
         started = time.monotonic()
         try:
@@ -484,7 +484,10 @@ class MediaActivities:
                 height=height,
                 kind=kind,
             )
-        except MediaRejected as err:
+        except MediaRejected as err:  # for good: recorded as the item's failure, with the reason
+            task = {"status": documents.TaskStatus.FAILED, "prompt": prompt, "error": str(err)}
+            await in_thread(store.record_task, self.db, inp.run, kind, task_index, task | self._ended(started))
+            await in_thread(store.mark_image, self.db, collection, key, documents.ImageStatus.REJECTED, str(err))
             raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
         except MediaUnavailable as err:
             # The media service gets a few attempts, then the item is degraded; other failures
@@ -500,17 +503,18 @@ class MediaActivities:
             self.db,
             inp.run,
             kind,
-            key if version <= 1 else f"{key}@v{version}",
-            {
-                "status": documents.TaskStatus.SUCCEEDED,
-                "prompt": prompt,
-                "attempt": activity.info().attempt,
-                "output": metadata,
-                "latency_s": time.monotonic() - started,
-                "finished_at": documents.now(),
-            },
+            task_index,
+            {"status": documents.TaskStatus.SUCCEEDED, "prompt": prompt, "output": metadata} | self._ended(started),
         )
         await in_thread(store.mark_image_rendered, self.db, collection, key, image_id)
+
+    @staticmethod
+    def _ended(started: float) -> dict:
+        return {
+            "attempt": activity.info().attempt,
+            "latency_s": time.monotonic() - started,
+            "finished_at": documents.now(),
+        }
 
 
 class StoreActivities:

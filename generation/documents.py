@@ -42,6 +42,7 @@ class ImageStatus(StrEnum):
     PENDING = "pending"
     RENDERED = "rendered"
     NEEDS_RENDER = "needs_render"  # the media service was down: kept for a re-render
+    REJECTED = "rejected"  # the media service refused it for good: a failed item (a resume tries again)
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -52,6 +53,7 @@ def run_key(world_id: int, number: int) -> str:
     return f"w{world_id}-r{number}"
 
 
+ITEM_POSITION = re.compile(r"-c([0-9]+)(?:-p([0-9]+))?$")  # of a character or post document key
 IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?(-v[0-9]+)?$")
 
 
@@ -196,12 +198,19 @@ def run_posts(
 
 
 def failed_tasks(db: Database, run: RunRef) -> list[dict]:
-    """The run's LLM tasks that failed for good: stage, index, error."""
+    """The run's LLM tasks and renders that failed for good: stage ("avatar image", "post image" for a
+    render), index ("0", "0.1"), error. Regenerations report their own failures: they are left out."""
     tasks = db[TASKS].find(
-        {"run_key": run.key, "status": TaskStatus.FAILED, "schema_name": {"$exists": True}},
-        {"_id": 0, "stage": 1, "index": 1, "error": 1},
+        {"run_key": run.key, "status": TaskStatus.FAILED}, {"_id": 0, "stage": 1, "index": 1, "error": 1, "prompt": 1}
     )
-    found = [{"stage": task["stage"], "index": str(task["index"]), "error": task.get("error", "")} for task in tasks]
+    found = []
+    for task in tasks:
+        stage, index = task["stage"], str(task["index"])
+        if "@" in index:
+            continue
+        if (position := ITEM_POSITION.search(index)) is not None:  # a render, keyed by its document
+            stage, index = f"{stage} image", ".".join(filter(None, position.groups()))
+        found.append({"stage": stage, "index": index, "error": task.get("error", "")})
     return sorted(found, key=lambda task: (task["stage"], task["index"]))
 
 

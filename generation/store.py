@@ -226,8 +226,12 @@ def mark_image_rendered(db: Database, collection: str, key: str, image: str) -> 
 
 
 def mark_image_for_rerender(db: Database, collection: str, key: str, reason: str) -> None:
+    mark_image(db, collection, key, ImageStatus.NEEDS_RENDER, reason)
+
+
+def mark_image(db: Database, collection: str, key: str, status: ImageStatus, reason: str) -> None:
     db[collection].update_one(
-        {"_id": key}, {"$set": {"image_status": ImageStatus.NEEDS_RENDER, "image_error": reason, "updated_at": now()}}
+        {"_id": key}, {"$set": {"image_status": status, "image_error": reason, "updated_at": now()}}
     )
 
 

@@ -156,6 +156,7 @@ EVENT_DRIVEN_PROGRESS = "event-driven-progress"  # the parent woke every PROGRES
 EXACT_RUNS = "exact-cancel-and-budget"
 PLANNED_POSTS = "planned-posts"  # before it, characters wrote their posts with no plan
 PARTIAL_FAILURES = "partial-failures"  # before it, one item that failed for good failed the whole run
+MEDIA_REJECTIONS = "media-rejections"  # before it, an image the media service refused was marked for a re-render
 ITEM_ERRORS = ("LlmInvalidOutput",)  # failures of one item, not of the provider or the run
 
 
@@ -506,13 +507,20 @@ class CharacterWorkflow:
         item = ItemInput(inp.run, world, inp.index)
         if not await made(LlmActivities.generate_character, item, items=1 + world.posts_per_character):
             return progress  # no profile: no avatar and no posts
-        progress.degraded += await render_or_degrade(item, config.media_queue, config.workflows_queue, exact)
+
+        async def render(item: ItemInput) -> None:
+            """Render the item's image: one the media service refused is a failed item (its text is kept)."""
+            outcome = await render_or_degrade(item, config.media_queue, config.workflows_queue, exact)
+            progress.degraded += outcome == DEGRADED
+            progress.failed += outcome == REJECTED
+
+        await render(item)
         if world.posts_per_character and workflow.patched(PLANNED_POSTS):
             await made(LlmActivities.plan_posts, item)  # without a plan, each post writes a moment of its own
         for post_index in range(world.posts_per_character):
             post = ItemInput(inp.run, world, inp.index, post_index)
             if await made(LlmActivities.generate_post, post):
-                progress.degraded += await render_or_degrade(post, config.media_queue, config.workflows_queue, exact)
+                await render(post)
                 progress.posts_done += 1
             if parent is not None and self._progress_signal_due(post_index, world.posts_per_character, last_signal):
                 last_signal = workflow.now()
@@ -530,9 +538,13 @@ class CharacterWorkflow:
         return post_index < posts - 1 and workflow.now() - last_signal >= PROGRESS_MIRROR_INTERVAL
 
 
-async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: str, exact: bool) -> int:
-    """Render an image; if the media service stays down, keep the item and mark it (returns 1 if degraded).
-    A cancellation is never taken for an outage: it goes through."""
+RENDERED, DEGRADED, REJECTED = "rendered", "degraded", "rejected"
+
+
+async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: str, exact: bool) -> str:
+    """Render an image: RENDERED; if the media service stays down, the item is kept and marked for a
+    re-render: DEGRADED; if the service refuses it for good, it is a failed item: REJECTED (the activity
+    recorded why). A cancellation is never taken for an outage: it goes through."""
     try:
         await run_activity(
             MediaActivities.render_image,
@@ -545,10 +557,13 @@ async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: 
             heartbeat_timeout=timedelta(seconds=10),
             priority=_fairness(item.world.world_id),
         )
-        return 0
+        return RENDERED
     except ActivityError as err:
         if exact and cancel_requested(err):
             raise
+        rejected = isinstance(err.cause, ApplicationError) and err.cause.type == "MediaRejected"
+        if rejected and workflow.patched(MEDIA_REJECTIONS):
+            return REJECTED
         await run_activity(
             StoreActivities.mark_image_for_rerender,
             item,
@@ -556,7 +571,7 @@ async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: 
             task_queue=workflows_queue,
             start_to_close_timeout=timedelta(seconds=30),
         )
-        return 1
+        return DEGRADED
 
 
 @workflow.defn
@@ -588,7 +603,7 @@ class RerenderImagesWorkflow:
                     )
                 done, pending = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running = set(pending)  # workflow.wait returns lists
-                still_missing += sum(task.result() for task in done)
+                still_missing += sum(task.result() == DEGRADED for task in done)
         except BaseException:
             if not exact:
                 raise

@@ -1,4 +1,5 @@
-"""``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]``
+"""``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]
+[--reject-prompts-with TEXT]``
 
 The default port is the one of ``MEDIA_GRPC_TARGET`` (the worker's setting), else 50051."""
 
@@ -36,10 +37,25 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SECONDS",
         help="fault injection: sleep this long before answering each call",
     )
+    parser.add_argument(
+        "--reject-prompts-with",
+        default="",
+        metavar="TEXT",
+        help="fault injection: refuse (INVALID_ARGUMENT) every prompt that contains TEXT, as a content policy would",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(args.host, args.port, fail_first=args.fail_first, delay=args.delay, workers=args.workers))
+        asyncio.run(
+            serve(
+                args.host,
+                args.port,
+                fail_first=args.fail_first,
+                delay=args.delay,
+                workers=args.workers,
+                reject=args.reject_prompts_with,
+            )
+        )
     except OSError as exc:
         sys.exit(f"mediaserver: {exc}")
 

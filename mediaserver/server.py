@@ -18,8 +18,9 @@ MAX_PROMPT_CHARS = 4000
 
 
 class MediaRenderer(media_pb2_grpc.MediaRendererServicer):
-    def __init__(self, executor: ThreadPoolExecutor, *, fail_first: int = 0, delay: float = 0.0):
+    def __init__(self, executor: ThreadPoolExecutor, *, fail_first: int = 0, delay: float = 0.0, reject: str = ""):
         self._executor = executor
+        self._reject = reject  # fault injection: a content policy that refuses prompts containing this
         self._failures_left = fail_first  # fault injection: answer UNAVAILABLE this many times
         self._delay = delay  # fault injection: sleep before answering
 
@@ -31,6 +32,8 @@ class MediaRenderer(media_pb2_grpc.MediaRendererServicer):
         if self._delay:
             await asyncio.sleep(self._delay)
         problem = _invalid(request)
+        if self._reject and self._reject in request.prompt:
+            problem = f"prompt refused by the content policy (it contains {self._reject!r})"
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         kind = KIND_NAMES.get(request.kind, "post")  # UNSPECIFIED draws a post
@@ -80,6 +83,7 @@ async def serve(
     delay: float = 0.0,
     workers: int | None = None,
     grace: float = 5.0,
+    reject: str = "",
 ) -> None:
     """Serve until ``stop_event`` is set (or, without one, until SIGINT/SIGTERM); then
     stop taking calls and give in-flight renders ``grace`` seconds to finish."""
@@ -87,7 +91,7 @@ async def serve(
     # so_reuseport=0: a second server on a taken port fails instead of silently sharing it.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     media_pb2_grpc.add_MediaRendererServicer_to_server(
-        MediaRenderer(executor, fail_first=fail_first, delay=delay), server
+        MediaRenderer(executor, fail_first=fail_first, delay=delay, reject=reject), server
     )
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

@@ -86,7 +86,7 @@ def test_editor_defines_and_generates_a_world_and_sees_it_complete(start_worker)
     assert 'data-action="unpublish"' in page and "Run 1</a> (completed), published" in page  # it went live
     assert page.count('<img src="/images/img-') == 2 + 2  # two avatars and two post images
     # provenance: every character and post says which prompt version and model made it
-    assert page.count('<small class="wg-muted">prompts v4 · worldgen-procedural-1</small>') == 2 + 2
+    assert page.count('<small class="wg-muted">v1 · prompts v4 · worldgen-procedural-1</small>') == 2 + 2
     assert "Completed" in page and "2/2 characters, 2/2 posts" in page
     listing = editor.get("/admin/worlds/world/").content.decode()
     assert 'class="wg-bar"' in listing and "Mossmarket" in listing

@@ -566,6 +566,12 @@ def test_commands_on_a_finished_run_conflict(users, temporal_env):
     assert response.json() == {
         "detail": "Lanternfall run 1 has nothing to resume: it is completed with every item made"
     }
+    stopped = make_run(make_world(name="Spent", token_budget=5000), "budget_exceeded", tokens_used=5000)
+    response = editor.post(f"/api/runs/{stopped.pk}/resume/")
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "Spent run 1 used 5000 tokens and Spent allows 5000: raise the world's token budget to resume it"
+    }
     running = make_run(make_world(name="Busy"), "running", started_by=users["editor"])
     response = editor.post(f"/api/runs/{running.pk}/resume/")
     assert response.status_code == 409 and response.json()["detail"].endswith("nothing to resume: it is running")
@@ -1025,6 +1031,7 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
     for character in characters:
         assert set(character) == {
             "index",
+            "version",
             "name",
             "handle",
             "bio",
@@ -1037,7 +1044,7 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
         }
         assert character["name"] and character["handle"] and character["bio"] and character["personality"]
         assert len(character["interests"]) >= 2 and all(isinstance(i, str) for i in character["interests"])
-        assert character["image_status"] == "rendered" and character["post_count"] == 2
+        assert character["image_status"] == "rendered" and character["post_count"] == 2 and character["version"] == 1
         assert (
             character["avatar_url"]
             == f"/images/{documents.image_id(documents.character_key(ref, character['index']))}.png"
@@ -1058,6 +1065,7 @@ def test_generate_a_world_and_read_its_characters_and_feed(users, worker):
         assert set(post) == {
             "character_index",
             "index",
+            "version",
             "handle",
             "caption",
             "hashtags",

@@ -19,11 +19,11 @@ INVALID = "the LLM reply still failed validation after 2 repairs: caption: Field
 
 
 class BadItems(StandIns):
-    """The profiles of ``characters`` and the posts in ``posts`` fail for good."""
+    """The profiles of ``characters``, the posts in ``posts`` and the images in ``images`` fail for good."""
 
-    def __init__(self, *, characters=(), posts=()) -> None:
+    def __init__(self, *, characters=(), posts=(), images=()) -> None:
         super().__init__(last_report=("record_run_status", "completed"))
-        self.bad_characters, self.bad_posts = set(characters), set(posts)
+        self.bad_characters, self.bad_posts, self.bad_images = set(characters), set(posts), set(images)
 
     @activity.defn(name="generate_character")
     async def generate_character(self, inp: ItemInput) -> TokenUsage:
@@ -37,9 +37,16 @@ class BadItems(StandIns):
             raise ApplicationError(INVALID, type="LlmInvalidOutput", non_retryable=True)
         return await super().generate_post(inp)
 
+    @activity.defn(name="render_image")
+    async def render_image(self, inp: ItemInput) -> None:
+        if (inp.character_index, inp.post_index) in self.bad_images:
+            raise ApplicationError("media render rejected (INVALID_ARGUMENT)", type="MediaRejected", non_retryable=True)
+        return await super().render_image(inp)
 
-async def generate(environment, stand_ins: StandIns):
+
+async def generate(environment, stand_ins: StandIns, max_failed_share: float = 0.2):
     inp = run_input(f"partial-{uuid.uuid4().hex[:8]}")  # 2 characters x 2 posts: 6 items
+    inp.config.max_failed_share = max_failed_share
     workers = stand_in_workers(environment, stand_ins, inp.config)
     async with workers[0], workers[1], workers[2]:
         handle = await environment.client.start_workflow(
@@ -76,3 +83,17 @@ def test_past_the_share_of_failed_items_the_run_fails(env):
     assert stand_ins.calls["generate_post"] == 2  # the other character went on
     assert "1.0" not in [detail for _, _, name, detail in stand_ins.log if name == "generate_post"]
     assert reports(stand_ins)[-1] == "failed"
+
+
+def test_an_image_the_media_service_refuses_is_a_failed_item_not_a_re_render(env):
+    loop, environment = env
+    stand_ins = BadItems(images={(0, None), (1, 1)})  # an avatar and a post's image: 2 of 6 items
+    progress = loop.run(generate(environment, stand_ins, max_failed_share=0.5))
+    assert (progress.status, progress.failed_items, progress.degraded_items, progress.posts_done) == (
+        "completed",
+        2,
+        0,
+        4,  # the posts keep their captions
+    )
+    assert stand_ins.calls["mark_image_for_rerender"] == 0  # refused for good: a re-render would not help
+    assert stand_ins.calls["generate_post"] == 4 and reports(stand_ins)[-1] == "completed"

@@ -45,6 +45,7 @@ def test_histories_are_recorded():
         "regenerate_post",
         "regenerate_character",
         "regenerate_failed",
+        "character_with_a_rejected_avatar",
     }
     before_patches = {
         "character_completed_before_partial_failures",

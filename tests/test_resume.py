@@ -68,6 +68,10 @@ def test_a_failed_run_resumes_as_the_same_run_and_calls_the_llm_only_for_what_is
     new_attempts = sum(len(after[key]) - len(before.get(key, [])) for key in after)
     assert new_attempts == llm_stats(llm_server)["chat_requests"] - requests_before  # every call is on a task
     missing = {key for key in after if key not in done_before}
+    print(
+        f"resumed after {posts_before} of 6 posts: {len(done_before)} LLM tasks kept as they were, "
+        f"{new_attempts} new LLM calls, all for the {len(missing)} tasks that were missing"
+    )
     assert len(missing) >= 6 - posts_before and all(after[key][-1]["status"] == "succeeded" for key in missing)
     assert resumed.tokens_used > tokens_before  # the same ledger: the resume's tokens add to the run's
     assert AuditEvent.objects.filter(run=resumed, action=AuditEvent.Action.RUN_RESUMED).count() == 1
@@ -111,3 +115,40 @@ def test_resuming_a_completed_run_retries_its_failed_items_only(start_worker, ll
     assert llm_stats(llm_server)["chat_requests"] - requests_before == len(post["attempts"][-1:])  # that post only
     with pytest.raises(ActionError, match="nothing to resume: it is completed with every item made"):
         generation_resume(run=resumed)
+
+
+def test_an_image_the_media_service_refuses_is_a_failed_item_that_a_resume_makes(start_worker, logs_dir):
+    import sys
+
+    from django.test import override_settings
+
+    from localstack import servers
+    from tests.conftest import ROOT
+    from worlds.selectors import run_failed_items
+
+    port = servers.free_port()
+    strict = servers.start(
+        "strict media server",  # a content policy that refuses every avatar prompt of the local LLM
+        [sys.executable, "-m", "mediaserver", "--port", str(port), "--reject-prompts-with", "charm shaped like"],
+        log_path=logs_dir / "strict-mediaserver.log",
+        cwd=ROOT,
+    )
+    try:
+        servers.wait_for_port(strict, port)
+        worker = start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"})
+        with override_settings(GENERATION_MAX_FAILED_SHARE=0.5):  # 1 of its 3 items
+            run = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=2)), FINISHED)
+        worker.process.stop()
+    finally:
+        strict.stop()
+    assert (run.status, run.failed_items, run.degraded_items, run.posts_done) == ("completed", 1, 0, 2), run.error
+    [failed] = run_failed_items(run=run)
+    assert (failed["stage"], failed["index"]) == ("avatar image", "0") and "content policy" in failed["error"]
+    character = mongo.get_db().characters.find_one({"run_key": run.ref.key})
+    assert character["image_status"] == documents.ImageStatus.REJECTED and counts(run)["images"] == 2
+    record_history(f"{run.workflow_id}-character-0", "character_with_a_rejected_avatar")
+
+    start_worker()  # the bundled media server, without that policy
+    resumed = wait_for(generation_resume(run=run), FINISHED)
+    assert (resumed.status, resumed.failed_items) == ("completed", 0), resumed.error
+    assert_made_exactly_once(resumed, characters=1, posts=2)

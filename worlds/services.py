@@ -278,6 +278,11 @@ def generation_resume(*, run: GenerationRun, user=None) -> GenerationRun:
             f"{run} has nothing to resume: it is {run.get_status_display().lower()}"
             + (" with every item made" if run.status == Status.COMPLETED else "")
         )
+    if run.status == Status.BUDGET_EXCEEDED and world.token_budget <= run.tokens_used:
+        raise ActionError(
+            f"{run} used {run.tokens_used} tokens and {world} allows {world.token_budget}: "
+            "raise the world's token budget to resume it"
+        )
     snapshot = _resume_snapshot(run)
     _settle_regenerations(run)
     if run.regenerations.filter(status=Regeneration.Status.RUNNING).exists():
