@@ -313,7 +313,10 @@ class LlmActivities:
         schema: type[BaseModel],
         name: str,
         max_tokens: int,
+        ledger: str | None = None,
     ) -> tuple[LlmReply, Bill]:
+        """One LLM task: calls (with repairs), each reserved on the run's ledger under ``world.token_budget``
+        (or on ``ledger``, another ledger of the run, under the same limit), recorded on its task document."""
         attempt = activity.info().attempt
         task = {
             "prompt": messages,
@@ -332,7 +335,7 @@ class LlmActivities:
                 try:
                     seed = call_seed(run, f"{stage}:{index}", repair) if self.llm.send_sampling else None
                     reply = await self._billed_call(
-                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill, stage, seed
+                        run, world, f"{stage}:{index}", messages, schema, name, max_tokens, bill, stage, seed, ledger
                     )
                 except LlmInvalidOutput as invalid:
                     if repair == REPAIR_ATTEMPTS:
@@ -400,10 +403,13 @@ class LlmActivities:
         bill: Bill,
         stage: str,
         seed: int | None,
+        ledger: str | None = None,
     ) -> LlmReply:
         """One LLM call under the run's budget: reserved before, settled with what the provider reported."""
         need = prompt_token_bound(messages) + max_tokens
-        granted, used, others = await in_thread(store.reserve_tokens, self.db, run, world.token_budget, call, need)
+        granted, used, others = await in_thread(
+            store.reserve_tokens, self.db, run, world.token_budget, call, need, ledger
+        )
         if not granted:
             raise BudgetRefused(
                 f"token budget of {world.token_budget} reached: {used} used, {others} reserved by "
@@ -427,7 +433,7 @@ class LlmActivities:
             raise
         finally:
             bill.tokens += billed
-            bill.run_tokens = await in_thread(store.settle_tokens, self.db, run, call, billed)
+            bill.run_tokens = await in_thread(store.settle_tokens, self.db, run, call, billed, ledger)
 
 
 class BudgetRefused(Exception):

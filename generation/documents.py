@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS = "bibles", "characters", "posts", "generation_tasks", "token_ledgers"
 VERSIONS = "item_versions"  # earlier versions of regenerated characters and posts
-CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS, VERSIONS)
+EVENTS, COMMENTS, LIVE_DAYS = "world_events", "comments", "live_days"  # of live worlds
+CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS, VERSIONS, EVENTS, COMMENTS, LIVE_DAYS)
 IMAGES = "images"  # GridFS bucket: images.files and images.chunks
 
 
@@ -67,6 +68,19 @@ def character_key(run: RunRef, index: int) -> str:
 
 def post_key(run: RunRef, character_index: int, index: int) -> str:
     return f"{run.key}-c{character_index}-p{index}"
+
+
+def event_key(run: RunRef, day: int) -> str:
+    return f"{run.key}-d{day}-event"
+
+
+def comment_key(run: RunRef, day: int, slot: int, reply: bool = False) -> str:
+    return f"{run.key}-d{day}-k{slot}" + ("-reply" if reply else "")
+
+
+def day_key(run: RunRef, day: int) -> str:
+    """A live world's day report, and the key of that day's token ledger."""
+    return f"{run.key}-d{day}"
 
 
 def task_key(run: RunRef, stage: str, index: str | int) -> str:
@@ -168,6 +182,10 @@ def ensure_indexes(db: Database) -> None:
     db[TASKS].create_index([("world_id", ASCENDING)], name="task_world")
     db[VERSIONS].create_index([("run_key", ASCENDING), ("item", ASCENDING)], name="version_item")
     db[VERSIONS].create_index([("world_id", ASCENDING)], name="version_world")
+    db[EVENTS].create_index([("run_key", ASCENDING), ("day", ASCENDING)], name="event_timeline")
+    db[COMMENTS].create_index([("post_key", ASCENDING), ("day", ASCENDING)], name="comment_post")
+    for name in (EVENTS, COMMENTS, LIVE_DAYS):
+        db[name].create_index([("world_id", ASCENDING)], name=f"{name}_world")
 
 
 # --- reads of the web side (worlds.selectors) ------------------------------------------------------------

@@ -31,6 +31,11 @@ SAMPLING = {
     "character": {"temperature": 0.9, "top_p": 0.95},
     "plan": {"temperature": 1.0, "top_p": 0.95, "presence_penalty": 0.6},
     "post": {"temperature": 0.9, "top_p": 0.95, "frequency_penalty": 0.6, "presence_penalty": 0.4},
+    # a live world's day (generation/living/prompts.py)
+    "event": {"temperature": 0.9, "top_p": 0.95, "presence_penalty": 0.6},
+    "day_post": {"temperature": 0.9, "top_p": 0.95, "frequency_penalty": 0.6, "presence_penalty": 0.4},
+    "comment": {"temperature": 0.9, "top_p": 0.95, "frequency_penalty": 0.4},
+    "memory": {"temperature": 0.5, "top_p": 0.9},
 }
 
 

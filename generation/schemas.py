@@ -75,6 +75,23 @@ class CastMember(Output):
     concept: str = text(300)
 
 
+class WorldEvent(Output):
+    """A live world's happening of the day."""
+
+    title: str = text(120)
+    description: str = text(600)
+
+
+class Comment(Output):
+    comment: str = text(300)
+
+
+class Memory(Output):
+    """A character's memory of the world so far, rewritten after each day it acts in (bounded)."""
+
+    summary: str = text(600)
+
+
 BIBLE, CHARACTER, POST = Bible, Character, Post
 
 

@@ -5,16 +5,19 @@ from ``generation.documents``. Imports nothing from Django."""
 from collections.abc import Callable
 
 import gridfs
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 
 from generation.contracts import RunRef
 from generation.documents import (
     BIBLES,
     CHARACTERS,
+    COMMENTS,
     CONTENT_COLLECTIONS,
+    EVENTS,
     IMAGES,
     LEDGERS,
+    LIVE_DAYS,
     POSTS,
     TASKS,
     VERSIONS,
@@ -24,6 +27,9 @@ from generation.documents import (
     bible_key,
     character_document,
     character_key,
+    comment_key,
+    day_key,
+    event_key,
     image_id,
     now,
     post_document,
@@ -253,39 +259,42 @@ def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]
 LEDGER_RETRIES = 100
 
 
-def _ledger(db: Database, run: RunRef, limit: int) -> dict:
+def _ledger(db: Database, run: RunRef, limit: int, key: str) -> dict:
     db[LEDGERS].update_one(
-        {"_id": run.key},
+        {"_id": key},
         {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {}, "version": 0, "limit": limit}},
         upsert=True,
     )
-    return db[LEDGERS].find_one({"_id": run.key}) or {}
+    return db[LEDGERS].find_one({"_id": key}) or {}
 
 
-def reserve_tokens(db: Database, run: RunRef, limit: int, call: str, tokens: int) -> tuple[bool, int, int]:
-    """Reserve ``tokens`` for ``call`` under ``limit``: (granted, tokens used, tokens reserved by others)."""
-    call = call.replace(".", "_")
+def reserve_tokens(
+    db: Database, run: RunRef, limit: int, call: str, tokens: int, ledger: str | None = None
+) -> tuple[bool, int, int]:
+    """Reserve ``tokens`` for ``call`` under ``limit``: (granted, tokens used, tokens reserved by others).
+    ``ledger``: another ledger of the run than its own (a live world's day has one)."""
+    call, key = call.replace(".", "_"), ledger or run.key
     for _ in range(LEDGER_RETRIES):
-        doc = _ledger(db, run, limit)
+        doc = _ledger(db, run, limit, key)
         others = sum(amount for key, amount in doc["reserved"].items() if key != call)
         if doc["used"] + others + tokens > limit:
             return False, doc["used"], others
         if (
             db[LEDGERS]
             .update_one(
-                {"_id": run.key, "version": doc["version"]},
+                {"_id": key, "version": doc["version"]},
                 {"$set": {f"reserved.{call}": tokens}, "$inc": {"version": 1}},
             )
             .modified_count
         ):
             return True, doc["used"], others
-    raise RuntimeError(f"the token ledger of {run.key} stayed contended")
+    raise RuntimeError(f"the token ledger of {key} stayed contended")
 
 
-def settle_tokens(db: Database, run: RunRef, call: str, billed: int) -> int:
-    """Replace ``call``'s reservation by what the provider billed; returns the run's tokens used."""
+def settle_tokens(db: Database, run: RunRef, call: str, billed: int, ledger: str | None = None) -> int:
+    """Replace ``call``'s reservation by what the provider billed; returns the ledger's tokens used."""
     doc = db[LEDGERS].find_one_and_update(
-        {"_id": run.key},
+        {"_id": ledger or run.key},
         {"$inc": {"used": billed, "version": 1}, "$unset": {f"reserved.{call.replace('.', '_')}": ""}},
         projection={"used": 1},
         return_document=ReturnDocument.AFTER,
@@ -343,3 +352,86 @@ def _delete_world_images(db: Database, world_id: int, batch: int, on_batch: Call
         chunks.delete_many({"_id": {"$in": orphans}})
         on_batch()
     return deleted
+
+
+# --- Live worlds: events, comments, likes and follows, memories, day reports ---------------------------
+
+
+def has_event(db: Database, run: RunRef, day: int) -> bool:
+    return db[EVENTS].count_documents({"_id": event_key(run, day)}, limit=1) > 0
+
+
+def recent_events(db: Database, run: RunRef, before_day: int, limit: int) -> list[dict]:
+    """The ``limit`` latest events before ``before_day``, oldest first."""
+    query = {"run_key": run.key, "day": {"$lt": before_day}}
+    return list(db[EVENTS].find(query, {"_id": 0}).sort("day", DESCENDING).limit(limit))[::-1]
+
+
+def load_event(db: Database, run: RunRef, day: int) -> dict | None:
+    return db[EVENTS].find_one({"_id": event_key(run, day)})
+
+
+def save_event(db: Database, run: RunRef, day: int, event: dict, source: str) -> None:
+    db[EVENTS].update_one(
+        {"_id": event_key(run, day)},
+        {"$set": {**run_fields(run), "day": day, **event, "source": source, "created_at": now()}},
+        upsert=True,
+    )
+
+
+def load_post(db: Database, run: RunRef, character_index: int, index: int) -> dict | None:
+    return db[POSTS].find_one({"_id": post_key(run, character_index, index)})
+
+
+def has_comment(db: Database, run: RunRef, day: int, slot: int, reply: bool) -> bool:
+    return db[COMMENTS].count_documents({"_id": comment_key(run, day, slot, reply)}, limit=1) > 0
+
+
+def load_comment(db: Database, run: RunRef, day: int, slot: int, reply: bool = False) -> dict | None:
+    return db[COMMENTS].find_one({"_id": comment_key(run, day, slot, reply)})
+
+
+def save_comment(db: Database, run: RunRef, day: int, slot: int, reply: bool, comment: dict) -> None:
+    db[COMMENTS].update_one(
+        {"_id": comment_key(run, day, slot, reply)},
+        {"$set": {**run_fields(run), "day": day, "slot": slot, "reply": reply, **comment, "created_at": now()}},
+        upsert=True,
+    )
+
+
+def day_posts(db: Database, run: RunRef, day: int) -> list[dict]:
+    fields = {"character_index": 1, "index": 1}
+    return list(db[POSTS].find({"run_key": run.key, "day": day}, fields).sort("slot", ASCENDING))
+
+
+def add_likes(db: Database, run: RunRef, character_index: int, index: int, likers: list[int]) -> None:
+    """Idempotent: a character likes a post once."""
+    db[POSTS].update_one({"_id": post_key(run, character_index, index)}, {"$addToSet": {"liked_by": {"$each": likers}}})
+
+
+def add_follow(db: Database, run: RunRef, follower: int, followed: int) -> None:
+    """Idempotent: ``follower`` follows ``followed`` once."""
+    db[CHARACTERS].update_one({"_id": character_key(run, follower)}, {"$addToSet": {"following": followed}})
+    db[CHARACTERS].update_one({"_id": character_key(run, followed)}, {"$addToSet": {"followers": follower}})
+
+
+def day_acts(db: Database, run: RunRef, day: int, character_index: int) -> list[str]:
+    """What a character wrote on ``day``: its post's caption and its comments."""
+    posts = db[POSTS].find({"run_key": run.key, "day": day, "character_index": character_index}, {"caption": 1})
+    comments = db[COMMENTS].find({"run_key": run.key, "day": day, "character_index": character_index})
+    return [p["caption"] for p in posts] + [c["comment"] for c in comments]
+
+
+def save_memory(db: Database, run: RunRef, character_index: int, summary: str, day: int) -> None:
+    db[CHARACTERS].update_one(
+        {"_id": character_key(run, character_index)}, {"$set": {"memory": summary, "memory_day": day}}
+    )
+
+
+def has_memory(db: Database, run: RunRef, character_index: int, day: int) -> bool:
+    query = {"_id": character_key(run, character_index), "memory_day": {"$gte": day}}
+    return db[CHARACTERS].count_documents(query, limit=1) > 0
+
+
+def save_day_report(db: Database, run: RunRef, report: dict) -> None:
+    db[LIVE_DAYS].update_one({"_id": day_key(run, report["day"])}, {"$set": {**run_fields(run), **report}}, upsert=True)

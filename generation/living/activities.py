@@ -1,0 +1,131 @@
+"""A live world's day, step by step: the event, the posts, the comments and replies, likes and follows, and
+each character's memory. Every item has a deterministic key and is skipped once stored, so a retried step
+or a resumed day never makes it twice. LLM calls are reserved on the day's own token ledger, under the
+world's daily budget. Imports nothing from Django."""
+
+import dataclasses
+import hashlib
+import random
+
+from temporalio import activity
+
+from generation import documents, schemas, store
+from generation.activities import LlmActivities, in_thread
+from generation.contracts import TokenUsage
+from generation.living import prompts
+from generation.living.contracts import CommentInput, DayInput, DayPostInput, MemoryInput
+
+MAX_TOKENS = {"event": 400, "day_post": 500, "comment": 200, "memory": 300}
+LIKES_PER_POST = 3  # at most; likes and follows cost no LLM call
+
+
+def day_random(day: DayInput, salt: str) -> random.Random:
+    """Choices of a day that need no LLM (likes, follows): the same for every retry of it."""
+    return random.Random(hashlib.sha256(f"{day.run.key}/{day.day}/{salt}".encode()).digest())
+
+
+class LivingActivities(LlmActivities):
+    """The steps of a live world's day (``LlmActivities`` gives them the budgeted, recorded LLM call)."""
+
+    async def _write(self, day: DayInput, stage: str, index: str, messages: list[dict], schema) -> tuple[dict, int]:
+        budgeted = dataclasses.replace(day.world, token_budget=day.daily_token_budget)
+        reply, bill = await self._complete(
+            day.run,
+            budgeted,
+            stage,
+            index,
+            messages,
+            schema,
+            schema.__name__.lower(),
+            MAX_TOKENS[stage],
+            ledger=documents.day_key(day.run, day.day),
+        )
+        return reply.content, bill.tokens
+
+    @activity.defn
+    async def write_event(self, day: DayInput) -> TokenUsage:
+        """The day's event: the one staff injected, else one the LLM writes after the latest ones."""
+        if await in_thread(store.has_event, self.db, day.run, day.day):
+            return TokenUsage(0)
+        if day.injected:
+            title = prompts.cut(day.injected[0], 120)
+            event = {"title": title, "description": " ".join(day.injected)}
+            await in_thread(store.save_event, self.db, day.run, day.day, event, "staff")
+            return TokenUsage(0)
+        bible = await in_thread(store.load_bible, self.db, day.run)
+        recent = await in_thread(store.recent_events, self.db, day.run, day.day, prompts.RECENT_EVENTS)
+        messages = prompts.event(day.world, bible, recent, day.day)
+        event, tokens = await self._write(day, "event", str(day.day), messages, schemas.WorldEvent)
+        await in_thread(store.save_event, self.db, day.run, day.day, event, "llm")
+        return TokenUsage(tokens)
+
+    @activity.defn
+    async def write_day_post(self, inp: DayPostInput) -> TokenUsage:
+        day = inp.day
+        if await in_thread(store.has_post, self.db, day.run, inp.character_index, inp.post_index):
+            return TokenUsage(0)
+        profile = await in_thread(store.load_character, self.db, day.run, inp.character_index)
+        event = await in_thread(store.load_event, self.db, day.run, day.day) or {"title": "", "description": ""}
+        messages = prompts.day_post(day.world, profile, event)
+        index = f"{inp.character_index}.{inp.post_index}"
+        post, tokens = await self._write(day, "day_post", index, messages, schemas.POST)
+        post |= {"day": day.day, "slot": inp.slot}
+        await in_thread(store.save_post, self.db, day.run, inp.character_index, inp.post_index, post, profile["handle"])
+        return TokenUsage(tokens)
+
+    @activity.defn
+    async def write_comment(self, inp: CommentInput) -> TokenUsage:
+        """A comment on a post of the day, or (``reply_to``) its author's reply to one."""
+        day, reply = inp.day, inp.reply_to is not None
+        if await in_thread(store.has_comment, self.db, day.run, day.day, inp.slot, reply):
+            return TokenUsage(0)
+        post = await in_thread(store.load_post, self.db, day.run, inp.post_character, inp.post_index)
+        if post is None:  # the post was not made (the day's budget, or it failed): nothing to comment on
+            return TokenUsage(0)
+        answering = None
+        if reply:
+            answering = await in_thread(store.load_comment, self.db, day.run, day.day, inp.slot)
+            if answering is None:
+                return TokenUsage(0)
+        profile = await in_thread(store.load_character, self.db, day.run, inp.character_index)
+        messages = prompts.comment(day.world, profile, post, answering)
+        index = f"{day.day}.{inp.slot}" + (".reply" if reply else "")
+        written, tokens = await self._write(day, "comment", index, messages, schemas.Comment)
+        comment = {
+            "comment": written["comment"],
+            "character_index": inp.character_index,
+            "handle": profile["handle"],
+            "post_key": post["_id"],
+        }
+        await in_thread(store.save_comment, self.db, day.run, day.day, inp.slot, reply, comment)
+        return TokenUsage(tokens)
+
+    @activity.defn
+    def react(self, day: DayInput) -> int:
+        """Likes on the day's posts and one new follow, chosen without an LLM; returns the likes given."""
+        characters = day.world.character_count
+        likes = 0
+        for post in store.day_posts(self.db, day.run, day.day):
+            others = [c for c in range(characters) if c != post["character_index"]]
+            likers = day_random(day, f"likes-{post['index']}").sample(others, min(LIKES_PER_POST, len(others)))
+            store.add_likes(self.db, day.run, post["character_index"], post["index"], likers)
+            likes += len(likers)
+        if characters > 1:
+            follower, followed = day_random(day, "follow").sample(range(characters), 2)
+            store.add_follow(self.db, day.run, follower, followed)
+        return likes
+
+    @activity.defn
+    async def update_memory(self, inp: MemoryInput) -> TokenUsage:
+        """The character's memory, rewritten with what it did today: one short paragraph, never longer."""
+        day = inp.day
+        if await in_thread(store.has_memory, self.db, day.run, inp.character_index, day.day):
+            return TokenUsage(0)
+        profile = await in_thread(store.load_character, self.db, day.run, inp.character_index)
+        event = await in_thread(store.load_event, self.db, day.run, day.day)
+        acts = await in_thread(store.day_acts, self.db, day.run, day.day, inp.character_index)
+        messages = prompts.memory(profile, day.day, event, acts)
+        index = f"{inp.character_index}.{day.day}"
+        memory, tokens = await self._write(day, "memory", index, messages, schemas.Memory)
+        await in_thread(store.save_memory, self.db, day.run, inp.character_index, memory["summary"], day.day)
+        return TokenUsage(tokens)

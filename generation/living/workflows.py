@@ -1,0 +1,282 @@
+"""``LiveWorldWorkflow``: one long-running workflow per live world, a world day at a time.
+
+Why a workflow and not a Temporal Schedule: a day needs the world's state (the day number, the events staff
+injected, whether it is paused), staff commands must be validated against that state and answered at once
+(updates), and two days must never overlap. One workflow holds all of that; its history stays bounded
+because it continues as new, carrying its state, before it grows past ``HISTORY_LIMIT`` events.
+
+Catch-up policy: a day missed while no worker ran is not replayed. When the workflow finds that more than a
+whole day has passed since a day was due, it counts the missed days as skipped, lives one day at once, and
+keeps to the schedule's grid afterwards. Imports nothing from Django."""
+
+import asyncio
+import builtins
+from dataclasses import replace
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from generation.contracts import ItemInput
+    from generation.living.activities import LivingActivities
+    from generation.living.contracts import (
+        MAX_DAY_SECONDS,
+        MAX_EVENT_CHARS,
+        MAX_INJECTED_EVENTS,
+        MIN_DAY_SECONDS,
+        CommentInput,
+        DayInput,
+        DayPlan,
+        DayPostInput,
+        DayReport,
+        LiveReport,
+        LiveState,
+        LiveStatus,
+        LiveWorldInput,
+        MemoryInput,
+    )
+    from generation.workflows import (
+        MIRROR_OPTIONS,
+        budget_stop,
+        cancel_requested,
+        describe_failure,
+        item_failed,
+        render_or_degrade,
+        run_activity,
+        run_llm,
+    )
+
+HISTORY_LIMIT = 1500  # events in one execution before it continues as new (a day adds about a hundred)
+LIVE_MIRROR_ACTIVITY = "record_live_state"  # registered by worlds.activities (Django side)
+
+
+def day_plan(inp: LiveWorldInput, day: int) -> DayPlan:
+    """Who posts and who comments on ``day``. Posts go round the cast in turn (a fair rotation); each comment
+    is by another character on one of the day's posts, and its author replies."""
+    world, settings = inp.world, inp.settings
+    cast, per_day = world.character_count, settings.posts_per_day
+    day_inp = DayInput(inp.run, world, day, settings.daily_token_budget)
+    first = (day - 1) * per_day
+    posts = [
+        DayPostInput(day_inp, slot, (first + slot) % cast, world.posts_per_character + first + slot)
+        for slot in range(per_day)
+    ]
+    comments: list[CommentInput] = []
+    if cast > 1 and posts:
+        for slot in range(settings.comments_per_day):
+            post = posts[slot % len(posts)]
+            commenter = (post.character_index + 1 + ((day - 1) * settings.comments_per_day + slot) % (cast - 1)) % cast
+            comments.append(CommentInput(day_inp, slot, commenter, post.character_index, post.post_index))
+        comments += [replace(c, character_index=c.post_character, reply_to=c.slot) for c in comments]
+    return DayPlan(posts, comments)
+
+
+@workflow.defn
+class LiveWorldWorkflow:
+    @workflow.init
+    def __init__(self, inp: LiveWorldInput) -> None:
+        self._inp = inp
+        self._state = inp.state
+        self._changed = False  # a command arrived: the wait for the next day looks again
+        self._error = ""
+
+    @workflow.query
+    def state(self) -> LiveState:
+        return self._state
+
+    # --- staff commands: updates, validated first, so the caller knows at once ------------------
+
+    @workflow.update
+    def pause(self) -> LiveState:
+        return self._set_status(LiveStatus.PAUSED)
+
+    @pause.validator
+    def _pause_allowed(self) -> None:
+        self._require(LiveStatus.LIVE, "pause")
+
+    @workflow.update
+    def resume(self) -> LiveState:
+        self._error = ""
+        return self._set_status(LiveStatus.LIVE)
+
+    @resume.validator
+    def _resume_allowed(self) -> None:
+        self._require(LiveStatus.PAUSED, "resume")
+
+    @workflow.update
+    def stop(self) -> LiveState:
+        return self._set_status(LiveStatus.STOPPED)
+
+    @stop.validator
+    def _stop_allowed(self) -> None:
+        if self._state.status not in (LiveStatus.LIVE, LiveStatus.PAUSED):
+            raise ValueError(f"the world is {self._state.status}: there is nothing to stop")
+
+    @workflow.update
+    def set_cadence(self, day_seconds: float) -> LiveState:
+        state = self._state
+        self._inp.settings.day_seconds = day_seconds
+        if state.days:  # the next day comes one new day after the last one
+            state.next_day_at = state.last_day_at + day_seconds
+        self._changed = True
+        return state
+
+    @set_cadence.validator
+    def _cadence_allowed(self, day_seconds: float) -> None:
+        if not MIN_DAY_SECONDS <= day_seconds <= MAX_DAY_SECONDS:
+            raise ValueError(f"a world day lasts {MIN_DAY_SECONDS:g} s to {MAX_DAY_SECONDS:g} s, not {day_seconds:g} s")
+        self._require_running("change the cadence of")
+
+    @workflow.update
+    def inject_event(self, text: str) -> int:
+        """Returns the day whose event it is."""
+        self._state.injected.append(" ".join(text.split()))
+        return self._state.days + 1
+
+    @inject_event.validator
+    def _event_allowed(self, text: str) -> None:
+        self._require_running("inject an event into")
+        text = " ".join((text or "").split())
+        if not text:
+            raise ValueError("say what happens: the event is empty")
+        if len(text) > MAX_EVENT_CHARS:
+            raise ValueError(f"keep the event to {MAX_EVENT_CHARS} characters (it has {len(text)})")
+        if len(self._state.injected) >= MAX_INJECTED_EVENTS:
+            raise ValueError(f"{MAX_INJECTED_EVENTS} events already wait for the next day")
+
+    def _require(self, status: LiveStatus, verb: str) -> None:
+        if self._state.status != status:
+            raise ValueError(f"the world is {self._state.status}: only a {status} world can {verb}")
+
+    def _require_running(self, verb: str) -> None:
+        if self._state.status not in (LiveStatus.LIVE, LiveStatus.PAUSED):
+            raise ValueError(f"the world is {self._state.status}: cannot {verb} it")
+
+    def _set_status(self, status: LiveStatus) -> LiveState:
+        self._state.status = status
+        self._changed = True
+        return self._state
+
+    # --- the days ---------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: LiveWorldInput) -> LiveState:
+        if not self._state.next_day_at:
+            self._state.next_day_at = self._now()  # the first day starts at once
+        while await self._until_next_day():
+            await self._live_day()
+            info = workflow.info()
+            if info.get_current_history_length() > HISTORY_LIMIT or info.is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(replace(self._inp, state=self._state))
+        await self._report(None)
+        return self._state
+
+    @staticmethod
+    def _now() -> float:
+        return workflow.now().timestamp()
+
+    async def _until_next_day(self) -> bool:
+        """Wait until the next day is due (True), or the world is stopped or past its end (False)."""
+        while True:
+            state, ends_at = self._state, self._inp.settings.ends_at
+            if state.status == LiveStatus.STOPPED:
+                return False
+            if state.status == LiveStatus.PAUSED:
+                await workflow.wait_condition(lambda: self._state.status != LiveStatus.PAUSED)
+                continue
+            if ends_at is not None and state.next_day_at > ends_at:
+                state.status = LiveStatus.ENDED
+                return False
+            wait = state.next_day_at - self._now()
+            if wait <= 0:
+                return True
+            self._changed = False
+            try:
+                await workflow.wait_condition(lambda: self._changed, timeout=timedelta(seconds=wait))
+            except builtins.TimeoutError:
+                pass
+
+    async def _live_day(self) -> None:
+        state, day_seconds = self._state, self._inp.settings.day_seconds
+        scheduled, now = state.next_day_at, self._now()
+        missed = int((now - scheduled) // day_seconds)  # whole days that passed with no worker: skipped
+        if missed > 0:
+            state.skipped_days += missed
+            scheduled += missed * day_seconds
+        injected = list(state.injected)
+        day = DayInput(self._inp.run, self._inp.world, state.days + 1, self._inp.settings.daily_token_budget, injected)
+        report = DayReport(day.day, scheduled_at=scheduled, started_at=now)
+        try:
+            await self._make(day, report)
+        except ActivityError as err:
+            if cancel_requested(err):
+                raise
+            # The provider refused for good (credentials, quota): the world pauses and says why. Resumed, it
+            # lives the same day again, and what was stored of it is kept.
+            self._error = describe_failure(err)
+            state.status = LiveStatus.PAUSED
+            await self._report(None)
+            return
+        state.injected = state.injected[len(injected) :]
+        state.days, state.tokens = day.day, state.tokens + report.tokens
+        state.last_day_at, state.next_day_at = scheduled, scheduled + day_seconds
+        report.finished_at = self._now()
+        await self._report(report)
+
+    async def _make(self, day: DayInput, report: DayReport) -> None:
+        """The event, then the posts (with images), the comments, their replies, likes and follows, and the
+        memory of every character who acted. Past the day's budget, the rest of the day is skipped."""
+        if not await self._llm(LivingActivities.write_event, day, report):
+            return
+        plan = day_plan(self._inp, day.day)
+        for post in plan.posts:
+            post.day = day
+        await asyncio.gather(*(self._post(post, report) for post in plan.posts))
+        for replies in (False, True):
+            wave = [replace(c, day=day) for c in plan.comments if (c.reply_to is not None) == replies]
+            await asyncio.gather(*(self._llm(LivingActivities.write_comment, c, report) for c in wave))
+        await run_activity(
+            LivingActivities.react,
+            day,
+            exact=True,
+            task_queue=self._inp.config.workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        actors = sorted({p.character_index for p in plan.posts} | {c.character_index for c in plan.comments})
+        await asyncio.gather(*(self._llm(LivingActivities.update_memory, MemoryInput(day, c), report) for c in actors))
+
+    async def _post(self, post: DayPostInput, report: DayReport) -> None:
+        if await self._llm(LivingActivities.write_day_post, post, report):
+            config = self._inp.config
+            item = ItemInput(self._inp.run, self._inp.world, post.character_index, post.post_index)
+            await render_or_degrade(item, config.media_queue, config.workflows_queue, exact=True)
+
+    async def _llm(self, activity, arg, report: DayReport) -> bool:
+        """One LLM step of the day; False if it was not made (the day's budget is spent, or the item failed
+        for good). Other failures go up."""
+        if report.budget_reached:
+            return False
+        try:
+            usage = await run_llm(activity, arg, self._inp.config, self._inp.world.world_id, exact=True)
+        except ActivityError as err:
+            if cancel_requested(err):
+                raise
+            if budget_stop(err):
+                report.budget_reached = True
+                return False
+            if item_failed(err):
+                return False
+            raise
+        report.tokens += usage.tokens
+        return True
+
+    async def _report(self, day: DayReport | None) -> None:
+        await run_activity(
+            LIVE_MIRROR_ACTIVITY,
+            LiveReport(self._inp.live_id, self._state, day, self._error),
+            exact=True,
+            task_queue=self._inp.config.workflows_queue,
+            **MIRROR_OPTIONS,
+        )

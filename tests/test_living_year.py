@@ -1,0 +1,171 @@
+"""A live world lives a whole year, in process on the time-skipping test server: the real workflow, with
+stand-in activities under the real names that build the real prompts from what they keep in memory. It
+makes exactly the expected posts, comments and events, every execution's history stays under 2,000 events
+(it continues as new), and prompts are as long on day 365 as on day 2."""
+
+import uuid
+from collections import Counter, defaultdict
+
+import pytest
+from temporalio import activity
+from temporalio.worker import Worker
+
+from generation.contracts import ItemInput, RunRef, TokenUsage
+from generation.living import prompts
+from generation.living.contracts import (
+    CommentInput,
+    DayInput,
+    DayPostInput,
+    LiveReport,
+    LiveSettings,
+    LiveStatus,
+    LiveWorldInput,
+    MemoryInput,
+)
+from generation.living.workflows import LiveWorldWorkflow
+from tests.test_cancel_points import run_input
+
+pytestmark = [pytest.mark.fast, pytest.mark.timeout(120)]
+
+DAY = 24 * 3600.0
+BIBLE = {"title": "Lanternfall", "setting": "Sky-whales carry letters between islands.", "themes": ["letters"]}
+LONGEST = "x" * 600  # what a model writes at most (schemas: a memory, a caption, a comment)
+
+
+class YearStandIns:
+    """The day's activities under their real names: each builds its real prompt from the state it keeps
+    (events, captions, comments, memories at their longest), records the prompt's size, and stores."""
+
+    def __init__(self, characters: int) -> None:
+        self.profiles = [
+            {"name": f"C{i}", "handle": f"c{i}", "concept": "a letter carrier", "diction": "short", "memory": ""}
+            for i in range(characters)
+        ]
+        self.events: dict[int, dict] = {}
+        self.posts: dict[tuple[int, int], dict] = {}
+        self.comments: dict[tuple[int, int, bool], dict] = {}
+        self.prompt_sizes: dict[int, int] = defaultdict(int)  # the longest prompt of each day
+        self.calls: Counter = Counter()
+        self.reports: list[LiveReport] = []
+        self.run_ids: list[str] = []
+
+    def _sized(self, day: int, messages: list[dict]) -> None:
+        self.prompt_sizes[day] = max(self.prompt_sizes[day], sum(len(m["content"]) for m in messages))
+
+    @activity.defn(name="write_event")
+    async def write_event(self, day: DayInput) -> TokenUsage:
+        self.calls["event"] += 1
+        recent = [self.events[d] for d in sorted(self.events)[-prompts.RECENT_EVENTS :]]
+        self._sized(day.day, prompts.event(day.world, BIBLE, recent, day.day))
+        self.events[day.day] = {"day": day.day, "title": LONGEST[:120], "description": LONGEST}
+        return TokenUsage(10)
+
+    @activity.defn(name="write_day_post")
+    async def write_day_post(self, inp: DayPostInput) -> TokenUsage:
+        self.calls["post"] += 1
+        profile = self.profiles[inp.character_index]
+        self._sized(inp.day.day, prompts.day_post(inp.day.world, profile, self.events[inp.day.day]))
+        key = (inp.character_index, inp.post_index)
+        assert key not in self.posts, f"post {key} made twice"
+        self.posts[key] = {"handle": profile["handle"], "caption": LONGEST, "day": inp.day.day}
+        return TokenUsage(10)
+
+    @activity.defn(name="render_image")
+    async def render_image(self, inp: ItemInput) -> None:
+        self.calls["render"] += 1
+
+    @activity.defn(name="write_comment")
+    async def write_comment(self, inp: CommentInput) -> TokenUsage:
+        self.calls["reply" if inp.reply_to is not None else "comment"] += 1
+        post = self.posts[(inp.post_character, inp.post_index)]
+        answering = self.comments.get((inp.day.day, inp.slot, False)) if inp.reply_to is not None else None
+        profile = self.profiles[inp.character_index]
+        self._sized(inp.day.day, prompts.comment(inp.day.world, profile, post, answering))
+        assert inp.reply_to is not None or inp.character_index != inp.post_character, "a comment on one's own post"
+        key = (inp.day.day, inp.slot, inp.reply_to is not None)
+        self.comments[key] = {"handle": profile["handle"], "comment": LONGEST[:300]}
+        return TokenUsage(10)
+
+    @activity.defn(name="react")
+    async def react(self, day: DayInput) -> int:
+        self.calls["react"] += 1
+        return 0
+
+    @activity.defn(name="update_memory")
+    async def update_memory(self, inp: MemoryInput) -> TokenUsage:
+        self.calls["memory"] += 1
+        profile = self.profiles[inp.character_index]
+        acts = [
+            p["caption"] for p in self.posts.values() if p["day"] == inp.day.day and p["handle"] == profile["handle"]
+        ]
+        self._sized(inp.day.day, prompts.memory(profile, inp.day.day, self.events[inp.day.day], acts))
+        profile["memory"] = LONGEST
+        return TokenUsage(10)
+
+    @activity.defn(name="record_live_state")
+    async def record_live_state(self, report: LiveReport) -> None:
+        self.reports.append(report)
+        run_id = activity.info().workflow_run_id
+        if run_id not in self.run_ids:
+            self.run_ids.append(run_id)
+
+    def activities(self) -> list:
+        return [
+            self.write_event,
+            self.write_day_post,
+            self.render_image,
+            self.write_comment,
+            self.react,
+            self.update_memory,
+            self.record_live_state,
+        ]
+
+
+def test_a_world_lives_a_year_in_bounded_histories_with_flat_prompts(env):
+    loop, environment = env
+    base = run_input(f"year-{uuid.uuid4().hex[:8]}", characters=3, posts=2)
+    stand_ins = YearStandIns(characters=3)
+
+    async def live() -> list[int]:
+        start = (await environment.get_current_time()).timestamp()
+        settings = LiveSettings(day_seconds=DAY, posts_per_day=2, comments_per_day=1, ends_at=start + 364.5 * DAY)
+        run = RunRef(1, 1, 1, f"{base.run.workflow_id}-live")
+        inp = LiveWorldInput(1, run, base.world, base.config, settings)
+        queues = (base.config.workflows_queue, base.config.llm_queue, base.config.media_queue)
+        workers = [
+            Worker(
+                environment.client,
+                task_queue=queue,
+                activities=stand_ins.activities(),
+                workflows=[LiveWorldWorkflow] if queue == base.config.workflows_queue else [],
+            )
+            for queue in queues
+        ]
+        async with workers[0], workers[1], workers[2]:
+            state = await environment.client.execute_workflow(
+                LiveWorldWorkflow.run, inp, id=run.workflow_id, task_queue=base.config.workflows_queue
+            )
+            assert (state.status, state.days, state.skipped_days) == (LiveStatus.ENDED, 365, 0)
+            lengths = []
+            for run_id in stand_ins.run_ids:
+                history = await environment.client.get_workflow_handle(run.workflow_id, run_id=run_id).fetch_history()
+                lengths.append(len(history.events))
+            return lengths
+
+    lengths = loop.run(live(), timeout=110)
+    days = 365
+    assert stand_ins.calls["event"] == days and len(stand_ins.events) == days
+    assert stand_ins.calls["post"] == stand_ins.calls["render"] == 2 * days and len(stand_ins.posts) == 2 * days
+    assert stand_ins.calls["comment"] == stand_ins.calls["reply"] == days
+    assert stand_ins.calls["react"] == days and len(stand_ins.comments) == 2 * days
+    authors = Counter(post["handle"] for post in stand_ins.posts.values())
+    assert max(authors.values()) - min(authors.values()) <= 1  # a fair rotation
+    assert [r.day.day for r in stand_ins.reports if r.day] == list(range(1, days + 1))
+    print(f"executions: {len(lengths)}, history events per execution: max {max(lengths)}")
+    assert len(lengths) > 1 and max(lengths) < 2000  # it continued as new
+    sizes = stand_ins.prompt_sizes
+    print("longest prompt (characters) on days 1-5, 100, 365:", [sizes[d] for d in (1, 2, 3, 4, 5, 100, 365)])
+    # It grows while the first events and memories are written (at their longest here), then stays flat:
+    # only the numbers of the days in it grow longer.
+    full = prompts.RECENT_EVENTS + 1
+    assert max(sizes[d] for d in range(full, days + 1)) <= sizes[full] + 12  # the day numbers get digits
