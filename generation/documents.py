@@ -274,6 +274,26 @@ def _version_entry(content: dict, version: int, archived_at) -> dict:
     }
 
 
+def day_counts(db: Database, run: RunRef, day: int) -> dict:
+    """What a live world's day made: posts, comments (replies included) and likes on its posts."""
+    posts = list(db[POSTS].find({"run_key": run.key, "day": day}, {"liked_by": 1}))
+    return {
+        "posts": len(posts),
+        "comments": db[COMMENTS].count_documents({"run_key": run.key, "day": day}),
+        "likes": sum(len(post.get("liked_by", [])) for post in posts),
+    }
+
+
+def live_days(db: Database, run: RunRef, limit: int = 10) -> list[dict]:
+    """A live world's latest day reports, newest first, each with its event's title."""
+    days = list(db[LIVE_DAYS].find({"run_key": run.key}, {"_id": 0}).sort("day", -1).limit(limit))
+    titles = {
+        e["day"]: e["title"]
+        for e in db[EVENTS].find({"run_key": run.key, "day": {"$in": [d["day"] for d in days]}}, {"day": 1, "title": 1})
+    }
+    return [{**day, "event": titles.get(day["day"], "")} for day in days]
+
+
 def run_post_count(db: Database, run: RunRef) -> int:
     return db[POSTS].count_documents({"run_key": run.key})
 

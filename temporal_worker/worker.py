@@ -31,6 +31,8 @@ from generation.activities import (
     StoreActivities,
 )
 from generation.documents import ensure_indexes
+from generation.living.activities import LivingActivities
+from generation.living.workflows import LiveWorldWorkflow
 from generation.llm import LlmClient
 from generation.media import MediaClient
 from generation.workflows import (
@@ -103,6 +105,7 @@ def build_workers(
     stack_check = StackCheckActivities(db)
     llm_client = LlmClient(clients.llm_http, default_model=settings.LLM_MODEL, send_sampling=settings.LLM_SEND_SAMPLING)
     llm = LlmActivities(llm_client, db)
+    living = LivingActivities(llm_client, db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)
@@ -113,11 +116,23 @@ def build_workers(
             store_activities.archive_versions,
             mirror.record_run_status,
             mirror.record_regeneration,
+            mirror.record_live_state,
+            living.react,
             mirror.record_degraded_items,
             cleanup.stop_workflows,
             cleanup.delete_world_content,
         ],
-        "llm": [llm.generate_bible, llm.generate_cast, llm.generate_character, llm.plan_posts, llm.generate_post],
+        "llm": [
+            llm.generate_bible,
+            llm.generate_cast,
+            llm.generate_character,
+            llm.plan_posts,
+            llm.generate_post,
+            living.write_event,
+            living.write_day_post,
+            living.write_comment,
+            living.update_memory,
+        ],
         "media": [media.render_image],
     }
     workers = []
@@ -129,6 +144,7 @@ def build_workers(
                 CharacterWorkflow,
                 RerenderImagesWorkflow,
                 RegenerateItemWorkflow,
+                LiveWorldWorkflow,
                 WorldCleanupWorkflow,
                 StackCheckWorkflow,
                 *extensions.workflows,

@@ -919,6 +919,8 @@ ROUTES = {
     "/api/runs/{run_id}/regenerate/": {"post"},
     "/api/runs/{run_id}/versions/": {"get"},
     "/api/regenerations/{regeneration_id}/": {"get"},
+    "/api/worlds/{world_id}/live/": {"get", "post"},
+    "/api/worlds/{world_id}/live/{command}/": {"post"},
     "/api/runs/{run_id}/publish/": {"post"},
     "/api/worlds/{world_id}/unpublish/": {"post"},
 }

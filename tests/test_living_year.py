@@ -3,6 +3,7 @@ stand-in activities under the real names that build the real prompts from what t
 makes exactly the expected posts, comments and events, every execution's history stays under 2,000 events
 (it continues as new), and prompts are as long on day 365 as on day 2."""
 
+import os
 import uuid
 from collections import Counter, defaultdict
 
@@ -24,6 +25,7 @@ from generation.living.contracts import (
 )
 from generation.living.workflows import LiveWorldWorkflow
 from tests.test_cancel_points import run_input
+from tests.test_generation import HISTORIES
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(120)]
 
@@ -150,6 +152,8 @@ def test_a_world_lives_a_year_in_bounded_histories_with_flat_prompts(env):
             for run_id in stand_ins.run_ids:
                 history = await environment.client.get_workflow_handle(run.workflow_id, run_id=run_id).fetch_history()
                 lengths.append(len(history.events))
+                if len(lengths) == 1 and os.environ.get("RECORD_HISTORIES") == "1":  # ends in continue-as-new
+                    (HISTORIES / "live_world_continued_as_new.json").write_text(history.to_json())
             return lengths
 
     lengths = loop.run(live(), timeout=110)

@@ -10,6 +10,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from generation.living.workflows import LiveWorldWorkflow
 from generation.workflows import (
     CharacterWorkflow,
     RegenerateItemWorkflow,
@@ -46,6 +47,8 @@ def test_histories_are_recorded():
         "regenerate_character",
         "regenerate_failed",
         "character_with_a_rejected_avatar",
+        "live_world_commands",
+        "live_world_continued_as_new",
     }
     before_patches = {
         "character_completed_before_partial_failures",
@@ -67,6 +70,7 @@ def test_recorded_history_replays(path):
             RerenderImagesWorkflow,
             RegenerateItemWorkflow,
             StackCheckWorkflow,
+            LiveWorldWorkflow,
         ]
     )
     asyncio.run(replayer.replay_workflow(history))

@@ -48,6 +48,9 @@ def seed(db, world_id: int, runs: int = 2) -> None:
         store.store_image_file(db, documents.post_key(run, 0, 0), PNG, {})
         store.archive_versions(db, run, 0, 0, 1, regeneration_id=number)  # post 0.0 was regenerated:
         store.store_image_file(db, documents.post_key(run, 0, 0), PNG, {}, version=2)  # its old version is kept
+        store.save_event(db, run, 1, {"title": "A comet", "description": "It splits the sky."}, "staff")  # it lives
+        store.save_comment(db, run, 1, 0, False, {"comment": "Wow", "character_index": 1, "post_key": "p"})
+        store.save_day_report(db, run, {"day": 1, "posts": 1})
 
 
 def content(db, world_id: int) -> dict[str, int]:

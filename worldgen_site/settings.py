@@ -232,5 +232,6 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "worlds.models.GenerationRun.Status",
         "RegenerationStatusEnum": "worlds.models.Regeneration.Status",
+        "LiveWorldStatusEnum": "worlds.models.LiveWorld.Status",
     },
 }

@@ -7,6 +7,7 @@ from django.db import close_old_connections
 from temporalio import activity
 
 from generation.contracts import DegradedItemsUpdate, RegenerationUpdate, RunStatusUpdate
+from generation.living.contracts import LiveReport
 from worlds import services
 
 
@@ -35,3 +36,8 @@ class RunMirrorActivities:
     def record_regeneration(self, update: RegenerationUpdate) -> None:
         with _fresh_db_connections():
             services.regeneration_record(update=update)
+
+    @activity.defn(name="record_live_state")
+    def record_live_state(self, report: LiveReport) -> None:
+        with _fresh_db_connections():
+            services.live_report_record(report=report)

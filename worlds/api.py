@@ -19,12 +19,18 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from worlds import selectors, services
-from worlds.models import GenerationRun, Regeneration, World
+from worlds.models import GenerationRun, LiveWorld, Regeneration, World
 from worlds.serializers import (
+    CadenceSerializer,
     CharacterSerializer,
     ErrorSerializer,
+    GoLiveSerializer,
+    InjectEventSerializer,
     ItemQuerySerializer,
     ItemVersionsSerializer,
+    LiveCommandResultSerializer,
+    LiveWorldDetailSerializer,
+    LiveWorldSerializer,
     PageQuerySerializer,
     PostPageSerializer,
     PostQuerySerializer,
@@ -473,6 +479,85 @@ class RegenerationDetailApi(Api):
     def get(self, request, regeneration_id):
         regeneration = get_object_or_404(Regeneration.objects.select_related("run", "requested_by"), pk=regeneration_id)
         return Response(RegenerationSerializer(regeneration).data)
+
+
+# --- live worlds ----------------------------------------------------------------------------------
+
+
+def latest_live(world: World) -> LiveWorld:
+    live = world.lives.select_related("run", "started_by").order_by("-number").first()
+    if live is None:
+        raise exceptions.NotFound(f"{world} has never been live")
+    return live
+
+
+@extend_schema(parameters=[WORLD_ID])
+class WorldLiveApi(Api):
+    required_perms = {"GET": ("worlds.view_liveworld",), "POST": ("worlds.control_live_world",)}
+
+    @extend_schema(
+        summary="The world's live state: its latest time live, with the latest days",
+        responses={200: LiveWorldDetailSerializer, **errors(403, 404)},
+    )
+    def get(self, request, world_id):
+        live = latest_live(get_world(world_id))
+        live.timeline = selectors.live_timeline(live=live)
+        return Response(LiveWorldDetailSerializer(live).data)
+
+    @extend_schema(
+        summary="Take a published world live: its cast goes on posting, a world day at a time",
+        description="The first day starts at once. Each day: an event, posts from a fair rotation of the "
+        "cast (with images), comments and replies, likes and follows, and each acting character's memory.",
+        request=GoLiveSerializer,
+        responses={202: LiveWorldSerializer, **errors(400, 403, 404, 409, 503)},
+    )
+    def post(self, request, world_id):
+        data = GoLiveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        live = services.world_go_live(world=get_world(world_id), user=request.user, **data.validated_data)
+        return Response(LiveWorldSerializer(live).data, status=status.HTTP_202_ACCEPTED)
+
+
+LIVE_COMMAND_INPUTS = {
+    "pause": ("pause", None),
+    "resume": ("resume", None),
+    "stop": ("stop", None),
+    "cadence": ("set_cadence", CadenceSerializer),
+    "events": ("inject_event", InjectEventSerializer),
+}
+
+
+@extend_schema(
+    parameters=[
+        WORLD_ID,
+        OpenApiParameter("command", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(LIVE_COMMAND_INPUTS)),
+    ]
+)
+class WorldLiveCommandApi(Api):
+    required_perms = {"POST": ("worlds.control_live_world",)}
+
+    @extend_schema(
+        operation_id="worlds_live_command",
+        summary="Pause, resume or stop a live world, change its cadence or inject an event",
+        description='`cadence` takes `{"day_seconds": 120}`, `events` takes `{"text": "a comet splits the '
+        "sky\"}` (the next day is about it). The world's workflow validates each command against its state and "
+        "answers at once: 200 when taken, 409 with the reason when refused.",
+        request=OpenApiTypes.OBJECT,
+        responses={200: LiveCommandResultSerializer, **errors(400, 403, 404, 409, 503)},
+    )
+    def post(self, request, world_id, command):
+        if command not in LIVE_COMMAND_INPUTS:
+            raise exceptions.NotFound(f"no live command {command!r}; one of: {', '.join(LIVE_COMMAND_INPUTS)}")
+        name, serializer = LIVE_COMMAND_INPUTS[command]
+        value = None
+        if serializer is not None:
+            data = serializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            [value] = data.validated_data.values()
+        live = latest_live(get_world(world_id))
+        said = services.live_command(live=live, command=name, value=value, user=request.user)
+        live.refresh_from_db()
+        return Response({"detail": said, "live": LiveWorldSerializer(live).data})
 
 
 @extend_schema(parameters=[WORLD_ID])

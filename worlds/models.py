@@ -6,6 +6,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from generation.contracts import RunRef, RunStatus, Stage
+from generation.living.contracts import MAX_DAY_SECONDS, MIN_DAY_SECONDS, LiveStatus
 
 MAX_CHARACTERS = 50
 MAX_POSTS_PER_CHARACTER = 50
@@ -275,6 +276,56 @@ class Regeneration(models.Model):
         return self.post_index is None or post_index is None or self.post_index == post_index
 
 
+class LiveWorld(models.Model):
+    """A published world that goes on living, one world day at a time (``LiveWorldWorkflow``). A world has
+    at most one running at a time; a stopped or ended one stays as a record."""
+
+    Status = models.TextChoices(
+        "Status",
+        [("STARTING", ("starting", "Starting"))] + [(s.name, (s.value, s.value.capitalize())) for s in LiveStatus],
+    )
+    RUNNING = (Status.STARTING, Status.LIVE, Status.PAUSED)
+
+    world = models.ForeignKey(World, on_delete=models.CASCADE, related_name="lives")
+    run = models.ForeignKey(GenerationRun, on_delete=models.CASCADE, related_name="+", help_text="Whose cast lives on.")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.STARTING)
+    day_seconds = models.FloatField(
+        validators=[MinValueValidator(MIN_DAY_SECONDS), MaxValueValidator(MAX_DAY_SECONDS)],
+        help_text=f"A world day every this many seconds (at least {MIN_DAY_SECONDS:g}).",
+    )
+    posts_per_day = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(50)])
+    comments_per_day = models.PositiveSmallIntegerField(validators=[MaxValueValidator(50)])
+    daily_token_budget = models.PositiveIntegerField(validators=[MinValueValidator(MIN_TOKEN_BUDGET)])
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="No day starts after this (empty: no end).")
+    days = models.PositiveIntegerField(default=0, help_text="World days lived.")
+    skipped_days = models.PositiveIntegerField(default=0, help_text="Days missed while no worker ran (not replayed).")
+    tokens_used = models.PositiveIntegerField(default=0)
+    next_day_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [models.UniqueConstraint(fields=["world", "number"], name="unique_live_number_per_world")]
+        permissions = [("control_live_world", "Can take worlds live, pause, resume, stop them and inject events")]
+
+    def __str__(self) -> str:
+        return f"{self.world} live {self.number}"
+
+    @property
+    def workflow_id(self) -> str:
+        return f"world-{self.world_id}-live-{self.number}"
+
+    @property
+    def is_running(self) -> bool:
+        return self.status in self.RUNNING
+
+
 class AuditEvent(models.Model):
     """Who did what to which world or run. Written by worlds.services only."""
 
@@ -292,6 +343,8 @@ class AuditEvent(models.Model):
         RUN_RECONCILED = "run_reconciled", "Run corrected from Temporal"
         RUN_RESUMED = "run_resumed", "Run resumed"
         ITEM_REGENERATED = "item_regenerated", "Item regenerated"
+        WORLD_LIVE = "world_live", "World went live"
+        LIVE_COMMAND = "live_command", "Live world command"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(

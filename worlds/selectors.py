@@ -63,6 +63,11 @@ def item_versions(*, run: GenerationRun, character_index: int, post_index: int |
     return {**versions, "regenerations": list(regenerations)}
 
 
+def live_timeline(*, live, limit: int = 10) -> list[dict]:
+    """A live world's latest days, newest first: event, posts, comments, likes, tokens, lag."""
+    return documents.live_days(mongo.get_db(), live.run.ref, limit)
+
+
 def run_quality(*, run: GenerationRun, as_first_written: bool = False) -> quality.QualityReport:
     """The content quality report of a run (whatever it has made so far). ``as_first_written``: of the
     captions as the model first wrote them, before the caption guard (what the prompts do alone; tokens and

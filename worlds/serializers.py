@@ -13,11 +13,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from generation.documents import ImageStatus
+from generation.living.contracts import MAX_DAY_SECONDS, MAX_EVENT_CHARS, MIN_DAY_SECONDS
 from worlds import selectors
 from worlds.models import (
     MAX_CHARACTERS,
     MAX_POSTS_PER_CHARACTER,
+    MIN_TOKEN_BUDGET,
     GenerationRun,
+    LiveWorld,
     Regeneration,
     World,
     validate_allowed_model,
@@ -396,6 +399,92 @@ class ItemQuerySerializer(serializers.Serializer):
     post = QueryIntegerField(
         min_value=0, max_value=MAX_POSTS_PER_CHARACTER - 1, required=False, help_text="A post of it (optional)."
     )
+
+
+# --- live worlds -------------------------------------------------------------------------
+
+
+class StrictNumberField(serializers.FloatField):
+    def to_internal_value(self, data):
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class GoLiveSerializer(serializers.Serializer):
+    day_seconds = StrictNumberField(
+        min_value=MIN_DAY_SECONDS, max_value=MAX_DAY_SECONDS, help_text="A world day every this many seconds."
+    )
+    posts_per_day = StrictIntegerField(min_value=1, max_value=50, default=3, help_text="Across the cast.")
+    comments_per_day = StrictIntegerField(
+        min_value=0, max_value=50, default=2, help_text="Each answered by the post's author."
+    )
+    daily_token_budget = StrictIntegerField(min_value=MIN_TOKEN_BUDGET, default=20_000)
+    ends_at = serializers.DateTimeField(required=False, allow_null=True, default=None, help_text="Optional end.")
+
+
+class CadenceSerializer(serializers.Serializer):
+    day_seconds = StrictNumberField(min_value=MIN_DAY_SECONDS, max_value=MAX_DAY_SECONDS)
+
+
+class InjectEventSerializer(serializers.Serializer):
+    text = StrictTextField(
+        max_length=MAX_EVENT_CHARS, validators=[NOT_BLANK], help_text="What happens; the next day is about it."
+    )
+
+
+class LiveWorldSerializer(serializers.ModelSerializer):
+    workflow_id = serializers.CharField(read_only=True)
+    run = serializers.PrimaryKeyRelatedField(read_only=True)
+    started_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = LiveWorld
+        fields = [
+            "id",
+            "number",
+            "run",
+            "status",
+            "day_seconds",
+            "posts_per_day",
+            "comments_per_day",
+            "daily_token_budget",
+            "ends_at",
+            "days",
+            "skipped_days",
+            "tokens_used",
+            "next_day_at",
+            "error",
+            "workflow_id",
+            "started_by",
+            "started_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class LiveDaySerializer(serializers.Serializer):
+    day = serializers.IntegerField(read_only=True)
+    event = serializers.CharField(read_only=True, help_text="The day's event (its title).")
+    posts = serializers.IntegerField(read_only=True)
+    comments = serializers.IntegerField(read_only=True)
+    likes = serializers.IntegerField(read_only=True)
+    tokens = serializers.IntegerField(read_only=True)
+    budget_reached = serializers.BooleanField(read_only=True)
+    lag_s = serializers.FloatField(read_only=True, help_text="How late the day started against the schedule.")
+
+
+class LiveWorldDetailSerializer(LiveWorldSerializer):
+    timeline = LiveDaySerializer(many=True, read_only=True, help_text="The latest days, newest first.")
+
+    class Meta(LiveWorldSerializer.Meta):
+        fields = [*LiveWorldSerializer.Meta.fields, "timeline"]
+        read_only_fields = fields
+
+
+class LiveCommandResultSerializer(serializers.Serializer):
+    detail = serializers.CharField(read_only=True)
+    live = LiveWorldSerializer(read_only=True)
 
 
 # --- content quality (generation.quality) -----------------------------------------------

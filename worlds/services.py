@@ -3,19 +3,20 @@ activities call these; none of them talk to Temporal or the ORM directly."""
 
 import contextlib
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from clients import mongo
 from clients.temporal import Observed, TemporalNoAnswer, TemporalUnavailable, observe_workflows, temporal_call
-from generation import store
+from generation import documents, store
 from generation.contracts import (
     Decision,
     DegradedItemsUpdate,
@@ -29,14 +30,17 @@ from generation.contracts import (
     WorldSnapshot,
     cleanup_workflow_id,
 )
+from generation.living.contracts import LiveReport, LiveSettings, LiveState, LiveStatus, LiveWorldInput
+from generation.living.workflows import LiveWorldWorkflow
 from generation.workflows import (
     RegenerateItemWorkflow,
     RerenderImagesWorkflow,
     WorldCleanupWorkflow,
     WorldGenerationWorkflow,
+    describe_failure,
 )
 from worlds import selectors
-from worlds.models import AuditEvent, GenerationRun, Regeneration, World, validate_feedback_length
+from worlds.models import AuditEvent, GenerationRun, LiveWorld, Regeneration, World, validate_feedback_length
 
 Status = GenerationRun.Status
 FINISHED_FROM_TEMPORAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT"}
@@ -127,6 +131,7 @@ def world_delete(*, world: World, user=None) -> str:
     ]
     running = Regeneration.objects.filter(run__world=world, status=Regeneration.Status.RUNNING).select_related("run")
     workflow_ids += [regeneration.workflow_id for regeneration in running]
+    workflow_ids += [live.workflow_id for live in world.lives.filter(status__in=LiveWorld.RUNNING)]
     cleanup_id = cleanup_workflow_id(world.pk)
     _temporal(
         lambda client: client.start_workflow(
@@ -723,3 +728,184 @@ def run_reconcile_record(*, run: GenerationRun, observed: Observed, user=None) -
 def _reconciled(run: GenerationRun, what: str, user) -> str:
     _audit(AuditEvent.Action.RUN_RECONCILED, user=user, run=run, detail=what)
     return f"{run}: {what}"
+
+
+# --- live worlds ----------------------------------------------------------------------------------------
+# A published world goes live: LiveWorldWorkflow (``world-<id>-live-<n>``) lives a world day at a time from
+# the cast of its live run. Commands are Temporal updates, validated by the workflow against its state, so
+# the caller learns at once whether they were taken.
+
+LIVE_COMMANDS = {
+    "pause": LiveWorldWorkflow.pause,
+    "resume": LiveWorldWorkflow.resume,
+    "stop": LiveWorldWorkflow.stop,
+    "set_cadence": LiveWorldWorkflow.set_cadence,
+    "inject_event": LiveWorldWorkflow.inject_event,
+}
+
+
+def world_go_live(
+    *,
+    world: World,
+    day_seconds: float,
+    posts_per_day: int = 3,
+    comments_per_day: int = 2,
+    daily_token_budget: int = 20_000,
+    ends_at=None,
+    user=None,
+) -> LiveWorld:
+    """Take a published world live: its live run's cast goes on posting, a world day every ``day_seconds``."""
+    _require(user, "control_live_world", "take worlds live")
+    world.refresh_from_db()
+    run = world.live_run
+    if run is None:
+        raise ActionError(f"{world} is not published: publish a run before it goes live")
+    if ends_at is not None and ends_at <= timezone.now():
+        raise ActionInvalid("the end date has passed: choose a later one, or none")
+    _settle_lives(world)
+    with transaction.atomic():
+        World.objects.select_for_update().filter(pk=world.pk).first()  # serialise with other commands on it
+        if world.lives.filter(status__in=LiveWorld.RUNNING).exists():
+            raise ActionError(f"{world} is already live; stop it first")
+        number = (world.lives.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        live = LiveWorld(
+            world=world,
+            run=run,
+            number=number,
+            day_seconds=day_seconds,
+            posts_per_day=posts_per_day,
+            comments_per_day=comments_per_day,
+            daily_token_budget=daily_token_budget,
+            ends_at=ends_at,
+            started_by=user,
+        )
+        try:
+            live.full_clean(exclude=["world", "run"])
+        except ValidationError as exc:
+            problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+            raise ActionInvalid(f"{world} cannot go live: {problems}") from None
+        live.save()
+    settings_ = LiveSettings(
+        day_seconds=day_seconds,
+        posts_per_day=posts_per_day,
+        comments_per_day=comments_per_day,
+        daily_token_budget=daily_token_budget,
+        ends_at=ends_at.timestamp() if ends_at else None,
+    )
+    inp = LiveWorldInput(live.pk, run.ref, _resume_snapshot(run), run_config(), settings_)
+    try:
+        temporal_call(
+            lambda client: client.start_workflow(
+                LiveWorldWorkflow.run,
+                inp,
+                id=live.workflow_id,
+                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+        )
+    except TemporalNoAnswer:
+        pass  # it may have started: it shows as starting, and the next command on the world asks Temporal
+    except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
+        message = _start_refusal(exc, live.workflow_id)
+        LiveWorld.objects.filter(pk=live.pk).update(status=LiveWorld.Status.FAILED, error=message)
+        raise ActionUnavailable(f"{world} could not go live: {message}") from None
+    detail = f"{live.workflow_id}: a day every {day_seconds:g} s, {posts_per_day} posts, {comments_per_day} comments"
+    _audit(AuditEvent.Action.WORLD_LIVE, user=user, run=run, detail=detail)
+    return live
+
+
+def live_command(*, live: LiveWorld, command: str, value=None, user=None) -> str:
+    """Send ``command`` (pause, resume, stop, set_cadence with seconds, inject_event with its text) to a live
+    world; returns what it did. Refusals by the workflow come back at once, with its reason."""
+    _require(user, "control_live_world", "control live worlds")
+    if command not in LIVE_COMMANDS:
+        raise ActionInvalid(f"unknown command {command!r}; one of: {', '.join(LIVE_COMMANDS)}")
+    live.refresh_from_db()
+    if not live.is_running:
+        raise ActionError(f"{live} is {live.get_status_display().lower()}: it takes no commands")
+    update = LIVE_COMMANDS[command]
+
+    async def send(client):
+        handle = client.get_workflow_handle(live.workflow_id)
+        result = await (handle.execute_update(update) if value is None else handle.execute_update(update, value))
+        return result, await handle.query(LiveWorldWorkflow.state)
+
+    try:
+        result, state = _temporal(send, what=f"{command.replace('_', ' ')} {live}", not_found=True)
+    except RPCError:  # NOT_FOUND
+        _settle_lives(live.world)
+        raise ActionError(f"Temporal no longer runs {live.workflow_id}; it is marked as ended") from None
+    except WorkflowUpdateFailedError as exc:
+        reason = getattr(exc.cause, "message", None) or describe_failure(exc)  # the workflow's validator's words
+        raise ActionError(f"{live} refused to {command.replace('_', ' ')}: {reason}") from None
+    live_state_record(live_id=live.pk, state=state)
+    if command == "set_cadence":
+        said = f"a world day now comes every {value:g} s"
+    elif command == "inject_event":
+        said = f"the event happens on day {result}"
+    else:
+        said = {
+            "pause": "paused: no day starts until it is resumed",
+            "resume": "resumed",
+            "stop": "stopped: it finishes the day it is living, if any, and lives no more",
+        }[command]
+    _audit(
+        AuditEvent.Action.LIVE_COMMAND,
+        user=user,
+        run=live.run,
+        detail=f"{live.workflow_id} {command}" + (f": {value}" if value is not None else ""),
+    )
+    return said
+
+
+def _settle_lives(world: World) -> None:
+    """Rows of ``world`` shown running whose workflow Temporal no longer runs get the workflow's last state."""
+    for live in world.lives.filter(status__in=LiveWorld.RUNNING):
+
+        async def describe(client, workflow_id=live.workflow_id) -> str:
+            try:
+                return (await client.get_workflow_handle(workflow_id).describe()).status.name
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    return "MISSING"
+                raise
+
+        status = _temporal(describe, what=f"look up {live}")
+        if status == "RUNNING":
+            if live.status == LiveWorld.Status.STARTING:
+                LiveWorld.objects.filter(pk=live.pk, status=LiveWorld.Status.STARTING).update(
+                    status=LiveWorld.Status.LIVE
+                )
+            continue
+        error = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
+        final = LiveWorld.Status.STOPPED if status in ("COMPLETED", "CANCELED") else LiveWorld.Status.FAILED
+        LiveWorld.objects.filter(pk=live.pk).update(status=final, error=error if final == "failed" else "")
+
+
+def live_state_record(*, live_id: int, state: LiveState, error: str | None = None) -> None:
+    fields = {
+        "status": state.status,
+        "days": state.days,
+        "skipped_days": state.skipped_days,
+        "tokens_used": state.tokens,
+        "next_day_at": (datetime.fromtimestamp(state.next_day_at, UTC) if state.status == LiveStatus.LIVE else None),
+        "updated_at": timezone.now(),
+    }
+    if error is not None:
+        fields["error"] = error
+    LiveWorld.objects.filter(pk=live_id).update(**fields)
+
+
+def live_report_record(*, report: LiveReport) -> None:
+    """A live world's report after a day or when it ends (called by an activity): its row, and the day's
+    record in Mongo with what the day made (counted from what is stored), written first."""
+    live = LiveWorld.objects.filter(pk=report.live_id).select_related("run").first()
+    if live is None:  # the world was deleted meanwhile
+        return
+    if report.day is not None:
+        db, day = mongo.get_db(), report.day
+        made = documents.day_counts(db, live.run.ref, day.day)
+        lag = round(day.started_at - day.scheduled_at, 3)
+        store.save_day_report(db, live.run.ref, {**dataclasses.asdict(day), **made, "lag_s": lag})
+    live_state_record(live_id=report.live_id, state=report.state, error=report.error)

@@ -4,10 +4,12 @@ STAFF_GROUPS = {
     "Editors": [
         ("world", ["add_world", "change_world", "delete_world", "view_world"]),
         ("generationrun", ["view_generationrun", "start_run", "cancel_run", "publish_run"]),
+        ("liveworld", ["view_liveworld", "control_live_world"]),
     ],
     "Reviewers": [
         ("world", ["view_world"]),
         ("generationrun", ["view_generationrun", "review_run"]),
+        ("liveworld", ["view_liveworld"]),
     ],
 }
 

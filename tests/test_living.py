@@ -1,0 +1,100 @@
+"""A live world on the real servers, at a one-minute cadence: it lives its first day at once (event, posts
+with images, comments and replies, likes, memories, the day's report), is paused, gets an injected event,
+refuses what it cannot do with the reason, is resumed, lives the injected event on day 2, and stops."""
+
+import time
+
+import pytest
+from django.contrib.auth.models import Group, Permission, User
+from rest_framework.test import APIClient
+
+from clients import mongo
+from generation import documents
+from tests.test_generation import FINISHED, make_world, record_history, wait_for
+from worlds.models import AuditEvent, LiveWorld
+from worlds.services import generation_start
+from worlds.staff_groups import grant_staff_groups
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def staff(username: str, group: str) -> APIClient:
+    grant_staff_groups(Group, Permission)
+    user = User.objects.create_user(username, is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+def live_until(client: APIClient, world_id: int, until, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        live = client.get(f"/api/worlds/{world_id}/live/").json()
+        if until(live):
+            return live
+        assert time.monotonic() < deadline, f"the live world is stuck: {live}"
+        time.sleep(0.5)
+
+
+def test_a_world_lives_at_a_one_minute_cadence_through_pause_an_injected_event_and_resume(start_worker):
+    start_worker()
+    run = wait_for(generation_start(world=make_world(character_count=3, posts_per_character=1)), FINISHED)
+    assert run.status == "completed", run.error
+    editor, reviewer = staff("editor-live", "Editors"), staff("reviewer-live", "Reviewers")
+    url = f"/api/worlds/{run.world_id}/live/"
+    body = {"day_seconds": 60, "posts_per_day": 2, "comments_per_day": 1, "daily_token_budget": 20000}
+    assert reviewer.post(url, body, format="json").status_code == 403
+    assert editor.post(url, {**body, "day_seconds": 30}, format="json").status_code == 400  # under a minute
+    response = editor.post(url, body, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["workflow_id"] == f"world-{run.world_id}-live-1"
+    assert editor.post(url, body, format="json").status_code == 409  # already live
+
+    live = live_until(reviewer, run.world_id, lambda live: live["days"] == 1)
+    assert live["status"] == "live" and live["tokens_used"] > 0 and live["next_day_at"]
+    [day1] = live["timeline"]
+    assert (day1["day"], day1["posts"], day1["comments"]) == (1, 2, 2) and day1["event"]
+    assert day1["likes"] >= 2 and 0 <= day1["lag_s"] < 30
+    db, key = mongo.get_db(), run.ref.key
+    posts = list(db.posts.find({"run_key": key, "day": 1}))
+    assert sorted(p["character_index"] for p in posts) == [0, 1]  # the rotation starts at the first character
+    assert all(p["image_status"] == documents.ImageStatus.RENDERED and p["liked_by"] for p in posts)
+    comment, reply = db.comments.find_one({"run_key": key, "reply": False}), db.comments.find_one({"reply": True})
+    assert comment["character_index"] != posts[0]["character_index"] and reply["post_key"] == comment["post_key"]
+    acted = {p["character_index"] for p in posts} | {comment["character_index"], reply["character_index"]}
+    remembered = {c["index"] for c in db.characters.find({"run_key": key, "memory_day": 1})}
+    assert remembered == acted and all(len(c.get("memory", "")) <= 600 for c in db.characters.find({"run_key": key}))
+    assert db.world_events.find_one({"_id": documents.event_key(run.ref, 1)})["source"] == "llm"
+
+    commands = f"{url}pause/"
+    response = editor.post(commands)
+    assert response.status_code == 200 and response.json()["live"]["status"] == "paused"
+    response = editor.post(commands)
+    assert response.status_code == 409
+    assert response.json()["detail"].endswith("refused to pause: the world is paused: only a live world can pause")
+    response = editor.post(f"{url}events/", {"text": "A comet splits the sky."}, format="json")
+    assert response.status_code == 200 and response.json()["detail"] == "the event happens on day 2"
+    assert editor.post(f"{url}events/", {"text": "  "}, format="json").status_code == 400
+    assert editor.post(f"{url}cadence/", {"day_seconds": 59}, format="json").status_code == 400
+    assert reviewer.post(f"{url}resume/").status_code == 403
+    assert editor.post(f"{url}resume/").status_code == 200
+
+    live = live_until(reviewer, run.world_id, lambda live: live["days"] == 2, timeout=150)
+    event = db.world_events.find_one({"_id": documents.event_key(run.ref, 2)})
+    assert (event["source"], event["description"]) == ("staff", "A comet splits the sky.")
+    assert db.posts.count_documents({"run_key": key, "day": 2}) == 2
+    day2 = sorted(db.posts.find({"run_key": key, "day": 2}), key=lambda p: p["slot"])
+    assert [p["character_index"] for p in day2] == [2, 0]  # the rotation goes on round the cast
+    assert [d["day"] for d in live["timeline"]] == [2, 1]
+
+    response = editor.post(f"{url}stop/")
+    assert response.status_code == 200
+    live = live_until(reviewer, run.world_id, lambda live: live["status"] == "stopped", timeout=30)
+    assert LiveWorld.objects.get().status == "stopped" and live["days"] == 2
+    assert editor.post(f"{url}pause/").status_code == 409  # it takes no commands any more
+    actions = list(
+        AuditEvent.objects.filter(action__in=["world_live", "live_command"]).values_list("detail", flat=True)
+    )
+    assert len(actions) == 5  # went live, pause, event, resume, stop (refused commands are not audited)
+    record_history(f"world-{run.world_id}-live-1", "live_world_commands")
