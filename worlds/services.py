@@ -226,22 +226,25 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
     return _start_workflow(run, WorldRunInput(run.ref, snapshot, run_config()), user, AuditEvent.Action.RUN_STARTED)
 
 
+def _first_start(workflow_run, inp, workflow_id: str):
+    """A ``temporal_call`` that starts a workflow under an ID never used before (IDs are not reused)."""
+    return lambda client: client.start_workflow(
+        workflow_run,
+        inp,
+        id=workflow_id,
+        task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+
+
 def _start_workflow(run: GenerationRun, run_input: WorldRunInput, user, action: str) -> GenerationRun:
     """Start the workflow of a ``run`` row just made pending (a start or a resume), after the commit so
     the workflow's first status update finds the row. A refusal marks the row failed; a lost answer,
     start unconfirmed, settled by asking Temporal."""
     workflow_id, world = run.workflow_id, run.world
     try:
-        temporal_call(
-            lambda client: client.start_workflow(
-                WorldGenerationWorkflow.run,
-                run_input,
-                id=workflow_id,
-                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            )
-        )
+        temporal_call(_first_start(WorldGenerationWorkflow.run, run_input, workflow_id))
     except TemporalNoAnswer as exc:
         _set_status(
             run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING
@@ -518,16 +521,7 @@ def item_regenerate(
         )
     inp = RegenerateInput(regeneration.pk, run.ref, run_snapshot, run_config(), character_index, post_index, feedback)
     try:
-        temporal_call(
-            lambda client: client.start_workflow(
-                RegenerateItemWorkflow.run,
-                inp,
-                id=regeneration.workflow_id,
-                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            )
-        )
+        temporal_call(_first_start(RegenerateItemWorkflow.run, inp, regeneration.workflow_id))
     except TemporalNoAnswer:
         pass  # it may have started: it stays running, and the next request for the item asks Temporal
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
@@ -794,16 +788,7 @@ def world_go_live(
     )
     inp = LiveWorldInput(live.pk, run.ref, _resume_snapshot(run), run_config(), settings_)
     try:
-        temporal_call(
-            lambda client: client.start_workflow(
-                LiveWorldWorkflow.run,
-                inp,
-                id=live.workflow_id,
-                task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            )
-        )
+        temporal_call(_first_start(LiveWorldWorkflow.run, inp, live.workflow_id))
     except TemporalNoAnswer:
         pass  # it may have started: it shows as starting, and the next command on the world asks Temporal
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
