@@ -271,6 +271,45 @@ def test_an_editor_regenerates_a_post_from_the_preview_and_sees_both_versions(st
     assert editor.get(f"/admin/worlds/world/{world.pk}/runs/{run.pk}/regenerate/0/5/").status_code == 404
 
 
+def test_an_editor_takes_a_world_live_from_its_page_and_controls_it(start_worker):
+    start_worker()
+    world = make_world(name="Livia", character_count=2, posts_per_character=1)
+    editor = staff("editor-live-admin", "Editors")
+    url = f"/admin/worlds/world/{world.pk}/live/"
+    assert "Publish a run of this world before it goes live." in editor.get(url).content.decode()
+    post_button(editor, world, "generate")
+    wait_for(world.runs.get(), FINISHED)
+    assert f'href="{url}"' in editor.get(f"/admin/worlds/world/{world.pk}/change/").content.decode()
+
+    response = editor.post(url, {"command": "go_live", "day_seconds": 10, "posts_per_day": 1}, follow=True)
+    assert "Ensure this value is greater than or equal to 60" in response.content.decode()  # nothing started
+    form = {"command": "go_live", "day_seconds": 3600, "posts_per_day": 1, "comments_per_day": 1}
+    response = editor.post(url, {**form, "daily_token_budget": 20000}, follow=True)
+    assert messages_of(response) == ["Livia: live: its first day starts now, then one every 3600 s"]
+    live = world.lives.get()
+    deadline = time.monotonic() + 60
+    while live.days < 1:
+        assert time.monotonic() < deadline, "the first day never came"
+        time.sleep(0.3)
+        live.refresh_from_db()
+    page = html.unescape(editor.get(url).content.decode())
+    assert "Livia live 1: live" in page and "<td>1</td>" in page and 'data-action="pause"' in page
+
+    response = editor.post(url, {"command": "pause"}, follow=True)
+    assert messages_of(response) == ["Livia: paused: no day starts until it is resumed"]
+    response = editor.post(url, {"command": "pause"}, follow=True)
+    assert messages_of(response) == [
+        "Livia: Livia live 1 refused to pause: the world is paused: only a live world can pause"
+    ]
+    response = editor.post(url, {"command": "inject_event", "text": "The tide forgets to turn."}, follow=True)
+    assert messages_of(response) == ["Livia: the event happens on day 2"]
+    response = editor.post(url, {"command": "stop"}, follow=True)
+    assert messages_of(response)[0].startswith("Livia: stopped")
+    reviewer = staff("reviewer-live-admin", "Reviewers")
+    page = reviewer.get(url).content.decode()
+    assert "Timeline" in page and 'data-action="pause"' not in page and "Go live" not in page
+
+
 # --- deleting worlds (through worlds.services.world_delete) ------------------------------------------
 
 

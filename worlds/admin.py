@@ -24,8 +24,17 @@ from django.utils.translation import gettext as _
 from generation import quality
 from generation.contracts import Stage
 from generation.documents import ImageStatus
+from generation.living.contracts import MAX_DAY_SECONDS, MAX_EVENT_CHARS, MIN_DAY_SECONDS
 from worlds import selectors, services
-from worlds.models import AuditEvent, GenerationRun, Regeneration, World, validate_feedback_length
+from worlds.models import (
+    MIN_TOKEN_BUDGET,
+    AuditEvent,
+    GenerationRun,
+    LiveWorld,
+    Regeneration,
+    World,
+    validate_feedback_length,
+)
 
 STAGES = [Stage.BIBLE, Stage.APPROVAL, Stage.CHARACTERS, Stage.POSTS, Stage.DONE]
 Status = GenerationRun.Status
@@ -88,6 +97,30 @@ class RegenerateForm(forms.Form):
         validators=[validate_feedback_length],
         help_text='What should the new version change? For example "make her grumpier". Optional.',
     )
+
+
+class GoLiveForm(forms.Form):
+    day_seconds = forms.FloatField(
+        min_value=MIN_DAY_SECONDS,
+        max_value=MAX_DAY_SECONDS,
+        initial=3600,
+        help_text=f"A world day every this many seconds ({MIN_DAY_SECONDS:g} at least: a minute, for a demo).",
+    )
+    posts_per_day = forms.IntegerField(min_value=1, max_value=50, initial=3, help_text="Across the cast, in turn.")
+    comments_per_day = forms.IntegerField(min_value=0, max_value=50, initial=2, help_text="Each one answered.")
+    daily_token_budget = forms.IntegerField(min_value=MIN_TOKEN_BUDGET, initial=20_000)
+    ends_at = forms.DateTimeField(required=False, help_text="Optional: no day starts after it (UTC).")
+
+
+class CadenceForm(forms.Form):
+    day_seconds = forms.FloatField(min_value=MIN_DAY_SECONDS, max_value=MAX_DAY_SECONDS)
+
+
+class InjectEventForm(forms.Form):
+    text = forms.CharField(max_length=MAX_EVENT_CHARS, help_text="What happens; the next day is about it.")
+
+
+LIVE_FORMS = {"set_cadence": CadenceForm, "inject_event": InjectEventForm}
 
 
 class RunInline(admin.TabularInline):
@@ -259,6 +292,7 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             path("<int:world_id>/approve/", view(self.approve_view), name="worlds_world_approve"),
             path("<int:world_id>/reject/", view(self.reject_view), name="worlds_world_reject"),
             path("<int:world_id>/unpublish/", view(self.unpublish_view), name="worlds_world_unpublish"),
+            path("<int:world_id>/live/", view(self.live_view), name="worlds_world_live"),
             path(
                 "<int:world_id>/runs/<int:run_id>/regenerate/<int:character>/",
                 view(self.regenerate_view),
@@ -337,6 +371,45 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/worlds/world/regenerate.html", context)
+
+    def live_view(self, request, world_id: int):
+        """The world's life: go live, or its state, its latest days and its commands."""
+        world = get_object_or_404(World, pk=world_id)
+        if not request.user.has_perm("worlds.view_liveworld"):
+            raise PermissionDenied
+        live = world.lives.select_related("run").order_by("-number").first()
+        command = request.POST.get("command", "") if request.method == "POST" else ""
+        go_live = GoLiveForm(request.POST if command == "go_live" else None)
+        command_form = LIVE_FORMS[command](request.POST) if command in LIVE_FORMS else None
+        if command == "go_live" and go_live.is_valid():
+            self._report(request, world, lambda w: self._go_live(request, w, go_live.cleaned_data))
+            return HttpResponseRedirect(request.path)
+        if command and command != "go_live" and live is not None and (command_form is None or command_form.is_valid()):
+            value = next(iter(command_form.cleaned_data.values())) if command_form else None
+            self._report(
+                request,
+                world,
+                lambda w: services.live_command(live=live, command=command, value=value, user=request.user),
+            )
+            return HttpResponseRedirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{world}: living",
+            "world": world,
+            "live": live,
+            "timeline": selectors.live_timeline(live=live) if live else [],
+            "go_live": go_live,
+            "cadence": command_form if command == "set_cadence" else CadenceForm(),
+            "inject": command_form if command == "inject_event" else InjectEventForm(),
+            "can_control": request.user.has_perm("worlds.control_live_world"),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/worlds/world/live.html", context)
+
+    @staticmethod
+    def _go_live(request, world: World, fields: dict) -> str:
+        live = services.world_go_live(world=world, user=request.user, **fields)
+        return f"live: its first day starts now, then one every {live.day_seconds:g} s"
 
     # --- bulk actions (world list) ------------------------------------------------
     @admin.action(description="Generate selected worlds", permissions=["start_run"])
@@ -687,6 +760,22 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # runs are started from a world, through worlds.services
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(LiveWorld)
+class LiveWorldAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "status", "days", "next_day_at", "day_seconds", "tokens_used", "started_by")
+    list_filter = ("status",)
+    list_select_related = ("world", "started_by")
+
+    def has_add_permission(self, request):
+        return False  # worlds go live from their page, through worlds.services
 
     def has_change_permission(self, request, obj=None):
         return False
