@@ -284,6 +284,20 @@ def day_counts(db: Database, run: RunRef, day: int) -> dict:
     }
 
 
+def post_comments(db: Database, post_keys: list[str]) -> dict[str, list[dict]]:
+    """The comments of each post (replies after the comment they answer), by post key."""
+    found: dict[str, list[dict]] = {}
+    cursor = db[COMMENTS].find({"post_key": {"$in": post_keys}}).sort([("day", 1), ("slot", 1), ("reply", 1)])
+    for comment in cursor:
+        found.setdefault(comment["post_key"], []).append(comment)
+    return found
+
+
+def world_events(db: Database, run: RunRef, limit: int) -> list[dict]:
+    """A live world's latest events, newest first."""
+    return list(db[EVENTS].find({"run_key": run.key}, {"_id": 0}).sort("day", -1).limit(limit))
+
+
 def live_days(db: Database, run: RunRef, limit: int = 10) -> list[dict]:
     """A live world's latest day reports, newest first, each with its event's title."""
     days = list(db[LIVE_DAYS].find({"run_key": run.key}, {"_id": 0}).sort("day", -1).limit(limit))

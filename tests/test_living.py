@@ -2,6 +2,7 @@
 with images, comments and replies, likes, memories, the day's report), is paused, gets an injected event,
 refuses what it cannot do with the reason, is resumed, lives the injected event on day 2, and stops."""
 
+import html
 import time
 
 import pytest
@@ -66,6 +67,16 @@ def test_a_world_lives_at_a_one_minute_cadence_through_pause_an_injected_event_a
     remembered = {c["index"] for c in db.characters.find({"run_key": key, "memory_day": 1})}
     assert remembered == acted and all(len(c.get("memory", "")) <= 600 for c in db.characters.find({"run_key": key}))
     assert db.world_events.find_one({"_id": documents.event_key(run.ref, 1)})["source"] == "llm"
+
+    page = html.unescape(APIClient().get(f"/worlds/{run.world_id}/feed/?page=1").content.decode())
+    page += html.unescape(APIClient().get(f"/worlds/{run.world_id}/").content.decode())
+    title = db.world_events.find_one({"_id": documents.event_key(run.ref, 1)})["title"]
+    assert "World timeline" in page and title in page  # the world's events, for anyone
+    assert f"@{comment['handle']}</a> {comment['comment']}" in page and reply["comment"] in page
+    assert f"♥ {len(posts[0]['liked_by'])} like" in page and "day 1" in page
+    followed = db.characters.find_one({"run_key": key, "followers": {"$exists": True}})
+    profile = APIClient().get(f"/worlds/{run.world_id}/characters/{followed['index']}/").content.decode()
+    assert f"{len(followed['followers'])} follower" in profile
 
     commands = f"{url}pause/"
     response = editor.post(commands)

@@ -63,6 +63,20 @@ def item_versions(*, run: GenerationRun, character_index: int, post_index: int |
     return {**versions, "regenerations": list(regenerations)}
 
 
+def with_comments(*, posts: list[dict]) -> list[dict]:
+    """Give each post its comments (``post.comments``) and its like count (``post.likes``)."""
+    comments = documents.post_comments(mongo.get_db(), [post["_id"] for post in posts])
+    for post in posts:
+        post["comments"] = comments.get(post["_id"], [])
+        post["likes"] = len(post.get("liked_by", []))
+    return posts
+
+
+def world_timeline(*, run: GenerationRun, limit: int = 20) -> list[dict]:
+    """A live world's latest events, newest first (none for a world that never lived)."""
+    return documents.world_events(mongo.get_db(), run.ref, limit)
+
+
 def live_timeline(*, live, limit: int = 10) -> list[dict]:
     """A live world's latest days, newest first: event, posts, comments, likes, tokens, lag."""
     return documents.live_days(mongo.get_db(), live.run.ref, limit)

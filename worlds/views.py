@@ -57,6 +57,7 @@ def world_detail(request, world_id: int):
             "run": run,
             "bible": selectors.run_bible(run=run),
             "characters": characters,
+            "timeline": selectors.world_timeline(run=run),
             "page": _with_authors(_feed_page(run, "1"), characters),
         },
     )
@@ -114,8 +115,10 @@ def _feed_page(run, page_number: str):
 
 
 def _with_authors(posts, characters: list[dict]):
-    """Give each post its character (``post.author``), for the avatar and name next to it."""
+    """Give each post its character (``post.author``), for the avatar and name next to it, its comments and
+    its like count."""
     by_index = {character["index"]: character for character in characters}
     for post in posts:
         post["author"] = by_index.get(post["character_index"])
+    selectors.with_comments(posts=list(posts))
     return posts
