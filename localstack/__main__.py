@@ -37,6 +37,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--llm-port", type=int, default=8090)
     parser.add_argument("--media-port", type=int, default=50051)
     parser.add_argument("--no-sample", action="store_true", help="do not generate the sample world")
+    parser.add_argument(
+        "--live",
+        type=float,
+        metavar="SECONDS",
+        help="take the sample world live, a world day every SECONDS (60 at least): `make demo DEMO_ARGS=--live=60`",
+    )
     return parser.parse_args(argv)
 
 
@@ -194,6 +200,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
             != 0
         ):
             raise servers.StackError(f"the sample world was not generated; see the lines above and {logs}")
+        if opts.live:
+            say(manage("go_live", "--sample", "--day-seconds", str(opts.live), env=env))
     print(
         f"""
   worldgen is up.

@@ -109,3 +109,24 @@ def test_a_world_lives_at_a_one_minute_cadence_through_pause_an_injected_event_a
     )
     assert len(actions) == 5  # went live, pause, event, resume, stop (refused commands are not audited)
     record_history(f"world-{run.world_id}-live-1", "live_world_commands")
+
+
+def test_the_go_live_command_takes_a_published_world_live_and_says_why_not_otherwise(start_worker):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="run generate_world --sample --wait first"):
+        call_command("go_live", "--sample")
+    with pytest.raises(CommandError, match="is not published: publish a run before it goes live"):
+        call_command("go_live", "--world", str(make_world().pk))
+    start_worker()
+    other = make_world(name="Demo", character_count=2, posts_per_character=1)
+    wait_for(generation_start(world=other), FINISHED)
+    out = io.StringIO()
+    call_command("go_live", "--world", str(other.pk), "--day-seconds", "90", stdout=out)
+    assert f"Demo is live (world-{other.pk}-live-1): its first day starts now, then one every 90 s" in out.getvalue()
+    live = LiveWorld.objects.get(world=other)
+    from worlds.services import live_command
+
+    assert live_command(live=live, command="stop").startswith("stopped")
