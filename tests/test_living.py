@@ -130,3 +130,54 @@ def test_the_go_live_command_takes_a_published_world_live_and_says_why_not_other
     from worlds.services import live_command
 
     assert live_command(live=live, command="stop").startswith("stopped")
+
+
+def test_days_missed_while_the_worker_was_down_are_skipped_not_replayed(start_worker):
+    """The catch-up policy on the real servers. The world lives a day every 4 s (the services' floor is 60 s,
+    so the test starts the workflow itself; the rule does not depend on the length of a day). The worker is
+    stopped for 13 s; back, the world lives one day at once, counts the missed ones as skipped, and keeps to
+    its schedule: no burst of days."""
+    from clients.temporal import temporal_call
+    from generation.living.contracts import LiveSettings, LiveWorldInput
+    from generation.living.workflows import LiveWorldWorkflow
+    from worlds import services
+
+    worker = start_worker()
+    run = wait_for(generation_start(world=make_world(character_count=2, posts_per_character=1)), FINISHED)
+    live = LiveWorld.objects.create(
+        world_id=run.world_id,
+        run=run,
+        number=1,
+        day_seconds=4,
+        posts_per_day=1,
+        comments_per_day=0,
+        daily_token_budget=20000,
+        status="live",
+    )
+    settings = LiveSettings(day_seconds=4, posts_per_day=1, comments_per_day=0)
+    inp = LiveWorldInput(live.pk, run.ref, services._resume_snapshot(run), services.run_config(), settings)
+    temporal_call(services._first_start(LiveWorldWorkflow.run, inp, live.workflow_id))
+
+    def lived(days: int, timeout: float = 60) -> LiveWorld:
+        deadline = time.monotonic() + timeout
+        while live.days < days:
+            assert time.monotonic() < deadline, f"day {days} never came: {live.days} days, {live.error}"
+            time.sleep(0.1)
+            live.refresh_from_db()
+        return live
+
+    lived(1)
+    worker.process.stop()
+    time.sleep(13)
+    start_worker()
+    lived(2)
+    time.sleep(4.5)  # room for one more day: a burst would show here
+    live.refresh_from_db()
+    days = sorted(mongo.get_db().live_days.find({"run_key": run.ref.key}), key=lambda d: d["day"])
+    assert live.skipped_days >= 2, live.skipped_days
+    assert days[1]["scheduled_at"] == days[0]["scheduled_at"] + 4 * (1 + live.skipped_days)  # on the grid
+    after = zip(days[1:-1], days[2:], strict=True)
+    assert all(b["scheduled_at"] == a["scheduled_at"] + 4 for a, b in after)  # then every 4 s
+    # No burst: every day started within a day of its slot (replaying the missed days would start them late).
+    assert all(0 <= day["lag_s"] < 4 for day in days), [(d["day"], d["lag_s"]) for d in days]
+    services.live_command(live=live, command="stop")

@@ -23,7 +23,7 @@ from generation.living.contracts import (
     LiveWorldInput,
     MemoryInput,
 )
-from generation.living.workflows import LiveWorldWorkflow
+from generation.living.workflows import LiveWorldWorkflow, catch_up
 from tests.test_cancel_points import run_input
 from tests.test_generation import HISTORIES
 
@@ -173,3 +173,9 @@ def test_a_world_lives_a_year_in_bounded_histories_with_flat_prompts(env):
     # only the numbers of the days in it grow longer.
     full = prompts.RECENT_EVENTS + 1
     assert max(sizes[d] for d in range(full, days + 1)) <= sizes[full] + 12  # the day numbers get digits
+
+
+def test_the_catch_up_rule_skips_whole_missed_days_and_keeps_to_the_grid():
+    assert catch_up(scheduled=1000.0, now=1000.5, day_seconds=60) == (1000.0, 0)  # on time
+    assert catch_up(scheduled=1000.0, now=1059.0, day_seconds=60) == (1000.0, 0)  # late, within the day
+    assert catch_up(scheduled=1000.0, now=1000 + 3.5 * 60, day_seconds=60) == (1180.0, 3)  # 3 skipped, 1 lived

@@ -72,6 +72,13 @@ def day_plan(inp: LiveWorldInput, day: int) -> DayPlan:
     return DayPlan(posts, comments)
 
 
+def catch_up(scheduled: float, now: float, day_seconds: float) -> tuple[float, int]:
+    """The catch-up policy: (the slot of the day to live now, days skipped). Whole days that passed while no
+    worker ran are skipped, not replayed: the day lives in the latest slot that has come."""
+    missed = max(0, int((now - scheduled) // day_seconds))
+    return scheduled + missed * day_seconds, missed
+
+
 @workflow.defn
 class LiveWorldWorkflow:
     @workflow.init
@@ -200,11 +207,9 @@ class LiveWorldWorkflow:
 
     async def _live_day(self) -> None:
         state, day_seconds = self._state, self._inp.settings.day_seconds
-        scheduled, now = state.next_day_at, self._now()
-        missed = int((now - scheduled) // day_seconds)  # whole days that passed with no worker: skipped
-        if missed > 0:
-            state.skipped_days += missed
-            scheduled += missed * day_seconds
+        now = self._now()
+        scheduled, missed = catch_up(state.next_day_at, now, day_seconds)
+        state.skipped_days += missed
         injected = list(state.injected)
         day = DayInput(self._inp.run, self._inp.world, state.days + 1, self._inp.settings.daily_token_budget, injected)
         report = DayReport(day.day, scheduled_at=scheduled, started_at=now)
