@@ -48,6 +48,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-concurrent-activities", type=int, default=200)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    living = parser.add_argument_group("living mode (benchmarks/living.py; runs instead of --modes)")
+    living.add_argument("--live-worlds", type=int, default=0, help="seed this many worlds and take them live")
+    living.add_argument("--day-seconds", type=float, default=60.0, help="a world day every this many seconds")
+    living.add_argument("--days", type=int, default=3, help="world days each live world lives")
+    living.add_argument("--live-posts", type=int, default=1, help="posts per world day")
+    living.add_argument("--live-comments", type=int, default=0, help="comments per world day (each answered)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument(
         "--mongo-auth",
@@ -360,7 +366,12 @@ def main(argv: list[str]) -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        results = {mode: run_mode(mode, stack, opts) for mode in modes}
+        if opts.live_worlds:
+            from benchmarks.living import run_living
+
+            results = {"living": run_living(stack, opts)}
+        else:
+            results = {mode: run_mode(mode, stack, opts) for mode in modes}
     finally:
         stack.stop()
     from django.conf import settings
@@ -372,9 +383,10 @@ def main(argv: list[str]) -> int:
         **_summary(results),
         "modes": results,
     }
-    print(_table(results))
-    for mode, figures in results.items():
-        print(f"{mode} CPU seconds by process: {figures['cpu_s_by_process']}")
+    if "living" not in results:
+        print(_table(results))
+        for mode, figures in results.items():
+            print(f"{mode} CPU seconds by process: {figures['cpu_s_by_process']}")
     print(json.dumps({k: v for k, v in report.items() if k != "modes"}, indent=2))
     if opts.json:
         opts.json.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +395,7 @@ def main(argv: list[str]) -> int:
 
 
 def _summary(results: dict) -> dict:
-    summary = {}
+    summary = dict(results.get("living", {}))
     if "pipeline" in results:
         pipeline = results["pipeline"]
         summary.update(

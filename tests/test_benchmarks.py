@@ -43,6 +43,14 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
     assert figures["modes"]["pipeline"]["cpu_s_by_process"]["mediaserver"] > 0
 
 
+def test_bench_generation_lives_worlds_in_its_living_mode(tmp_path):
+    args = ["-m", "benchmarks.generation", "--live-worlds", "2", "--days", "1", "--characters", "2"]
+    figures = run(args, tmp_path)
+    assert (figures["live_worlds"], figures["days_lived"], figures["posts_per_day"]) == (2, 2, 1)
+    assert figures["first_day_lag_p95_s"] >= 0 and figures["history_events_max"] > 0
+    assert figures["worker_peak_rss_mb"] > 0 and figures["peak_mongo_connections"] > 0
+
+
 def test_bench_generation_refuses_an_unknown_mode():
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.generation", "--modes", "pipeline,turbo"],

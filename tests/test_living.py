@@ -88,6 +88,10 @@ def test_a_world_lives_at_a_one_minute_cadence_through_pause_an_injected_event_a
     assert response.status_code == 200 and response.json()["detail"] == "the event happens on day 2"
     assert editor.post(f"{url}events/", {"text": "  "}, format="json").status_code == 400
     assert editor.post(f"{url}cadence/", {"day_seconds": 59}, format="json").status_code == 400
+    response = editor.post(f"{url}cadence/", {"day_seconds": 120}, format="json")
+    assert response.json()["detail"] == "a world day now comes every 120 s"
+    assert response.json()["live"]["day_seconds"] == 120
+    assert editor.post(f"{url}cadence/", {"day_seconds": 60}, format="json").status_code == 200  # and back
     assert reviewer.post(f"{url}resume/").status_code == 403
     assert editor.post(f"{url}resume/").status_code == 200
 
@@ -107,7 +111,7 @@ def test_a_world_lives_at_a_one_minute_cadence_through_pause_an_injected_event_a
     actions = list(
         AuditEvent.objects.filter(action__in=["world_live", "live_command"]).values_list("detail", flat=True)
     )
-    assert len(actions) == 5  # went live, pause, event, resume, stop (refused commands are not audited)
+    assert len(actions) == 7  # went live, pause, event, 2 cadences, resume, stop (not the refused commands)
     record_history(f"world-{run.world_id}-live-1", "live_world_commands")
 
 

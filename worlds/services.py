@@ -826,6 +826,7 @@ def live_command(*, live: LiveWorld, command: str, value=None, user=None) -> str
         raise ActionError(f"{live} refused to {command.replace('_', ' ')}: {reason}") from None
     live_state_record(live_id=live.pk, state=state)
     if command == "set_cadence":
+        LiveWorld.objects.filter(pk=live.pk).update(day_seconds=value)
         said = f"a world day now comes every {value:g} s"
     elif command == "inject_event":
         said = f"the event happens on day {result}"
