@@ -48,8 +48,9 @@ def run_living(stack: Stack, opts) -> dict:
         wanted = len(worlds) * opts.days
         deadline = started + opts.days * opts.day_seconds + opts.timeout
         while (done := db.live_days.count_documents({"world_id": {"$in": ids}, "day": {"$lte": opts.days}})) < wanted:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {done} of {wanted} world days were lived in time")
+            if time.monotonic() > deadline:  # the figures say how far it got
+                print(f"only {done} of {wanted} world days were lived within {opts.timeout:.0f} s of the last slot")
+                break
             time.sleep(1)
         lived_s = time.monotonic() - started
         idle = _idle_cpu(pids, LiveWorld, opts)
@@ -66,7 +67,9 @@ def run_living(stack: Stack, opts) -> dict:
     first = [r["lag_s"] for r in reports if r["day"] == 1]
     return {
         "live_worlds": len(worlds),
+        "days_wanted": wanted,
         "days_lived": len(reports),
+        "days_per_minute": round(60 * len(reports) / lived_s, 1),
         "going_live_s": round(going_live_s, 1),
         "lived_s": round(lived_s, 1),
         "lag_p50_s": _quantile(later, 0.5),
