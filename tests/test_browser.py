@@ -126,3 +126,49 @@ def test_staff_create_generate_approve_and_view_a_world(live_server, browser, st
     viewer.goto(f"{base}/worlds/{world.pk}/feed/")
     expect(viewer.locator("img[src^='/images/img-']")).to_have_count(4 + 4, timeout=10_000)  # avatars + post images
     shot(viewer, "07-viewer-feed-phone")
+
+
+def test_an_editor_takes_a_world_live_and_a_phone_shows_its_timeline_comments_and_likes(
+    live_server, browser, start_worker
+):
+    from generation.contracts import RunStatus
+    from tests.test_generation import make_world
+    from worlds.models import LiveWorld
+    from worlds.services import generation_start
+
+    start_worker()
+    base = live_server.url
+    world = make_world(name="Saltmarsh", character_count=3, posts_per_character=1)
+    generation_start(world=world)
+    assert wait_for_status(world, {"completed", "failed"}).status == RunStatus.COMPLETED
+    editor = staff_page(browser, base, "lena-live-editor", "Editors")
+    editor.goto(f"{base}/admin/worlds/world/{world.pk}/change/")
+    editor.click("a[data-action=live]")
+    editor.fill("#id_day_seconds", "3600")
+    editor.fill("#id_posts_per_day", "2")
+    editor.fill("#id_comments_per_day", "1")
+    editor.click("input[value='Go live']")
+    expect(editor.locator(".messagelist")).to_contain_text("its first day starts now")
+    live = LiveWorld.objects.get(world=world)
+    deadline = time.monotonic() + 60
+    while live.days < 1:
+        assert time.monotonic() < deadline, "the first day never came"
+        time.sleep(0.3)
+        live.refresh_from_db()
+    editor.reload()
+    expect(editor.locator("body")).to_contain_text("Timeline")
+    shot(editor, "08-admin-living-world")
+
+    phone = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+    phone.goto(f"{base}/worlds/{world.pk}/")
+    expect(phone.locator(".timeline li")).to_have_count(1)
+    expect(phone.locator(".comments .comment")).to_have_count(2)  # a comment and its reply
+    expect(phone.locator(".comments .reply")).to_have_count(1)
+    expect(phone.locator(".likes").first).to_contain_text("like")
+    assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    shot(phone, "09-viewer-living-world-phone")
+    phone.locator("a[href*='/characters/']").first.click()
+    expect(phone.locator(".followers")).to_contain_text("follower")
+
+    editor.click("button[data-action=stop]")
+    expect(editor.locator(".messagelist")).to_contain_text("stopped")
