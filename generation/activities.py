@@ -244,7 +244,8 @@ class LlmActivities:
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
         messages = prompts.post(inp.world, profile, inp.post_index)
         if inp.version:  # a new version: told the editor's note, and kept from repeating the one it replaces
-            previous = await in_thread(store.post_caption, self.db, inp.run, inp.character_index, inp.post_index)
+            stored = await in_thread(store.load_post, self.db, inp.run, inp.character_index, inp.post_index)
+            previous = stored and stored.get("caption")
             messages = prompts.revised(messages, feedback=inp.feedback, previous=previous)
             earlier = earlier + ([previous] if previous else [])
         position = str(documents.item_index(inp.character_index, inp.post_index, inp.version))

@@ -173,11 +173,6 @@ def save_plan(db: Database, run: RunRef, index: int, moments: list[dict], versio
     db[CHARACTERS].update_one({"_id": character_key(run, index)}, {"$set": fields})
 
 
-def post_caption(db: Database, run: RunRef, character_index: int, index: int) -> str | None:
-    doc = db[POSTS].find_one({"_id": post_key(run, character_index, index)}, {"caption": 1})
-    return doc and doc.get("caption")
-
-
 def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
     cursor = (
         db[POSTS]

@@ -6,26 +6,16 @@ import html
 import time
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
 from rest_framework.test import APIClient
 
 from clients import mongo
 from generation import documents
 from tests.test_generation import FINISHED, make_world, record_history, wait_for
+from tests.test_regenerate import staff
 from worlds.models import AuditEvent, LiveWorld
 from worlds.services import generation_start
-from worlds.staff_groups import grant_staff_groups
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def staff(username: str, group: str) -> APIClient:
-    grant_staff_groups(Group, Permission)
-    user = User.objects.create_user(username, is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    client = APIClient()
-    client.force_login(user)
-    return client
 
 
 def live_until(client: APIClient, world_id: int, until, timeout: float = 120) -> dict:

@@ -123,6 +123,20 @@ class InjectEventForm(forms.Form):
 LIVE_FORMS = {"set_cadence": CadenceForm, "inject_event": InjectEventForm}
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records staff look at: runs, live worlds, regenerations and audit events are written only through
+    worlds.services (from a world's page, its preview or the API), never added, changed or deleted here."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class RunInline(admin.TabularInline):
     model = GenerationRun
     extra = 0
@@ -558,7 +572,7 @@ def _flags(flags: list[str]) -> str:
 
 
 @admin.register(GenerationRun)
-class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
+class GenerationRunAdmin(RunPermissions, ReadOnlyAdmin):
     list_display = (
         "__str__",
         "live",
@@ -758,61 +772,25 @@ class GenerationRunAdmin(RunPermissions, admin.ModelAdmin):
             ),
         )
 
-    def has_add_permission(self, request):
-        return False  # runs are started from a world, through worlds.services
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(LiveWorld)
-class LiveWorldAdmin(admin.ModelAdmin):
+class LiveWorldAdmin(ReadOnlyAdmin):
     list_display = ("__str__", "status", "days", "next_day_at", "day_seconds", "tokens_used", "started_by")
     list_filter = ("status",)
     list_select_related = ("world", "started_by")
 
-    def has_add_permission(self, request):
-        return False  # worlds go live from their page, through worlds.services
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Regeneration)
-class RegenerationAdmin(admin.ModelAdmin):
+class RegenerationAdmin(ReadOnlyAdmin):
     list_display = ("__str__", "status", "feedback", "tokens_used", "requested_by", "started_at", "finished_at")
     list_filter = ("status",)
     list_select_related = ("run__world", "requested_by")
     readonly_fields = ("run", "item", "feedback", "status", "error", "tokens_used", "requested_by", "started_at")
 
-    def has_add_permission(self, request):
-        return False  # regenerations are asked for on the world's preview, through worlds.services
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("at", "actor", "action", "world_pk", "world_name", "run_number", "detail")
     list_filter = ("action",)
     search_fields = ("world_name", "detail")
     list_select_related = ("actor", "world", "run")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

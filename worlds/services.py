@@ -435,16 +435,22 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
     _audit(AuditEvent.Action.RUN_CANCELLED, user=user, run=run, detail=workflow_id)
 
 
-def rerender_running(*, run: GenerationRun) -> bool:
-    async def describe(client):
+def _workflow_status(workflow_id: str, *, what: str) -> str:
+    """Temporal's status name of a workflow (RUNNING, COMPLETED, ...), or MISSING if it has none."""
+
+    async def describe(client) -> str:
         try:
-            return (await client.get_workflow_handle(f"{run.workflow_id}-rerender").describe()).status.name
+            return (await client.get_workflow_handle(workflow_id).describe()).status.name
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                return None
+                return "MISSING"
             raise
 
-    return _temporal(describe, what=f"look up the re-render of {run}") == "RUNNING"
+    return _temporal(describe, what=what)
+
+
+def rerender_running(*, run: GenerationRun) -> bool:
+    return _workflow_status(f"{run.workflow_id}-rerender", what=f"look up the re-render of {run}") == "RUNNING"
 
 
 def generation_rerender(*, run: GenerationRun, user=None) -> str:
@@ -535,22 +541,8 @@ def item_regenerate(
 
 def _settle_regenerations(run: GenerationRun) -> None:
     """Regenerations of ``run`` marked running whose workflow Temporal no longer runs are marked failed."""
-    running = list(run.regenerations.filter(status=Regeneration.Status.RUNNING).select_related("run"))
-    if not running:
-        return
-
-    async def describe(client, workflow_id: str) -> str:
-        try:
-            return (await client.get_workflow_handle(workflow_id).describe()).status.name
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return "MISSING"
-            raise
-
-    for regeneration in running:
-        status = _temporal(
-            lambda client, r=regeneration: describe(client, r.workflow_id), what=f"look up {regeneration}"
-        )
+    for regeneration in run.regenerations.filter(status=Regeneration.Status.RUNNING).select_related("run"):
+        status = _workflow_status(regeneration.workflow_id, what=f"look up {regeneration}")
         if status == "COMPLETED":
             _regeneration_finished(regeneration.pk, Regeneration.Status.COMPLETED)
         elif status == "CANCELED":
@@ -848,16 +840,7 @@ def live_command(*, live: LiveWorld, command: str, value=None, user=None) -> str
 def _settle_lives(world: World) -> None:
     """Rows of ``world`` shown running whose workflow Temporal no longer runs get the workflow's last state."""
     for live in world.lives.filter(status__in=LiveWorld.RUNNING):
-
-        async def describe(client, workflow_id=live.workflow_id) -> str:
-            try:
-                return (await client.get_workflow_handle(workflow_id).describe()).status.name
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    return "MISSING"
-                raise
-
-        status = _temporal(describe, what=f"look up {live}")
+        status = _workflow_status(live.workflow_id, what=f"look up {live}")
         if status == "RUNNING":
             if live.status == LiveWorld.Status.STARTING:
                 LiveWorld.objects.filter(pk=live.pk, status=LiveWorld.Status.STARTING).update(
