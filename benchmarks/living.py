@@ -24,6 +24,7 @@ def run_living(stack: Stack, opts) -> dict:
 
     workers = stack.start_workers("living")
     pids = {"temporal": stack.processes[0].popen.pid, "worker": workers[0].process.popen.pid}
+    every_pid = {process.name: process.popen.pid for process in stack.processes} | {"worker": pids["worker"]}
     sampler = Sampler(stack.env["MONGO_URI"], [worker.process.popen.pid for worker in workers])
     sampler.start()
     try:
@@ -35,6 +36,7 @@ def run_living(stack: Stack, opts) -> dict:
         )
         worlds = list(World.objects.filter(name__startswith=PREFIX).order_by("pk"))
         started = time.monotonic()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in every_pid.items()}
         for world in worlds:
             world_go_live(
                 world=world,
@@ -53,6 +55,7 @@ def run_living(stack: Stack, opts) -> dict:
                 break
             time.sleep(1)
         lived_s = time.monotonic() - started
+        cpu_lived = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in every_pid.items()}
         idle = _idle_cpu(pids, LiveWorld, opts)
         reports = list(db.live_days.find({"world_id": {"$in": ids}}, {"_id": 0}))
         histories = _history_lengths(
@@ -84,6 +87,8 @@ def run_living(stack: Stack, opts) -> dict:
         "history_events_max": max(histories),
         "history_events_p50": statistics.median(histories),
         **idle,
+        # where the CPU went while the worlds went live and lived (ms per world day lived, by process)
+        "cpu_ms_per_day": {name: round(1000 * cpu / max(1, len(reports))) for name, cpu in cpu_lived.items()},
         "peak_mongo_connections": sampler.peak_connections,
         "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
     }

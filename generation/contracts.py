@@ -8,6 +8,7 @@ from enum import StrEnum
 from generation.documents import run_key
 
 BUDGET_EXCEEDED = "BudgetExceeded"  # ApplicationError type: the run's token ledger refused an LLM call
+ITEM_ERRORS = ("LlmInvalidOutput",)  # ApplicationError types of one item's failure, not the provider's or the run's
 
 
 class RunStatus(StrEnum):

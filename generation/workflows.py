@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from generation.contracts import (
         BUDGET_EXCEEDED,
+        ITEM_ERRORS,
         BibleInput,
         CastInput,
         CharacterInput,
@@ -157,7 +158,6 @@ EXACT_RUNS = "exact-cancel-and-budget"
 PLANNED_POSTS = "planned-posts"  # before it, characters wrote their posts with no plan
 PARTIAL_FAILURES = "partial-failures"  # before it, one item that failed for good failed the whole run
 MEDIA_REJECTIONS = "media-rejections"  # before it, an image the media service refused was marked for a re-render
-ITEM_ERRORS = ("LlmInvalidOutput",)  # failures of one item, not of the provider or the run
 
 
 class BudgetExceeded(Exception):
@@ -185,8 +185,9 @@ async def run_activity(activity: Any, arg: Any, *, exact: bool, after_cancel: bo
     return result
 
 
-async def run_llm(activity: Any, arg: Any, config: RunConfig, world_id: int, exact: bool) -> TokenUsage:
-    """An LLM activity: on the LLM queue, retried while the provider is down, fair between worlds."""
+async def run_llm(activity: Any, arg: Any, config: RunConfig, world_id: int, exact: bool, **timeouts: Any) -> Any:
+    """An LLM activity: on the LLM queue, retried while the provider is down, fair between worlds.
+    ``timeouts`` replace ``LLM_TIMEOUTS`` (an activity of several calls needs longer)."""
     return await run_activity(
         activity,
         arg,
@@ -194,7 +195,7 @@ async def run_llm(activity: Any, arg: Any, config: RunConfig, world_id: int, exa
         task_queue=config.llm_queue,
         retry_policy=llm_retry(config),
         priority=_fairness(world_id),
-        **LLM_TIMEOUTS,
+        **(timeouts or LLM_TIMEOUTS),
     )
 
 

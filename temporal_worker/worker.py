@@ -105,8 +105,8 @@ def build_workers(
     stack_check = StackCheckActivities(db)
     llm_client = LlmClient(clients.llm_http, default_model=settings.LLM_MODEL, send_sampling=settings.LLM_SEND_SAMPLING)
     llm = LlmActivities(llm_client, db)
-    living = LivingActivities(llm_client, db)
     media = MediaActivities(MediaClient(clients.media_channel), db)
+    living = LivingActivities(llm_client, db, media)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)
     activities_by_kind: dict[str, list[Callable[..., Any]]] = {
@@ -128,6 +128,7 @@ def build_workers(
             llm.generate_character,
             llm.plan_posts,
             llm.generate_post,
+            living.live_day,
             living.write_event,
             living.write_day_post,
             living.write_comment,

@@ -1,7 +1,7 @@
-"""A live world lives a whole year, in process on the time-skipping test server: the real workflow, with
-stand-in activities under the real names that build the real prompts from what they keep in memory. It
-makes exactly the expected posts, comments and events, every execution's history stays under 2,000 events
-(it continues as new), and prompts are as long on day 365 as on day 2."""
+"""A live world lives a whole year, in process on the time-skipping test server: the real workflow and the
+real ``live_day`` activity, whose steps are stand-ins that build the real prompts from what they keep in
+memory. It makes exactly the expected posts, comments and events, every execution's history stays under
+2,000 events (it continues as new), and prompts are as long on day 365 as on day 2."""
 
 import os
 import uuid
@@ -9,13 +9,17 @@ from collections import Counter, defaultdict
 
 import pytest
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from generation.contracts import ItemInput, RunRef, TokenUsage
 from generation.living import prompts
+from generation.living.activities import LivingActivities
 from generation.living.contracts import (
     CommentInput,
     DayInput,
+    DayMade,
+    DayPlan,
     DayPostInput,
     LiveReport,
     LiveSettings,
@@ -34,11 +38,12 @@ BIBLE = {"title": "Lanternfall", "setting": "Sky-whales carry letters between is
 LONGEST = "x" * 600  # what a model writes at most (schemas: a memory, a caption, a comment)
 
 
-class YearStandIns:
-    """The day's activities under their real names: each builds its real prompt from the state it keeps
+class YearStandIns(LivingActivities):
+    """The real ``live_day`` over stand-in steps: each builds its real prompt from the state it keeps
     (events, captions, comments, memories at their longest), records the prompt's size, and stores."""
 
     def __init__(self, characters: int) -> None:
+        super().__init__(llm=None, db=None, media=None)  # type: ignore[arg-type]  # the steps below need none
         self.profiles = [
             {"name": f"C{i}", "handle": f"c{i}", "concept": "a letter carrier", "diction": "short", "memory": ""}
             for i in range(characters)
@@ -54,7 +59,6 @@ class YearStandIns:
     def _sized(self, day: int, messages: list[dict]) -> None:
         self.prompt_sizes[day] = max(self.prompt_sizes[day], sum(len(m["content"]) for m in messages))
 
-    @activity.defn(name="write_event")
     async def write_event(self, day: DayInput) -> TokenUsage:
         self.calls["event"] += 1
         recent = [self.events[d] for d in sorted(self.events)[-prompts.RECENT_EVENTS :]]
@@ -62,7 +66,6 @@ class YearStandIns:
         self.events[day.day] = {"day": day.day, "title": LONGEST[:120], "description": LONGEST}
         return TokenUsage(10)
 
-    @activity.defn(name="write_day_post")
     async def write_day_post(self, inp: DayPostInput) -> TokenUsage:
         self.calls["post"] += 1
         profile = self.profiles[inp.character_index]
@@ -72,11 +75,9 @@ class YearStandIns:
         self.posts[key] = {"handle": profile["handle"], "caption": LONGEST, "day": inp.day.day}
         return TokenUsage(10)
 
-    @activity.defn(name="render_image")
-    async def render_image(self, inp: ItemInput) -> None:
+    async def _render(self, item: ItemInput) -> None:
         self.calls["render"] += 1
 
-    @activity.defn(name="write_comment")
     async def write_comment(self, inp: CommentInput) -> TokenUsage:
         self.calls["reply" if inp.reply_to is not None else "comment"] += 1
         post = self.posts[(inp.post_character, inp.post_index)]
@@ -88,12 +89,10 @@ class YearStandIns:
         self.comments[key] = {"handle": profile["handle"], "comment": LONGEST[:300]}
         return TokenUsage(10)
 
-    @activity.defn(name="react")
-    async def react(self, day: DayInput) -> int:
+    def react(self, day: DayInput) -> int:
         self.calls["react"] += 1
         return 0
 
-    @activity.defn(name="update_memory")
     async def update_memory(self, inp: MemoryInput) -> TokenUsage:
         self.calls["memory"] += 1
         profile = self.profiles[inp.character_index]
@@ -112,15 +111,7 @@ class YearStandIns:
             self.run_ids.append(run_id)
 
     def activities(self) -> list:
-        return [
-            self.write_event,
-            self.write_day_post,
-            self.render_image,
-            self.write_comment,
-            self.react,
-            self.update_memory,
-            self.record_live_state,
-        ]
+        return [self.live_day, self.record_live_state]
 
 
 def test_a_world_lives_a_year_in_bounded_histories_with_flat_prompts(env):
@@ -179,3 +170,64 @@ def test_the_catch_up_rule_skips_whole_missed_days_and_keeps_to_the_grid():
     assert catch_up(scheduled=1000.0, now=1000.5, day_seconds=60) == (1000.0, 0)  # on time
     assert catch_up(scheduled=1000.0, now=1059.0, day_seconds=60) == (1000.0, 0)  # late, within the day
     assert catch_up(scheduled=1000.0, now=1000 + 3.5 * 60, day_seconds=60) == (1180.0, 3)  # 3 skipped, 1 lived
+
+
+class RefusingProvider:
+    """``live_day`` whose provider refuses day 2 for good until told otherwise."""
+
+    def __init__(self) -> None:
+        self.refuse, self.days, self.reports = True, [], []
+
+    @activity.defn(name="live_day")
+    async def live_day(self, plan: DayPlan) -> DayMade:
+        self.days.append(plan.day.day)
+        if plan.day.day == 2 and self.refuse:
+            raise ApplicationError("Incorrect API key provided", type="LlmFatal", non_retryable=True)
+        return DayMade(tokens=5)
+
+    @activity.defn(name="record_live_state")
+    async def record_live_state(self, report: LiveReport) -> None:
+        self.reports.append(report)
+
+
+def test_a_provider_that_refuses_for_good_pauses_the_world_and_resumed_it_lives_that_day_again(env):
+    loop, environment = env
+    base = run_input(f"refused-{uuid.uuid4().hex[:8]}", characters=2, posts=1)
+    provider = RefusingProvider()
+    run = RunRef(1, 1, 1, f"{base.run.workflow_id}-live")
+    inp = LiveWorldInput(1, run, base.world, base.config, LiveSettings(day_seconds=60))
+
+    async def live() -> None:
+        queues = (base.config.workflows_queue, base.config.llm_queue)
+        workers = [
+            Worker(
+                environment.client,
+                task_queue=queue,
+                activities=[provider.live_day, provider.record_live_state],
+                workflows=[LiveWorldWorkflow] if queue == base.config.workflows_queue else [],
+            )
+            for queue in queues
+        ]
+        async with workers[0], workers[1]:
+            handle = await environment.client.start_workflow(
+                LiveWorldWorkflow.run, inp, id=run.workflow_id, task_queue=base.config.workflows_queue
+            )
+
+            async def state_after(seconds: float):
+                await environment.sleep(seconds)
+                return await handle.query(LiveWorldWorkflow.state)
+
+            state = await state_after(90)  # day 1 at once, day 2 at 60 s: refused
+            assert (state.status, state.days, state.tokens) == (LiveStatus.PAUSED, 1, 5)
+            assert "Incorrect API key provided" in provider.reports[-1].error
+            assert (await state_after(600)).days == 1  # paused: no day starts
+            provider.refuse = False
+            await handle.execute_update(LiveWorldWorkflow.resume)
+            state = await state_after(5)
+            assert (state.status, state.days, state.tokens) == (LiveStatus.LIVE, 2, 10)
+            assert provider.reports[-1].error == ""
+            await handle.execute_update(LiveWorldWorkflow.stop)
+            assert (await handle.result()).status == LiveStatus.STOPPED
+
+    loop.run(live(), timeout=60)
+    assert provider.days == [1, 2, 2]  # day 2 once refused, once lived; the days missed while paused skipped

@@ -55,6 +55,8 @@ def test_histories_are_recorded():
         "character_completed_before_planned_posts",
         "character_completed_before_throttled_signals",
         "world_completed_before_event_driven_progress",
+        "live_world_commands_before_one_activity_day",
+        "live_world_continued_as_new_before_one_activity_day",
         *(f"{name}_before_exact_runs" for name in BEFORE_EXACT_RUNS),
     }
     assert {path.stem for path in HISTORIES} >= current | before_patches

@@ -1,19 +1,26 @@
-"""A live world's day, step by step: the event, the posts, the comments and replies, likes and follows, and
-each character's memory. Every item has a deterministic key and is skipped once stored, so a retried step
-or a resumed day never makes it twice. LLM calls are reserved on the day's own token ledger, under the
-world's daily budget. Imports nothing from Django."""
+"""A live world's day: the event, the posts with their images, the comments and replies, likes and follows,
+and each character's memory. ``live_day`` makes a whole day in one activity; its steps are also activities
+of their own, for the worlds that went live before it. Every item has a deterministic key and is skipped
+once stored, so a retried day never makes it twice. LLM calls are reserved on the day's own token ledger,
+under the world's daily budget. Imports nothing from Django."""
 
+import asyncio
 import dataclasses
 import hashlib
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from pymongo.database import Database
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from generation import documents, schemas, store
-from generation.activities import LlmActivities, in_thread
-from generation.contracts import TokenUsage
+from generation.activities import LlmActivities, MediaActivities, in_thread
+from generation.contracts import BUDGET_EXCEEDED, ITEM_ERRORS, ItemInput, TokenUsage
 from generation.living import prompts
-from generation.living.contracts import CommentInput, DayInput, DayPostInput, MemoryInput
+from generation.living.contracts import CommentInput, DayInput, DayMade, DayPlan, DayPostInput, MemoryInput
+from generation.llm import LlmClient
 
 MAX_TOKENS = {"event": 400, "day_post": 500, "comment": 200, "memory": 300}
 LIKES_PER_POST = 3  # at most; likes and follows cost no LLM call
@@ -26,6 +33,63 @@ def day_random(day: DayInput, salt: str) -> random.Random:
 
 class LivingActivities(LlmActivities):
     """The steps of a live world's day (``LlmActivities`` gives them the budgeted, recorded LLM call)."""
+
+    def __init__(self, llm: LlmClient, db: Database, media: MediaActivities) -> None:
+        super().__init__(llm, db)
+        self.media = media
+
+    @activity.defn
+    async def live_day(self, plan: DayPlan) -> DayMade:
+        """A whole world day, in the order and with the concurrency the workflow once gave it: the event, the
+        posts (each with its image), the comments, then their replies, likes and follows, then the memory of
+        each character who acted. One activity instead of one per item keeps a day cheap for Temporal, so a
+        thousand worlds can live at a one-minute cadence. A failed item is left out (as before); past the
+        day's budget the rest of the day is; an outage fails the attempt, and the retry skips what is stored."""
+        day, made = plan.day, DayMade()
+
+        async def step(make: Callable[[Any], Awaitable[TokenUsage]], inp: Any) -> bool:
+            if made.budget_reached:
+                return False
+            try:
+                usage = await make(inp)  # (not ``made.tokens += await``: steps run at once)
+                made.tokens += usage.tokens
+            except ApplicationError as err:
+                if err.type == BUDGET_EXCEEDED:
+                    made.budget_reached = True
+                    return False
+                if err.type in ITEM_ERRORS:
+                    return False
+                raise
+            return True
+
+        async def post(inp: DayPostInput) -> None:
+            if await step(self.write_day_post, inp):
+                await self._render(ItemInput(day.run, day.world, inp.character_index, inp.post_index))
+
+        if not await step(self.write_event, day):
+            return made
+        await _together(post(inp) for inp in plan.posts)
+        for replies in (False, True):
+            wave = [c for c in plan.comments if (c.reply_to is not None) == replies]
+            await _together(step(self.write_comment, c) for c in wave)
+        await in_thread(self.react, day)
+        actors = sorted({p.character_index for p in plan.posts} | {c.character_index for c in plan.comments})
+        await _together(step(self.update_memory, MemoryInput(day, c)) for c in actors)
+        return made
+
+    async def _render(self, item: ItemInput) -> None:
+        """A post's image. A day does not wait for the media service: if it is down, the post is kept and
+        marked for a re-render; an image it refuses for good is marked rejected by ``render_image``."""
+        try:
+            await self.media.render_image(item)
+        except ApplicationError as err:
+            if err.type == "MediaUnavailable":
+                collection, key, _ = await in_thread(
+                    store.image_target, self.db, item.run, item.character_index, item.post_index
+                )
+                await in_thread(store.mark_image_for_rerender, self.db, collection, key, "media service unavailable")
+            elif err.type != "MediaRejected":
+                raise
 
     async def _write(self, day: DayInput, stage: str, index: str, messages: list[dict], schema) -> tuple[dict, int]:
         budgeted = dataclasses.replace(day.world, token_budget=day.daily_token_budget)
@@ -129,3 +193,14 @@ class LivingActivities(LlmActivities):
         memory, tokens = await self._write(day, "memory", index, messages, schemas.Memory)
         await in_thread(store.save_memory, self.db, day.run, inp.character_index, memory["summary"], day.day)
         return TokenUsage(tokens)
+
+
+async def _together(steps) -> None:
+    """Run ``steps`` at once; if one fails, the others are cancelled before the failure goes up."""
+    tasks = [asyncio.ensure_future(s) for s in steps]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -89,8 +89,17 @@ class MemoryInput:
 class DayPlan:
     """Who does what on a day: decided by the workflow from the day number, so a retried day is the same."""
 
+    day: DayInput
     posts: list[DayPostInput]
     comments: list[CommentInput]
+
+
+@dataclass
+class DayMade:
+    """What the ``live_day`` activity spent, and whether the day's budget cut it short."""
+
+    tokens: int = 0
+    budget_reached: bool = False
 
 
 @dataclass

@@ -47,29 +47,31 @@ with workflow.unsafe.imports_passed_through():
         run_llm,
     )
 
-HISTORY_LIMIT = 1500  # events in one execution before it continues as new (a day adds about a hundred)
+HISTORY_LIMIT = 1500  # events in one execution before it continues as new
+DAY_IN_ONE_ACTIVITY = "live-day-in-one-activity"  # patch: a day is one activity (before: one per item)
+DAY_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=30), "heartbeat_timeout": timedelta(seconds=10)}
 LIVE_MIRROR_ACTIVITY = "record_live_state"  # registered by worlds.activities (Django side)
 
 
-def day_plan(inp: LiveWorldInput, day: int) -> DayPlan:
+def day_plan(inp: LiveWorldInput, day: DayInput) -> DayPlan:
     """Who posts and who comments on ``day``. Posts go round the cast in turn (a fair rotation); each comment
     is by another character on one of the day's posts, and its author replies."""
-    world, settings = inp.world, inp.settings
+    world, settings, number = inp.world, inp.settings, day.day
     cast, per_day = world.character_count, settings.posts_per_day
-    day_inp = DayInput(inp.run, world, day, settings.daily_token_budget)
-    first = (day - 1) * per_day
+    first = (number - 1) * per_day
     posts = [
-        DayPostInput(day_inp, slot, (first + slot) % cast, world.posts_per_character + first + slot)
+        DayPostInput(day, slot, (first + slot) % cast, world.posts_per_character + first + slot)
         for slot in range(per_day)
     ]
     comments: list[CommentInput] = []
     if cast > 1 and posts:
         for slot in range(settings.comments_per_day):
             post = posts[slot % len(posts)]
-            commenter = (post.character_index + 1 + ((day - 1) * settings.comments_per_day + slot) % (cast - 1)) % cast
-            comments.append(CommentInput(day_inp, slot, commenter, post.character_index, post.post_index))
+            turn = ((number - 1) * settings.comments_per_day + slot) % (cast - 1)
+            commenter = (post.character_index + 1 + turn) % cast
+            comments.append(CommentInput(day, slot, commenter, post.character_index, post.post_index))
         comments += [replace(c, character_index=c.post_character, reply_to=c.slot) for c in comments]
-    return DayPlan(posts, comments)
+    return DayPlan(day, posts, comments)
 
 
 def catch_up(scheduled: float, now: float, day_seconds: float) -> tuple[float, int]:
@@ -214,7 +216,18 @@ class LiveWorldWorkflow:
         day = DayInput(self._inp.run, self._inp.world, state.days + 1, self._inp.settings.daily_token_budget, injected)
         report = DayReport(day.day, scheduled_at=scheduled, started_at=now)
         try:
-            await self._make(day, report)
+            if workflow.patched(DAY_IN_ONE_ACTIVITY):
+                made = await run_llm(
+                    LivingActivities.live_day,
+                    day_plan(self._inp, day),
+                    self._inp.config,
+                    self._inp.world.world_id,
+                    exact=True,
+                    **DAY_TIMEOUTS,
+                )
+                report.tokens, report.budget_reached = made.tokens, made.budget_reached
+            else:
+                await self._make(day, report)
         except ActivityError as err:
             if cancel_requested(err):
                 raise
@@ -231,16 +244,14 @@ class LiveWorldWorkflow:
         await self._report(report)
 
     async def _make(self, day: DayInput, report: DayReport) -> None:
-        """The event, then the posts (with images), the comments, their replies, likes and follows, and the
-        memory of every character who acted. Past the day's budget, the rest of the day is skipped."""
+        """A day as one activity per item, as days were made before DAY_IN_ONE_ACTIVITY (kept for the worlds
+        that went live then; ``LivingActivities.live_day`` makes the same items in the same order)."""
         if not await self._llm(LivingActivities.write_event, day, report):
             return
-        plan = day_plan(self._inp, day.day)
-        for post in plan.posts:
-            post.day = day
+        plan = day_plan(self._inp, day)
         await asyncio.gather(*(self._post(post, report) for post in plan.posts))
         for replies in (False, True):
-            wave = [replace(c, day=day) for c in plan.comments if (c.reply_to is not None) == replies]
+            wave = [c for c in plan.comments if (c.reply_to is not None) == replies]
             await asyncio.gather(*(self._llm(LivingActivities.write_comment, c, report) for c in wave))
         await run_activity(
             LivingActivities.react,
