@@ -129,6 +129,28 @@ class Observed:
     error: str = ""
 
 
+async def workflow_status(client: Client, workflow_id: str) -> str:
+    """Temporal's status name of a workflow (RUNNING, COMPLETED, ...), or MISSING if it has none."""
+    try:
+        status = (await client.get_workflow_handle(workflow_id).describe()).status
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return "MISSING"
+        raise
+    return status.name if status else "UNKNOWN"
+
+
+async def workflow_statuses(client: Client, workflow_ids: list[str]) -> list[str]:
+    """``workflow_status`` of each, a few at a time."""
+    limit = asyncio.Semaphore(CONCURRENT_DESCRIBES)
+
+    async def status(workflow_id: str) -> str:
+        async with limit:
+            return await workflow_status(client, workflow_id)
+
+    return list(await asyncio.gather(*(status(workflow_id) for workflow_id in workflow_ids)))
+
+
 async def observe_workflows(client: Client, workflow_ids: list[str]) -> list[Observed]:
     """Describe run workflows, a few at a time (Temporal's answer, never a guess)."""
     limit = asyncio.Semaphore(CONCURRENT_DESCRIBES)

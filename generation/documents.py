@@ -184,6 +184,9 @@ def ensure_indexes(db: Database) -> None:
     db[VERSIONS].create_index([("world_id", ASCENDING)], name="version_world")
     db[EVENTS].create_index([("run_key", ASCENDING), ("day", ASCENDING)], name="event_timeline")
     db[COMMENTS].create_index([("post_key", ASCENDING), ("day", ASCENDING)], name="comment_post")
+    # A live world's day reads its own posts and comments (they grow by the day: never a scan of them all).
+    db[POSTS].create_index([("run_key", ASCENDING), ("day", ASCENDING)], name="post_day")
+    db[COMMENTS].create_index([("run_key", ASCENDING), ("day", ASCENDING)], name="comment_day")
     for name in (EVENTS, COMMENTS, LIVE_DAYS):
         db[name].create_index([("world_id", ASCENDING)], name=f"{name}_world")
 

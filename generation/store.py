@@ -2,9 +2,11 @@
 write is an upsert, so a retried activity never duplicates anything. Keys, fields and shapes come
 from ``generation.documents``. Imports nothing from Django."""
 
+import functools
 from collections.abc import Callable
 
 import gridfs
+import gridfs.errors
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 
@@ -41,6 +43,10 @@ from generation.documents import (
 )
 
 
+def _exists(collection, query: dict) -> bool:
+    return collection.find_one(query, {"_id": 1}) is not None
+
+
 def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: str | None) -> None:
     document = bible_document(run, bible, revision)
     db[BIBLES].update_one(
@@ -52,7 +58,7 @@ def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: 
 
 def has_bible(db: Database, run: RunRef, revision: int | None = None) -> bool:
     query: dict = {"_id": bible_key(run)} if revision is None else {"_id": bible_key(run), "revision": revision}
-    return db[BIBLES].count_documents(query, limit=1) > 0
+    return _exists(db[BIBLES], query)
 
 
 # What a run has stored already: a resumed run (or a retried activity) skips these items and pays nothing.
@@ -71,17 +77,17 @@ def _stored(version: int, field: str = "version") -> dict:
 
 def has_profile(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
     query = {"_id": character_key(run, index), "status": CharacterStatus.PROFILED, **_stored(version)}
-    return db[CHARACTERS].count_documents(query, limit=1) > 0
+    return _exists(db[CHARACTERS], query)
 
 
 def has_plan(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
     query = {"_id": character_key(run, index), "plan": {"$exists": True}, **_stored(version, "plan_version")}
-    return db[CHARACTERS].count_documents(query, limit=1) > 0
+    return _exists(db[CHARACTERS], query)
 
 
 def has_post(db: Database, run: RunRef, character_index: int, index: int, version: int = 0) -> bool:
     query = {"_id": post_key(run, character_index, index), **_stored(version)}
-    return db[POSTS].count_documents(query, limit=1) > 0
+    return _exists(db[POSTS], query)
 
 
 def archive_versions(
@@ -214,8 +220,12 @@ def store_image_file(db: Database, key: str, png: bytes, metadata: dict, version
     image = image_id(key, version)
     fs = gridfs.GridFS(db, collection=IMAGES)
     if not fs.exists(image):  # rendering is deterministic: a retry stores nothing new
-        fs.delete(image)  # chunks left by an attempt interrupted mid-write (the file document comes last)
-        fs.put(png, _id=image, filename=f"{key}.png", content_type="image/png", metadata=metadata)
+        put = functools.partial(fs.put, png, _id=image, filename=f"{key}.png", content_type="image/png")
+        try:
+            put(metadata=metadata)
+        except gridfs.errors.FileExists:  # chunks left by an attempt interrupted mid-write (the file comes last)
+            fs.delete(image)
+            put(metadata=metadata)
     return image
 
 
@@ -255,12 +265,15 @@ LEDGER_RETRIES = 100
 
 
 def _ledger(db: Database, run: RunRef, limit: int, key: str) -> dict:
-    db[LEDGERS].update_one(
-        {"_id": key},
-        {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {}, "version": 0, "limit": limit}},
-        upsert=True,
+    return (
+        db[LEDGERS].find_one_and_update(
+            {"_id": key},
+            {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {}, "version": 0, "limit": limit}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        or {}
     )
-    return db[LEDGERS].find_one({"_id": key}) or {}
 
 
 def reserve_tokens(
@@ -353,7 +366,7 @@ def _delete_world_images(db: Database, world_id: int, batch: int, on_batch: Call
 
 
 def has_event(db: Database, run: RunRef, day: int) -> bool:
-    return db[EVENTS].count_documents({"_id": event_key(run, day)}, limit=1) > 0
+    return _exists(db[EVENTS], {"_id": event_key(run, day)})
 
 
 def recent_events(db: Database, run: RunRef, before_day: int, limit: int) -> list[dict]:
@@ -379,7 +392,7 @@ def load_post(db: Database, run: RunRef, character_index: int, index: int) -> di
 
 
 def has_comment(db: Database, run: RunRef, day: int, slot: int, reply: bool) -> bool:
-    return db[COMMENTS].count_documents({"_id": comment_key(run, day, slot, reply)}, limit=1) > 0
+    return _exists(db[COMMENTS], {"_id": comment_key(run, day, slot, reply)})
 
 
 def load_comment(db: Database, run: RunRef, day: int, slot: int, reply: bool = False) -> dict | None:
@@ -425,7 +438,7 @@ def save_memory(db: Database, run: RunRef, character_index: int, summary: str, d
 
 def has_memory(db: Database, run: RunRef, character_index: int, day: int) -> bool:
     query = {"_id": character_key(run, character_index), "memory_day": {"$gte": day}}
-    return db[CHARACTERS].count_documents(query, limit=1) > 0
+    return _exists(db[CHARACTERS], query)
 
 
 def save_day_report(db: Database, run: RunRef, report: dict) -> None:

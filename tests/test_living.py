@@ -175,3 +175,37 @@ def test_days_missed_while_the_worker_was_down_are_skipped_not_replayed(start_wo
     # No burst: every day started within a day of its slot (replaying the missed days would start them late).
     assert all(0 <= day["lag_s"] < 4 for day in days), [(d["day"], d["lag_s"]) for d in days]
     services.live_command(live=live, command="stop")
+
+
+def test_the_workers_reconciler_settles_live_worlds_and_regenerations_whose_workflows_are_gone(start_worker):
+    """Rows shown running whose workflow Temporal does not have (here: never started) are corrected by the
+    worker's periodic reconciler, without anyone acting on them; a live world only once its day is late."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from worlds.models import GenerationRun, Regeneration
+
+    world = make_world(character_count=2, posts_per_character=1)
+    run = GenerationRun.objects.create(world=world, number=1, workflow_id=f"gone-{world.pk}", status="completed")
+    long_ago = timezone.now() - timedelta(minutes=20)
+    fields = {"world": world, "run": run, "day_seconds": 60, "posts_per_day": 1, "comments_per_day": 0}
+    late = LiveWorld.objects.create(number=1, status="live", next_day_at=long_ago, daily_token_budget=5000, **fields)
+    on_time = LiveWorld.objects.create(
+        number=2, status="live", next_day_at=timezone.now() + timedelta(hours=1), daily_token_budget=5000, **fields
+    )
+    regeneration = Regeneration.objects.create(run=run, character_index=0, post_index=0)
+    Regeneration.objects.filter(pk=regeneration.pk).update(started_at=long_ago)
+
+    start_worker(env={"RECONCILE_INTERVAL_SECONDS": "1"})
+    deadline = time.monotonic() + 60
+    while (
+        LiveWorld.objects.get(pk=late.pk).status == "live"
+        or Regeneration.objects.get(pk=regeneration.pk).status == "running"
+    ):
+        assert time.monotonic() < deadline, "the reconciler did not settle the rows"
+        time.sleep(0.5)
+    late.refresh_from_db(), regeneration.refresh_from_db(), on_time.refresh_from_db()
+    assert (late.status, late.error, late.next_day_at) == ("failed", "its workflow never started", None)
+    assert (regeneration.status, regeneration.error) == ("failed", "its workflow never started")
+    assert on_time.status == "live"  # its day is not due: not looked up

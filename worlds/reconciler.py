@@ -1,25 +1,30 @@
-"""Rows converge to workflows: the worker's periodic check of active run rows against Temporal.
-Every ``RECONCILE_INTERVAL_SECONDS`` each worker asks Temporal about the active rows that have
+"""Rows converge to workflows: the worker's periodic check of active rows against Temporal.
+Every ``RECONCILE_INTERVAL_SECONDS`` each worker asks Temporal about the active run rows that have
 not been mirrored for a minute and corrects those whose workflow ended without reporting it
 (terminated in the Temporal UI, timed out), vanished, or never started
 (``worlds.services.runs_reconcile_record``). ``manage.py reconcile_runs`` and the admin's run
-list action do the same at once, through the web process's client."""
+list action do the same at once, through the web process's client. Regenerations and live worlds
+shown running are settled the same way (``regeneration_settle``, ``live_settle``); a live world is
+asked about once a day of it is ``LIVE_OVERDUE`` late, or once it has been paused or starting a minute."""
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from temporalio.client import Client
 
-from clients.temporal import observe_workflows
+from clients.temporal import observe_workflows, workflow_statuses
 from worlds import selectors, services
 
 log = logging.getLogger(__name__)
 
 QUIET_FOR = timedelta(seconds=60)  # rows mirrored more recently are left alone
+LIVE_OVERDUE = timedelta(minutes=10)  # a live world's day this late without a report is looked up
 
 
 async def reconcile_round(client: Client) -> list[str]:
@@ -28,6 +33,28 @@ async def reconcile_round(client: Client) -> list[str]:
     changes = await sync_to_async(services.runs_reconcile_record)(runs=runs, observations=observations)
     for change in changes:
         log.warning("run row corrected from Temporal", extra={"run": change})
+    regenerations = await _settle(
+        client,
+        await sync_to_async(selectors.regenerations_to_settle)(quiet_for=QUIET_FOR),
+        lambda row, status: services.regeneration_settle(regeneration=row, status=status),
+    )
+    lives = await _settle(
+        client,
+        await sync_to_async(selectors.lives_to_settle)(quiet_for=QUIET_FOR, overdue=LIVE_OVERDUE),
+        lambda row, status: services.live_settle(live=row, status=status),
+    )
+    return changes + regenerations + lives
+
+
+async def _settle(client: Client, rows: list, settle: Callable[[Any, str], str | None]) -> list[str]:
+    statuses = await workflow_statuses(client, [row.workflow_id for row in rows])
+
+    def record() -> list[str]:
+        return [change for row, status in zip(rows, statuses, strict=True) if (change := settle(row, status))]
+
+    changes = await sync_to_async(record)()
+    for change in changes:
+        log.warning("row corrected from Temporal", extra={"row": change})
     return changes
 
 

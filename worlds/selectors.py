@@ -9,7 +9,7 @@ from django.utils import timezone
 from clients import mongo
 from clients.temporal import temporal_call
 from generation import documents, quality
-from worlds.models import GenerationRun, World
+from worlds.models import GenerationRun, LiveWorld, Regeneration, World
 
 
 def runs_to_reconcile(*, run_ids: list[int] | None = None, quiet_for: timedelta = timedelta(0)) -> list[GenerationRun]:
@@ -18,6 +18,22 @@ def runs_to_reconcile(*, run_ids: list[int] | None = None, quiet_for: timedelta 
     if run_ids is not None:
         runs = runs.filter(pk__in=run_ids)
     return list(runs.select_related("world"))
+
+
+def lives_to_settle(*, quiet_for: timedelta, overdue: timedelta) -> list[LiveWorld]:
+    """Live world rows shown running that their workflow should have updated by now: starting or paused
+    and not updated within ``quiet_for``, or live with a day more than ``overdue`` late."""
+    now = timezone.now()
+    quiet = Q(status__in=(LiveWorld.Status.STARTING, LiveWorld.Status.PAUSED), updated_at__lte=now - quiet_for)
+    late = Q(status=LiveWorld.Status.LIVE, next_day_at__lte=now - overdue)
+    return list(LiveWorld.objects.filter(quiet | late).select_related("world"))
+
+
+def regenerations_to_settle(*, quiet_for: timedelta) -> list[Regeneration]:
+    """Regenerations shown running that started more than ``quiet_for`` ago."""
+    started = timezone.now() - quiet_for
+    running = Regeneration.objects.filter(status=Regeneration.Status.RUNNING, started_at__lte=started)
+    return list(running.select_related("run__world"))
 
 
 def world_latest_run(*, world: World) -> GenerationRun | None:

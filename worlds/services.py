@@ -15,7 +15,14 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from clients import mongo
-from clients.temporal import Observed, TemporalNoAnswer, TemporalUnavailable, observe_workflows, temporal_call
+from clients.temporal import (
+    Observed,
+    TemporalNoAnswer,
+    TemporalUnavailable,
+    observe_workflows,
+    temporal_call,
+    workflow_status,
+)
 from generation import documents, store
 from generation.contracts import (
     Decision,
@@ -437,16 +444,7 @@ def generation_cancel(*, run: GenerationRun, user=None) -> None:
 
 def _workflow_status(workflow_id: str, *, what: str) -> str:
     """Temporal's status name of a workflow (RUNNING, COMPLETED, ...), or MISSING if it has none."""
-
-    async def describe(client) -> str:
-        try:
-            return (await client.get_workflow_handle(workflow_id).describe()).status.name
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return "MISSING"
-            raise
-
-    return _temporal(describe, what=what)
+    return _temporal(lambda client: workflow_status(client, workflow_id), what=what)
 
 
 def rerender_running(*, run: GenerationRun) -> bool:
@@ -542,14 +540,23 @@ def item_regenerate(
 def _settle_regenerations(run: GenerationRun) -> None:
     """Regenerations of ``run`` marked running whose workflow Temporal no longer runs are marked failed."""
     for regeneration in run.regenerations.filter(status=Regeneration.Status.RUNNING).select_related("run"):
-        status = _workflow_status(regeneration.workflow_id, what=f"look up {regeneration}")
-        if status == "COMPLETED":
-            _regeneration_finished(regeneration.pk, Regeneration.Status.COMPLETED)
-        elif status == "CANCELED":
-            _regeneration_finished(regeneration.pk, Regeneration.Status.CANCELLED, "cancelled in Temporal")
-        elif status != "RUNNING":
-            message = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
-            _regeneration_finished(regeneration.pk, Regeneration.Status.FAILED, message)
+        regeneration_settle(
+            regeneration=regeneration, status=_workflow_status(regeneration.workflow_id, what=f"look up {regeneration}")
+        )
+
+
+def regeneration_settle(*, regeneration: Regeneration, status: str) -> str | None:
+    """Correct a regeneration row marked running from its workflow's Temporal ``status``; returns what changed."""
+    if status == "COMPLETED":
+        _regeneration_finished(regeneration.pk, Regeneration.Status.COMPLETED)
+    elif status == "CANCELED":
+        _regeneration_finished(regeneration.pk, Regeneration.Status.CANCELLED, "cancelled in Temporal")
+    elif status != "RUNNING":
+        message = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
+        _regeneration_finished(regeneration.pk, Regeneration.Status.FAILED, message)
+    else:
+        return None
+    return f"{regeneration}: its workflow is {status}"
 
 
 def _regeneration_finished(regeneration_id: int, status: str, error: str = "", **fields) -> None:
@@ -840,16 +847,22 @@ def live_command(*, live: LiveWorld, command: str, value=None, user=None) -> str
 def _settle_lives(world: World) -> None:
     """Rows of ``world`` shown running whose workflow Temporal no longer runs get the workflow's last state."""
     for live in world.lives.filter(status__in=LiveWorld.RUNNING):
-        status = _workflow_status(live.workflow_id, what=f"look up {live}")
-        if status == "RUNNING":
-            if live.status == LiveWorld.Status.STARTING:
-                LiveWorld.objects.filter(pk=live.pk, status=LiveWorld.Status.STARTING).update(
-                    status=LiveWorld.Status.LIVE
-                )
-            continue
-        error = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
-        final = LiveWorld.Status.STOPPED if status in ("COMPLETED", "CANCELED") else LiveWorld.Status.FAILED
-        LiveWorld.objects.filter(pk=live.pk).update(status=final, error=error if final == "failed" else "")
+        live_settle(live=live, status=_workflow_status(live.workflow_id, what=f"look up {live}"))
+
+
+def live_settle(*, live: LiveWorld, status: str) -> str | None:
+    """Correct a live world row shown running from its workflow's Temporal ``status``; returns what changed."""
+    if status == "RUNNING":
+        if live.status == LiveWorld.Status.STARTING:
+            LiveWorld.objects.filter(pk=live.pk, status=LiveWorld.Status.STARTING).update(status=LiveWorld.Status.LIVE)
+            return f"{live}: its workflow is running"
+        return None
+    error = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
+    final = LiveWorld.Status.STOPPED if status in ("COMPLETED", "CANCELED") else LiveWorld.Status.FAILED
+    LiveWorld.objects.filter(pk=live.pk, status__in=LiveWorld.RUNNING).update(
+        status=final, error=error if final == "failed" else "", next_day_at=None
+    )
+    return f"{live}: {error}"
 
 
 def live_state_record(*, live_id: int, state: LiveState, error: str | None = None) -> None:
