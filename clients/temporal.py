@@ -142,35 +142,29 @@ async def workflow_status(client: Client, workflow_id: str) -> str:
 
 async def workflow_statuses(client: Client, workflow_ids: list[str]) -> list[str]:
     """``workflow_status`` of each, a few at a time."""
-    limit = asyncio.Semaphore(CONCURRENT_DESCRIBES)
-
-    async def status(workflow_id: str) -> str:
-        async with limit:
-            return await workflow_status(client, workflow_id)
-
-    return list(await asyncio.gather(*(status(workflow_id) for workflow_id in workflow_ids)))
+    return await _each(workflow_ids, lambda workflow_id: workflow_status(client, workflow_id))
 
 
 async def observe_workflows(client: Client, workflow_ids: list[str]) -> list[Observed]:
     """Describe run workflows, a few at a time (Temporal's answer, never a guess)."""
+    return await _each(workflow_ids, lambda workflow_id: _observe(client, workflow_id))
+
+
+async def _each(workflow_ids: list[str], ask: Callable[[str], Awaitable[T]]) -> list[T]:
     limit = asyncio.Semaphore(CONCURRENT_DESCRIBES)
 
-    async def observe(workflow_id: str) -> Observed:
+    async def one(workflow_id: str) -> T:
         async with limit:
-            return await _observe(client, workflow_id)
+            return await ask(workflow_id)
 
-    return list(await asyncio.gather(*(observe(workflow_id) for workflow_id in workflow_ids)))
+    return list(await asyncio.gather(*(one(workflow_id) for workflow_id in workflow_ids)))
 
 
 async def _observe(client: Client, workflow_id: str) -> Observed:
     handle = client.get_workflow_handle(workflow_id)
-    try:
-        described = (await handle.describe()).status
-        status = described.name if described else "UNKNOWN"
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return Observed("missing")
-        raise
+    status = await workflow_status(client, workflow_id)
+    if status == "MISSING":
+        return Observed("missing")
     if status == "RUNNING":
         return Observed("running")
     if status == "COMPLETED":

@@ -23,6 +23,7 @@ VERSIONS = "item_versions"  # earlier versions of regenerated characters and pos
 EVENTS, COMMENTS, LIVE_DAYS = "world_events", "comments", "live_days"  # of live worlds
 CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS, VERSIONS, EVENTS, COMMENTS, LIVE_DAYS)
 IMAGES = "images"  # GridFS bucket: images.files and images.chunks
+IMAGE_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 
 
 class CharacterStatus(StrEnum):
@@ -171,6 +172,9 @@ def ensure_indexes(db: Database) -> None:
         name="post_position",
     )
     db[TASKS].create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
+    # GridFS's own indexes (store.store_image_file writes without gridfs, which would make them).
+    db[f"{IMAGES}.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+    db[f"{IMAGES}.chunks"].create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
     db[BIBLES].create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
     # Reads find a run's content by run_key; the feed sorts by (index, character_index).
     db[POSTS].create_index(

@@ -2,13 +2,12 @@
 write is an upsert, so a retried activity never duplicates anything. Keys, fields and shapes come
 from ``generation.documents``. Imports nothing from Django."""
 
-import functools
 from collections.abc import Callable
 
-import gridfs
-import gridfs.errors
+from bson import Binary
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from generation.contracts import RunRef
 from generation.documents import (
@@ -17,6 +16,7 @@ from generation.documents import (
     COMMENTS,
     CONTENT_COLLECTIONS,
     EVENTS,
+    IMAGE_CHUNK_BYTES,
     IMAGES,
     LEDGERS,
     LIVE_DAYS,
@@ -217,15 +217,28 @@ def save_image(db: Database, collection: str, key: str, png: bytes, metadata: di
 
 
 def store_image_file(db: Database, key: str, png: bytes, metadata: dict, version: int = 1) -> str:
+    """Store an image in the GridFS layout (``documents.IMAGES``; read back with ``gridfs``): its chunks, then
+    its file document. Written directly rather than through ``gridfs.GridFS.put``, which probes each
+    collection with an unfiltered ``find_one`` on every write (a full scan on some Mongo-wire servers); the
+    indexes it would check are made once by ``documents.ensure_indexes``."""
     image = image_id(key, version)
-    fs = gridfs.GridFS(db, collection=IMAGES)
-    if not fs.exists(image):  # rendering is deterministic: a retry stores nothing new
-        put = functools.partial(fs.put, png, _id=image, filename=f"{key}.png", content_type="image/png")
-        try:
-            put(metadata=metadata)
-        except gridfs.errors.FileExists:  # chunks left by an attempt interrupted mid-write (the file comes last)
-            fs.delete(image)
-            put(metadata=metadata)
+    files, chunks = db[f"{IMAGES}.files"], db[f"{IMAGES}.chunks"]
+    if files.find_one({"_id": image}, {"_id": 1}) is not None:  # rendering is deterministic: a retry stores nothing new
+        return image
+    parts = [
+        {"files_id": image, "n": n, "data": Binary(png[at : at + IMAGE_CHUNK_BYTES])}
+        for n, at in enumerate(range(0, len(png), IMAGE_CHUNK_BYTES))
+    ]
+    try:
+        chunks.insert_many(parts)
+    except BulkWriteError:  # chunks left by an attempt interrupted mid-write (the file document comes last)
+        chunks.delete_many({"files_id": image})
+        chunks.insert_many(parts)
+    file = {"length": len(png), "chunkSize": IMAGE_CHUNK_BYTES, "uploadDate": now(), "filename": f"{key}.png"}
+    try:
+        files.insert_one({"_id": image, **file, "contentType": "image/png", "metadata": metadata})
+    except DuplicateKeyError:  # another attempt of the same render stored it first
+        pass
     return image
 
 

@@ -73,18 +73,20 @@ def test_a_render_interrupted_after_storing_the_image_still_records_its_task(mon
 
 def test_chunks_left_by_an_interrupted_image_write_are_replaced(mongo_env):
     """A write killed after its first chunk leaves chunks without a file document: the next write of that
-    image finds them (the chunks' unique index refuses a second chunk 0), deletes them and writes whole."""
+    image finds them (the chunks' unique index refuses a second chunk 0), deletes them and writes whole;
+    gridfs reads it back."""
     import gridfs
 
     db, key = mongo.get_db(), "w9002-r1-c0"
     image = documents.image_id(key)
     fs = gridfs.GridFS(db, collection="images")
     fs.delete(image)
-    fs.put(b"seed", _id="img-seed-index")  # the bucket exists, so its indexes do
     db["images.chunks"].insert_one({"files_id": image, "n": 0, "data": b"half of an interrupted write"})
     png = bytes(range(256)) * 1200  # two chunks
 
     assert store.store_image_file(db, key, png, {"renderer": "test"}) == image
     assert fs.get(image).read() == png
     assert sorted(c["n"] for c in db["images.chunks"].find({"files_id": image})) == [0, 1]
-    fs.delete(image), fs.delete("img-seed-index")
+    assert store.store_image_file(db, key, b"other bytes", {}) == image  # stored already: nothing is written
+    assert fs.get(image).read() == png and fs.get(image).metadata == {"renderer": "test"}
+    fs.delete(image)
