@@ -50,7 +50,8 @@ with workflow.unsafe.imports_passed_through():
 HISTORY_LIMIT = 1500  # events in one execution before it continues as new
 # Patch: a day is one activity and its report a local activity (before: an activity per item and per report).
 CHEAP_DAYS = "cheap-live-days"
-DAY_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=30), "heartbeat_timeout": timedelta(seconds=10)}
+# A day heartbeats every 12 s: a thousand days waiting on a busy worker would otherwise send 500 a second.
+DAY_TIMEOUTS = {"start_to_close_timeout": timedelta(minutes=30), "heartbeat_timeout": timedelta(seconds=60)}
 LIVE_MIRROR_ACTIVITY = "record_live_state"  # registered by worlds.activities (Django side)
 
 
