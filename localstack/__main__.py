@@ -5,6 +5,10 @@ endpoint, the media server, the worker and Django's server, all from this
 venv; generates the sample world; keeps every byte of data under
 ``.localdata/``; stops everything it started on Ctrl-C or SIGTERM. Runs with
 ``WORLDGEN_ENV=development`` unless the environment sets it.
+
+Your own models: with ``LLM_BASE_URL`` set (and ``LLM_MODEL``, ``LLM_API_KEY``
+as it needs), the worker calls that endpoint and the local LLM stand-in is not
+started; with ``MEDIA_GRPC_TARGET`` set, the same for the media server.
 """
 
 import argparse
@@ -18,9 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from localllm import MODEL_ID as LOCAL_LLM_MODEL
 from localstack import servers
 
 ROOT = Path(__file__).resolve().parent.parent
+YOUR_LLM = os.environ.get("LLM_BASE_URL", "")  # an OpenAI-compatible endpoint of yours: no stand-in
+YOUR_MEDIA = os.environ.get("MEDIA_GRPC_TARGET", "")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -93,6 +100,17 @@ def wait_for_http(process: servers.ManagedProcess, url: str, timeout: float = 90
     raise servers.StackError(f"{process.name} did not answer {url} within {timeout:.0f}s:\n{process.log_tail()}")
 
 
+def start_stand_in(name: str, module: str, variable: str, port: int, started: list, logs: Path) -> str:
+    """Start ``python -m <module>`` on ``port``, the stand-in for what ``variable`` would name; returns its URL."""
+    say(f"starting the {name} (a stand-in; set {variable} to use yours)")
+    process = servers.start(
+        name, [sys.executable, "-m", module, "--port", str(port)], log_path=logs / f"{module}.log", cwd=ROOT
+    )
+    started.append(process)
+    servers.wait_for_port(process, port)
+    return f"http://127.0.0.1:{port}"
+
+
 def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None:
     check_ports(
         {
@@ -102,8 +120,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
             ("SecantusDB", "mongo-port"): opts.mongo_port,
             ("worker health", "worker-health-port"): opts.worker_health_port,
             ("worker metrics", "worker-metrics-port"): opts.worker_metrics_port,
-            ("local LLM endpoint", "llm-port"): opts.llm_port,
-            ("media server", "media-port"): opts.media_port,
+            **({} if YOUR_LLM else {("local LLM endpoint", "llm-port"): opts.llm_port}),
+            **({} if YOUR_MEDIA else {("media server", "media-port"): opts.media_port}),
         }
     )
     data, logs = opts.data_dir.resolve(), opts.data_dir.resolve() / "logs"
@@ -125,25 +143,23 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         log_path=logs / "temporal.log",
     )
     started.append(temporal)
-    say("starting the local LLM endpoint and the media server")
-    llm = servers.start(
-        "local LLM endpoint",
-        [sys.executable, "-m", "localllm", "--port", str(opts.llm_port)],
-        log_path=logs / "localllm.log",
-        cwd=ROOT,
-    )
-    started.append(llm)
-    media = servers.start(
-        "media server",
-        [sys.executable, "-m", "mediaserver", "--port", str(opts.media_port)],
-        log_path=logs / "mediaserver.log",
-        cwd=ROOT,
-    )
-    started.append(media)
+    models = {  # what the worker calls: yours from the environment, else a stand-in started here
+        "LLM_BASE_URL": YOUR_LLM
+        or start_stand_in("local LLM endpoint", "localllm", "LLM_BASE_URL", opts.llm_port, started, logs) + "/v1",
+        "MEDIA_GRPC_TARGET": YOUR_MEDIA
+        or start_stand_in(
+            "media server", "mediaserver", "MEDIA_GRPC_TARGET", opts.media_port, started, logs
+        ).removeprefix("http://"),
+    }
+    for variable, yours in (("LLM_BASE_URL", YOUR_LLM), ("MEDIA_GRPC_TARGET", YOUR_MEDIA)):
+        if yours:
+            say(f"using your {variable}={yours}: no stand-in is started for it")
+    if not YOUR_LLM:  # the stand-in knows one model, and needs no key
+        models |= {"LLM_MODEL": LOCAL_LLM_MODEL, "LLM_API_KEY": ""}
+    elif not os.environ.get("LLM_MODEL"):
+        say(f"LLM_MODEL is not set: asking your endpoint for {LOCAL_LLM_MODEL!r}, which it may not have")
     servers.wait_for_port(mongo, opts.mongo_port)
     servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
-    servers.wait_for_port(llm, opts.llm_port)
-    servers.wait_for_port(media, opts.media_port)
 
     env = {
         **os.environ,
@@ -153,8 +169,7 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         "TEMPORAL_UI_URL": f"http://127.0.0.1:{opts.temporal_ui_port}",
         "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{data / 'db.sqlite3'}"),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
-        "LLM_BASE_URL": f"http://127.0.0.1:{opts.llm_port}/v1",
-        "MEDIA_GRPC_TARGET": f"127.0.0.1:{opts.media_port}",
+        **models,
         "PYTHONUNBUFFERED": "1",
     }
     say("migrating the database and creating the admin user")
@@ -192,7 +207,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
 
     say(manage("stack_check", env=env))
     if not opts.no_sample:
-        say("generating the sample world (procedural LLM and images)")
+        kinds = ("yours" if YOUR_LLM else "a stand-in", "yours" if YOUR_MEDIA else "the procedural stand-in")
+        say("generating the sample world (LLM: {}; images: {})".format(*kinds))
         if (
             subprocess.run(
                 [sys.executable, "manage.py", "generate_world", "--sample", "--wait"], cwd=ROOT, env=env

@@ -1,5 +1,6 @@
 """`python -m localstack` (what `make demo` runs): up from nothing, admin reachable, clean stop."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import time
 
 import httpx
 
+from localllm import MODEL_ID
 from localstack import servers
 from tests.conftest import ROOT
 
@@ -31,6 +33,20 @@ def stack_args(tmp_path) -> tuple[list[str], dict[str, int]]:
     return args, ports
 
 
+def start_stack(args: list[str], out, env: dict) -> subprocess.Popen:
+    """Start ``python -m localstack`` (output to ``out``) and wait until it says it is up."""
+    base = {k: v for k, v in os.environ.items() if k not in ("LLM_BASE_URL", "MEDIA_GRPC_TARGET")}
+    with open(out, "w") as sink:
+        stack = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=base | env)
+    deadline = time.monotonic() + 180
+    while "Press Ctrl-C" not in out.read_text():
+        if stack.poll() is not None or time.monotonic() > deadline:
+            stack.kill()
+            raise AssertionError(out.read_text())
+        time.sleep(0.5)
+    return stack
+
+
 def test_a_taken_port_is_reported_clearly_and_nothing_starts(tmp_path):
     args, ports = stack_args(tmp_path)
     with socket.socket() as blocker:
@@ -42,17 +58,27 @@ def test_a_taken_port_is_reported_clearly_and_nothing_starts(tmp_path):
     assert "all processes stopped" not in result.stdout  # nothing was started
 
 
-def test_stack_comes_up_with_admin_and_stops_everything_on_ctrl_c(tmp_path):
+def test_stack_comes_up_with_your_llm_and_admin_and_stops_everything_on_ctrl_c(tmp_path, logs_dir):
+    """With LLM_BASE_URL, LLM_MODEL and LLM_API_KEY in the environment (here: an LLM endpoint that needs a
+    key), the stack uses that endpoint and starts no LLM stand-in; the media server is the stand-in."""
+    from tests.conftest import start_localllm
+
+    yours, root = start_localllm(logs_dir, "your-llm", "--api-key", "your-secret-key")
     args, ports = stack_args(tmp_path)
     out = tmp_path / "localstack.out"
-    with open(out, "w") as sink:
-        stack = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    env = {"LLM_BASE_URL": f"{root}/v1", "LLM_MODEL": MODEL_ID, "LLM_API_KEY": "your-secret-key"}
     try:
-        deadline = time.monotonic() + 180
-        while "Press Ctrl-C" not in out.read_text():
-            assert stack.poll() is None and time.monotonic() < deadline, out.read_text()
-            time.sleep(0.5)
+        stack = start_stack(args, out, env)
+    except BaseException:
+        yours.stop()
+        raise
+    try:
         text = out.read_text()
+        assert f"using your LLM_BASE_URL={root}/v1: no stand-in is started for it" in text
+        assert "starting the media server (a stand-in; set MEDIA_GRPC_TARGET to use yours)" in text
+        assert servers.port_is_free(ports["--llm-port"])  # no stand-in there
+        stats = httpx.get(f"{root}/_stats").json()  # your endpoint made the sample world: 22 calls at least
+        assert stats["chat_requests"] >= 22 and stats["by_status"] == {"200": stats["chat_requests"]}
         assert "3 probes answered on worldgen-llm, worldgen-media, worldgen-workflows" in text
         assert "Lanternfall Archipelago run 1 completed in" in text and "12 posts, 0 degraded" in text
         password = (tmp_path / "data" / "admin-password.txt").read_text().strip()
@@ -89,3 +115,19 @@ def test_stack_comes_up_with_admin_and_stops_everything_on_ctrl_c(tmp_path):
     finally:
         if stack.poll() is None:
             stack.kill()
+        yours.stop()
+
+
+def test_the_llm_stand_in_answers_as_its_own_model_whatever_llm_model_says(tmp_path):
+    """LLM_MODEL set (for an endpoint of yours) but no LLM_BASE_URL: the stand-in runs, and the sample world
+    is made (it used to fail with "model does not exist")."""
+    args, _ = stack_args(tmp_path)
+    out = tmp_path / "localstack.out"
+    stack = start_stack(args, out, {"LLM_MODEL": "llama3.1"})
+    try:
+        text = out.read_text()
+        assert "starting the local LLM endpoint (a stand-in; set LLM_BASE_URL to use yours)" in text
+        assert "Lanternfall Archipelago run 1 completed in" in text and "12 posts, 0 degraded" in text
+    finally:
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(60) == 0
