@@ -548,8 +548,7 @@ class StoreActivities:
 
     @activity.defn
     def mark_image_for_rerender(self, inp: ItemInput) -> None:
-        collection, key, _ = store.image_target(self.db, inp.run, inp.character_index, inp.post_index)
-        store.mark_image_for_rerender(self.db, collection, key, "media service unavailable")
+        store.mark_image_for_rerender(self.db, inp.run, inp.character_index, inp.post_index)
 
 
 STOP_POLL_S = 1.0  # how often stop_workflows asks Temporal whether the workflows have stopped

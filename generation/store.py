@@ -223,7 +223,7 @@ def store_image_file(db: Database, key: str, png: bytes, metadata: dict, version
     indexes it would check are made once by ``documents.ensure_indexes``."""
     image = image_id(key, version)
     files, chunks = db[f"{IMAGES}.files"], db[f"{IMAGES}.chunks"]
-    if files.find_one({"_id": image}, {"_id": 1}) is not None:  # rendering is deterministic: a retry stores nothing new
+    if _exists(files, {"_id": image}):  # rendering is deterministic: a retry stores nothing new
         return image
     parts = [
         {"files_id": image, "n": n, "data": Binary(png[at : at + IMAGE_CHUNK_BYTES])}
@@ -249,8 +249,10 @@ def mark_image_rendered(db: Database, collection: str, key: str, image: str) -> 
     )
 
 
-def mark_image_for_rerender(db: Database, collection: str, key: str, reason: str) -> None:
-    mark_image(db, collection, key, ImageStatus.NEEDS_RENDER, reason)
+def mark_image_for_rerender(db: Database, run: RunRef, character_index: int, post_index: int | None) -> None:
+    """The media service was down: the item is kept, its image marked for a re-render."""
+    collection, key, _ = image_target(db, run, character_index, post_index)
+    mark_image(db, collection, key, ImageStatus.NEEDS_RENDER, "media service unavailable")
 
 
 def mark_image(db: Database, collection: str, key: str, status: ImageStatus, reason: str) -> None:

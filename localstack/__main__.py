@@ -101,14 +101,15 @@ def wait_for_http(process: servers.ManagedProcess, url: str, timeout: float = 90
 
 
 def start_stand_in(name: str, module: str, variable: str, port: int, started: list, logs: Path) -> str:
-    """Start ``python -m <module>`` on ``port``, the stand-in for what ``variable`` would name; returns its URL."""
+    """Start ``python -m <module>`` on ``port``, the stand-in for what ``variable`` would name; returns
+    its address (host:port)."""
     say(f"starting the {name} (a stand-in; set {variable} to use yours)")
     process = servers.start(
         name, [sys.executable, "-m", module, "--port", str(port)], log_path=logs / f"{module}.log", cwd=ROOT
     )
     started.append(process)
     servers.wait_for_port(process, port)
-    return f"http://127.0.0.1:{port}"
+    return f"127.0.0.1:{port}"
 
 
 def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None:
@@ -143,21 +144,19 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         log_path=logs / "temporal.log",
     )
     started.append(temporal)
-    models = {  # what the worker calls: yours from the environment, else a stand-in started here
-        "LLM_BASE_URL": YOUR_LLM
-        or start_stand_in("local LLM endpoint", "localllm", "LLM_BASE_URL", opts.llm_port, started, logs) + "/v1",
-        "MEDIA_GRPC_TARGET": YOUR_MEDIA
-        or start_stand_in(
-            "media server", "mediaserver", "MEDIA_GRPC_TARGET", opts.media_port, started, logs
-        ).removeprefix("http://"),
-    }
-    for variable, yours in (("LLM_BASE_URL", YOUR_LLM), ("MEDIA_GRPC_TARGET", YOUR_MEDIA)):
+    models = {"LLM_BASE_URL": YOUR_LLM, "MEDIA_GRPC_TARGET": YOUR_MEDIA}  # what the worker calls
+    for variable, yours in models.items():
         if yours:
             say(f"using your {variable}={yours}: no stand-in is started for it")
     if not YOUR_LLM:  # the stand-in knows one model, and needs no key
-        models |= {"LLM_MODEL": LOCAL_LLM_MODEL, "LLM_API_KEY": ""}
+        address = start_stand_in("local LLM endpoint", "localllm", "LLM_BASE_URL", opts.llm_port, started, logs)
+        models |= {"LLM_BASE_URL": f"http://{address}/v1", "LLM_MODEL": LOCAL_LLM_MODEL, "LLM_API_KEY": ""}
     elif not os.environ.get("LLM_MODEL"):
         say(f"LLM_MODEL is not set: asking your endpoint for {LOCAL_LLM_MODEL!r}, which it may not have")
+    if not YOUR_MEDIA:
+        models["MEDIA_GRPC_TARGET"] = start_stand_in(
+            "media server", "mediaserver", "MEDIA_GRPC_TARGET", opts.media_port, started, logs
+        )
     servers.wait_for_port(mongo, opts.mongo_port)
     servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
 

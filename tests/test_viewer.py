@@ -142,7 +142,7 @@ def lanternfall(db, make_world):
                 caption=f"caption-c{character_index}-p{index} from the pier",
                 rendered=index < 2,
             )
-    store.mark_image_for_rerender(database, "posts", documents.post_key(ref, 0, 2), "media service unavailable")
+    store.mark_image_for_rerender(database, ref, 0, 2)
     publish(ref)
     return world, ref
 

@@ -42,8 +42,8 @@ class LivingActivities(LlmActivities):
     async def live_day(self, plan: DayPlan) -> DayMade:
         """A whole world day, in the order and with the concurrency the workflow once gave it: the event, the
         posts (each with its image), the comments, then their replies, likes and follows, then the memory of
-        each character who acted. One activity instead of one per item keeps a day cheap for Temporal, so a
-        thousand worlds can live at a one-minute cadence. A failed item is left out (as before); past the
+        each character who acted. One activity instead of one per item keeps a day cheap for Temporal (two
+        workflow tasks instead of about seven). A failed item is left out (as before); past the
         day's budget the rest of the day is; an outage fails the attempt, and the retry skips what is stored."""
         day, made = plan.day, DayMade()
 
@@ -84,10 +84,7 @@ class LivingActivities(LlmActivities):
             await self.media.render_image(item)
         except ApplicationError as err:
             if err.type == "MediaUnavailable":
-                collection, key, _ = await in_thread(
-                    store.image_target, self.db, item.run, item.character_index, item.post_index
-                )
-                await in_thread(store.mark_image_for_rerender, self.db, collection, key, "media service unavailable")
+                await in_thread(store.mark_image_for_rerender, self.db, item.run, item.character_index, item.post_index)
             elif err.type != "MediaRejected":
                 raise
 
