@@ -45,7 +45,14 @@ AMBIGUOUS_STATUSES = {
 }
 
 
+# Set once this process has made a Temporal client. Its Rust threads can outlive the interpreter and
+# abort it at exit (temporalio/sdk-python#300), so manage.py then ends with os._exit after flushing.
+client_made = False
+
+
 async def connect_client(*, runtime: Runtime | None = None) -> Client:
+    global client_made
+    client_made = True
     return await Client.connect(
         settings.TEMPORAL_ADDRESS,
         namespace=settings.TEMPORAL_NAMESPACE,

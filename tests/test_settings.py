@@ -4,6 +4,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 
@@ -230,3 +231,16 @@ def test_log_lines_mask_secrets_in_message_extra_and_exception(log_format):
         entry = json.loads(result.stderr)  # still one JSON object on one line
         assert entry["temporal_key"] == "***" and "'PASSWORD': '***'" in entry["db"]
         assert entry["exc"].startswith("Traceback") and entry["msg"].startswith("connecting to")
+
+
+def test_a_command_that_made_a_temporal_client_keeps_its_exit_code_and_message():
+    """manage.py ends such a command with os._exit (temporalio/sdk-python#300); its code and output stay."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    result = manage(
+        "stack_check", "--timeout", "2", WORLDGEN_ENV="development", TEMPORAL_ADDRESS=f"127.0.0.1:{closed_port}"
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"Temporal is not reachable at 127.0.0.1:{closed_port}" in result.stderr
+    assert "Fatal Python error" not in result.stderr
