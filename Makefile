@@ -9,7 +9,7 @@ DEV := WORLDGEN_ENV=development
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast lint bench bench-web eval check clean proto
+.PHONY: install system-packages demo test test-fast lint bench bench-web eval check clean proto
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(DEV) $(PY) -m localstack $(DEMO_ARGS)
 
-# Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
-$(CHROMIUM):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+# Debian packages for `make test`: Chromium for the browser tests (Playwright cannot download browsers here)
+# and PostgreSQL, production's database, which the suite starts on a free port (tests/postgres_server.py).
+system-packages:
+	@missing=""; [ -x $(CHROMIUM) ] || missing="chromium"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
-test: $(STAMP) $(CHROMIUM)
-	$(DEV) $(PY) -m pytest
+test: $(STAMP) system-packages
+	$(DEV) WORLDGEN_TEST_DATABASE=postgresql $(PY) -m pytest
 
-# For every change: everything but end-to-end, chaos, browser and benchmark tests (under a minute).
+# For every change: everything but end-to-end, chaos, browser and benchmark tests, on SQLite (about a minute).
 test-fast: $(STAMP)
 	$(DEV) $(PY) -m pytest -m "not e2e and not chaos and not browser and not bench"
 

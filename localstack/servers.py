@@ -66,9 +66,16 @@ class ManagedProcess:
 
 
 def start(
-    name: str, args: list[str], *, log_path: Path, env: dict | None = None, cwd: Path | None = None
+    name: str,
+    args: list[str],
+    *,
+    log_path: Path,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
 ) -> ManagedProcess:
-    """Start ``args`` in its own process group, output written to ``log_path`` (truncated)."""
+    """Start ``args`` in its own process group (as ``user`` if given), output written to ``log_path``
+    (truncated)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
@@ -79,6 +86,7 @@ def start(
             env=env,
             cwd=cwd,
             start_new_session=True,
+            user=user,
         )
     return ManagedProcess(name, popen, log_path)
 

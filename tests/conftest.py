@@ -31,7 +31,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 # Tests that request one of these fixtures (directly or through another fixture) are e2e.
 E2E_FIXTURES = {"start_worker"}
 # Modules whose tests start workers (run_temporal_worker) or the whole stack as subprocesses of their own.
-E2E_MODULES = {"test_worker_process", "test_localstack"}
+E2E_MODULES = {"test_worker_process", "test_localstack", "test_web_server"}
 # Too slow for the fast tier (under 60 s on 2 cores), so e2e as well: test_api_fuzz (~55 s: schema fuzzing
 # on Temporal and Mongo), test_settings (~10 s: a Django subprocess a test), test_heartbeat (~10 s: waits
 # out real activity timeouts on the dev server).
@@ -116,11 +116,36 @@ def media_server(logs_dir):
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(tmp_path_factory) -> str:
-    """A file-backed test database, so worker subprocesses see the rows tests create."""
-    path = tmp_path_factory.mktemp("sql") / "worldgen-test.sqlite3"
-    settings.DATABASES["default"]["TEST"]["NAME"] = str(path)
-    return str(path)
+def django_db_modify_db_settings(tmp_path_factory, logs_dir):
+    """The test database, shared with worker subprocesses; yields its URL. PostgreSQL on a free port when
+    ``WORLDGEN_TEST_DATABASE=postgresql`` (``make test``), else a file-backed SQLite database."""
+    database = settings.DATABASES["default"]
+    if os.environ.get("WORLDGEN_TEST_DATABASE", "sqlite") == "sqlite":
+        path = tmp_path_factory.mktemp("sql") / "worldgen-test.sqlite3"
+        database["TEST"]["NAME"] = str(path)
+        yield f"sqlite:///{path}"
+        return
+    assert os.environ["WORLDGEN_TEST_DATABASE"] == "postgresql", "WORLDGEN_TEST_DATABASE: sqlite or postgresql"
+    from django.db import connections
+
+    from tests.postgres_server import USER, PostgresServer
+
+    server = PostgresServer(logs_dir / "postgresql.log")
+    database.update(
+        ENGINE="django.db.backends.postgresql",
+        NAME="worldgen",
+        USER=USER,
+        PASSWORD="",
+        HOST="127.0.0.1",
+        PORT=str(server.port),
+        OPTIONS={},
+    )
+    database["TEST"]["NAME"] = "test_worldgen"
+    connections.close_all()
+    del connections["default"]  # the wrapper made before this point is SQLite's
+    yield server.url("test_worldgen")
+    connections.close_all()
+    server.stop()
 
 
 # --- One fixture per server: the settings of this process and the environment of subprocesses -------------
@@ -182,7 +207,7 @@ def media_env(media_server) -> dict:
 @pytest.fixture(scope="session")
 def sql_env(django_db_modify_db_settings) -> dict:
     """The file-backed test database (what ``django_db`` tests use) for subprocesses."""
-    return {"DATABASE_URL": f"sqlite:///{django_db_modify_db_settings}"}
+    return {"DATABASE_URL": django_db_modify_db_settings}
 
 
 @pytest.fixture(scope="module")

@@ -451,3 +451,28 @@ def test_repeat_guard_and_quality_report_on_repetitive_echoing_and_varied_conten
     assert good.run.distinct_2 >= 0.6 and good.run.checks["distinct_2"]
     assert all(c.repeated_sentences == 0 for c in good.characters) and good.run.sentences_dropped == 0
     assert good.run.tokens_per_post and good.run.llm_calls == 1 + 1 + 2 + 2 + 6  # no retries: exact counts
+
+
+@pytest.mark.skipif(os.environ.get("WORLDGEN_TEST_DATABASE") != "postgresql", reason="reads PostgreSQL's log")
+def test_the_worker_keeps_one_sql_connection_for_its_django_writes(start_worker, logs_dir, sql_env):
+    """The worker's Django-side activities (run status, degraded items, ...) reuse one connection."""
+    name = f"worker-{os.getpid()}-{time.monotonic_ns()}"
+    start_worker(env={"DATABASE_URL": f"{sql_env['DATABASE_URL']}?application_name={name}"})
+    runs = [generation_start(world=make_world(name=f"Connections {i}")) for i in range(3)]
+    for run in runs:
+        assert wait_for(run, FINISHED).status == "completed", run.error
+
+    async def django_writes(client) -> int:
+        writes = 0
+        for run in runs:
+            async for event in client.get_workflow_handle(run.workflow_id).fetch_history_events():
+                scheduled = event.activity_task_scheduled_event_attributes
+                writes += event.HasField("activity_task_scheduled_event_attributes") and (
+                    scheduled.activity_type.name.startswith("record_")
+                )
+        return writes
+
+    log = (logs_dir / "postgresql.log").read_text(errors="replace")
+    opened = log.count(f"application_name={name}")
+    assert temporal_call(django_writes) >= 3 * len(runs)
+    assert 1 <= opened <= 2, f"the worker opened {opened} SQL connections"

@@ -7,6 +7,8 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.core.management.color import no_style
+from django.db import connection
 from django.test import Client
 
 from clients import mongo
@@ -24,7 +26,11 @@ COLLECTIONS = ("bibles", "characters", "posts")
 @pytest.fixture
 def db(mongo_env):
     """The test Mongo database; new worlds get IDs from FIRST_ID + 1 and their documents are removed after."""
-    World.objects.create(id=FIRST_ID, name="ID bump", premise="-").delete()  # SQLite never reuses an ID
+    bump = World.objects.create(id=FIRST_ID, name="ID bump", premise="-")  # SQLite never reuses an ID
+    with connection.cursor() as cursor:  # PostgreSQL's sequence moves to it (no SQL on SQLite)
+        for sql in connection.ops.sequence_reset_sql(no_style(), [World]):
+            cursor.execute(sql)
+    bump.delete()
     database = mongo.get_db()
     yield database
     for collection in COLLECTIONS:

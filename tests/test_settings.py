@@ -244,3 +244,14 @@ def test_a_command_that_made_a_temporal_client_keeps_its_exit_code_and_message()
     assert result.returncode == 1, result.stderr
     assert f"Temporal is not reachable at 127.0.0.1:{closed_port}" in result.stderr
     assert "Fatal Python error" not in result.stderr
+
+
+@pytest.mark.django_db
+def test_the_suite_runs_on_the_database_it_was_asked_for(sql_env):
+    """make test runs on PostgreSQL, as production does; make test-fast on SQLite."""
+    from django.db import connection
+
+    wanted = os.environ.get("WORLDGEN_TEST_DATABASE", "sqlite")
+    assert connection.vendor == wanted
+    assert sql_env["DATABASE_URL"].startswith(f"{wanted}://")
+    assert connection.settings_dict["NAME"].endswith("worldgen" if wanted == "postgresql" else ".sqlite3")

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "worldgen_site.health.HealthMiddleware",  # before host checks and the HTTPS redirect: probes use the pod IP
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -92,6 +93,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{LOCAL_DATA_DIR / 'db.sqlite3'}")}
+# Web processes and the worker's Django thread keep their SQL connection this long, checked before reuse.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 300)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["NAME"] == str(LOCAL_DATA_DIR / "db.sqlite3"):
     LOCAL_DATA_DIR.mkdir(exist_ok=True)  # the default local database lives there
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

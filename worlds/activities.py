@@ -1,43 +1,49 @@
 """Activities that write Django models. Registered on the workflows task queue;
 workflows call them by name so that workflow modules import nothing from Django."""
 
-import contextlib
+from collections.abc import Callable
+from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from temporalio import activity
 
+from generation import metrics
 from generation.contracts import DegradedItemsUpdate, RegenerationUpdate, RunStatusUpdate
 from generation.living.contracts import LiveReport
 from worlds import services
 
 
-@contextlib.contextmanager
-def _fresh_db_connections():
-    # Workers never pass through Django's request cycle: drop stale connections ourselves.
-    close_old_connections()
-    try:
-        yield
-    finally:
-        close_old_connections()
+async def _in_django(write: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """Run a Django write on the worker's one Django thread (asgiref's thread-sensitive executor, which the
+    reconciler shares). That thread keeps its SQL connection between activities (CONN_MAX_AGE, checked
+    before reuse: CONN_HEALTH_CHECKS), so a worker holds one connection instead of opening one each time."""
+
+    def call() -> Any:
+        close_old_connections()  # workers never pass through Django's request cycle
+        try:
+            return write(**kwargs)
+        finally:
+            close_old_connections()
+
+    return await sync_to_async(call)()
 
 
 class RunMirrorActivities:
     @activity.defn(name="record_run_status")
-    def record_run_status(self, update: RunStatusUpdate) -> None:
-        with _fresh_db_connections():
-            services.run_status_record(update=update)
+    async def record_run_status(self, update: RunStatusUpdate) -> None:
+        await _in_django(services.run_status_record, update=update)
+        if update.finished:
+            metrics.count(metrics.RUNS_FINISHED, status=str(update.progress.status))
 
     @activity.defn(name="record_degraded_items")
-    def record_degraded_items(self, update: DegradedItemsUpdate) -> None:
-        with _fresh_db_connections():
-            services.run_degraded_record(update=update)
+    async def record_degraded_items(self, update: DegradedItemsUpdate) -> None:
+        await _in_django(services.run_degraded_record, update=update)
 
     @activity.defn(name="record_regeneration")
-    def record_regeneration(self, update: RegenerationUpdate) -> None:
-        with _fresh_db_connections():
-            services.regeneration_record(update=update)
+    async def record_regeneration(self, update: RegenerationUpdate) -> None:
+        await _in_django(services.regeneration_record, update=update)
 
     @activity.defn(name="record_live_state")
-    def record_live_state(self, report: LiveReport) -> None:
-        with _fresh_db_connections():
-            services.live_report_record(report=report)
+    async def record_live_state(self, report: LiveReport) -> None:
+        await _in_django(services.live_report_record, report=report)
