@@ -500,7 +500,10 @@ class MediaActivities:
             # The media service gets a few attempts, then the item is degraded; other failures
             # (e.g. Mongo briefly down while storing) keep retrying under the workflow's policy.
             give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
-            raise ApplicationError(str(err), type="MediaUnavailable", non_retryable=give_up) from err
+            delay = timedelta(seconds=err.retry_after) if err.retry_after else None  # an image API's Retry-After
+            raise ApplicationError(
+                str(err), type="MediaUnavailable", non_retryable=give_up, next_retry_delay=delay
+            ) from err
         metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
         image_id = await in_thread(store.store_image_file, self.db, key, image.png, metadata, version)
         # The task record is written before the image is marked rendered: a worker killed in between

@@ -5,7 +5,8 @@ channel. Every call has a deadline. gRPC itself retries UNAVAILABLE a few
 times (``GRPC_SERVICE_CONFIG``); what still fails is raised as
 
 - ``MediaUnavailable``: down, overloaded or too slow; retry later or degrade
-  (keep the post, mark it for a re-render);
+  (keep the post, mark it for a re-render); ``retry_after`` (seconds) when the
+  server sent a ``retry-after`` trailer (an upstream image API's rate limit);
 - ``MediaRejected``: the request itself is wrong; retrying cannot help.
 """
 
@@ -58,9 +59,10 @@ def channel_options() -> list[tuple[str, object]]:
 class MediaError(Exception):
     """A render failed; ``code`` is the gRPC status name."""
 
-    def __init__(self, message: str, code: str = ""):
+    def __init__(self, message: str, code: str = "", retry_after: float | None = None):
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
 
 
 class MediaUnavailable(MediaError):
@@ -136,7 +138,19 @@ def _error(exc: grpc.aio.AioRpcError, timeout: float) -> MediaError:
         return MediaRejected(f"media render rejected ({code.name}): {details}", code.name)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return MediaUnavailable(f"media service did not answer within {timeout:g}s", code.name)
-    return MediaUnavailable(f"media service unavailable ({code.name}): {details}", code.name)
+    return MediaUnavailable(f"media service unavailable ({code.name}): {details}", code.name, _retry_after(exc))
+
+
+def _retry_after(exc: grpc.aio.AioRpcError) -> float | None:
+    """Seconds from the ``retry-after`` trailer, if the server sent a usable one."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after":
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                return None
+            return seconds if 0 <= seconds < float("inf") else None
+    return None
 
 
 def _one_line(text: str) -> str:

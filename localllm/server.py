@@ -14,9 +14,11 @@ once. Endpoints:
   that is not an integer >= 1 → 400 ``invalid_request_error``. Every 200
   reply reports ``usage``.
 - ``GET /v1/models`` (and ``/v1/models/{id}``): the one model.
+- ``POST /v1/images/generations``: one real PNG as ``data[0].b64_json``, drawn procedurally
+  for the prompt and ``size`` (model ``worldgen-procedural-image-1``; see ``localllm.images``).
 - ``POST /_control``: fault-injection switches, e.g.
   ``{"latency_s": 0.5, "queue": [{"status": 429, "retry_after": 2}, {"hang": true}]}``.
-  ``latency_s`` delays every chat reply; ``queue`` items are *appended* and
+  ``latency_s`` delays every chat and image reply; ``queue`` items are *appended* and
   each applies to one of the next chat requests, in order:
   ``{"status": N, "retry_after": S, "code": C, "message": M}`` (an OpenAI-style
   error; ``code: "insufficient_quota"`` mimics an exhausted quota),
@@ -31,11 +33,16 @@ once. Endpoints:
   can be tested end to end; ``"echoing"`` starts every caption with that sentence
   and varies the rest (the repeat guard drops it from all but the first post);
   ``"varied"`` (the default) gives distinct captions.
-  ``{"reset": true}`` empties the queue, restores the start-up latency and the
+  ``image_queue`` is the same for image requests (hang and error items, and ``{"invalid_image": true}``:
+  a 200 whose ``b64_json`` is not an image); ``"refuse_images_with": TEXT``
+  refuses every image prompt containing TEXT (400 ``content_policy_violation``); ``code:
+  "content_policy_violation"`` in a queue item gives that refusal once.
+  ``{"reset": true}`` empties the queues, lifts the refusal, restores the start-up latency and the
   varied style, and zeroes the counters. ``GET /_control`` shows the switches.
 - ``GET /_stats``: ``{"chat_requests", "by_status", "in_flight", "peak_in_flight",
-  "billed_tokens", "without_max_tokens"}``; ``billed_tokens`` sums prompt + completion tokens of every
-  ``usage`` in a reply made (the provider's bill; a reply whose client has gone
+  "billed_tokens", "without_max_tokens", "image_requests", "last_image"}`` (``last_image``: the
+  last image request's body and the sha256 of the PNG sent, or null); ``billed_tokens`` sums
+  prompt + completion tokens of every ``usage`` in a reply made (the provider's bill; a reply whose client has gone
   away still counts, as a provider would still bill it).
 
 With an API key, ``/v1/*`` needs ``Authorization: Bearer <key>``; the ``/_``
@@ -50,7 +57,7 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from localllm import MODEL_ID, SYSTEM_FINGERPRINT
+from localllm import MODEL_ID, SYSTEM_FINGERPRINT, images
 from localllm.content import CONTENT_STYLES, completion_content, message_text
 
 log = logging.getLogger("localllm")
@@ -130,6 +137,10 @@ class LocalLlmServer:
         self.chat_requests = self.in_flight = self.peak_in_flight = self.billed_tokens = 0
         self.without_max_tokens = 0  # chat requests that set no max_tokens
         self.content_style = "varied"  # or "repetitive" / "echoing" (localllm.content.CONTENT_STYLES)
+        self.image_queue: deque[dict] = deque()
+        self.refuse_images_with = ""  # a content policy: image prompts containing this are refused
+        self.image_requests = 0
+        self.last_image: dict | None = None
         self.connections: set[asyncio.Task] = set()
         self.server: asyncio.AbstractServer | None = None
 
@@ -159,21 +170,32 @@ class LocalLlmServer:
             self.chat_requests, self.peak_in_flight, self.billed_tokens = 0, self.in_flight, 0
             self.without_max_tokens = 0
             self.content_style = "varied"
+            self.image_queue.clear()
+            self.refuse_images_with, self.image_requests, self.last_image = "", 0, None
         if "content_style" in control:
             if control["content_style"] not in CONTENT_STYLES:
                 raise ValueError(f'"content_style" must be one of {", ".join(CONTENT_STYLES)}')
             self.content_style = control["content_style"]
         if "latency_s" in control:
             self.latency_s = float(control["latency_s"])
-        for item in control.get("queue", []):
-            if not isinstance(item, dict):
-                raise ValueError("queue items must be objects")
-            if "usage" in item and not is_usage(item["usage"]):
-                raise ValueError('"usage" must be {"prompt_tokens": P, "completion_tokens": C} (integers >= 0)')
-            self.queue.append(item)
+        if "refuse_images_with" in control:
+            self.refuse_images_with = str(control["refuse_images_with"])
+        for name, queue in (("queue", self.queue), ("image_queue", self.image_queue)):
+            for item in control.get(name, []):
+                if not isinstance(item, dict):
+                    raise ValueError(f"{name} items must be objects")
+                if "usage" in item and not is_usage(item["usage"]):
+                    raise ValueError('"usage" must be {"prompt_tokens": P, "completion_tokens": C} (integers >= 0)')
+                queue.append(item)
 
     def control_state(self) -> dict:
-        return {"latency_s": self.latency_s, "queue": list(self.queue), "content_style": self.content_style}
+        return {
+            "latency_s": self.latency_s,
+            "queue": list(self.queue),
+            "content_style": self.content_style,
+            "image_queue": list(self.image_queue),
+            "refuse_images_with": self.refuse_images_with,
+        }
 
     def stats(self) -> dict:
         return {
@@ -183,6 +205,8 @@ class LocalLlmServer:
             "peak_in_flight": self.peak_in_flight,
             "billed_tokens": self.billed_tokens,
             "without_max_tokens": self.without_max_tokens,
+            "image_requests": self.image_requests,
+            "last_image": self.last_image,
         }
 
     def bill(self, prompt_tokens: int, completion_tokens: int) -> dict:
@@ -236,6 +260,7 @@ class LocalLlmServer:
         path = request.path.split("?", 1)[0].rstrip("/")
         routes = {
             "/v1/chat/completions": (("POST",), self.chat),
+            "/v1/images/generations": (("POST",), self.image),
             "/v1/models": (("GET",), self.models),
             "/_control": (("GET", "POST"), self.control),
             "/_stats": (("GET",), lambda r: Response(200, self.stats())),
@@ -253,6 +278,7 @@ class LocalLlmServer:
             if path == "/v1/chat/completions":
                 self.chat_requests += 1
                 self.by_status[str(response.status)] += 1
+            self.image_requests += path == "/v1/images/generations"
             return response
         try:
             return await handler(request) if asyncio.iscoroutinefunction(handler) else handler(request)
@@ -374,6 +400,31 @@ class LocalLlmServer:
             },
         )
 
+    async def image(self, request: Request) -> Response:
+        self.image_requests += 1
+        try:
+            body = parse_json_object(request.body)
+        except ValueError as exc:
+            return error(400, f"We could not parse the JSON body of your request: {exc}")
+        fault = self.image_queue.popleft() if self.image_queue else {}
+        if fault.get("hang"):  # held until the client disconnects
+            while await request.reader.read(65536):
+                pass
+            return Response(0, None)
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        if "status" in fault and fault["status"] != 200:
+            return fault_response(fault)
+        try:
+            prompt, width, height = images.check(body, self.refuse_images_with)
+        except images.ImageRequestError as exc:
+            return error(exc.status, exc.message, code=exc.code)
+        if fault.get("invalid_image"):
+            return Response(200, {"created": int(time.time()), "data": [{"b64_json": images.NOT_AN_IMAGE}]})
+        b64_png, digest = await asyncio.to_thread(images.draw, prompt, width, height)
+        self.last_image = {"request": body, "sha256": digest}
+        return Response(200, {"created": int(time.time()), "data": [{"b64_json": b64_png}]})
+
 
 def model_card() -> dict:
     return {
@@ -389,6 +440,8 @@ def fault_response(fault: dict) -> Response:
     headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
     if fault.get("code") == "insufficient_quota":
         message, type_, code = QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota"
+    elif fault.get("code") == "content_policy_violation":
+        message, type_, code = images.REFUSAL, "invalid_request_error", "content_policy_violation"
     else:
         message, type_, code = FAULT_MESSAGES.get(status, (f"Injected error {status}", "server_error", None))
     return error(status, fault.get("message", message), fault.get("type", type_), fault.get("code", code), headers)

@@ -8,7 +8,9 @@ venv; generates the sample world; keeps every byte of data under
 
 Your own models: with ``LLM_BASE_URL`` set (and ``LLM_MODEL``, ``LLM_API_KEY``
 as it needs), the worker calls that endpoint and the local LLM stand-in is not
-started; with ``MEDIA_GRPC_TARGET`` set, the same for the media server.
+started; with ``MEDIA_GRPC_TARGET`` set, the same for the media server. With
+``MEDIA_IMAGE_BASE_URL`` set (and ``MEDIA_IMAGE_MODEL``, ``MEDIA_IMAGE_API_KEY``),
+the media server started here draws with that OpenAI-compatible image API.
 """
 
 import argparse
@@ -28,6 +30,8 @@ from localstack import servers
 ROOT = Path(__file__).resolve().parent.parent
 YOUR_LLM = os.environ.get("LLM_BASE_URL", "")  # an OpenAI-compatible endpoint of yours: no stand-in
 YOUR_MEDIA = os.environ.get("MEDIA_GRPC_TARGET", "")
+ENCRYPTED = bool(os.environ.get("TEMPORAL_PAYLOAD_KEYS", "").strip())
+YOUR_IMAGES = os.environ.get("MEDIA_IMAGE_BASE_URL", "")  # an image API for the media server started here
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,12 +104,18 @@ def wait_for_http(process: servers.ManagedProcess, url: str, timeout: float = 90
     raise servers.StackError(f"{process.name} did not answer {url} within {timeout:.0f}s:\n{process.log_tail()}")
 
 
-def start_stand_in(name: str, module: str, variable: str, port: int, started: list, logs: Path) -> str:
-    """Start ``python -m <module>`` on ``port``, the stand-in for what ``variable`` would name; returns
-    its address (host:port)."""
+def start_stand_in(
+    name: str, module: str, variable: str, port: int, started: list, logs: Path, env: dict | None = None
+) -> str:
+    """Start ``python -m <module>`` on ``port`` (with ``env`` added to the environment), the stand-in for
+    what ``variable`` would name; returns its address (host:port)."""
     say(f"starting the {name} (a stand-in; set {variable} to use yours)")
     process = servers.start(
-        name, [sys.executable, "-m", module, "--port", str(port)], log_path=logs / f"{module}.log", cwd=ROOT
+        name,
+        [sys.executable, "-m", module, "--port", str(port)],
+        log_path=logs / f"{module}.log",
+        env={**os.environ, **env} if env else None,
+        cwd=ROOT,
     )
     started.append(process)
     servers.wait_for_port(process, port)
@@ -140,7 +150,9 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         "Temporal dev server",
         servers.temporal_dev_server_args(
             port=opts.temporal_port, ui_port=opts.temporal_ui_port, db_file=data / "temporal.db"
-        ),
+        )
+        # Encrypted payloads: the UI decodes them through the web server's codec endpoint (docs/OPERATIONS.md).
+        + (["--ui-codec-endpoint", f"http://127.0.0.1:{opts.web_port}/temporal-codec"] if ENCRYPTED else []),
         log_path=logs / "temporal.log",
     )
     started.append(temporal)
@@ -154,8 +166,11 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
     elif not os.environ.get("LLM_MODEL"):
         say(f"LLM_MODEL is not set: asking your endpoint for {LOCAL_LLM_MODEL!r}, which it may not have")
     if not YOUR_MEDIA:
+        images = {"MEDIA_IMAGE_BACKEND": os.environ.get("MEDIA_IMAGE_BACKEND") or "openai"} if YOUR_IMAGES else {}
+        if YOUR_IMAGES:
+            say(f"using your MEDIA_IMAGE_BASE_URL={YOUR_IMAGES}: the media server draws with it")
         models["MEDIA_GRPC_TARGET"] = start_stand_in(
-            "media server", "mediaserver", "MEDIA_GRPC_TARGET", opts.media_port, started, logs
+            "media server", "mediaserver", "MEDIA_GRPC_TARGET", opts.media_port, started, logs, images
         )
     servers.wait_for_port(mongo, opts.mongo_port)
     servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
@@ -206,7 +221,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
 
     say(manage("stack_check", env=env))
     if not opts.no_sample:
-        kinds = ("yours" if YOUR_LLM else "a stand-in", "yours" if YOUR_MEDIA else "the procedural stand-in")
+        media = "your image API" if YOUR_IMAGES else "the procedural stand-in"
+        kinds = ("yours" if YOUR_LLM else "a stand-in", "yours" if YOUR_MEDIA else media)
         say("generating the sample world (LLM: {}; images: {})".format(*kinds))
         if (
             subprocess.run(

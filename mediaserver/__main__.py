@@ -1,7 +1,10 @@
 """``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]
-[--reject-prompts-with TEXT]``
+[--reject-prompts-with TEXT] [--image-backend procedural|openai --image-base-url URL --image-model M
+[--image-size WxH] [--image-timeout SECONDS]]``
 
-The default port is the one of ``MEDIA_GRPC_TARGET`` (the worker's setting), else 50051."""
+The default port is the one of ``MEDIA_GRPC_TARGET`` (the worker's setting), else 50051. Each
+``--image-*`` flag defaults to its ``MEDIA_IMAGE_*`` variable; the API key is read from
+``MEDIA_IMAGE_API_KEY`` only (a flag would show it in ``ps``)."""
 
 import argparse
 import asyncio
@@ -9,7 +12,10 @@ import logging
 import os
 import sys
 
+from mediaserver.openai_images import ImageApiConfig
 from mediaserver.server import serve
+
+BACKENDS = ("procedural", "openai")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +49,26 @@ def main(argv: list[str] | None = None) -> None:
         metavar="TEXT",
         help="fault injection: refuse (INVALID_ARGUMENT) every prompt that contains TEXT, as a content policy would",
     )
+    env = os.environ.get
+    images = parser.add_argument_group("image backend (each flag defaults to its environment variable)")
+    images.add_argument(
+        "--image-backend",
+        default=env("MEDIA_IMAGE_BACKEND") or "procedural",
+        help=f"one of {', '.join(BACKENDS)}; MEDIA_IMAGE_BACKEND (default: procedural)",
+    )
+    images.add_argument("--image-base-url", default=env("MEDIA_IMAGE_BASE_URL", ""), help="MEDIA_IMAGE_BASE_URL")
+    images.add_argument("--image-model", default=env("MEDIA_IMAGE_MODEL", ""), help="MEDIA_IMAGE_MODEL")
+    images.add_argument(
+        "--image-size", default=env("MEDIA_IMAGE_SIZE", ""), help="MEDIA_IMAGE_SIZE, e.g. 1024x1024 (default: as asked)"
+    )
+    images.add_argument(
+        "--image-timeout", default=env("MEDIA_IMAGE_TIMEOUT_SECONDS", "60"), help="MEDIA_IMAGE_TIMEOUT_SECONDS"
+    )
     args = parser.parse_args(argv)
+    try:
+        image_api = image_api_config(args)
+    except ValueError as exc:
+        sys.exit(f"mediaserver: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(
@@ -54,10 +79,36 @@ def main(argv: list[str] | None = None) -> None:
                 delay=args.delay,
                 workers=args.workers,
                 reject=args.reject_prompts_with,
+                image_api=image_api,
             )
         )
     except OSError as exc:
         sys.exit(f"mediaserver: {exc}")
+
+
+def image_api_config(args: argparse.Namespace) -> ImageApiConfig | None:
+    """The OpenAI-compatible API to call, or None for the procedural renderer; ValueError if unusable."""
+    backend = args.image_backend.strip().lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"--image-backend (MEDIA_IMAGE_BACKEND) must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "procedural":
+        if args.image_base_url:
+            raise ValueError(
+                "MEDIA_IMAGE_BASE_URL (--image-base-url) is set but the image backend is procedural; "
+                "set MEDIA_IMAGE_BACKEND=openai (--image-backend openai) to use it, or unset it"
+            )
+        return None
+    try:
+        timeout = float(args.image_timeout)
+    except ValueError:
+        raise ValueError(f"MEDIA_IMAGE_TIMEOUT_SECONDS must be a number, got {args.image_timeout!r}") from None
+    return ImageApiConfig(
+        base_url=args.image_base_url.strip(),
+        model=args.image_model.strip(),
+        api_key=os.environ.get("MEDIA_IMAGE_API_KEY", "").strip(),
+        size=args.image_size.strip(),
+        timeout=timeout,
+    )
 
 
 if __name__ == "__main__":

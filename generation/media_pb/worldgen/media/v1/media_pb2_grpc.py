@@ -48,8 +48,13 @@ class MediaRendererServicer:
 
     def RenderImage(self, request, context):
         """Same request (prompt, style, seed, size, kind) -> same image, so a retried
-        render is harmless. INVALID_ARGUMENT for an empty prompt or a size outside
-        16..2048; UNAVAILABLE when the renderer is (temporarily) down.
+        render is harmless (an image model behind it may draw anew). INVALID_ARGUMENT
+        for an empty prompt, a size outside 16..2048 or a prompt a content policy
+        refused; UNAVAILABLE when the renderer is (temporarily) down. Behind an image
+        API: RESOURCE_EXHAUSTED when rate limited (trailing metadata "retry-after":
+        seconds to wait), INTERNAL for a reply with no usable image (both worth a
+        retry); UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND or FAILED_PRECONDITION
+        for a bad key, an unknown model or an exhausted quota (not worth one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
