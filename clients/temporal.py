@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
+from clients.codec import data_converter
 from generation.contracts import Progress
 from generation.workflows import describe_failure
 
@@ -59,6 +60,7 @@ async def connect_client(*, runtime: Runtime | None = None) -> Client:
         api_key=settings.TEMPORAL_API_KEY or None,
         tls=settings.TEMPORAL_TLS,
         runtime=runtime,
+        data_converter=data_converter(settings.TEMPORAL_PAYLOAD_KEYS),  # encrypted when keys are set
     )
 
 

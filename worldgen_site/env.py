@@ -4,7 +4,10 @@ Every reader raises ``SettingsError`` with one line that names the variable,
 so a bad deployment fails at start-up instead of at the first request.
 """
 
+import base64
+import binascii
 import os
+import re
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -106,3 +109,27 @@ def env_database(name: str, default: str) -> dict:
         return dj_database_url.parse(value, conn_max_age=0)
     except Exception as exc:  # the library raises several types for a bad URL
         raise SettingsError(f"{name} is not a valid database URL: {exc}") from None
+
+
+def env_key_ring(name: str) -> dict[str, bytes]:
+    """``keyid:base64key[,keyid2:base64key2]``: AES-256 keys by ID, the first one first. Empty if unset.
+    Errors name the entry and its key ID, never the key."""
+    value = _raw(name)
+    if value is None:
+        return {}
+    keys: dict[str, bytes] = {}
+    form = f"{name} must be keyid:base64key[,keyid:base64key...] with 32-byte (AES-256) keys"
+    for position, entry in enumerate(value.split(","), start=1):
+        key_id, sep, encoded = entry.strip().partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_id):
+            raise SettingsError(f"{form}; entry {position} has no key ID of letters, digits, '.', '_' or '-'")
+        if key_id in keys:
+            raise SettingsError(f"{form}; key ID {key_id!r} appears twice")
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except binascii.Error:
+            raise SettingsError(f"{form}; the key of {key_id!r} is not valid base64") from None
+        if len(key) != 32:
+            raise SettingsError(f"{form}; the key of {key_id!r} is {len(key)} bytes")
+        keys[key_id] = key
+    return keys

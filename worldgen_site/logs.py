@@ -1,6 +1,7 @@
 """Structured logs (one JSON object per line, with any ``extra=`` fields kept),
 and secrets kept out of log lines and Django's debug pages."""
 
+import base64
 import functools
 import html
 import json
@@ -42,7 +43,7 @@ def _secret_values(mongo_uri: str, db_password: str, llm_base_url: str, *keys: s
 
 def secret_values() -> tuple[str, ...]:
     """The configured secrets: passwords in MONGO_URI and DATABASE_URL, userinfo in
-    LLM_BASE_URL, LLM_API_KEY, TEMPORAL_API_KEY and SECRET_KEY."""
+    LLM_BASE_URL, LLM_API_KEY, TEMPORAL_API_KEY, SECRET_KEY and the TEMPORAL_PAYLOAD_KEYS."""
     if not settings.configured:
         return ()
     return _secret_values(
@@ -52,6 +53,7 @@ def secret_values() -> tuple[str, ...]:
         getattr(settings, "LLM_API_KEY", ""),
         getattr(settings, "TEMPORAL_API_KEY", ""),
         settings.SECRET_KEY,
+        *(base64.b64encode(key).decode() for key in getattr(settings, "TEMPORAL_PAYLOAD_KEYS", {}).values()),
     )
 
 

@@ -17,6 +17,7 @@ from worldgen_site.env import (
     env_float,
     env_host_port,
     env_int,
+    env_key_ring,
     env_list,
     env_str,
     env_url,
@@ -140,6 +141,8 @@ TEMPORAL_ADDRESS = env_host_port("TEMPORAL_ADDRESS", "127.0.0.1:7233")
 TEMPORAL_NAMESPACE = env_str("TEMPORAL_NAMESPACE", "default")
 TEMPORAL_TLS = env_bool("TEMPORAL_TLS", False)
 TEMPORAL_API_KEY = env_str("TEMPORAL_API_KEY", "")  # Temporal Cloud; never put in workflow inputs
+# Payload encryption (clients/codec.py): keyid:base64key[,...]; the first encrypts, all decrypt. Off if unset.
+TEMPORAL_PAYLOAD_KEYS = env_key_ring("TEMPORAL_PAYLOAD_KEYS")
 TEMPORAL_UI_URL = env_str("TEMPORAL_UI_URL", "http://127.0.0.1:8233")
 # How long the web process waits for Temporal's answer (a start that gets none is checked later).
 TEMPORAL_CALL_TIMEOUT_SECONDS = env_float("TEMPORAL_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
