@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from generation import documents, prompts, quality, schemas, store
+from generation import documents, metrics, prompts, quality, schemas, store
 from generation.contracts import (
     BUDGET_EXCEEDED,
     BibleInput,
@@ -206,6 +206,7 @@ class LlmActivities:
         await in_thread(
             store.save_profile, self.db, inp.run, inp.character_index, reply.content, inp.version, inp.feedback
         )
+        metrics.count(metrics.ITEMS_GENERATED, kind="character")
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     @activity.defn
@@ -285,6 +286,7 @@ class LlmActivities:
             inp.version,
             inp.feedback,
         )
+        metrics.count(metrics.ITEMS_GENERATED, kind="post")
         return TokenUsage(bill.tokens, bill.run_tokens)
 
     async def _stored(self, run: RunRef) -> TokenUsage:
@@ -374,6 +376,10 @@ class LlmActivities:
         except (LlmError, BudgetRefused) as err:
             retrying = isinstance(err, LlmRetryableError)
             status = documents.TaskStatus.RETRYING if retrying else documents.TaskStatus.FAILED
+            if retrying:
+                metrics.count(metrics.OUTAGE_WAITS, upstream="llm")
+            elif isinstance(err, LlmInvalidOutput):
+                metrics.count(metrics.ITEMS_FAILED, kind=stage)
             ended = {"status": status, "error": str(err)}
             await in_thread(
                 functools.partial(store.record_task, attempt=self._attempt(attempt, started, bill, ended)),
@@ -412,11 +418,12 @@ class LlmActivities:
             store.reserve_tokens, self.db, run, world.token_budget, call, need, ledger
         )
         if not granted:
+            metrics.count(metrics.BUDGET_STOPS, ledger="day" if ledger else "run")
             raise BudgetRefused(
                 f"token budget of {world.token_budget} reached: {used} used, {others} reserved by "
                 f"calls in flight, and the next call may cost {need}"
             )
-        billed = 0
+        billed, model, started = 0, world.model or self.llm.default_model, time.monotonic()
         try:
             reply = await self.llm.complete_json(
                 messages=messages,
@@ -433,6 +440,8 @@ class LlmActivities:
             billed = err.tokens
             raise
         finally:
+            metrics.observe_duration(metrics.LLM_LATENCY, time.monotonic() - started, model=model)
+            metrics.count(metrics.LLM_TOKENS, billed, model=model, stage=stage)
             bill.tokens += billed
             bill.run_tokens = await in_thread(store.settle_tokens, self.db, run, call, billed, ledger)
 
@@ -492,6 +501,7 @@ class MediaActivities:
                 kind=kind,
             )
         except MediaRejected as err:  # for good: recorded as the item's failure, with the reason
+            metrics.count(metrics.ITEMS_FAILED, kind="image")
             task = {"status": documents.TaskStatus.FAILED, "prompt": prompt, "error": str(err)}
             await in_thread(store.record_task, self.db, inp.run, kind, task_index, task | self._ended(started))
             await in_thread(store.mark_image, self.db, collection, key, documents.ImageStatus.REJECTED, str(err))
@@ -500,6 +510,7 @@ class MediaActivities:
             # The media service gets a few attempts, then the item is degraded; other failures
             # (e.g. Mongo briefly down while storing) keep retrying under the workflow's policy.
             give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
+            metrics.count(metrics.OUTAGE_WAITS, upstream="media")
             delay = timedelta(seconds=err.retry_after) if err.retry_after else None  # an image API's Retry-After
             raise ApplicationError(
                 str(err), type="MediaUnavailable", non_retryable=give_up, next_retry_delay=delay
@@ -552,6 +563,7 @@ class StoreActivities:
     @activity.defn
     def mark_image_for_rerender(self, inp: ItemInput) -> None:
         store.mark_image_for_rerender(self.db, inp.run, inp.character_index, inp.post_index)
+        metrics.count(metrics.DEGRADED_IMAGES)
 
 
 STOP_POLL_S = 1.0  # how often stop_workflows asks Temporal whether the workflows have stopped

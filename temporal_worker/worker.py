@@ -23,6 +23,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 
 from clients.temporal import connect_client
+from generation import metrics as app_metrics
 from generation.activities import (
     CleanupActivities,
     LlmActivities,
@@ -47,6 +48,7 @@ from temporal_worker.backoff import wait_until_ready
 from temporal_worker.health import HealthServer
 from temporal_worker.heartbeat import HeartbeatInterceptor
 from temporal_worker.resources import SharedClients
+from temporal_worker.search_attributes import require_search_attributes
 from worlds.activities import RunMirrorActivities
 from worlds.reconciler import reconcile_forever
 
@@ -175,7 +177,9 @@ def make_runtime(options: WorkerOptions) -> Runtime | None:
         return None
     bind = f"{options.health_host}:{options.metrics_port}"
     log.info("prometheus metrics", extra={"url": f"http://{bind}/metrics"})
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    # The application's metrics (generation/metrics.py) are served here too, with their own buckets.
+    prometheus = PrometheusConfig(bind_address=bind, histogram_bucket_overrides=app_metrics.BUCKETS)
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
 
 
 async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None = None) -> None:
@@ -206,6 +210,7 @@ async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None
             address=settings.TEMPORAL_ADDRESS,
             timeout=options.connect_timeout,
         )
+        await require_search_attributes(client)  # SearchAttributesMissing names the fix
         executor = ThreadPoolExecutor(
             max_workers=options.max_concurrent_activities * len(options.queues), thread_name_prefix="activity"
         )

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
 REQUIRED_IN_PRODUCTION = {"SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "MONGO_URI"}
-SECRET_NAMES = {"SECRET_KEY", "DATABASE_URL", "MONGO_URI", "LLM_API_KEY", "TEMPORAL_API_KEY"}
+SECRET_NAMES = {"SECRET_KEY", "DATABASE_URL", "MONGO_URI", "LLM_API_KEY", "TEMPORAL_API_KEY", "METRICS_TOKEN"}
 
 
 def _yaml_files() -> list[Path]:
@@ -285,43 +285,31 @@ def test_llm_hpa_scales_the_llm_workers_on_an_adapter_metric():
     assert "temporal_activity_schedule_to_start_latency_bucket" in rules[name]["seriesQuery"]
 
 
-PROMQL_WORDS = {
-    "sum",
+# Words of PromQL that are not metric names (aggregations and functions are followed by "(").
+PROMQL_KEYWORDS = {
     "by",
     "without",
-    "rate",
-    "irate",
-    "increase",
-    "histogram_quantile",
-    "absent",
-    "or",
-    "and",
-    "unless",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "max",
-    "min",
-    "avg",
-    "count",
-    "le",
-    "task_queue",
-    "worker_type",
-    "activity_type",
-    "workflow_type",
-    "operation",
     "bool",
     "offset",
+    "and",
+    "or",
+    "unless",
 }
 
 
-def _metric_names(expr: str) -> set[str]:
-    without_strings = re.sub(r'"[^"]*"', '""', expr)
-    without_labels = re.sub(r"\{[^}]*\}", "{}", without_strings)
-    without_ranges = re.sub(r"\[[^\]]*\]", "[]", without_labels)
-    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges))
-    return {w for w in words - PROMQL_WORDS if "_" in w}
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: strings, label matchers, ranges, grouping label lists and
+    function calls removed, what is left are metric names."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    words = re.findall(r"(?<![\w.$])([a-zA-Z_:][\w:]*)(\s*\()?", expr)
+    return {word for word, call in words if not call and word not in PROMQL_KEYWORDS}
 
 
 def test_alert_rules_are_non_empty_and_use_metrics_the_operations_doc_names():
@@ -333,11 +321,11 @@ def test_alert_rules_are_non_empty_and_use_metrics_the_operations_doc_names():
         assert rule.get("alert") and rule["labels"]["severity"] in ("warning", "critical")
         expr = rule.get("expr", "").strip()
         assert expr, rule["alert"]
-        names = _metric_names(expr)
+        names = metric_names(expr)
         assert names, f"{rule['alert']}: no metric in {expr!r}"
         for name in names:
             base = re.sub(r"_(bucket|count|sum)$", "", name)
-            assert base.startswith("temporal_"), f"{rule['alert']}: {name} is not a Temporal SDK metric"
+            assert base.startswith(("temporal_", "worldgen_")), f"{rule['alert']}: {name} is neither SDK nor app"
             assert base in docs_text, f"{rule['alert']}: docs/OPERATIONS.md never mentions {base}"
             used.add(base)
     assert {
@@ -346,11 +334,17 @@ def test_alert_rules_are_non_empty_and_use_metrics_the_operations_doc_names():
         "temporal_worker_task_slots_available",
         "temporal_activity_execution_failed",
         "temporal_workflow_failed",
+        "worldgen_runs_finished",
+        "worldgen_llm_request_latency",
+        "worldgen_degraded_images",
+        "worldgen_budget_stops",
+        "worldgen_outage_waits",
+        "worldgen_web_request_duration_seconds",
     } <= used
 
 
 def test_metric_name_extraction():
-    assert _metric_names('sum by (le) (rate(temporal_x_bucket{task_queue="a_b"}[5m])) > 3') == {"temporal_x_bucket"}
+    assert metric_names('sum by (le) (rate(temporal_x_bucket{task_queue="a_b"}[5m])) > 3') == {"temporal_x_bucket"}
 
 
 def test_operations_doc_uses_the_real_names():

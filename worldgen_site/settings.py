@@ -65,6 +65,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "worldgen_site.health.HealthMiddleware",  # before host checks and the HTTPS redirect: probes use the pod IP
+    "worldgen_site.metrics.MetricsMiddleware",  # times every request but the probes; serves /metrics
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -184,6 +185,12 @@ LLM_RETRY_MAX_INTERVAL_SECONDS = env_float("LLM_RETRY_MAX_INTERVAL_SECONDS", 300
 # Send per-stage sampling parameters (temperature, top_p, penalties; generation/prompts.py).
 LLM_SEND_SAMPLING = env_bool("LLM_SEND_SAMPLING", True)
 MEDIA_GRPC_TARGET = env_host_port("MEDIA_GRPC_TARGET", "127.0.0.1:50051")
+
+# --- Metrics (worldgen_site/metrics.py) ---------------------------------------------
+# GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; off (404) while unset.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Several server processes (gunicorn workers): an empty directory they share, read by prometheus-client too.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
 
 # --- Logging: one JSON object a line (LOG_FORMAT=text for humans) -------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -15,7 +15,7 @@ from pymongo.database import Database
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from generation import documents, schemas, store
+from generation import documents, metrics, schemas, store
 from generation.activities import LlmActivities, MediaActivities, in_thread
 from generation.contracts import BUDGET_EXCEEDED, ITEM_ERRORS, ItemInput, TokenUsage
 from generation.living import prompts
@@ -85,6 +85,7 @@ class LivingActivities(LlmActivities):
         except ApplicationError as err:
             if err.type == "MediaUnavailable":
                 await in_thread(store.mark_image_for_rerender, self.db, item.run, item.character_index, item.post_index)
+                metrics.count(metrics.DEGRADED_IMAGES)
             elif err.type != "MediaRejected":
                 raise
 
@@ -132,6 +133,7 @@ class LivingActivities(LlmActivities):
         post, tokens = await self._write(day, "day_post", index, messages, schemas.POST)
         post |= {"day": day.day, "slot": inp.slot}
         await in_thread(store.save_post, self.db, day.run, inp.character_index, inp.post_index, post, profile["handle"])
+        metrics.count(metrics.ITEMS_GENERATED, kind="post")
         return TokenUsage(tokens)
 
     @activity.defn
