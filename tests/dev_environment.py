@@ -5,3 +5,5 @@ otherwise fail closed to production."""
 import os
 
 os.environ.setdefault("WORLDGEN_ENV", "development")
+# Tests make many generate calls as one user; tests/test_access_limits.py lowers this rate where it counts.
+os.environ.setdefault("API_GENERATE_THROTTLE_RATE", "100000/minute")

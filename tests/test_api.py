@@ -926,8 +926,8 @@ ROUTES = {
 }
 
 
-def test_the_schema_is_valid_openapi_3_and_describes_every_route():
-    client = APIClient()  # the schema and the docs are public
+def test_the_schema_is_valid_openapi_3_and_describes_every_route(users):
+    client = api(users["staff"])  # the schema and the docs need a staff login (tests/test_access_limits.py)
     response = client.get("/api/schema/")
     assert response.status_code == 200 and response["Content-Type"].startswith("application/vnd.oai.openapi")
     schema = yaml.safe_load(response.content)
@@ -981,8 +981,8 @@ def test_the_schema_is_valid_openapi_3_and_describes_every_route():
     }
 
 
-def test_the_docs_page_is_served():
-    response = APIClient().get("/api/docs/")
+def test_the_docs_page_is_served(users):
+    response = api(users["staff"]).get("/api/docs/")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/html")
     page = response.content.decode()
     assert "swagger-ui" in page and "/api/schema/" in page

@@ -10,6 +10,7 @@ worker, so it just waits), as does deleting a world (its cleanup workflow); ever
 here is terminated afterwards, so nothing is picked up by a later test's worker.
 """
 
+import json
 import re
 from collections import Counter
 
@@ -67,9 +68,19 @@ def load_schema():
     """The schema as the app serves it. Loaded at collection, so that each operation is its own test
     (schemathesis' lazy ``from_fixture`` integration does not run under this pytest: it sets
     ``Node._nodeid``, which pytest 9 no longer has)."""
+    from django.contrib.auth.models import User
+    from drf_spectacular.views import SpectacularAPIView
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
     from worldgen_site.wsgi import application
 
-    loaded = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
+    # The schema needs a staff login; no database exists yet at collection, so an unsaved staff user reads it.
+    request = APIRequestFactory().get("/api/schema/?format=json")
+    force_authenticate(request, user=User(username="schema-reader", is_staff=True, is_active=True))
+    response = SpectacularAPIView.as_view(throttle_classes=[])(request).render()  # throttles need the cache table
+    assert response.status_code == 200, response.content
+    loaded = schemathesis.openapi.from_dict(json.loads(response.content))
+    loaded.app = application
 
     @loaded.hook
     def flatmap_path_parameters(context, path_parameters):

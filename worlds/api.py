@@ -218,6 +218,7 @@ class WorldDetailApi(Api):
 @extend_schema(parameters=[WORLD_ID])
 class WorldGenerateApi(Api):
     required_perms = {"POST": ("worlds.start_run",)}
+    throttle_scope = "generate"  # LLM work: the stricter API_GENERATE_THROTTLE_RATE
 
     @extend_schema(
         summary="Start generating a world",
@@ -384,6 +385,7 @@ class RunCancelApi(RunCommandApi):
 )
 class RunRerenderApi(RunCommandApi):
     required_perms = {"POST": ("worlds.start_run",)}
+    throttle_scope = "generate"  # LLM work: the stricter API_GENERATE_THROTTLE_RATE
 
     def command(self, request, run):
         services.generation_rerender(run=run, user=request.user)
@@ -400,6 +402,7 @@ class RunRerenderApi(RunCommandApi):
 )
 class RunResumeApi(RunCommandApi):
     required_perms = {"POST": ("worlds.start_run",)}
+    throttle_scope = "generate"  # LLM work: the stricter API_GENERATE_THROTTLE_RATE
 
     def command(self, request, run):
         services.generation_resume(run=run, user=request.user)
@@ -424,6 +427,7 @@ class RunPublishApi(RunCommandApi):
 @extend_schema(parameters=[RUN_ID])
 class RunRegenerateApi(Api):
     required_perms = {"POST": ("worlds.start_run",)}
+    throttle_scope = "generate"  # LLM work: the stricter API_GENERATE_THROTTLE_RATE
 
     @extend_schema(
         summary="Regenerate one character (profile, avatar, plan, posts) or one post (caption, image)",
