@@ -22,6 +22,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from generation import search_attributes
     from generation.activities import (
         CleanupActivities,
         LlmActivities,
@@ -395,6 +396,10 @@ class WorldGenerationWorkflow:
             "id": f"{inp.run.workflow_id}-character-{index}",
             "task_queue": inp.config.workflows_queue,
             "parent_close_policy": ParentClosePolicy.REQUEST_CANCEL,
+            # Findable by WorldId like its parent; none if the parent has none (older runs replay unchanged).
+            "search_attributes": search_attributes.child_attributes(
+                workflow.info().typed_search_attributes, search_attributes.CHARACTER
+            ),
         }
         if not self._exact:
             return await workflow.start_child_workflow(CharacterWorkflow.run, character_input, **options)

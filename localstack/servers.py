@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from generation import search_attributes
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -120,6 +122,9 @@ def temporal_dev_server_args(*, port: int, ui_port: int | None, db_file: Path | 
         "--dynamic-config-value",
         "matching.enableFairness=true",
     ]
+    # worldgen's search attributes (WorldId, ...): the local server has them as production must.
+    for name, kind in search_attributes.DECLARED.items():
+        args += ["--search-attribute", f"{name}={kind}"]
     args += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
     if db_file is not None:
         args += [

@@ -144,7 +144,13 @@ TEMPORAL_TLS = env_bool("TEMPORAL_TLS", False)
 TEMPORAL_API_KEY = env_str("TEMPORAL_API_KEY", "")  # Temporal Cloud; never put in workflow inputs
 # Payload encryption (clients/codec.py): keyid:base64key[,...]; the first encrypts, all decrypt. Off if unset.
 TEMPORAL_PAYLOAD_KEYS = env_key_ring("TEMPORAL_PAYLOAD_KEYS")
-TEMPORAL_UI_URL = env_str("TEMPORAL_UI_URL", "http://127.0.0.1:8233")
+# The Temporal UI, for the admin's links and the codec endpoint's CORS origin; no links in production unless set.
+TEMPORAL_UI_URL = env_str("TEMPORAL_UI_URL", "" if PRODUCTION else "http://127.0.0.1:8233")
+if TEMPORAL_UI_URL:
+    TEMPORAL_UI_URL = env_url("TEMPORAL_UI_URL", TEMPORAL_UI_URL, schemes=("http", "https")).rstrip("/")
+# Workflows carry WorldId, RunNumber, WorldName and RunKind (generation/search_attributes.py); the namespace
+# must have them (docs/OPERATIONS.md: the worker stops at start-up if not), or turn them off here.
+TEMPORAL_SEARCH_ATTRIBUTES = env_bool("TEMPORAL_SEARCH_ATTRIBUTES", True)
 # How long the web process waits for Temporal's answer (a start that gets none is checked later).
 TEMPORAL_CALL_TIMEOUT_SECONDS = env_float("TEMPORAL_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 TEMPORAL_TASK_QUEUE_WORKFLOWS = env_str("TEMPORAL_TASK_QUEUE_WORKFLOWS", "worldgen-workflows")

@@ -6,6 +6,7 @@ success or error message.
 """
 
 import copy
+from urllib.parse import quote
 
 from django import forms
 from django.conf import settings
@@ -21,7 +22,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
-from generation import quality
+from generation import quality, search_attributes
 from generation.contracts import Stage
 from generation.documents import ImageStatus
 from generation.living.contracts import MAX_DAY_SECONDS, MAX_EVENT_CHARS, MIN_DAY_SECONDS
@@ -62,8 +63,19 @@ def progress_bar(run: GenerationRun | None) -> str:
 
 
 def temporal_link(run: GenerationRun) -> str:
+    if not settings.TEMPORAL_UI_URL:
+        return run.workflow_id
     url = f"{settings.TEMPORAL_UI_URL}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{run.workflow_id}"
     return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, run.workflow_id)
+
+
+def world_workflows_url(world_id: int) -> str | None:
+    """The Temporal UI's list of a world's workflows (by the WorldId search attribute), if it has one."""
+    if not (settings.TEMPORAL_UI_URL and settings.TEMPORAL_SEARCH_ATTRIBUTES):
+        return None
+    namespace = quote(settings.TEMPORAL_NAMESPACE, safe="")
+    visibility_query = quote(search_attributes.query(world_id), safe="")
+    return f"{settings.TEMPORAL_UI_URL}/namespaces/{namespace}/workflows?query={visibility_query}"
 
 
 class RunPermissions:
@@ -208,6 +220,11 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return WorldChangeList
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if str(object_id).isdigit():  # the template links to the world's workflows in the Temporal UI
+            extra_context = {**(extra_context or {}), "temporal_workflows_url": world_workflows_url(int(object_id))}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def action_checkbox(self, obj):
         """Django's markup (tests compare it), without rendering a widget template for each row of the list:

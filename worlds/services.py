@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -23,7 +23,7 @@ from clients.temporal import (
     temporal_call,
     workflow_status,
 )
-from generation import documents, store
+from generation import documents, search_attributes, store
 from generation.contracts import (
     Decision,
     DegradedItemsUpdate,
@@ -146,6 +146,7 @@ def world_delete(*, world: World, user=None) -> str:
             WorldCleanupInput(world.pk, workflow_ids),
             id=cleanup_id,
             task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+            search_attributes=_search_attributes(world.pk, world.name, search_attributes.CLEANUP),
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         ),
@@ -233,13 +234,21 @@ def generation_start(*, world: World, user=None) -> GenerationRun:
     return _start_workflow(run, WorldRunInput(run.ref, snapshot, run_config()), user, AuditEvent.Action.RUN_STARTED)
 
 
-def _first_start(workflow_run, inp, workflow_id: str):
+def _search_attributes(world_id: int, world_name: str, kind: str, run_number: int | None = None):
+    """What the Temporal UI finds the workflow by (``WorldId = 7``); none when TEMPORAL_SEARCH_ATTRIBUTES is off."""
+    if not settings.TEMPORAL_SEARCH_ATTRIBUTES:
+        return TypedSearchAttributes.empty
+    return search_attributes.run_attributes(world_id, world_name, kind, run_number)
+
+
+def _first_start(workflow_run, inp, workflow_id: str, attributes: TypedSearchAttributes = TypedSearchAttributes.empty):
     """A ``temporal_call`` that starts a workflow under an ID never used before (IDs are not reused)."""
     return lambda client: client.start_workflow(
         workflow_run,
         inp,
         id=workflow_id,
         task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+        search_attributes=attributes,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
     )
@@ -251,7 +260,9 @@ def _start_workflow(run: GenerationRun, run_input: WorldRunInput, user, action: 
     start unconfirmed, settled by asking Temporal."""
     workflow_id, world = run.workflow_id, run.world
     try:
-        temporal_call(_first_start(WorldGenerationWorkflow.run, run_input, workflow_id))
+        kind = search_attributes.RESUME if run_input.run.resume else search_attributes.GENERATION
+        attributes = _search_attributes(world.pk, run_input.world.name, kind, run.number)
+        temporal_call(_first_start(WorldGenerationWorkflow.run, run_input, workflow_id, attributes))
     except TemporalNoAnswer as exc:
         _set_status(
             run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING
@@ -348,7 +359,10 @@ def _start_refusal(exc: Exception, workflow_id: str) -> str:
     if isinstance(exc, WorkflowAlreadyStartedError):
         return f"Temporal already has a workflow {workflow_id} (from another installation?); start again"
     if isinstance(exc, RPCError):
-        return f"Temporal refused the start ({exc.status.name}): {exc.message}"
+        hint = ""
+        if "search attribute" in exc.message.lower():
+            hint = " (create worldgen's search attributes, docs/OPERATIONS.md, or set TEMPORAL_SEARCH_ATTRIBUTES=false)"
+        return f"Temporal refused the start ({exc.status.name}): {exc.message}{hint}"
     return f"nothing was started: {exc}"
 
 
@@ -469,6 +483,9 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
                 run_input,
                 id=workflow_id,
                 task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+                search_attributes=_search_attributes(
+                    run.world_id, run_input.world.name, search_attributes.RERENDER, run.number
+                ),
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             ),
@@ -525,7 +542,8 @@ def item_regenerate(
         )
     inp = RegenerateInput(regeneration.pk, run.ref, run_snapshot, run_config(), character_index, post_index, feedback)
     try:
-        temporal_call(_first_start(RegenerateItemWorkflow.run, inp, regeneration.workflow_id))
+        attributes = _search_attributes(run.world_id, run_snapshot.name, search_attributes.REGENERATION, run.number)
+        temporal_call(_first_start(RegenerateItemWorkflow.run, inp, regeneration.workflow_id, attributes))
     except TemporalNoAnswer:
         pass  # it may have started: it stays running, and the next request for the item asks Temporal
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
@@ -787,7 +805,8 @@ def world_go_live(
     )
     inp = LiveWorldInput(live.pk, run.ref, _resume_snapshot(run), run_config(), settings_)
     try:
-        temporal_call(_first_start(LiveWorldWorkflow.run, inp, live.workflow_id))
+        attributes = _search_attributes(world.pk, inp.world.name, search_attributes.LIVE, run.number)
+        temporal_call(_first_start(LiveWorldWorkflow.run, inp, live.workflow_id, attributes))
     except TemporalNoAnswer:
         pass  # it may have started: it shows as starting, and the next command on the world asks Temporal
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:

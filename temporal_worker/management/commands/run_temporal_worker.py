@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from temporal_worker.backoff import DependencyUnavailable
+from temporal_worker.search_attributes import SearchAttributesMissing
 from temporal_worker.worker import QUEUE_KINDS, WorkerExtensions, WorkerOptions, run_worker
 
 
@@ -94,3 +95,5 @@ class Command(BaseCommand):
             asyncio.run(run_worker(options, self.extensions(opts)))
         except DependencyUnavailable as exc:
             raise CommandError(f"giving up: {exc}") from None
+        except SearchAttributesMissing as exc:
+            raise CommandError(str(exc)) from None
