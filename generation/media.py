@@ -12,6 +12,7 @@ times (``GRPC_SERVICE_CONFIG``); what still fails is raised as
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -43,8 +44,17 @@ GRPC_SERVICE_CONFIG = json.dumps(
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # a 2048x2048 PNG can exceed gRPC's default 4 MB
 
 
+def open_channel(target: str, *, tls: bool = False, ca_file: str = "") -> grpc.aio.Channel:
+    """The channel to the media service: TLS verified with ``ca_file``'s roots (PEM; the system's if empty),
+    or plaintext. Must be opened inside the event loop that uses it."""
+    if not tls:
+        return grpc.aio.insecure_channel(target, options=channel_options())
+    roots = Path(ca_file).read_bytes() if ca_file else None
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(roots), options=channel_options())
+
+
 def channel_options() -> list[tuple[str, object]]:
-    """Options for ``grpc.aio.insecure_channel(target, options=channel_options())``."""
+    """Options of the channel ``open_channel`` makes."""
     return [
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),

@@ -1,6 +1,6 @@
 """``python -m mediaserver --host 127.0.0.1 --port 50051 [--fail-first N] [--delay SECONDS]
 [--reject-prompts-with TEXT] [--image-backend procedural|openai --image-base-url URL --image-model M
-[--image-size WxH] [--image-timeout SECONDS]]``
+[--image-size WxH] [--image-timeout SECONDS]] [--tls-cert FILE --tls-key FILE]``
 
 The default port is the one of ``MEDIA_GRPC_TARGET`` (the worker's setting), else 50051. Each
 ``--image-*`` flag defaults to its ``MEDIA_IMAGE_*`` variable; the API key is read from
@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from mediaserver.openai_images import ImageApiConfig
 from mediaserver.server import serve
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         help="fault injection: refuse (INVALID_ARGUMENT) every prompt that contains TEXT, as a content policy would",
     )
     env = os.environ.get
+    parser.add_argument("--tls-cert", default=env("MEDIA_TLS_CERT_FILE", ""), help="PEM chain; MEDIA_TLS_CERT_FILE")
+    parser.add_argument("--tls-key", default=env("MEDIA_TLS_KEY_FILE", ""), help="PEM key; MEDIA_TLS_KEY_FILE")
     images = parser.add_argument_group("image backend (each flag defaults to its environment variable)")
     images.add_argument(
         "--image-backend",
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         image_api = image_api_config(args)
+        tls = tls_files(args.tls_key, args.tls_cert)
     except ValueError as exc:
         sys.exit(f"mediaserver: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,10 +84,23 @@ def main(argv: list[str] | None = None) -> None:
                 workers=args.workers,
                 reject=args.reject_prompts_with,
                 image_api=image_api,
+                tls=tls,
             )
         )
     except OSError as exc:
         sys.exit(f"mediaserver: {exc}")
+
+
+def tls_files(key_file: str, cert_file: str) -> tuple[bytes, bytes] | None:
+    """The (key, certificate chain) to serve TLS with, None for plaintext; ValueError if unusable."""
+    if not key_file and not cert_file:
+        return None
+    if not (key_file and cert_file):
+        raise ValueError("TLS needs both --tls-cert (MEDIA_TLS_CERT_FILE) and --tls-key (MEDIA_TLS_KEY_FILE)")
+    try:
+        return Path(key_file).read_bytes(), Path(cert_file).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
 
 def image_api_config(args: argparse.Namespace) -> ImageApiConfig | None:

@@ -116,10 +116,12 @@ async def serve(
     grace: float = 5.0,
     reject: str = "",
     image_api: ImageApiConfig | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> None:
     """Serve until ``stop_event`` is set (or, without one, until SIGINT/SIGTERM); then
     stop taking calls and give in-flight renders ``grace`` seconds to finish. With ``image_api``,
-    images come from that OpenAI-compatible API instead of the procedural renderer."""
+    images come from that OpenAI-compatible API instead of the procedural renderer. With ``tls`` (PEM private
+    key, certificate chain), it serves TLS only."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
     backend = ProceduralBackend(executor) if image_api is None else OpenAIImageBackend(image_api, executor)
     # so_reuseport=0: a second server on a taken port fails instead of silently sharing it.
@@ -128,7 +130,12 @@ async def serve(
         MediaRenderer(backend, fail_first=fail_first, delay=delay, reject=reject), server
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound = (
+            server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+            if tls
+            else server.add_insecure_port(address)
+        )
     except RuntimeError:
         bound = 0
     if not bound:
@@ -141,7 +148,7 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop_event.set)
     await server.start()
-    log.info("media server listening on %s:%d (%s)", host, bound, backend.describe())
+    log.info("media server listening on %s:%d (%s%s)", host, bound, backend.describe(), ", TLS" if tls else "")
     try:
         await stop_event.wait()
     finally:

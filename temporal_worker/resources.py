@@ -36,7 +36,9 @@ class SharedClients:
                 timeout=httpx.Timeout(settings.LLM_TIMEOUT_SECONDS, connect=10.0),
                 limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             ),
-            media_channel=grpc.aio.insecure_channel(settings.MEDIA_GRPC_TARGET, options=media.channel_options()),
+            media_channel=media.open_channel(
+                settings.MEDIA_GRPC_TARGET, tls=settings.MEDIA_GRPC_TLS, ca_file=settings.MEDIA_GRPC_CA_FILE
+            ),
         )
         log.info(
             "shared clients opened",
@@ -44,6 +46,7 @@ class SharedClients:
                 "mongo_pool": settings.MONGO_MAX_POOL_SIZE,
                 "llm": settings.LLM_BASE_URL,
                 "media": settings.MEDIA_GRPC_TARGET,
+                "media_tls": settings.MEDIA_GRPC_TLS,
             },
         )
         return clients

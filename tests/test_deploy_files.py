@@ -377,6 +377,59 @@ def test_operations_doc_uses_the_real_names():
         "/healthz",
     ):
         assert name in text
+    # The media server (its own process) reads MEDIA_IMAGE_* and MEDIA_TLS_* itself.
+    media_source = "".join(path.read_text() for path in (ROOT / "mediaserver").glob("*.py"))
+    real = _settings_env_names() | set(re.findall(r"(?:env|environ\.get)\(\s*\"([A-Z][A-Z0-9_]*)\"", media_source))
     for name in re.findall(r"`([A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+)`", text):
         if name not in ("X_FORWARDED_PROTO",):
-            assert name in _settings_env_names(), f"docs name {name}, which settings.py does not read"
+            assert name in real, f"docs name {name}, which neither settings.py nor the media server reads"
+
+
+def test_every_pod_runs_as_non_root_on_a_read_only_root_filesystem_with_a_writable_tmp():
+    for doc in _workloads():
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        temporary = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for c in _containers(doc):
+            context = c["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"], c["name"]
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert mounts.get("/tmp") in temporary, f"{c['name']}: /tmp must be a writable emptyDir"
+
+
+def _policies_for(labels: dict) -> list[dict]:
+    return [p for p in _by_kind("NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+
+
+def _allowed_ports(policies: list[dict]) -> set[int]:
+    return {port["port"] for p in policies for rule in p["spec"].get("ingress", []) for port in rule["ports"]}
+
+
+def test_network_policies_let_in_only_each_pod_s_own_ports():
+    for name, (doc, _, args) in _workers().items():
+        options = _parse_worker_args(args)
+        policies = _policies_for(doc["spec"]["template"]["metadata"]["labels"])
+        assert policies and all("Ingress" in p["spec"]["policyTypes"] for p in policies), name
+        assert _allowed_ports(policies) == {options.metrics_port, options.health_port}, name
+    web = _one("Deployment", "worldgen-web")["spec"]["template"]
+    policies = _policies_for(web["metadata"]["labels"])
+    served = {p["containerPort"] for c in web["spec"]["containers"] for p in c.get("ports", [])}
+    assert policies and _allowed_ports(policies) == served
+
+
+def test_the_migrate_job_s_index_command_runs(mongo_env):
+    """The job's ensure_indexes line is real code: run it against the test Mongo."""
+    job = _one("Job", "worldgen-migrate")
+    script = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
+    code = re.search(r'shell -c "([^"]+)"', script)[1]
+    env = {**os.environ, **mongo_env}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,9 +1,12 @@
 """The media client against the real reference server (``python -m mediaserver``) over a real channel."""
 
 import asyncio
+import datetime
 import io
+import ipaddress
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +14,14 @@ import grpc
 import pytest
 from PIL import Image
 
-from generation.media import MediaClient, MediaRejected, MediaUnavailable, RenderedImage, channel_options
+from generation.media import (
+    MediaClient,
+    MediaRejected,
+    MediaUnavailable,
+    RenderedImage,
+    channel_options,
+    open_channel,
+)
 from localstack import servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,3 +200,74 @@ def test_the_server_listens_on_media_grpc_target_and_stops_on_sigterm():
         assert f"media server listening on 127.0.0.1:{port}" in log and "media server stopped" in log
     finally:
         process.stop()
+
+
+# --- TLS: the worker's channel (generation.media.open_channel) to a media server serving TLS ---------------
+
+
+def self_signed_certificate(directory) -> tuple[str, str]:
+    """A certificate for localhost and 127.0.0.1, and its key: (cert path, key path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "media.crt", directory / "media.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def render_over(target: str, **channel) -> RenderedImage:
+    async def call() -> RenderedImage:
+        async with open_channel(target, **channel) as opened:
+            return await MediaClient(opened).render_image(
+                prompt="a lighthouse", style="ink", seed=1, width=64, height=64, kind="post", timeout=5
+            )
+
+    return asyncio.run(call())
+
+
+def test_the_worker_s_channel_speaks_tls_to_a_media_server_that_serves_it(media_server_with, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    process, target = media_server_with("mediaserver-tls", "--tls-cert", cert, "--tls-key", key)
+    assert decode(render_over(target, tls=True, ca_file=cert)).size == (64, 64)
+    with pytest.raises(MediaUnavailable):
+        render_over(target)  # plaintext is refused
+    with pytest.raises(MediaUnavailable):
+        render_over(target, tls=True)  # the system's roots do not trust this certificate
+    assert "TLS" in process.log_path.read_text()
+
+
+def test_tls_flags_need_both_files(tmp_path):
+    cert, _ = self_signed_certificate(tmp_path)
+    for args in (["--tls-cert", cert], ["--tls-cert", cert, "--tls-key", str(tmp_path / "missing.key")]):
+        result = subprocess.run(
+            [sys.executable, "-m", "mediaserver", "--port", "0", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0 and result.stderr.startswith("mediaserver: "), result.stderr
+        assert "Traceback" not in result.stderr

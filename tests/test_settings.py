@@ -255,3 +255,13 @@ def test_the_suite_runs_on_the_database_it_was_asked_for(sql_env):
     assert connection.vendor == wanted
     assert sql_env["DATABASE_URL"].startswith(f"{wanted}://")
     assert connection.settings_dict["NAME"].endswith("worldgen" if wanted == "postgresql" else ".sqlite3")
+
+
+def test_a_media_ca_file_needs_tls_and_must_exist():
+    without_tls = manage("check", WORLDGEN_ENV="development", MEDIA_GRPC_CA_FILE=__file__)
+    assert without_tls.returncode == 2 and "MEDIA_GRPC_TLS is false" in without_tls.stderr
+    missing = manage("check", WORLDGEN_ENV="development", MEDIA_GRPC_TLS="true", MEDIA_GRPC_CA_FILE="/nope/ca.pem")
+    assert missing.returncode == 2 and "MEDIA_GRPC_CA_FILE must be a readable PEM file" in missing.stderr
+    assert (
+        manage("check", WORLDGEN_ENV="development", MEDIA_GRPC_TLS="true", MEDIA_GRPC_CA_FILE=__file__).returncode == 0
+    )

@@ -191,6 +191,13 @@ LLM_RETRY_MAX_INTERVAL_SECONDS = env_float("LLM_RETRY_MAX_INTERVAL_SECONDS", 300
 # Send per-stage sampling parameters (temperature, top_p, penalties; generation/prompts.py).
 LLM_SEND_SAMPLING = env_bool("LLM_SEND_SAMPLING", True)
 MEDIA_GRPC_TARGET = env_host_port("MEDIA_GRPC_TARGET", "127.0.0.1:50051")
+# TLS to the media service, verified with the system's roots or MEDIA_GRPC_CA_FILE's (PEM).
+MEDIA_GRPC_TLS = env_bool("MEDIA_GRPC_TLS", False)
+MEDIA_GRPC_CA_FILE = env_str("MEDIA_GRPC_CA_FILE", "")
+if MEDIA_GRPC_CA_FILE and not MEDIA_GRPC_TLS:
+    raise SettingsError("MEDIA_GRPC_CA_FILE is set but MEDIA_GRPC_TLS is false: set MEDIA_GRPC_TLS=true or unset it")
+if MEDIA_GRPC_CA_FILE and not Path(MEDIA_GRPC_CA_FILE).is_file():
+    raise SettingsError(f"MEDIA_GRPC_CA_FILE must be a readable PEM file, got {MEDIA_GRPC_CA_FILE!r}")
 
 # --- Metrics (worldgen_site/metrics.py) ---------------------------------------------
 # GET /metrics answers only "Authorization: Bearer <METRICS_TOKEN>"; off (404) while unset.
