@@ -6,8 +6,9 @@ class ClientsConfig(AppConfig):
     verbose_name = "Shared clients"
 
     def ready(self) -> None:
-        from clients import mongo
+        from clients import mongo, tracing
 
+        tracing.start()  # before any client is made (TRACING_ENABLED; off by default)
         # Lazy: no socket is opened until the first operation, so this is safe
         # under runserver's autoreloader and before a forking server forks.
         mongo.init_client()

@@ -12,6 +12,8 @@ from django.conf import settings
 from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
+from clients import tracing
+
 
 class PoolStats(monitoring.ConnectionPoolListener):
     """Counts the client's pooled connections, for health output and tests."""
@@ -62,7 +64,7 @@ def init_client() -> MongoClient:
             maxPoolSize=settings.MONGO_MAX_POOL_SIZE,
             serverSelectionTimeoutMS=settings.MONGO_SERVER_SELECTION_TIMEOUT_MS,
             appname="worldgen",
-            event_listeners=[pool_stats],
+            event_listeners=[pool_stats, *tracing.mongo_listeners()],
         )
     return _client
 

@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
+from clients import tracing
 from clients.codec import data_converter
 from generation.contracts import Progress
 from generation.workflows import describe_failure
@@ -61,6 +62,7 @@ async def connect_client(*, runtime: Runtime | None = None) -> Client:
         tls=settings.TEMPORAL_TLS,
         runtime=runtime,
         data_converter=data_converter(settings.TEMPORAL_PAYLOAD_KEYS),  # encrypted when keys are set
+        interceptors=tracing.interceptors(),  # spans (TRACING_ENABLED); the worker's workers inherit them
     )
 
 

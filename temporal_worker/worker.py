@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 
+from clients import tracing
 from clients.temporal import connect_client
 from generation import metrics as app_metrics
 from generation.activities import (
@@ -250,6 +251,7 @@ async def run_worker(options: WorkerOptions, extensions: WorkerExtensions | None
         if health is not None:
             await health.close()
         await clients.aclose()
+        await asyncio.to_thread(tracing.shutdown)  # sends the spans still buffered (manage.py ends with os._exit)
 
 
 async def _temporal_check(client: Client) -> dict:

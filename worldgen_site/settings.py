@@ -66,6 +66,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "worldgen_site.health.HealthMiddleware",  # before host checks and the HTTPS redirect: probes use the pod IP
     "worldgen_site.metrics.MetricsMiddleware",  # times every request but the probes; serves /metrics
+    "worldgen_site.tracing.TracingMiddleware",  # a span per request while TRACING_ENABLED
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -204,6 +205,14 @@ if MEDIA_GRPC_CA_FILE and not Path(MEDIA_GRPC_CA_FILE).is_file():
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # Several server processes (gunicorn workers): an empty directory they share, read by prometheus-client too.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+
+# --- Tracing (clients/tracing.py): OpenTelemetry spans over OTLP/HTTP, off by default ------------------
+TRACING_ENABLED = env_bool("TRACING_ENABLED", False)
+# The collector's OTLP/HTTP base URL (spans go to <it>/v1/traces); OTEL_EXPORTER_OTLP_HEADERS adds auth.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_url(
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318", schemes=("http", "https")
+)
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "worldgen")  # e.g. worldgen-web, worldgen-worker-llm
 
 # --- Logging: one JSON object a line (LOG_FORMAT=text for humans) -------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
