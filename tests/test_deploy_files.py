@@ -377,9 +377,10 @@ def test_operations_doc_uses_the_real_names():
         "/healthz",
     ):
         assert name in text
-    # The media server (its own process) reads MEDIA_IMAGE_* and MEDIA_TLS_* itself.
-    media_source = "".join(path.read_text() for path in (ROOT / "mediaserver").glob("*.py"))
-    real = _settings_env_names() | set(re.findall(r"(?:env|environ\.get)\(\s*\"([A-Z][A-Z0-9_]*)\"", media_source))
+    # The media server (MEDIA_IMAGE_*, MEDIA_TLS_*) and gunicorn's config (WEB_*) read their own.
+    paths = [*(ROOT / "mediaserver").glob("*.py"), ROOT / "worldgen_site/gunicorn.conf.py"]
+    source = "".join(path.read_text() for path in paths)
+    real = _settings_env_names() | set(re.findall(r"(?:env\w*|environ\.get)\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
     for name in re.findall(r"`([A-Z][A-Z0-9]+(?:_[A-Z0-9]+)+)`", text):
         if name not in ("X_FORWARDED_PROTO",):
             assert name in real, f"docs name {name}, which neither settings.py nor the media server reads"
