@@ -9,15 +9,29 @@ DEV := WORLDGEN_ENV=development
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-packages demo test test-fast lint bench bench-web eval check clean proto
+.PHONY: install lock lock-check system-packages demo test test-fast lint bench bench-web eval check clean proto
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Installs exactly what was tested: requirements-dev.lock pins every package, transitive ones included, with
+# hashes (production images install requirements.lock the same way).
+$(STAMP): requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After editing requirements*.txt: compile both locks again (pip-tools), then commit them. The runtime lock
+# is constrained by the dev lock, so production gets the versions the tests ran.
+PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
+lock: $(STAMP)
+	$(PIP_COMPILE) --output-file requirements-dev.lock requirements-dev.txt
+	$(PIP_COMPILE) --constraint requirements-dev.lock --output-file requirements.lock requirements.txt
+	$(PYTHON) .ci/check_lock.py
+
+# Fails when a lock is stale against requirements*.txt (standard library only: runs before any install).
+lock-check:
+	$(PYTHON) .ci/check_lock.py
 
 demo: $(STAMP)
 	$(DEV) $(PY) -m localstack $(DEMO_ARGS)
