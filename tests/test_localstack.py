@@ -118,16 +118,34 @@ def test_stack_comes_up_with_your_llm_and_admin_and_stops_everything_on_ctrl_c(t
         yours.stop()
 
 
-def test_the_llm_stand_in_answers_as_its_own_model_whatever_llm_model_says(tmp_path):
+def test_the_llm_stand_in_answers_as_its_own_model_and_your_image_api_draws(tmp_path, logs_dir):
     """LLM_MODEL set (for an endpoint of yours) but no LLM_BASE_URL: the stand-in runs, and the sample world
-    is made (it used to fail with "model does not exist")."""
+    is made (it used to fail with "model does not exist"). With MEDIA_IMAGE_BASE_URL, the media server draws
+    every image with that OpenAI-compatible image API."""
+    from tests.conftest import start_localllm
+
+    images, root = start_localllm(logs_dir, "your-image-api")
     args, _ = stack_args(tmp_path)
     out = tmp_path / "localstack.out"
-    stack = start_stack(args, out, {"LLM_MODEL": "llama3.1"})
+    env = {
+        "LLM_MODEL": "llama3.1",
+        "MEDIA_IMAGE_BASE_URL": f"{root}/v1",
+        "MEDIA_IMAGE_MODEL": "worldgen-procedural-image-1",
+    }
+    try:
+        stack = start_stack(args, out, env)
+    except BaseException:
+        images.stop()
+        raise
     try:
         text = out.read_text()
         assert "starting the local LLM endpoint (a stand-in; set LLM_BASE_URL to use yours)" in text
+        assert f"using your MEDIA_IMAGE_BASE_URL={root}/v1: the media server draws with it" in text
         assert "Lanternfall Archipelago run 1 completed in" in text and "12 posts, 0 degraded" in text
+        stats = httpx.get(f"{root}/_stats").json()
+        assert stats["image_requests"] >= 12 + 3  # every post and avatar
+        assert stats["last_image"]["request"]["model"] == "worldgen-procedural-image-1"
     finally:
         stack.send_signal(signal.SIGINT)
         assert stack.wait(60) == 0
+        images.stop()
