@@ -209,9 +209,7 @@ PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
 # --- Tracing (clients/tracing.py): OpenTelemetry spans over OTLP/HTTP, off by default ------------------
 TRACING_ENABLED = env_bool("TRACING_ENABLED", False)
 # The collector's OTLP/HTTP base URL (spans go to <it>/v1/traces); OTEL_EXPORTER_OTLP_HEADERS adds auth.
-OTEL_EXPORTER_OTLP_ENDPOINT = env_url(
-    "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318", schemes=("http", "https")
-)
+OTEL_EXPORTER_OTLP_ENDPOINT = env_url("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318", schemes=("http", "https"))
 OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "worldgen")  # e.g. worldgen-web, worldgen-worker-llm
 
 # --- Logging: one JSON object a line (LOG_FORMAT=text for humans) -------------
