@@ -54,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     living.add_argument("--days", type=int, default=3, help="world days each live world lives")
     living.add_argument("--live-posts", type=int, default=1, help="posts per world day")
     living.add_argument("--live-comments", type=int, default=0, help="comments per world day (each answered)")
+    living.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="at most this long to measure idle CPU after the days"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument(
         "--mongo-auth",

@@ -101,10 +101,10 @@ def run_living(stack: Stack, opts) -> dict:
 
 
 def _idle_cpu(pids: dict[str, int], LiveWorld, opts) -> dict:
-    """CPU share of each process over the quiet time before the next days start (at most 20 s)."""
+    """CPU share of each process over the quiet time before the next days start (at most ``--idle-seconds``)."""
     upcoming = LiveWorld.objects.exclude(next_day_at=None).order_by("next_day_at").values_list("next_day_at", flat=True)
     first = upcoming.first()
-    window = min(20.0, (first.timestamp() - time.time() - 2) if first else 20.0)
+    window = min(opts.idle_seconds, (first.timestamp() - time.time() - 2) if first else opts.idle_seconds)
     if window < 2:
         return {"idle_window_s": 0}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}

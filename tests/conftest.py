@@ -120,6 +120,9 @@ def django_db_modify_db_settings(tmp_path_factory, logs_dir):
     """The test database, shared with worker subprocesses; yields its URL. PostgreSQL on a free port when
     ``WORLDGEN_TEST_DATABASE=postgresql`` (``make test``), else a file-backed SQLite database."""
     database = settings.DATABASES["default"]
+    # This process's other threads (live servers) must not keep a connection past the test database's drop;
+    # worker subprocesses keep theirs (DATABASE_CONN_MAX_AGE).
+    database["CONN_MAX_AGE"] = 0
     if os.environ.get("WORLDGEN_TEST_DATABASE", "sqlite") == "sqlite":
         path = tmp_path_factory.mktemp("sql") / "worldgen-test.sqlite3"
         database["TEST"]["NAME"] = str(path)

@@ -32,7 +32,7 @@ from schemathesis.generation.meta import TestPhase
 
 from clients import temporal as temporal_client
 from tests.conftest import terminate_world_cleanups
-from worlds import services
+from worlds import selectors, services
 from worlds.models import GenerationRun, World
 
 MAX_EXAMPLES = 30
@@ -111,6 +111,8 @@ def fuzz_env(stack_env, settings, monkeypatch):
     rates = {**settings.REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {}), "user": "1000000/minute"}
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", rates)
+    # No worker answers the active run's progress query: its 503 comes after this wait, at every example.
+    monkeypatch.setattr(selectors, "LIVE_PROGRESS_TIMEOUT_SECONDS", 0.5)
 
     admin = User.objects.create_user("fuzz-admin", is_staff=True, is_superuser=True)
     token = Token.objects.create(user=admin)

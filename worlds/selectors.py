@@ -131,6 +131,9 @@ def run_waiting(*, run: GenerationRun) -> list[dict]:
     return documents.waiting_calls(mongo.get_db(), run.ref)
 
 
+LIVE_PROGRESS_TIMEOUT_SECONDS = 5.0  # a query waits for a worker to answer it
+
+
 def run_live_progress(*, run: GenerationRun):
     """The workflow's own progress (a Temporal query); list pages use the mirrored row instead."""
     from generation.workflows import WorldGenerationWorkflow
@@ -138,7 +141,7 @@ def run_live_progress(*, run: GenerationRun):
     async def query(client):
         return await client.get_workflow_handle(run.workflow_id).query(WorldGenerationWorkflow.progress)
 
-    return temporal_call(query, timeout=5)
+    return temporal_call(query, timeout=LIVE_PROGRESS_TIMEOUT_SECONDS)
 
 
 # --- Published content ----------------------------------------------------------------------------
