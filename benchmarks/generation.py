@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.orchestration import MongoOps, history_figures, pipeline_workflow_ids
 from localstack import servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,11 +192,13 @@ class Sampler(threading.Thread):
         import pymongo
 
         self.observer = pymongo.MongoClient(mongo_uri, maxPoolSize=1)
+        self.calls = 0  # serverStatus commands sent (the Mongo operation counts leave them out)
         self.baseline = self._connections()
         self.pids, self.peak_connections, self.peak_rss_mb = pids, 0, 0.0
         self.running = True
 
     def _connections(self) -> int:
+        self.calls += 1
         return self.observer.admin.command("serverStatus")["connections"]["current"]
 
     def run(self) -> None:
@@ -243,19 +246,29 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
         mode, *(["--mongo-client-per-activity"] if mode == "per-activity-connections" else [])
     )
     sampler = Sampler(stack.env["MONGO_URI"], [worker.process.popen.pid for worker in workers])
+    mongo_ops = MongoOps(sampler.observer)
+    rest_rate = mongo_ops.rest_rate()
     sampler.start()
     processes = {p.name: p.popen.pid for p in stack.processes} | {
         f"worker {index}": worker.process.popen.pid for index, worker in enumerate(workers)
     }
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
+    ops_before, sampled_before = mongo_ops.total(), sampler.calls
     started = time.monotonic()
     try:
         outcome = (run_baseline if mode == "baseline" else run_pipeline)(opts, tag=mode)
     finally:
         wall = time.monotonic() - started
+        ops_after = mongo_ops.total()
         sampler.stop()
     cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
+    ops = ops_after - ops_before - (sampler.calls - sampled_before) - 1 - rest_rate * wall
     activities = completed_activities([worker.metrics_url for worker in workers])
+    orchestration_cpu = sum(
+        cpu_after[n] - cpu_before[n] for n in cpu_before if n == "Temporal" or n.startswith("worker")
+    )
+    items = opts.worlds * opts.characters * (1 + opts.posts)
+    histories = outcome.pop("histories")
     pool_peaks = [worker.mongo_pool_peak() for worker in workers]
     for worker in workers:
         worker.process.stop()
@@ -268,6 +281,15 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
         "worker_mongo_pool_peaks": pool_peaks,
         "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
         "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before},
+        # Temporal server + workers, per completed activity (issue 14's orchestration_cpu_ratio compares modes)
+        "orchestration_cpu_ms_per_activity": round(1000 * orchestration_cpu / max(1, activities), 2),
+        "mongo_ops": round(ops),
+        "mongo_ops_per_activity": round(ops / max(1, activities), 2),
+        "mongo_ops_at_rest_per_s": round(rest_rate, 2),
+        "items": items,
+        **histories,
+        "history_bytes_per_item": round(histories["history_bytes"] / items),
+        "temporal_actions_per_item": round(histories["temporal_actions"] / items, 3),
     }
 
 
@@ -276,6 +298,8 @@ def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
 
     from benchmarks.baseline import BaselineInput, BaselineWorldWorkflow
     from clients.temporal import temporal_call
+
+    workflow_ids = [f"baseline-{index}-{time.time_ns()}" for index in range(opts.worlds)]
 
     async def all_worlds(client):
         async def one(index: int) -> float:
@@ -291,7 +315,7 @@ def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
                     settings.TEMPORAL_TASK_QUEUE_LLM,
                     settings.TEMPORAL_TASK_QUEUE_MEDIA,
                 ),
-                id=f"baseline-{index}-{time.time_ns()}",
+                id=workflow_ids[index],
                 task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
             )
             return time.monotonic() - started
@@ -299,13 +323,16 @@ def run_baseline(opts: argparse.Namespace, tag: str) -> dict:
         return await asyncio.gather(*(one(index) for index in range(opts.worlds)))
 
     durations = temporal_call(all_worlds, timeout=opts.timeout)
-    return {"worlds_completed": len(durations), "worlds_failed": 0, **_percentiles(durations)}
+    children = [f"{wid}-c{index}" for wid in workflow_ids for index in range(opts.characters)]
+    histories = temporal_call(lambda client: history_figures(client, [*workflow_ids, *children]), timeout=600)
+    return {"worlds_completed": len(durations), "worlds_failed": 0, **_percentiles(durations), "histories": histories}
 
 
 def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     from django.conf import settings
 
     from clients import mongo
+    from clients.temporal import temporal_call
     from worlds.models import GenerationRun, World
     from worlds.services import generation_start
 
@@ -326,11 +353,14 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     for key in keys:  # documents beyond what a world should have (keys are deterministic, so 0)
         duplicates += max(0, db.posts.count_documents({"run_key": key}) - expected_posts)
         duplicates += max(0, db.characters.count_documents({"run_key": key}) - expected_characters)
+    workflow_ids = pipeline_workflow_ids(finished, opts.characters)
+    histories = temporal_call(lambda client: history_figures(client, workflow_ids), timeout=600)
     return {
         "worlds_completed": sum(run.status == GenerationRun.Status.COMPLETED for run in finished),
         "worlds_failed": sum(run.status != GenerationRun.Status.COMPLETED for run in finished),
         "duplicates": duplicates,
         **_percentiles([(run.finished_at - run.started_at).total_seconds() for run in finished]),
+        "histories": histories,
     }
 
 
@@ -421,8 +451,16 @@ def _summary(results: dict) -> dict:
         summary["pipeline_activities_per_s"] = pipeline["activities_per_s"]
     if "baseline" in results:
         summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
+    if "pipeline" in results:
+        for key in ("mongo_ops_per_activity", "history_bytes_per_item", "temporal_actions_per_item"):
+            summary[key] = results["pipeline"][key]
     if "baseline" in results and "pipeline" in results:
         summary["ratio"] = round(summary["pipeline_activities_per_s"] / summary["baseline_activities_per_s"], 3)
+        summary["orchestration_cpu_ratio"] = round(
+            results["pipeline"]["orchestration_cpu_ms_per_activity"]
+            / results["baseline"]["orchestration_cpu_ms_per_activity"],
+            2,
+        )
     if "per-activity-connections" in results:
         anti = results["per-activity-connections"]
         summary["per_activity_activities_per_s"] = anti["activities_per_s"]

@@ -35,8 +35,19 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
         "p95_world_s",
         "per_activity_activities_per_s",
         "worker_peak_rss_mb",
+        "orchestration_cpu_ratio",
+        "mongo_ops_per_activity",
+        "history_bytes_per_item",
+        "temporal_actions_per_item",
     ):
         assert figures[key] > 0, key
+    # Orchestration cost (issue 14), from the histories and Mongo's counters: 2 items a world here.
+    baseline, pipeline = figures["modes"]["baseline"], figures["modes"]["pipeline"]
+    assert pipeline["items"] == baseline["items"] == 4
+    assert baseline["temporal_actions_by_kind"]["activity_task_scheduled"] == baseline["activities"]
+    assert baseline["temporal_actions_by_kind"]["workflow_execution_started"] == 2 * 2  # worlds and children
+    assert baseline["mongo_ops_per_activity"] < 1.5 < pipeline["mongo_ops_per_activity"]  # no-ops touch no Mongo
+    assert pipeline["history_bytes"] > baseline["history_bytes"] > 0
     assert 0 < figures["worker_mongo_pool_peaks"][0] <= figures["mongo_pool_size"]
     # A client per activity opens more connections than the shared pool ever holds.
     assert figures["per_activity_peak_mongo_connections"] > figures["worker_mongo_pool_peaks"][0]
