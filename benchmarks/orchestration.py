@@ -29,20 +29,22 @@ BILLED = {
 
 async def history_figures(client, workflow_ids: list[str]) -> dict:
     """Bytes, events and billed actions over these workflows' histories (every run of each)."""
-    size = events = 0
+    events = 0
     actions: Counter = Counter()
+    sizes: Counter = Counter()
     for workflow_id in workflow_ids:
         history = await client.get_workflow_handle(workflow_id).fetch_history()
         for event in history.events:
-            size += event.ByteSize()
             events += 1
             name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_").lower()
+            sizes[name] += event.ByteSize()
             if event.event_type in BILLED:
                 actions[name] += 1
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
                 actions["activity_retry"] += event.activity_task_started_event_attributes.attempt - 1
     return {
-        "history_bytes": size,
+        "history_bytes": sizes.total(),
+        "history_bytes_by_kind": dict(sizes.most_common(6)),
         "history_events": events,
         "temporal_actions": actions.total(),
         "temporal_actions_by_kind": dict(actions.most_common()),
