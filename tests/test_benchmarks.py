@@ -85,3 +85,12 @@ def test_bench_web_times_every_endpoint(tmp_path):
     assert all(
         r["requests"] == 5 and 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"] for r in figures["endpoints"].values()
     )
+
+
+def test_bench_mongo_clients_runs_both_clients(tmp_path):
+    figures = run(
+        ["-m", "benchmarks.mongo_clients", "--activities", "20", "--concurrency", "5", "--rounds", "1"], tmp_path
+    )
+    assert set(figures["clients"]) == {"sync-threads", "async"}
+    for client in figures["clients"].values():
+        assert client["activities_per_s"] > 0 and client["client_cpu_ms_per_activity"] > 0
