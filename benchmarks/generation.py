@@ -47,6 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds the local LLM waits per call")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--max-concurrent-activities", type=int, default=200)
+    parser.add_argument("--max-cached-workflows", type=int, default=1000, help="each worker's workflow cache")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
     living = parser.add_argument_group("living mode (benchmarks/living.py; runs instead of --modes)")
@@ -156,6 +157,8 @@ class Stack:
                     str(self.opts.max_concurrent_activities),
                     "--max-concurrent-workflow-tasks",
                     "200",
+                    "--max-cached-workflows",
+                    str(self.opts.max_cached_workflows),
                     *extra_args,
                 ],
                 log_path=self.workdir / "logs" / f"worker-{tag}-{index}.log",
@@ -232,13 +235,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def completed_activities(metrics_urls: list[str]) -> int:
-    total = 0
+def metric_total(metrics_urls: list[str], name: str) -> int:
+    """The sum of a Prometheus metric's samples (every label set) over the workers."""
+    total = 0.0
     for url in metrics_urls:
         for line in httpx.get(url, timeout=10).text.splitlines():
-            if line.startswith("temporal_activity_execution_latency_count"):
-                total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+            if line.startswith((f"{name} ", f"{name}{{")):
+                total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def completed_activities(metrics_urls: list[str]) -> int:
+    return metric_total(metrics_urls, "temporal_activity_execution_latency_count")
+
+
+def workflow_cache(metrics_urls: list[str]) -> dict:
+    """The workers' workflow (sticky) cache: hits, misses (a replay from history) and forced evictions."""
+    names = ("sticky_cache_hit", "sticky_cache_miss", "sticky_cache_total_forced_eviction")
+    return {name.removeprefix("sticky_cache_"): metric_total(metrics_urls, f"temporal_{name}") for name in names}
 
 
 def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
@@ -264,6 +278,7 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
     cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()} | {"benchmark": time.process_time()}
     ops = ops_after - ops_before - (sampler.calls - sampled_before) - 1 - rest_rate * wall
     activities = completed_activities([worker.metrics_url for worker in workers])
+    cache = workflow_cache([worker.metrics_url for worker in workers])
     orchestration_cpu = sum(
         cpu_after[n] - cpu_before[n] for n in cpu_before if n == "Temporal" or n.startswith("worker")
     )
@@ -280,6 +295,7 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
         "peak_mongo_connections": sampler.peak_connections,
         "worker_mongo_pool_peaks": pool_peaks,
         "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
+        "workflow_cache": cache,
         "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before},
         # Temporal server + workers, per completed activity (issue 14's orchestration_cpu_ratio compares modes)
         "orchestration_cpu_ms_per_activity": round(1000 * orchestration_cpu / max(1, activities), 2),

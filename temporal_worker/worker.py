@@ -80,6 +80,7 @@ class WorkerOptions:
     connect_timeout: float
     health_host: str = "127.0.0.1"
     health_port: int | None = 0  # 0: any free port; None: no endpoint
+    max_cached_workflows: int = 1000  # the SDK's default
     metrics_port: int | None = None
 
 
@@ -154,6 +155,7 @@ def build_workers(
                 *extensions.workflows,
             ]
             kwargs["max_concurrent_workflow_tasks"] = options.max_concurrent_workflow_tasks
+            kwargs["max_cached_workflows"] = options.max_cached_workflows
         if kind == "llm":
             kwargs["max_task_queue_activities_per_second"] = options.llm_rate_limit
         workers.append(

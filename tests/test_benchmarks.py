@@ -22,7 +22,9 @@ def run(args: list[str], tmp_path: Path) -> dict:
 
 
 def test_bench_generation_runs_all_three_modes(tmp_path):
-    figures = run(["-m", "benchmarks.generation", "--worlds", "2", "--characters", "1", "--posts", "1"], tmp_path)
+    # A workflow cache of one entry: the workers replay evicted workflows, and the figures count it.
+    args = ["-m", "benchmarks.generation", "--worlds", "2", "--characters", "1", "--posts", "1"]
+    figures = run([*args, "--max-cached-workflows", "1"], tmp_path)
     assert set(figures["modes"]) == {"baseline", "pipeline", "per-activity-connections"}
     assert (figures["worlds_completed"], figures["worlds_failed"], figures["duplicates"]) == (2, 0, 0)
     for key in (
@@ -48,6 +50,7 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
     assert baseline["temporal_actions_by_kind"]["workflow_execution_started"] == 2 * 2  # worlds and children
     assert baseline["mongo_ops_per_activity"] < 1.5 < pipeline["mongo_ops_per_activity"]  # no-ops touch no Mongo
     assert pipeline["history_bytes"] > baseline["history_bytes"] > 0
+    assert pipeline["workflow_cache"]["total_forced_eviction"] > 0 and pipeline["workflow_cache"]["miss"] > 0
     assert 0 < figures["worker_mongo_pool_peaks"][0] <= figures["mongo_pool_size"]
     # A client per activity opens more connections than the shared pool ever holds.
     assert figures["per_activity_peak_mongo_connections"] > figures["worker_mongo_pool_peaks"][0]

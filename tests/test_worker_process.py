@@ -178,6 +178,7 @@ def test_waits_for_temporal_that_starts_late(stack_env, logs_dir):
         (["--queues", "images"], "--queues takes 'all' or a comma list of workflows, llm, media"),
         (["--max-concurrent-activities", "0"], "--max-concurrent-activities must be at least 1"),
         (["--llm-rate-limit", "0"], "--llm-rate-limit must be greater than 0"),
+        (["--max-cached-workflows", "-1"], "--max-cached-workflows must be at least 0"),
     ],
 )
 def test_bad_options_are_refused_with_a_message(stack_env, args, message):

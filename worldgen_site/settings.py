@@ -161,6 +161,8 @@ TEMPORAL_TASK_QUEUE_MEDIA = env_str("TEMPORAL_TASK_QUEUE_MEDIA", "worldgen-media
 # Worker defaults; `run_temporal_worker` options override them per process.
 WORKER_MAX_CONCURRENT_ACTIVITIES = env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100, minimum=1)
 WORKER_MAX_CONCURRENT_WORKFLOW_TASKS = env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100, minimum=1)
+# Workflows kept in a worker's memory between their tasks; an evicted one is replayed from history next time.
+WORKER_MAX_CACHED_WORKFLOWS = env_int("WORKER_MAX_CACHED_WORKFLOWS", 1000, minimum=0)
 WORKER_GRACEFUL_SHUTDOWN_SECONDS = env_int("WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30)
 WORKER_CONNECT_TIMEOUT_SECONDS = env_int("WORKER_CONNECT_TIMEOUT_SECONDS", 120)
 # Holds across all workers: Temporal enforces it on the LLM task queue.

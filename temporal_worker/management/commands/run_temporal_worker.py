@@ -35,6 +35,12 @@ class Command(BaseCommand):
             "--max-concurrent-workflow-tasks", type=int, default=settings.WORKER_MAX_CONCURRENT_WORKFLOW_TASKS
         )
         parser.add_argument(
+            "--max-cached-workflows",
+            type=int,
+            default=settings.WORKER_MAX_CACHED_WORKFLOWS,
+            help="workflows kept in memory between their tasks (0: none; an evicted one replays its history)",
+        )
+        parser.add_argument(
             "--llm-rate-limit",
             type=float,
             default=settings.LLM_RATE_LIMIT_PER_SECOND,
@@ -77,12 +83,15 @@ class Command(BaseCommand):
         for name in ("max_concurrent_activities", "max_concurrent_workflow_tasks"):
             if opts[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        if opts["max_cached_workflows"] < 0:
+            raise CommandError("--max-cached-workflows must be at least 0")
         if opts["llm_rate_limit"] <= 0:
             raise CommandError("--llm-rate-limit must be greater than 0")
         options = WorkerOptions(
             queues=_queues(opts["queues"]),
             max_concurrent_activities=opts["max_concurrent_activities"],
             max_concurrent_workflow_tasks=opts["max_concurrent_workflow_tasks"],
+            max_cached_workflows=opts["max_cached_workflows"],
             llm_rate_limit=opts["llm_rate_limit"],
             max_activities_per_second=opts["max_activities_per_second"],
             graceful_shutdown_seconds=opts["graceful_shutdown_timeout"],
