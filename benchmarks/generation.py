@@ -48,6 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--max-concurrent-activities", type=int, default=200)
     parser.add_argument("--max-cached-workflows", type=int, default=1000, help="each worker's workflow cache")
+    parser.add_argument("--premise-chars", type=int, default=0, help="pad each world's premise to this length")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
     living = parser.add_argument_group("living mode (benchmarks/living.py; runs instead of --modes)")
@@ -355,7 +356,7 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     worlds = [
         World.objects.create(
             name=f"Bench {tag} world {index}",
-            premise="A benchmark archipelago of tea houses.",
+            premise=_premise(opts.premise_chars),
             character_count=opts.characters,
             posts_per_character=opts.posts,
             token_budget=settings.GENERATION_MAX_TOKEN_BUDGET,
@@ -378,6 +379,14 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
         **_percentiles([(run.finished_at - run.started_at).total_seconds() for run in finished]),
         "histories": histories,
     }
+
+
+def _premise(chars: int) -> str:
+    premise = "A benchmark archipelago of tea houses."
+    filler = " The tea houses trade letters by kite, and every island keeps its own calendar."
+    while len(premise) < chars:
+        premise += filler
+    return premise[: max(chars, 38)]
 
 
 def wait_for_runs(runs: list, *, timeout: float) -> list:

@@ -6,6 +6,7 @@ references) inside the Temporal sandbox.
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -139,19 +140,46 @@ class Bill:
     run_tokens: int = 0
 
 
+SNAPSHOT_CACHE_SIZE = 4096  # run executions whose world snapshot a worker keeps in memory
+
+
+class Snapshots:
+    """The world snapshot of an item's run: from the input, or from Mongo once per run execution (a stored
+    snapshot never changes, so the worker keeps it)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[str, WorldSnapshot] = {}
+
+    async def of(self, inp: ItemInput) -> WorldSnapshot:
+        if inp.world is not None:
+            return inp.world
+        key = documents.snapshot_key(inp.run)
+        world = self._cache.get(key)
+        if world is None:
+            world = await in_thread(store.load_world_snapshot, self.db, inp.run)
+            if len(self._cache) >= SNAPSHOT_CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest
+            self._cache[key] = world
+        return world
+
+
 class LlmActivities:
     """LLM stages: build the prompt from the snapshot and Mongo, call the LLM,
     validate (repairing invalid output), store idempotently, record the task.
     Every call is reserved on the run's token ledger first and settled with what was billed."""
 
-    def __init__(self, llm: LlmClient, db: Database) -> None:
+    def __init__(self, llm: LlmClient, db: Database, snapshots: Snapshots | None = None) -> None:
         self.llm = llm
         self.db = db
+        self.snapshots = snapshots or Snapshots(db)
 
     @activity.defn
     async def generate_bible(self, inp: BibleInput) -> TokenUsage:
+        """Also stores the run execution's world snapshot, which later item activities read by reference."""
+        await in_thread(store.save_world_snapshot, self.db, inp.run, inp.world)
         if await in_thread(store.has_bible, self.db, inp.run, inp.revision):
-            return await self._stored(inp.run)
+            return dataclasses.replace(await self._stored(inp.run), snapshot_stored=True)
         previous = None
         if inp.feedback:
             previous = await in_thread(store.load_bible, self.db, inp.run)
@@ -160,7 +188,7 @@ class LlmActivities:
             inp.run, inp.world, "bible", inp.revision, messages, schemas.BIBLE, "world_bible", MAX_TOKENS["bible"]
         )
         await in_thread(store.save_bible, self.db, inp.run, reply.content, inp.revision, inp.feedback)
-        return TokenUsage(bill.tokens, bill.run_tokens)
+        return TokenUsage(bill.tokens, bill.run_tokens, snapshot_stored=True)
 
     @activity.defn
     async def generate_cast(self, inp: CastInput) -> TokenUsage:
@@ -188,14 +216,15 @@ class LlmActivities:
     async def generate_character(self, inp: ItemInput) -> TokenUsage:
         if await in_thread(store.has_profile, self.db, inp.run, inp.character_index, inp.version):
             return await self._stored(inp.run)
+        world = await self.snapshots.of(inp)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         member = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
-        messages = prompts.character(inp.world, bible, member)
+        messages = prompts.character(world, bible, member)
         if inp.version:
             messages = prompts.revised(messages, feedback=inp.feedback, previous=member.get("bio"))
         reply, bill = await self._complete(
             inp.run,
-            inp.world,
+            world,
             "character",
             documents.item_index(inp.character_index, version=inp.version),
             messages,
@@ -214,15 +243,16 @@ class LlmActivities:
         """One call plans the character's posts as distinct moments; each post then writes one."""
         if await in_thread(store.has_plan, self.db, inp.run, inp.character_index, inp.version):
             return await self._stored(inp.run)
+        world = await self.snapshots.of(inp)
         bible = await in_thread(store.load_bible, self.db, inp.run)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
-        posts = inp.world.posts_per_character
-        messages = prompts.plan(inp.world, bible, profile, posts)
+        posts = world.posts_per_character
+        messages = prompts.plan(world, bible, profile, posts)
         if inp.version:
             messages = prompts.revised(messages, feedback=inp.feedback, previous=None)
         reply, bill = await self._complete(
             inp.run,
-            inp.world,
+            world,
             "plan",
             documents.item_index(inp.character_index, version=inp.version),
             messages,
@@ -241,9 +271,10 @@ class LlmActivities:
         assert inp.post_index is not None, "a post has an index"
         if await in_thread(store.has_post, self.db, inp.run, inp.character_index, inp.post_index, inp.version):
             return await self._stored(inp.run)
+        world = await self.snapshots.of(inp)
         profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
         earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
-        messages = prompts.post(inp.world, profile, inp.post_index)
+        messages = prompts.post(world, profile, inp.post_index)
         if inp.version:  # a new version: told the editor's note, and kept from repeating the one it replaces
             stored = await in_thread(store.load_post, self.db, inp.run, inp.character_index, inp.post_index)
             previous = stored and stored.get("caption")
@@ -251,7 +282,7 @@ class LlmActivities:
             earlier = earlier + ([previous] if previous else [])
         position = str(documents.item_index(inp.character_index, inp.post_index, inp.version))
         reply, bill = await self._complete(
-            inp.run, inp.world, "post", position, messages, schemas.POST, "post", MAX_TOKENS["post"]
+            inp.run, world, "post", position, messages, schemas.POST, "post", MAX_TOKENS["post"]
         )
         guard = functools.partial(
             quality.guard_caption, earlier=earlier, echoes=prompts.post_echoes(profile), labels=prompts.SCENE_LABELS
@@ -261,7 +292,7 @@ class LlmActivities:
         if dropped and len(quality.words(caption)) < quality.MIN_CAPTION_WORDS:
             again, second = await self._complete(
                 inp.run,
-                inp.world,
+                world,
                 "post",
                 f"{position}.retry",
                 prompts.avoiding(messages, dropped),
@@ -473,9 +504,10 @@ def _handle(handle: str, index: int, taken: list[str]) -> str:
 class MediaActivities:
     """Avatars and post images through the gRPC media service, stored in GridFS."""
 
-    def __init__(self, media: MediaClient, db: Database) -> None:
+    def __init__(self, media: MediaClient, db: Database, snapshots: Snapshots | None = None) -> None:
         self.media = media
         self.db = db
+        self.snapshots = snapshots or Snapshots(db)
 
     @activity.defn
     async def render_image(self, inp: ItemInput) -> None:
@@ -490,11 +522,12 @@ class MediaActivities:
         version = doc.get("version", 1)
         seeded = task_index = key if version <= 1 else f"{key}@v{version}"  # a new version, a new image
         seed = int.from_bytes(hashlib.sha256(seeded.encode()).digest()[:8], "big") >> 1  # fits a BSON int64
+        world = await self.snapshots.of(inp)
         started = time.monotonic()
         try:
             image = await self.media.render_image(
-                prompt=prompt or inp.world.premise,
-                style=inp.world.visual_style,
+                prompt=prompt or world.premise,
+                style=world.visual_style,
                 seed=seed,
                 width=width,
                 height=height,

@@ -96,10 +96,11 @@ class BibleInput:
 
 @dataclass
 class ItemInput:
-    """A character (``post_index`` None) or one of its posts."""
+    """A character (``post_index`` None) or one of its posts. ``world`` None: the activity reads the run's
+    snapshot from Mongo (stored by ``generate_bible``), so it does not travel in every activity's input."""
 
     run: RunRef
-    world: WorldSnapshot
+    world: WorldSnapshot | None
     character_index: int
     post_index: int | None = None
     version: int = 0  # a regeneration writes this version of the item (0: the run's own first version)
@@ -151,6 +152,7 @@ class CastInput:
 class TokenUsage:
     tokens: int  # billed to this activity attempt, repairs included
     run_tokens: int = 0  # the run's token ledger after it: every billed token of the run so far
+    snapshot_stored: bool = False  # generate_bible stored the run's world snapshot (older workers did not)
 
 
 @dataclass
@@ -159,6 +161,7 @@ class CharacterInput:
     world: WorldSnapshot
     config: RunConfig
     index: int
+    items_by_reference: bool = False  # its activities read the snapshot from Mongo (it is stored there)
 
 
 @dataclass

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS = "bibles", "characters", "posts", "generation_tasks", "token_ledgers"
 VERSIONS = "item_versions"  # earlier versions of regenerated characters and posts
 EVENTS, COMMENTS, LIVE_DAYS = "world_events", "comments", "live_days"  # of live worlds
-CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS, VERSIONS, EVENTS, COMMENTS, LIVE_DAYS)
+SNAPSHOTS = "run_snapshots"  # the world as each run execution saw it (activities read it by reference)
+CONTENT_COLLECTIONS = (BIBLES, CHARACTERS, POSTS, TASKS, LEDGERS, VERSIONS, EVENTS, COMMENTS, LIVE_DAYS, SNAPSHOTS)
 IMAGES = "images"  # GridFS bucket: images.files and images.chunks
 IMAGE_CHUNK_BYTES = 255 * 1024  # GridFS's default chunk size
 
@@ -82,6 +83,11 @@ def comment_key(run: RunRef, day: int, slot: int, reply: bool = False) -> str:
 def day_key(run: RunRef, day: int) -> str:
     """A live world's day report, and the key of that day's token ledger."""
     return f"{run.key}-d{day}"
+
+
+def snapshot_key(run: RunRef) -> str:
+    """A run execution's snapshot: a resume may carry another token budget."""
+    return f"{run.key}/resume-{run.resume}"
 
 
 def task_key(run: RunRef, stage: str, index: str | int) -> str:

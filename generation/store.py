@@ -2,6 +2,7 @@
 write is an upsert, so a retried activity never duplicates anything. Keys, fields and shapes come
 from ``generation.documents``. Imports nothing from Django."""
 
+import dataclasses
 from collections.abc import Callable
 
 from bson import Binary
@@ -9,7 +10,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from generation.contracts import RunRef
+from generation.contracts import RunRef, WorldSnapshot
 from generation.documents import (
     BIBLES,
     CHARACTERS,
@@ -21,6 +22,7 @@ from generation.documents import (
     LEDGERS,
     LIVE_DAYS,
     POSTS,
+    SNAPSHOTS,
     TASKS,
     VERSIONS,
     CharacterStatus,
@@ -37,6 +39,7 @@ from generation.documents import (
     post_document,
     post_key,
     run_fields,
+    snapshot_key,
     task_key,
     version_key,
     world_image_ids,
@@ -54,6 +57,20 @@ def save_bible(db: Database, run: RunRef, bible: dict, revision: int, feedback: 
         {"$set": document, "$addToSet": {"history": {"revision": revision, "feedback": feedback, "bible": bible}}},
         upsert=True,
     )
+
+
+def save_world_snapshot(db: Database, run: RunRef, world: WorldSnapshot) -> None:
+    """The world as this run execution sees it, for activities whose input carries only the run."""
+    db[SNAPSHOTS].replace_one(
+        {"_id": snapshot_key(run)}, {**run_fields(run), "world": dataclasses.asdict(world)}, upsert=True
+    )
+
+
+def load_world_snapshot(db: Database, run: RunRef) -> WorldSnapshot:
+    doc = db[SNAPSHOTS].find_one({"_id": snapshot_key(run)}, {"world": 1})
+    if doc is None:  # generate_bible stores it before any activity that reads it runs
+        raise LookupError(f"no world snapshot stored for {snapshot_key(run)}")
+    return WorldSnapshot(**doc["world"])
 
 
 def has_bible(db: Database, run: RunRef, revision: int | None = None) -> bool:

@@ -249,6 +249,7 @@ class WorldGenerationWorkflow:
         self._exact = False
         self._children: dict[int, asyncio.Future] = {}  # started character workflows (exact runs)
         self._stopping = False
+        self._snapshot_stored = False  # the run's world snapshot is in Mongo: items pass the run only
 
     @workflow.query
     def progress(self) -> Progress:
@@ -307,13 +308,16 @@ class WorldGenerationWorkflow:
             raise ApplicationError(message, non_retryable=True) from err
         return self._progress
 
-    async def _llm(self, activity, arg) -> None:
+    async def _llm(self, activity, arg) -> TokenUsage:
         usage = await run_llm(activity, arg, self._inp.config, self._inp.world.world_id, self._exact)
         self._add_tokens(usage)
+        return usage
 
     async def _generate_bible(self, revision: int, feedback: str | None) -> None:
         self._progress.bible_revision = revision
-        await self._llm(LlmActivities.generate_bible, BibleInput(self._inp.run, self._inp.world, revision, feedback))
+        bible = BibleInput(self._inp.run, self._inp.world, revision, feedback)
+        # Stored by this activity (not by an older worker's): the characters' items pass the run, not the world.
+        self._snapshot_stored = (await self._llm(LlmActivities.generate_bible, bible)).snapshot_stored
 
     async def _approval_gate(self) -> bool:
         """Wait for approve, or reject-with-feedback (regenerate); False when it times out."""
@@ -391,7 +395,7 @@ class WorldGenerationWorkflow:
         """A running character workflow, as a future of its result. Exact runs start it in a task of
         its own, which a cancel of this workflow does not interrupt mid-start."""
         inp = self._inp
-        character_input = CharacterInput(inp.run, inp.world, inp.config, index)
+        character_input = CharacterInput(inp.run, inp.world, inp.config, index, self._snapshot_stored)
         options: dict[str, Any] = {
             "id": f"{inp.run.workflow_id}-character-{index}",
             "task_queue": inp.config.workflows_queue,
@@ -510,7 +514,8 @@ class CharacterWorkflow:
                 progress.failed += items
                 return False
 
-        item = ItemInput(inp.run, world, inp.index)
+        item_world = None if inp.items_by_reference else world  # by reference: the activities read it from Mongo
+        item = ItemInput(inp.run, item_world, inp.index)
         if not await made(LlmActivities.generate_character, item, items=1 + world.posts_per_character):
             return progress  # no profile: no avatar and no posts
 
@@ -524,7 +529,7 @@ class CharacterWorkflow:
         if world.posts_per_character and workflow.patched(PLANNED_POSTS):
             await made(LlmActivities.plan_posts, item)  # without a plan, each post writes a moment of its own
         for post_index in range(world.posts_per_character):
-            post = ItemInput(inp.run, world, inp.index, post_index)
+            post = ItemInput(inp.run, item_world, inp.index, post_index)
             if await made(LlmActivities.generate_post, post):
                 await render(post)
                 progress.posts_done += 1
@@ -561,7 +566,7 @@ async def render_or_degrade(item: ItemInput, media_queue: str, workflows_queue: 
             start_to_close_timeout=timedelta(seconds=60),
             schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE,
             heartbeat_timeout=timedelta(seconds=10),
-            priority=_fairness(item.world.world_id),
+            priority=_fairness(item.run.world_id),
         )
         return RENDERED
     except ActivityError as err:

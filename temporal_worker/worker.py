@@ -29,6 +29,7 @@ from generation.activities import (
     CleanupActivities,
     LlmActivities,
     MediaActivities,
+    Snapshots,
     StackCheckActivities,
     StoreActivities,
 )
@@ -108,8 +109,9 @@ def build_workers(
         db = extensions.database(db)
     stack_check = StackCheckActivities(db)
     llm_client = LlmClient(clients.llm_http, default_model=settings.LLM_MODEL, send_sampling=settings.LLM_SEND_SAMPLING)
-    llm = LlmActivities(llm_client, db)
-    media = MediaActivities(MediaClient(clients.media_channel), db)
+    snapshots = Snapshots(db)  # the runs' world snapshots, read once per worker
+    llm = LlmActivities(llm_client, db, snapshots)
+    media = MediaActivities(MediaClient(clients.media_channel), db, snapshots)
     living = LivingActivities(llm_client, db, media)
     store_activities, mirror = StoreActivities(db), RunMirrorActivities()
     cleanup = CleanupActivities(client, db)

@@ -108,6 +108,20 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
     assert task["raw_response"] and task["output"]["caption"] and task["attempt"] == 1
     plan = db.generation_tasks.find_one({"_id": f"{key}:plan:0"})["prompt"][1]["content"]
     assert "Moment 1: something you ate or drank\nMoment 2: a small problem at work" in plan
+    # The world travels once per workflow: a character's activities get the run, and read the snapshot.
+    assert db.run_snapshots.find_one({"_id": f"{key}/resume-0"})["world"]["premise"] == run.world.premise
+
+    async def character_activity_inputs(client) -> list[str]:
+        history = await client.get_workflow_handle(f"{run.workflow_id}-character-1").fetch_history()
+        return [
+            b"".join(p.data for p in event.activity_task_scheduled_event_attributes.input.payloads).decode()
+            for event in history.events
+            if event.HasField("activity_task_scheduled_event_attributes")
+        ]
+
+    inputs = temporal_call(character_activity_inputs)
+    assert len(inputs) == 1 + 1 + 1 + 2 * 2  # profile, avatar, plan, posts and their images
+    assert all('"world":null' in data.replace(" ", "") and run.world.premise not in data for data in inputs)
     record_history(run.workflow_id, "world_completed")
     record_history(f"{run.workflow_id}-character-1", "character_completed")
 

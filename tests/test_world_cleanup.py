@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from clients import mongo
 from generation import documents, store
 from generation.activities import CleanupActivities
-from generation.contracts import RunRef, WorldCleanupInput, WorldCleanupResult
+from generation.contracts import RunRef, WorldCleanupInput, WorldCleanupResult, WorldSnapshot
 from generation.documents import CONTENT_COLLECTIONS
 from generation.workflows import WorldCleanupWorkflow
 from temporal_worker.heartbeat import HeartbeatInterceptor
@@ -29,9 +29,25 @@ def image_ids(world_id: int) -> dict:
     return {"$regex": f"^img-w{world_id}-"}
 
 
+SNAPSHOT = WorldSnapshot(
+    world_id=0,
+    name="Dunes",
+    premise="Dunes that sing.",
+    genre="",
+    tone="",
+    language="en",
+    visual_style="",
+    character_count=2,
+    posts_per_character=1,
+    requires_approval=False,
+    token_budget=10_000,
+)
+
+
 def seed(db, world_id: int, runs: int = 2) -> None:
     for number in range(1, runs + 1):
         run = RunRef(run_id=number, world_id=world_id, number=number, workflow_id=f"world-{world_id}-run-{number}")
+        store.save_world_snapshot(db, run, SNAPSHOT)
         store.save_bible(db, run, {"title": f"World {world_id}"}, 0, None)
         store.save_cast(
             db,
