@@ -78,6 +78,7 @@ class Stack:
 
     def __init__(self, opts: argparse.Namespace, workdir: Path, *, llm_base_url: str | None = None) -> None:
         self.opts, self.workdir, self.processes = opts, workdir, []
+        self.worker_processes: list[servers.ManagedProcess] = []  # stopped with the stack if a mode fails
         try:
             self._start_all(llm_base_url)
         except BaseException:
@@ -166,6 +167,7 @@ class Stack:
                 env=self.env,
                 cwd=cwd,
             )
+            self.worker_processes.append(process)
             servers.wait_for_port(process, health, timeout=120)
             workers.append(
                 BenchWorker(process, f"http://127.0.0.1:{metrics}/metrics", f"http://127.0.0.1:{health}/healthz")
@@ -173,7 +175,7 @@ class Stack:
         return workers
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
+        for process in [*self.worker_processes, *reversed(self.processes)]:
             process.stop()
 
 

@@ -134,21 +134,23 @@ def django_db_modify_db_settings(tmp_path_factory, logs_dir):
     from tests.postgres_server import USER, PostgresServer
 
     server = PostgresServer(logs_dir / "postgresql.log")
-    database.update(
-        ENGINE="django.db.backends.postgresql",
-        NAME="worldgen",
-        USER=USER,
-        PASSWORD="",
-        HOST="127.0.0.1",
-        PORT=str(server.port),
-        OPTIONS={},
-    )
-    database["TEST"]["NAME"] = "test_worldgen"
-    connections.close_all()
-    del connections["default"]  # the wrapper made before this point is SQLite's
-    yield server.url("test_worldgen")
-    connections.close_all()
-    server.stop()
+    try:
+        database.update(
+            ENGINE="django.db.backends.postgresql",
+            NAME="worldgen",
+            USER=USER,
+            PASSWORD="",
+            HOST="127.0.0.1",
+            PORT=str(server.port),
+            OPTIONS={},
+        )
+        database["TEST"]["NAME"] = "test_worldgen"
+        connections.close_all()
+        del connections["default"]  # the wrapper made before this point is SQLite's
+        yield server.url("test_worldgen")
+    finally:
+        connections.close_all()
+        server.stop()
 
 
 # --- One fixture per server: the settings of this process and the environment of subprocesses -------------
