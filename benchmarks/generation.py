@@ -49,6 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-concurrent-activities", type=int, default=200)
     parser.add_argument("--max-cached-workflows", type=int, default=1000, help="each worker's workflow cache")
     parser.add_argument("--premise-chars", type=int, default=0, help="pad each world's premise to this length")
+    parser.add_argument("--database-url", help="the SQL database (default: a fresh SQLite file)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
     living = parser.add_argument_group("living mode (benchmarks/living.py; runs instead of --modes)")
@@ -109,7 +110,7 @@ class Stack:
             "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
             "MONGO_URI": mongo_uri,
             "MONGO_DB": "worldgen_bench",
-            "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "DATABASE_URL": opts.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}",
             "LLM_BASE_URL": llm_base_url,
             "MEDIA_GRPC_TARGET": f"127.0.0.1:{ports['media']}",
             "LLM_RATE_LIMIT_PER_SECOND": "100000",
