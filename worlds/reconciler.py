@@ -49,13 +49,18 @@ async def reconcile_round(client: Client) -> list[str]:
 async def _settle(client: Client, rows: list, settle: Callable[[Any, str], str | None]) -> list[str]:
     statuses = await workflow_statuses(client, [row.workflow_id for row in rows])
 
-    def record() -> list[str]:
-        return [change for row, status in zip(rows, statuses, strict=True) if (change := settle(row, status))]
+    def record() -> list[tuple[str, str]]:
+        return [(change, status) for row, status in zip(rows, statuses, strict=True) if (change := settle(row, status))]
 
     changes = await sync_to_async(record)()
-    for change in changes:
-        log.warning("row corrected from Temporal", extra={"row": change})
-    return changes
+    for change, status in changes:
+        # A row behind a running workflow (a live world still shown starting) is routine; anything else is not.
+        log.log(
+            logging.INFO if status == "RUNNING" else logging.WARNING,
+            "row corrected from Temporal",
+            extra={"row": change},
+        )
+    return [change for change, _ in changes]
 
 
 async def reconcile_forever(client: Client) -> None:
