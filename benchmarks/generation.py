@@ -385,11 +385,11 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
 
 
 def _premise(chars: int) -> str:
-    premise = "A benchmark archipelago of tea houses."
-    filler = " The tea houses trade letters by kite, and every island keeps its own calendar."
+    """The benchmark's premise, padded to ``chars`` characters if it is shorter."""
+    premise = base = "A benchmark archipelago of tea houses."
     while len(premise) < chars:
-        premise += filler
-    return premise[: max(chars, 38)]
+        premise += " The tea houses trade letters by kite, and every island keeps its own calendar."
+    return premise[: max(chars, len(base))]
 
 
 def wait_for_runs(runs: list, *, timeout: float) -> list:
@@ -473,15 +473,15 @@ def _summary(results: dict) -> dict:
                     "peak_mongo_connections",
                     "worker_mongo_pool_peaks",
                     "worker_peak_rss_mb",
+                    "mongo_ops_per_activity",
+                    "history_bytes_per_item",
+                    "temporal_actions_per_item",
                 )
             }
         )
         summary["pipeline_activities_per_s"] = pipeline["activities_per_s"]
     if "baseline" in results:
         summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
-    if "pipeline" in results:
-        for key in ("mongo_ops_per_activity", "history_bytes_per_item", "temporal_actions_per_item"):
-            summary[key] = results["pipeline"][key]
     if "baseline" in results and "pipeline" in results:
         summary["ratio"] = round(summary["pipeline_activities_per_s"] / summary["baseline_activities_per_s"], 3)
         summary["orchestration_cpu_ratio"] = round(
