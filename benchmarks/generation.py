@@ -301,10 +301,14 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
         "worker_peak_rss_mb": round(sampler.peak_rss_mb, 1),
         "workflow_cache": cache,
         "cpu_s_by_process": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_before},
-        # Temporal server + workers, per completed activity (issue 14's orchestration_cpu_ratio compares modes)
+        # Temporal server + workers, per completed activity and per item (issue 14's orchestration_cpu_ratio
+        # compares modes; per item too, as the pipeline makes an item in fewer, larger activities)
         "orchestration_cpu_ms_per_activity": round(1000 * orchestration_cpu / max(1, activities), 2),
+        "orchestration_cpu_ms_per_item": round(1000 * orchestration_cpu / items, 2),
+        "items_per_s": round(items / wall, 1),
         "mongo_ops": round(ops),
         "mongo_ops_per_activity": round(ops / max(1, activities), 2),
+        "mongo_ops_per_item": round(ops / items, 2),
         "mongo_ops_at_rest_per_s": round(rest_rate, 2),
         "items": items,
         **histories,
@@ -373,7 +377,7 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
     for key in keys:  # documents beyond what a world should have (keys are deterministic, so 0)
         duplicates += max(0, db.posts.count_documents({"run_key": key}) - expected_posts)
         duplicates += max(0, db.characters.count_documents({"run_key": key}) - expected_characters)
-    workflow_ids = pipeline_workflow_ids(finished, opts.characters)
+    workflow_ids = pipeline_workflow_ids(finished)
     histories = temporal_call(lambda client: history_figures(client, workflow_ids), timeout=600)
     return {
         "worlds_completed": sum(run.status == GenerationRun.Status.COMPLETED for run in finished),
@@ -474,6 +478,7 @@ def _summary(results: dict) -> dict:
                     "worker_mongo_pool_peaks",
                     "worker_peak_rss_mb",
                     "mongo_ops_per_activity",
+                    "mongo_ops_per_item",
                     "history_bytes_per_item",
                     "temporal_actions_per_item",
                 )
@@ -484,11 +489,12 @@ def _summary(results: dict) -> dict:
         summary["baseline_activities_per_s"] = results["baseline"]["activities_per_s"]
     if "baseline" in results and "pipeline" in results:
         summary["ratio"] = round(summary["pipeline_activities_per_s"] / summary["baseline_activities_per_s"], 3)
-        summary["orchestration_cpu_ratio"] = round(
-            results["pipeline"]["orchestration_cpu_ms_per_activity"]
-            / results["baseline"]["orchestration_cpu_ms_per_activity"],
-            2,
-        )
+        summary["items_ratio"] = round(results["pipeline"]["items_per_s"] / results["baseline"]["items_per_s"], 3)
+        for unit in ("activity", "item"):
+            key = f"orchestration_cpu_ms_per_{unit}"
+            summary[f"orchestration_cpu_ratio{'' if unit == 'activity' else '_per_item'}"] = round(
+                results["pipeline"][key] / results["baseline"][key], 2
+            )
     if "per-activity-connections" in results:
         anti = results["per-activity-connections"]
         summary["per_activity_activities_per_s"] = anti["activities_per_s"]

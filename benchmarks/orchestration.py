@@ -1,7 +1,7 @@
 """What the orchestration itself costs, from Temporal's histories and Mongo's own counters (issue 14).
 
 - ``history_bytes_per_item`` and ``temporal_actions_per_item``: over every workflow of a mode's worlds (the
-  world workflow and its children), per generated item (a character or a post).
+  world workflow, and the baseline's children), per generated item (a character or a post).
 - Actions are counted the way Temporal Cloud bills them, from history events: a workflow started (each
   history's start event: a child, a continue-as-new), an activity scheduled or retried, a timer, a signal,
   an update, a marker (a local activity or side effect) and a search-attribute upsert. Activity heartbeats
@@ -51,13 +51,9 @@ async def history_figures(client, workflow_ids: list[str]) -> dict:
     }
 
 
-def pipeline_workflow_ids(runs: list, characters: int) -> list[str]:
-    """Each run's world workflow and its character children."""
-    return [
-        wid
-        for run in runs
-        for wid in (run.workflow_id, *(f"{run.workflow_id}-character-{i}" for i in range(characters)))
-    ]
+def pipeline_workflow_ids(runs: list) -> list[str]:
+    """Each run's workflow (WorldRunWorkflow: its characters are activities of it, not child workflows)."""
+    return [run.workflow_id for run in runs]
 
 
 class MongoOps:

@@ -25,8 +25,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from generation import documents, metrics, prompts, quality, schemas, store
 from generation.contracts import (
     BUDGET_EXCEEDED,
+    ITEM_ERRORS,
     BibleInput,
     CastInput,
+    CharacterImages,
+    CharacterTask,
+    CharacterText,
     ImageRef,
     ItemInput,
     NewVersions,
@@ -88,6 +92,7 @@ class StackCheckActivities:
 
 REPAIR_ATTEMPTS = 2  # extra LLM calls that show the model its own invalid reply
 MEDIA_ATTEMPTS_BEFORE_DEGRADING = 3
+MEDIA_BACKOFF_MAX_S = 10  # between a batch's attempts at one image, as MEDIA_RETRY between activity attempts
 # max_tokens of each call: the most one reply may cost. A cast grows with its size.
 MAX_TOKENS = {"bible": 1500, "character": 1000, "post": 500}
 
@@ -151,7 +156,7 @@ class Snapshots:
         self.db = db
         self._cache: dict[str, WorldSnapshot] = {}
 
-    async def of(self, inp: ItemInput) -> WorldSnapshot:
+    async def of(self, inp: ItemInput | CharacterTask) -> WorldSnapshot:
         if inp.world is not None:
             return inp.world
         key = documents.snapshot_key(inp.run)
@@ -319,6 +324,39 @@ class LlmActivities:
         )
         metrics.count(metrics.ITEMS_GENERATED, kind="post")
         return TokenUsage(bill.tokens, bill.run_tokens)
+
+    @activity.defn
+    async def write_character(self, inp: CharacterTask) -> CharacterText:
+        """A character's text in one activity: its profile, its plan, then its posts in order (the steps of
+        ``generate_character``, ``plan_posts`` and ``generate_post``). An item whose output stays invalid
+        after repairs is counted as failed and skipped; any other error ends the attempt, and the retry
+        skips what is stored."""
+        world = await self.snapshots.of(inp)
+        text = CharacterText()
+
+        async def made(step, item: ItemInput, items: int = 1) -> bool:
+            try:
+                usage = await step(item)
+            except ApplicationError as err:
+                if err.type not in ITEM_ERRORS:
+                    raise
+                text.failed += items
+                return False
+            text.tokens += usage.tokens
+            text.run_tokens = max(text.run_tokens, usage.run_tokens)
+            return True
+
+        character = ItemInput(inp.run, inp.world, inp.character_index)
+        posts = world.posts_per_character
+        text.profile_made = await made(self.generate_character, character, items=1 + posts)
+        if not text.profile_made:
+            return text  # no profile: no posts
+        if posts:
+            await made(self.plan_posts, character)  # without a plan, each post writes a moment of its own
+        for post_index in range(posts):
+            if await made(self.generate_post, ItemInput(inp.run, inp.world, inp.character_index, post_index)):
+                text.post_indexes.append(post_index)
+        return text
 
     async def _stored(self, run: RunRef) -> TokenUsage:
         """An item stored already (by an earlier attempt, or before the run was resumed): no LLM call."""
@@ -511,6 +549,49 @@ class MediaActivities:
 
     @activity.defn
     async def render_image(self, inp: ItemInput) -> None:
+        try:
+            await self._render(inp)
+        except MediaRejected as err:  # for good: recorded as the item's failure, with the reason
+            raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
+        except MediaUnavailable as err:
+            # The media service gets a few attempts, then the item is degraded; other failures
+            # (e.g. Mongo briefly down while storing) keep retrying under the workflow's policy.
+            give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
+            delay = timedelta(seconds=err.retry_after) if err.retry_after else None  # an image API's Retry-After
+            raise ApplicationError(
+                str(err), type="MediaUnavailable", non_retryable=give_up, next_retry_delay=delay
+            ) from err
+
+    @activity.defn
+    async def render_character(self, inp: CharacterTask) -> CharacterImages:
+        """A character's images in one activity: its avatar, then the image of each post made. The media
+        service gets a few attempts per image (honouring its Retry-After); an image it still cannot make is
+        marked for a re-render, one it refuses is recorded as failed, and the others go on."""
+        images = CharacterImages()
+        targets = [None] if inp.profile_made else []
+        for post_index in [*targets, *(inp.post_indexes or [])]:
+            item = ItemInput(inp.run, inp.world, inp.character_index, post_index)
+            for attempt in range(1, MEDIA_ATTEMPTS_BEFORE_DEGRADING + 1):
+                try:
+                    await self._render(item)
+                    break
+                except MediaRejected:
+                    images.rejected += 1
+                    break
+                except MediaUnavailable as err:
+                    if attempt == MEDIA_ATTEMPTS_BEFORE_DEGRADING:
+                        await in_thread(
+                            store.mark_image_for_rerender, self.db, inp.run, inp.character_index, post_index
+                        )
+                        metrics.count(metrics.DEGRADED_IMAGES)
+                        images.degraded += 1
+                    else:
+                        await asyncio.sleep(err.retry_after or min(2 ** (attempt - 1), MEDIA_BACKOFF_MAX_S))
+        return images
+
+    async def _render(self, inp: ItemInput) -> None:
+        """Render and store one image (nothing if it is rendered already). Raises ``MediaRejected`` once the
+        refusal is recorded on the item, and ``MediaUnavailable`` while the service cannot answer."""
         collection, key, doc = await in_thread(
             store.image_target, self.db, inp.run, inp.character_index, inp.post_index
         )
@@ -533,21 +614,15 @@ class MediaActivities:
                 height=height,
                 kind=kind,
             )
-        except MediaRejected as err:  # for good: recorded as the item's failure, with the reason
+        except MediaRejected as err:
             metrics.count(metrics.ITEMS_FAILED, kind="image")
             task = {"status": documents.TaskStatus.FAILED, "prompt": prompt, "error": str(err)}
             await in_thread(store.record_task, self.db, inp.run, kind, task_index, task | self._ended(started))
             await in_thread(store.mark_image, self.db, collection, key, documents.ImageStatus.REJECTED, str(err))
-            raise ApplicationError(str(err), type="MediaRejected", non_retryable=True) from err
-        except MediaUnavailable as err:
-            # The media service gets a few attempts, then the item is degraded; other failures
-            # (e.g. Mongo briefly down while storing) keep retrying under the workflow's policy.
-            give_up = activity.info().attempt >= MEDIA_ATTEMPTS_BEFORE_DEGRADING
+            raise
+        except MediaUnavailable:
             metrics.count(metrics.OUTAGE_WAITS, upstream="media")
-            delay = timedelta(seconds=err.retry_after) if err.retry_after else None  # an image API's Retry-After
-            raise ApplicationError(
-                str(err), type="MediaUnavailable", non_retryable=give_up, next_retry_delay=delay
-            ) from err
+            raise
         metadata = {"renderer": image.renderer, "seed": seed, "width": image.width, "height": image.height}
         image_id = await in_thread(store.store_image_file, self.db, key, image.png, metadata, version)
         # The task record is written before the image is marked rendered: a worker killed in between

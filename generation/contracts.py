@@ -2,7 +2,7 @@
 world definition snapshot, never generated text; and the run statuses and stages that
 workflows report and ``worlds.models.GenerationRun`` stores. Imports nothing from Django."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from generation.documents import run_key
@@ -162,6 +162,38 @@ class CharacterInput:
     config: RunConfig
     index: int
     items_by_reference: bool = False  # its activities read the snapshot from Mongo (it is stored there)
+
+
+@dataclass
+class CharacterTask:
+    """One character of a run, as one activity: its text (profile, plan, posts) on the LLM queue, or its
+    images (avatar, then each post made: ``post_indexes``) on the media queue. ``world`` None: the
+    activities read the run's snapshot from Mongo (stored by ``generate_bible``)."""
+
+    run: RunRef
+    world: WorldSnapshot | None
+    character_index: int
+    profile_made: bool = True
+    post_indexes: list[int] | None = None
+
+
+@dataclass
+class CharacterText:
+    """What ``write_character`` made: its tokens, the posts it stored, and the items that failed for good."""
+
+    tokens: int = 0
+    run_tokens: int = 0
+    profile_made: bool = False
+    post_indexes: list[int] = field(default_factory=list)
+    failed: int = 0
+
+
+@dataclass
+class CharacterImages:
+    """What ``render_character`` did: images kept for a re-render (degraded) and images refused for good."""
+
+    degraded: int = 0
+    rejected: int = 0
 
 
 @dataclass

@@ -37,8 +37,10 @@ with workflow.unsafe.imports_passed_through():
         ITEM_ERRORS,
         BibleInput,
         CastInput,
+        CharacterImages,
         CharacterInput,
         CharacterProgress,
+        CharacterTask,
         Decision,
         DegradedItemsUpdate,
         ItemInput,
@@ -250,6 +252,7 @@ class WorldGenerationWorkflow:
         self._children: dict[int, asyncio.Future] = {}  # started character workflows (exact runs)
         self._stopping = False
         self._snapshot_stored = False  # the run's world snapshot is in Mongo: items pass the run only
+        self._current = False  # WorldRunWorkflow: every patch below applies, none is recorded
 
     @workflow.query
     def progress(self) -> Progress:
@@ -272,8 +275,11 @@ class WorldGenerationWorkflow:
 
     @workflow.run
     async def run(self, inp: WorldRunInput) -> Progress:
-        self._inp = inp
         self._exact = workflow.patched(EXACT_RUNS)
+        return await self._run(inp)
+
+    async def _run(self, inp: WorldRunInput) -> Progress:
+        self._inp = inp
         world = inp.world
         self._progress.characters_total = world.character_count
         self._progress.posts_total = world.character_count * world.posts_per_character
@@ -433,7 +439,7 @@ class WorldGenerationWorkflow:
             pass
 
     def _mirror_due(self) -> bool:
-        if not workflow.patched(EVENT_DRIVEN_PROGRESS):
+        if not self._current and not workflow.patched(EVENT_DRIVEN_PROGRESS):
             return True
         return workflow.now() - self._last_mirror >= PROGRESS_MIRROR_INTERVAL
 
@@ -481,6 +487,101 @@ class WorldGenerationWorkflow:
 
     async def _finish(self, status: RunStatus, stage: str, error: str = "") -> None:
         await self._mirror(status, stage, error, finished=True)
+
+
+@workflow.defn
+class WorldRunWorkflow(WorldGenerationWorkflow):
+    """A world's run as every new run is started: bible → optional approval → cast → each character as two
+    activities (its text, then its images) in a bounded sliding window, in this workflow (no child
+    workflow per character). Every patch of WorldGenerationWorkflow applies and none is recorded, so a
+    world costs a few Temporal actions rather than several per item. WorldGenerationWorkflow stays for
+    the runs started before it."""
+
+    @workflow.run
+    async def run(self, inp: WorldRunInput) -> Progress:
+        self._exact = self._current = True
+        return await self._run(inp)
+
+    async def _generate_characters(self) -> None:
+        inp = self._inp
+        self._progress.stage = Stage.CHARACTERS
+        await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
+        await self._llm(LlmActivities.generate_cast, CastInput(inp.run, inp.world))
+        running: set[asyncio.Task] = set()
+        next_index = 0
+        try:
+            while next_index < inp.world.character_count or running:
+                while next_index < inp.world.character_count and len(running) < inp.config.character_concurrency:
+                    running.add(asyncio.create_task(self._character(next_index)))
+                    next_index += 1
+                done, pending = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running = set(pending)
+                for task in done:
+                    self.character_progress(task.result())
+                    self._progress.characters_done += 1
+                self._check_budget()
+                # Progress reaches the run row when a character finishes, at most every
+                # PROGRESS_MIRROR_INTERVAL (no timer: the query is always current).
+                if running and self._unmirrored_progress and self._mirror_due():
+                    stage = Stage.POSTS if inp.world.posts_per_character else Stage.CHARACTERS
+                    await self._mirror(RunStatus.RUNNING, stage)
+        except BaseException:
+            for task in running:
+                task.cancel()
+            if running:  # let them stop, so nothing is still writing when the run is reported finished
+                await workflow.wait(running)
+            raise
+
+    async def _character(self, index: int) -> CharacterProgress:
+        inp, config = self._inp, self._inp.config
+        world = None if self._snapshot_stored else inp.world
+        posts = inp.world.posts_per_character
+        task = CharacterTask(inp.run, world, index)
+        text = await run_llm(
+            LlmActivities.write_character,
+            task,
+            config,
+            inp.world.world_id,
+            exact=True,
+            start_to_close_timeout=LLM_TIMEOUTS["start_to_close_timeout"] * (2 + posts),
+            heartbeat_timeout=LLM_TIMEOUTS["heartbeat_timeout"],
+        )
+        progress = CharacterProgress(index, text.tokens, len(text.post_indexes), 0, text.run_tokens, text.failed)
+        if text.profile_made or text.post_indexes:
+            task = CharacterTask(inp.run, world, index, text.profile_made, text.post_indexes)
+            images = await render_character(task, config, 1 + len(text.post_indexes))
+            progress.degraded, progress.failed = images.degraded, progress.failed + images.rejected
+        return progress
+
+
+async def render_character(task: CharacterTask, config: RunConfig, images: int) -> CharacterImages:
+    """A character's images; if the activity itself cannot finish (not the media service: it degrades
+    those images itself), the images are kept for a re-render, as ``render_or_degrade`` does."""
+    try:
+        return await run_activity(
+            MediaActivities.render_character,
+            task,
+            exact=True,
+            task_queue=config.media_queue,
+            retry_policy=MEDIA_RETRY,
+            start_to_close_timeout=timedelta(seconds=60) * images,
+            schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE + timedelta(seconds=60) * images,
+            heartbeat_timeout=timedelta(seconds=10),
+            priority=_fairness(task.run.world_id),
+        )
+    except ActivityError as err:
+        if cancel_requested(err):
+            raise
+        targets = [None] if task.profile_made else []
+        for post_index in [*targets, *(task.post_indexes or [])]:
+            await run_activity(
+                StoreActivities.mark_image_for_rerender,
+                ItemInput(task.run, task.world, task.character_index, post_index),
+                exact=True,
+                task_queue=config.workflows_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+        return CharacterImages(degraded=len(targets) + len(task.post_indexes or []))
 
 
 @workflow.defn

@@ -45,6 +45,7 @@ from generation.workflows import (
     StackCheckWorkflow,
     WorldCleanupWorkflow,
     WorldGenerationWorkflow,
+    WorldRunWorkflow,
 )
 from temporal_worker.backoff import wait_until_ready
 from temporal_worker.health import HealthServer
@@ -134,19 +135,21 @@ def build_workers(
             llm.generate_character,
             llm.plan_posts,
             llm.generate_post,
+            llm.write_character,
             living.live_day,
             living.write_event,
             living.write_day_post,
             living.write_comment,
             living.update_memory,
         ],
-        "media": [media.render_image],
+        "media": [media.render_image, media.render_character],
     }
     workers = []
     for kind in options.queues:
         kwargs: dict[str, Any] = {}
         if kind == "workflows":
             kwargs["workflows"] = [
+                WorldRunWorkflow,
                 WorldGenerationWorkflow,
                 CharacterWorkflow,
                 RerenderImagesWorkflow,

@@ -13,7 +13,7 @@ import pytest
 from clients import mongo
 from generation import media
 from generation.contracts import RunRef, WorldRunInput
-from generation.workflows import WorldGenerationWorkflow
+from generation.workflows import WorldRunWorkflow
 from temporal_worker.resources import SharedClients
 from temporal_worker.worker import QUEUE_KINDS, WorkerOptions, build_workers
 from worlds.models import GenerationRun, World
@@ -59,7 +59,7 @@ def test_unapproved_bible_expires_the_run_after_the_timeout(time_skipping_server
             for worker in build_workers(env.client, clients, options, executor):
                 await running.enter_async_context(worker)
             progress = await env.client.execute_workflow(
-                WorldGenerationWorkflow.run, run_input, id=workflow_id, task_queue=config.workflows_queue
+                WorldRunWorkflow.run, run_input, id=workflow_id, task_queue=config.workflows_queue
             )
             skipped = (
                 await env.get_current_time() - (await env.client.get_workflow_handle(workflow_id).describe()).start_time

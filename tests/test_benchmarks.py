@@ -38,7 +38,10 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
         "per_activity_activities_per_s",
         "worker_peak_rss_mb",
         "orchestration_cpu_ratio",
+        "orchestration_cpu_ratio_per_item",
+        "items_ratio",
         "mongo_ops_per_activity",
+        "mongo_ops_per_item",
         "history_bytes_per_item",
         "temporal_actions_per_item",
     ):
@@ -49,7 +52,10 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
     assert baseline["temporal_actions_by_kind"]["activity_task_scheduled"] == baseline["activities"]
     assert baseline["temporal_actions_by_kind"]["workflow_execution_started"] == 2 * 2  # worlds and children
     assert baseline["mongo_ops_per_activity"] < 1.5 < pipeline["mongo_ops_per_activity"]  # no-ops touch no Mongo
-    assert pipeline["history_bytes"] > baseline["history_bytes"] > 0
+    assert pipeline["history_bytes"] > 0 and baseline["history_bytes"] > 0
+    # One workflow a world, and fewer actions than the baseline's activity and child per step.
+    assert pipeline["temporal_actions_by_kind"]["workflow_execution_started"] == 2
+    assert pipeline["temporal_actions_per_item"] < baseline["temporal_actions_per_item"]
     assert pipeline["workflow_cache"]["total_forced_eviction"] > 0 and pipeline["workflow_cache"]["miss"] > 0
     assert 0 < figures["worker_mongo_pool_peaks"][0] <= figures["mongo_pool_size"]
     # A client per activity opens more connections than the shared pool ever holds.

@@ -17,6 +17,9 @@ from temporalio.worker import Worker
 from generation.contracts import (
     BibleInput,
     CastInput,
+    CharacterImages,
+    CharacterTask,
+    CharacterText,
     DegradedItemsUpdate,
     ImageRef,
     ItemInput,
@@ -32,6 +35,7 @@ from generation.workflows import (
     RegenerateItemWorkflow,
     RerenderImagesWorkflow,
     WorldGenerationWorkflow,
+    WorldRunWorkflow,
 )
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(60)]
@@ -112,6 +116,18 @@ class StandIns:
             raise ApplicationError("media service unavailable", type="MediaUnavailable", non_retryable=True)
         self.needs_render.discard((inp.character_index, inp.post_index))
 
+    @activity.defn(name="write_character")
+    async def write_character(self, inp: CharacterTask) -> CharacterText:
+        await self.step("write_character", str(inp.character_index))
+        return CharacterText(30, profile_made=True, post_indexes=[0, 1])
+
+    @activity.defn(name="render_character")
+    async def render_character(self, inp: CharacterTask) -> CharacterImages:
+        await self.step("render_character", f"{inp.character_index}:{inp.post_indexes}")
+        if self.media_down:
+            raise ApplicationError("the activity could not store its images", type="MongoDown", non_retryable=True)
+        return CharacterImages()
+
     @activity.defn(name="mark_image_for_rerender")
     async def mark_image_for_rerender(self, inp: ItemInput) -> None:
         await self.step("mark_image_for_rerender", f"{inp.character_index}.{inp.post_index}")
@@ -131,6 +147,8 @@ class StandIns:
             self.plan_posts,
             self.generate_post,
             self.render_image,
+            self.write_character,
+            self.render_character,
             self.mark_image_for_rerender,
             self.list_images_to_rerender,
         ]
@@ -166,7 +184,13 @@ def stand_in_workers(env: WorkflowEnvironment, stand_ins: StandIns, config: RunC
             env.client,
             task_queue=queue,
             activities=stand_ins.activities(),
-            workflows=[WorldGenerationWorkflow, CharacterWorkflow, RerenderImagesWorkflow, RegenerateItemWorkflow]
+            workflows=[
+                WorldRunWorkflow,
+                WorldGenerationWorkflow,
+                CharacterWorkflow,
+                RerenderImagesWorkflow,
+                RegenerateItemWorkflow,
+            ]
             if queue == config.workflows_queue
             else [],
             max_heartbeat_throttle_interval=timedelta(milliseconds=100),
@@ -254,19 +278,43 @@ def test_a_cancel_at_each_await_stops_the_run(env, block_at):
     assert_stopped_before_reporting(stand_ins, at_cancel)
 
 
-def test_a_cancel_while_the_media_service_is_down_is_not_taken_for_an_outage(env):
+# The same points in WorldRunWorkflow, whose characters are activities: with 3 characters at a concurrency
+# of 2, write_character 3 starts while character 1 renders; render_character 2 runs beside a text.
+RUN_BLOCK_POINTS = [
+    ("record_run_status", 1),
+    ("generate_bible", 1),
+    ("record_run_status", 2),
+    ("generate_cast", 1),
+    ("write_character", 1),
+    ("render_character", 1),
+    ("write_character", 3),
+    ("render_character", 2),
+]
+
+
+@pytest.mark.parametrize("block_at", RUN_BLOCK_POINTS, ids=[f"{name}-{n}" for name, n in RUN_BLOCK_POINTS])
+def test_a_cancel_at_each_await_of_a_world_run_stops_it(env, block_at):
+    loop, environment = env
+    stand_ins = StandIns(block_at=block_at)
+    inp = run_input(uuid.uuid4().hex[:8], characters=3)
+    at_cancel = loop.run(cancel_when(environment, stand_ins, WorldRunWorkflow.run, inp, blocked(stand_ins)))
+    assert ("stopped", block_at[0]) in [(event, name) for event, _, name, _ in stand_ins.log]
+    assert_stopped_before_reporting(stand_ins, at_cancel)
+
+
+@pytest.mark.parametrize("workflow", [WorldGenerationWorkflow, WorldRunWorkflow], ids=lambda w: w.__name__)
+def test_a_cancel_while_the_media_service_is_down_is_not_taken_for_an_outage(env, workflow):
     """The degrade path (mark for re-render) must not run when the failure is the cancel."""
     loop, environment = env
     stand_ins = StandIns(block_at=("mark_image_for_rerender", 1), media_down=True)
     at_cancel = loop.run(
-        cancel_when(
-            environment, stand_ins, WorldGenerationWorkflow.run, run_input(uuid.uuid4().hex[:8]), blocked(stand_ins)
-        )
+        cancel_when(environment, stand_ins, workflow.run, run_input(uuid.uuid4().hex[:8]), blocked(stand_ins))
     )
     assert_stopped_before_reporting(stand_ins, at_cancel)
 
 
-def test_a_cancel_during_the_approval_wait(env):
+@pytest.mark.parametrize("workflow", [WorldGenerationWorkflow, WorldRunWorkflow], ids=lambda w: w.__name__)
+def test_a_cancel_during_the_approval_wait(env, workflow):
     loop, environment = env
     stand_ins = StandIns()
 
@@ -277,7 +325,7 @@ def test_a_cancel_during_the_approval_wait(env):
         cancel_when(
             environment,
             stand_ins,
-            WorldGenerationWorkflow.run,
+            workflow.run,
             run_input(uuid.uuid4().hex[:8], approval=True),
             awaiting,
         )

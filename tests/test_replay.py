@@ -17,6 +17,7 @@ from generation.workflows import (
     RerenderImagesWorkflow,
     StackCheckWorkflow,
     WorldGenerationWorkflow,
+    WorldRunWorkflow,
 )
 
 pytestmark = pytest.mark.fast
@@ -36,19 +37,25 @@ BEFORE_EXACT_RUNS = (
 def test_histories_are_recorded():
     current = {
         "world_completed",
-        "character_completed",
         "world_rejected_then_approved",
         "world_cancelled",
         "world_budget_exceeded",
         "rerender_completed",
-        "character_with_a_failed_post",
+        "world_with_a_failed_post",
         "world_resumed",
         "regenerate_post",
         "regenerate_character",
         "regenerate_failed",
-        "character_with_a_rejected_avatar",
+        "world_with_a_rejected_avatar",
         "live_world_commands",
         "live_world_continued_as_new",
+    }
+    # WorldGenerationWorkflow's runs (a child workflow per character), before WorldRunWorkflow
+    before_world_run = {
+        *(f"{name}_before_world_run" for name in ("world_completed", "world_rejected_then_approved")),
+        *(f"{name}_before_world_run" for name in ("world_cancelled", "world_budget_exceeded", "world_resumed")),
+        *(f"{name}_before_world_run" for name in ("character_completed", "character_with_a_failed_post")),
+        "character_with_a_rejected_avatar_before_world_run",
     }
     before_patches = {
         "character_completed_before_partial_failures",
@@ -61,7 +68,7 @@ def test_histories_are_recorded():
         "character_completed_before_items_by_reference",
         *(f"{name}_before_exact_runs" for name in BEFORE_EXACT_RUNS),
     }
-    assert {path.stem for path in HISTORIES} >= current | before_patches
+    assert {path.stem for path in HISTORIES} >= current | before_world_run | before_patches
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])
@@ -69,6 +76,7 @@ def test_recorded_history_replays(path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     replayer = Replayer(
         workflows=[
+            WorldRunWorkflow,
             WorldGenerationWorkflow,
             CharacterWorkflow,
             RerenderImagesWorkflow,

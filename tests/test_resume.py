@@ -146,7 +146,7 @@ def test_an_image_the_media_service_refuses_is_a_failed_item_that_a_resume_makes
     assert (failed["stage"], failed["index"]) == ("avatar image", "0") and "content policy" in failed["error"]
     character = mongo.get_db().characters.find_one({"run_key": run.ref.key})
     assert character["image_status"] == documents.ImageStatus.REJECTED and counts(run)["images"] == 2
-    record_history(f"{run.workflow_id}-character-0", "character_with_a_rejected_avatar")
+    record_history(run.workflow_id, "world_with_a_rejected_avatar")
 
     start_worker()  # the bundled media server, without that policy
     resumed = wait_for(generation_resume(run=run), FINISHED)

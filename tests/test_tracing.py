@@ -133,24 +133,23 @@ def test_one_trace_from_the_api_call_through_the_workflow_to_llm_grpc_and_mongo(
     def parent(span: Span) -> Span:
         return by_id[span.parent]
 
-    start = one("StartWorkflow:WorldGenerationWorkflow", service="worldgen-web")
+    start = one("StartWorkflow:WorldRunWorkflow", service="worldgen-web")
     assert parent(start) is request  # the Temporal start nests in the API request
     # Temporal's workflow spans hang off the start: RunWorkflow, then StartActivity > RunActivity for each activity
-    assert parent(one("RunWorkflow:WorldGenerationWorkflow")) is start
+    assert parent(one("RunWorkflow:WorldRunWorkflow")) is start
     bible = one("RunActivity:generate_bible")
     assert parent(bible).name == "StartActivity:generate_bible" and parent(parent(bible)) is start
     [llm] = [
         s for s in spans if s.parent == bible.id and s.attributes.get("http.url", "").endswith("/chat/completions")
     ]
     assert llm.name == "POST" and llm.attributes["http.status_code"] == 200
-    render = one("RunActivity:render_image")
+    render = one("RunActivity:render_character")
     [grpc] = [s for s in spans if s.parent == render.id and s.name.endswith("MediaRenderer/RenderImage")]
     assert grpc.attributes["rpc.grpc.status_code"] == 0  # OK
     mongo = [s for s in spans if s.attributes.get("db.system.name") == "mongodb" and s.parent in (bible.id, render.id)]
     assert {"find bibles", "update generation_tasks", "update bibles", "update characters"} <= {s.name for s in mongo}
     assert all(set(s.attributes) <= MONGO_ATTRIBUTES for s in mongo)  # never the command's body
-    character = one("RunWorkflow:CharacterWorkflow")  # the child workflow, in the same trace
-    assert parent(parent(character)) is start and parent(render).name == "StartActivity:render_image"
+    assert parent(render).name == "StartActivity:render_character" and parent(parent(render)) is start
     assert not any(SECRET.encode() in body for body in otlp.bodies)
     assert not any("authorization" in key.lower() for s in otlp.spans for key in s.attributes)
 

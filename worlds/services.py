@@ -44,6 +44,7 @@ from generation.workflows import (
     RerenderImagesWorkflow,
     WorldCleanupWorkflow,
     WorldGenerationWorkflow,
+    WorldRunWorkflow,
     describe_failure,
 )
 from worlds import selectors
@@ -262,7 +263,7 @@ def _start_workflow(run: GenerationRun, run_input: WorldRunInput, user, action: 
     try:
         kind = search_attributes.RESUME if run_input.run.resume else search_attributes.GENERATION
         attributes = _search_attributes(world.pk, run_input.world.name, kind, run.number)
-        temporal_call(_first_start(WorldGenerationWorkflow.run, run_input, workflow_id, attributes))
+        temporal_call(_first_start(WorldRunWorkflow.run, run_input, workflow_id, attributes))
     except TemporalNoAnswer as exc:
         _set_status(
             run, Status.START_UNCONFIRMED, f"the start was sent but not confirmed: {exc}", expect=Status.PENDING
