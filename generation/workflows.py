@@ -152,6 +152,8 @@ MIRROR_OPTIONS: dict[str, Any] = {
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
 }
 PROGRESS_MIRROR_INTERVAL = timedelta(seconds=2)  # post counts reach the run row at most this often
+# WorldRunWorkflow's: each mirror is an activity, and the progress query is always current
+WORLD_RUN_MIRROR_INTERVAL = timedelta(seconds=10)
 # Patches (workflow.patched): histories recorded before them replay the old way.
 THROTTLED_PROGRESS_SIGNALS = "throttled-progress-signals"  # children signalled after every post
 EVENT_DRIVEN_PROGRESS = "event-driven-progress"  # the parent woke every PROGRESS_MIRROR_INTERVAL
@@ -439,7 +441,9 @@ class WorldGenerationWorkflow:
             pass
 
     def _mirror_due(self) -> bool:
-        if not self._current and not workflow.patched(EVENT_DRIVEN_PROGRESS):
+        if self._current:
+            return workflow.now() - self._last_mirror >= WORLD_RUN_MIRROR_INTERVAL
+        if not workflow.patched(EVENT_DRIVEN_PROGRESS):
             return True
         return workflow.now() - self._last_mirror >= PROGRESS_MIRROR_INTERVAL
 
@@ -504,8 +508,7 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
 
     async def _generate_characters(self) -> None:
         inp = self._inp
-        self._progress.stage = Stage.CHARACTERS
-        await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
+        self._progress.stage = Stage.CHARACTERS  # mirrored with the first progress (the query has it now)
         await self._llm(LlmActivities.generate_cast, CastInput(inp.run, inp.world))
         running: set[asyncio.Task] = set()
         next_index = 0
