@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-cached-workflows", type=int, default=1000, help="each worker's workflow cache")
     parser.add_argument("--premise-chars", type=int, default=0, help="pad each world's premise to this length")
     parser.add_argument("--database-url", help="the SQL database (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--start-concurrency", type=int, default=1, help="runs started at once, as many web requests would (PostgreSQL)"
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="write the figures here")
     living = parser.add_argument_group("living mode (benchmarks/living.py; runs instead of --modes)")
@@ -239,12 +243,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def metric_total(metrics_urls: list[str], name: str) -> int:
-    """The sum of a Prometheus metric's samples (every label set) over the workers."""
+def metric_total(metrics_urls: list[str], name: str, label: str = "") -> int:
+    """The sum of a Prometheus metric's samples (every label set, or those with ``label``) over the workers."""
     total = 0.0
     for url in metrics_urls:
         for line in httpx.get(url, timeout=10).text.splitlines():
-            if line.startswith((f"{name} ", f"{name}{{")):
+            if line.startswith((f"{name} ", f"{name}{{")) and label in line:
                 total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
@@ -283,6 +287,10 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
     ops = ops_after - ops_before - (sampler.calls - sampled_before) - 1 - rest_rate * wall
     activities = completed_activities([worker.metrics_url for worker in workers])
     cache = workflow_cache([worker.metrics_url for worker in workers])
+    # Heartbeats leave no history event, but each is a request to Temporal and a billed action on Temporal Cloud.
+    heartbeats = metric_total(
+        [worker.metrics_url for worker in workers], "temporal_request", 'operation="RecordActivityTaskHeartbeat"'
+    )
     orchestration_cpu = sum(
         cpu_after[n] - cpu_before[n] for n in cpu_before if n == "Temporal" or n.startswith("worker")
     )
@@ -314,6 +322,8 @@ def run_mode(mode: str, stack: Stack, opts: argparse.Namespace) -> dict:
         **histories,
         "history_bytes_per_item": round(histories["history_bytes"] / items),
         "temporal_actions_per_item": round(histories["temporal_actions"] / items, 3),
+        "activity_heartbeats": heartbeats,
+        "temporal_actions_per_item_with_heartbeats": round((histories["temporal_actions"] + heartbeats) / items, 3),
     }
 
 
@@ -370,7 +380,11 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
         )
         for index in range(opts.worlds)
     ]
-    finished = wait_for_runs([generation_start(world=world) for world in worlds], timeout=opts.timeout)
+    starting = time.monotonic()
+    with ThreadPoolExecutor(opts.start_concurrency) as starts:
+        runs = list(starts.map(lambda world: generation_start(world=world), worlds))
+    starts_s = time.monotonic() - starting
+    finished = wait_for_runs(runs, timeout=opts.timeout)
     db, keys = mongo.get_db(), [run.ref.key for run in finished]
     expected_posts, expected_characters = opts.characters * opts.posts, opts.characters
     duplicates = 0
@@ -383,9 +397,21 @@ def run_pipeline(opts: argparse.Namespace, tag: str) -> dict:
         "worlds_completed": sum(run.status == GenerationRun.Status.COMPLETED for run in finished),
         "worlds_failed": sum(run.status != GenerationRun.Status.COMPLETED for run in finished),
         "duplicates": duplicates,
+        "starts_s": round(starts_s, 1),
+        "peak_runs_in_flight": _peak_overlap([(run.started_at, run.finished_at) for run in finished]),
         **_percentiles([(run.finished_at - run.started_at).total_seconds() for run in finished]),
         "histories": histories,
     }
+
+
+def _peak_overlap(spans: list[tuple]) -> int:
+    """The most runs active at one time, from their rows' start and finish times."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    active = peak = 0
+    for _, step in edges:
+        active += step
+        peak = max(peak, active)
+    return peak
 
 
 def _premise(chars: int) -> str:
@@ -477,10 +503,14 @@ def _summary(results: dict) -> dict:
                     "peak_mongo_connections",
                     "worker_mongo_pool_peaks",
                     "worker_peak_rss_mb",
+                    "starts_s",
+                    "peak_runs_in_flight",
                     "mongo_ops_per_activity",
                     "mongo_ops_per_item",
                     "history_bytes_per_item",
                     "temporal_actions_per_item",
+                    "activity_heartbeats",
+                    "temporal_actions_per_item_with_heartbeats",
                 )
             }
         )

@@ -5,7 +5,8 @@
 - Actions are counted the way Temporal Cloud bills them, from history events: a workflow started (each
   history's start event: a child, a continue-as-new), an activity scheduled or retried, a timer, a signal,
   an update, a marker (a local activity or side effect) and a search-attribute upsert. Activity heartbeats
-  are billed too but leave no event, so they are not counted here.
+  are billed too but leave no event: the benchmark counts them from the workers' requests to Temporal
+  (``activity_heartbeats``, and ``temporal_actions_per_item_with_heartbeats``).
 - ``mongo_ops_per_activity``: the server's ``opcounters`` over the mode, less the noise of the clients'
   monitoring and of the benchmark's own sampling, measured at rest just before.
 """

@@ -169,6 +169,32 @@ class Snapshots:
         return world
 
 
+class CharacterReads:
+    """What a character's LLM steps read, read at most once per activity: the world bible, the character's
+    document and its posts. Each step updates them with what it stored, so the next step reads nothing."""
+
+    def __init__(self, db: Database, run: RunRef, index: int) -> None:
+        self.db, self.run, self.index = db, run, index
+        self._bible: dict | None = None
+        self._member: dict | None = None
+        self._posts: dict[int, dict] | None = None
+
+    async def bible(self) -> dict:
+        if self._bible is None:
+            self._bible = await in_thread(store.load_bible, self.db, self.run)
+        return self._bible
+
+    async def member(self) -> dict:
+        if self._member is None:
+            self._member = await in_thread(store.load_character, self.db, self.run, self.index)
+        return self._member
+
+    async def posts(self) -> dict[int, dict]:
+        if self._posts is None:
+            self._posts = await in_thread(store.character_posts, self.db, self.run, self.index)
+        return self._posts
+
+
 class LlmActivities:
     """LLM stages: build the prompt from the snapshot and Mongo, call the LLM,
     validate (repairing invalid output), store idempotently, record the task.
@@ -219,11 +245,26 @@ class LlmActivities:
 
     @activity.defn
     async def generate_character(self, inp: ItemInput) -> TokenUsage:
-        if await in_thread(store.has_profile, self.db, inp.run, inp.character_index, inp.version):
+        return await self._character(inp, CharacterReads(self.db, inp.run, inp.character_index))
+
+    @activity.defn
+    async def plan_posts(self, inp: ItemInput) -> TokenUsage:
+        """One call plans the character's posts as distinct moments; each post then writes one."""
+        return await self._plan(inp, CharacterReads(self.db, inp.run, inp.character_index))
+
+    @activity.defn
+    async def generate_post(self, inp: ItemInput) -> TokenUsage:
+        """Writes one planned moment. The guard drops sentences that repeat the character's earlier posts or
+        echo the prompt; if too little is left, the post is written once more, told which sentences not to
+        write, and if that fails too, the caption is the moment as planned."""
+        return await self._post(inp, CharacterReads(self.db, inp.run, inp.character_index))
+
+    async def _character(self, inp: ItemInput, reads: "CharacterReads") -> TokenUsage:
+        member = await reads.member()
+        if store.is_profiled(member, inp.version):
             return await self._stored(inp.run)
         world = await self.snapshots.of(inp)
-        bible = await in_thread(store.load_bible, self.db, inp.run)
-        member = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
+        bible = await reads.bible()
         messages = prompts.character(world, bible, member)
         if inp.version:
             messages = prompts.revised(messages, feedback=inp.feedback, previous=member.get("bio"))
@@ -240,17 +281,16 @@ class LlmActivities:
         await in_thread(
             store.save_profile, self.db, inp.run, inp.character_index, reply.content, inp.version, inp.feedback
         )
+        member.update(reply.content, status=documents.CharacterStatus.PROFILED)
         metrics.count(metrics.ITEMS_GENERATED, kind="character")
         return TokenUsage(bill.tokens, bill.run_tokens)
 
-    @activity.defn
-    async def plan_posts(self, inp: ItemInput) -> TokenUsage:
-        """One call plans the character's posts as distinct moments; each post then writes one."""
-        if await in_thread(store.has_plan, self.db, inp.run, inp.character_index, inp.version):
+    async def _plan(self, inp: ItemInput, reads: "CharacterReads") -> TokenUsage:
+        profile = await reads.member()
+        if store.is_planned(profile, inp.version):
             return await self._stored(inp.run)
         world = await self.snapshots.of(inp)
-        bible = await in_thread(store.load_bible, self.db, inp.run)
-        profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
+        bible = await reads.bible()
         posts = world.posts_per_character
         messages = prompts.plan(world, bible, profile, posts)
         if inp.version:
@@ -266,19 +306,17 @@ class LlmActivities:
             plan_max_tokens(posts),
         )
         await in_thread(store.save_plan, self.db, inp.run, inp.character_index, reply.content["moments"], inp.version)
+        profile["plan"] = reply.content["moments"]
         return TokenUsage(bill.tokens, bill.run_tokens)
 
-    @activity.defn
-    async def generate_post(self, inp: ItemInput) -> TokenUsage:
-        """Writes one planned moment. The guard drops sentences that repeat the character's earlier posts or
-        echo the prompt; if too little is left, the post is written once more, told which sentences not to
-        write, and if that fails too, the caption is the moment as planned."""
+    async def _post(self, inp: ItemInput, reads: "CharacterReads") -> TokenUsage:
         assert inp.post_index is not None, "a post has an index"
-        if await in_thread(store.has_post, self.db, inp.run, inp.character_index, inp.post_index, inp.version):
+        posts = await reads.posts()
+        if store.is_stored(posts.get(inp.post_index), inp.version):
             return await self._stored(inp.run)
         world = await self.snapshots.of(inp)
-        profile = await in_thread(store.load_character, self.db, inp.run, inp.character_index)
-        earlier = await in_thread(store.earlier_captions, self.db, inp.run, inp.character_index, inp.post_index)
+        profile = await reads.member()
+        earlier = [posts[index]["caption"] for index in sorted(posts) if index < inp.post_index]
         messages = prompts.post(world, profile, inp.post_index)
         if inp.version:  # a new version: told the editor's note, and kept from repeating the one it replaces
             stored = await in_thread(store.load_post, self.db, inp.run, inp.character_index, inp.post_index)
@@ -322,6 +360,7 @@ class LlmActivities:
             inp.version,
             inp.feedback,
         )
+        posts[inp.post_index] = {"index": inp.post_index, "caption": caption, "version": inp.version}
         metrics.count(metrics.ITEMS_GENERATED, kind="post")
         return TokenUsage(bill.tokens, bill.run_tokens)
 
@@ -334,9 +373,9 @@ class LlmActivities:
         world = await self.snapshots.of(inp)
         text = CharacterText()
 
-        async def made(step, item: ItemInput, items: int = 1) -> bool:
+        async def made(step, item: ItemInput, reads: CharacterReads, items: int = 1) -> bool:
             try:
-                usage = await step(item)
+                usage = await step(item, reads)
             except ApplicationError as err:
                 if err.type not in ITEM_ERRORS:
                     raise
@@ -346,15 +385,16 @@ class LlmActivities:
             text.run_tokens = max(text.run_tokens, usage.run_tokens)
             return True
 
+        reads = CharacterReads(self.db, inp.run, inp.character_index)  # read once, for every step
         character = ItemInput(inp.run, inp.world, inp.character_index)
         posts = world.posts_per_character
-        text.profile_made = await made(self.generate_character, character, items=1 + posts)
+        text.profile_made = await made(self._character, character, reads, items=1 + posts)
         if not text.profile_made:
             return text  # no profile: no posts
         if posts:
-            await made(self.plan_posts, character)  # without a plan, each post writes a moment of its own
+            await made(self._plan, character, reads)  # without a plan, each post writes a moment of its own
         for post_index in range(posts):
-            if await made(self.generate_post, ItemInput(inp.run, inp.world, inp.character_index, post_index)):
+            if await made(self._post, ItemInput(inp.run, inp.world, inp.character_index, post_index), reads):
                 text.post_indexes.append(post_index)
         return text
 
@@ -388,19 +428,18 @@ class LlmActivities:
         ledger: str | None = None,
     ) -> tuple[LlmReply, Bill]:
         """One LLM task: calls (with repairs), each reserved on the run's ledger under ``world.token_budget``
-        (or on ``ledger``, another ledger of the run, under the same limit), recorded on its task document."""
+        (or on ``ledger``, another ledger of the run, under the same limit), recorded on its task document
+        once it ends (one write: the prompt and parameters with the outcome)."""
         attempt = activity.info().attempt
         task = {
             "prompt": messages,
             "schema_name": name,
             "attempt": attempt,
-            "status": documents.TaskStatus.RUNNING,
             "prompt_version": prompts.PROMPT_VERSION,
             "sampling": prompts.SAMPLING.get(stage) if self.llm.send_sampling else None,
             "max_tokens": max_tokens,
             "started_at": documents.now(),
         }
-        await in_thread(store.record_task, self.db, run, stage, index, task)
         bill, started = Bill(), time.monotonic()
         try:
             for repair in range(REPAIR_ATTEMPTS + 1):
@@ -428,7 +467,8 @@ class LlmActivities:
                     run,
                     stage,
                     index,
-                    {
+                    task
+                    | {
                         "status": documents.TaskStatus.SUCCEEDED,
                         "raw_response": reply.raw,
                         "output": reply.content,
@@ -456,7 +496,8 @@ class LlmActivities:
                 run,
                 stage,
                 index,
-                {
+                task
+                | {
                     "status": status,
                     "error": str(err),
                     "raw_response": getattr(err, "raw", None),

@@ -74,6 +74,7 @@ class RunConfig:
     character_concurrency: int = 5
     llm_retry_max_interval_s: float = 300.0  # LLM calls retry for as long as the provider is down, this far apart
     max_failed_share: float = 0.2  # a run with more failed items (of characters + posts) fails
+    heartbeat_timeout_s: float = 60.0  # WorldRunWorkflow's LLM and image activities (they heartbeat every fifth)
 
 
 @dataclass

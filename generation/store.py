@@ -92,13 +92,27 @@ def _stored(version: int, field: str = "version") -> dict:
     return {field: {"$gte": version}} if version > 1 else {}
 
 
+def is_stored(doc: dict | None, version: int, field: str = "version") -> bool:
+    """``_stored`` on a document already read: it exists, and holds ``version`` or a later one."""
+    return doc is not None and (version <= 1 or (doc.get(field) or 0) >= version)
+
+
+def is_profiled(member: dict, version: int = 0) -> bool:
+    return member.get("status") == CharacterStatus.PROFILED and is_stored(member, version)
+
+
+def is_planned(member: dict, version: int = 0) -> bool:
+    return "plan" in member and is_stored(member, version, "plan_version")
+
+
+def character_posts(db: Database, run: RunRef, character_index: int) -> dict[int, dict]:
+    """A character's stored posts by index (their captions and versions)."""
+    query = {"run_key": run.key, "character_index": character_index}
+    return {doc["index"]: doc for doc in db[POSTS].find(query, {"index": 1, "caption": 1, "version": 1})}
+
+
 def has_profile(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
     query = {"_id": character_key(run, index), "status": CharacterStatus.PROFILED, **_stored(version)}
-    return _exists(db[CHARACTERS], query)
-
-
-def has_plan(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
-    query = {"_id": character_key(run, index), "plan": {"$exists": True}, **_stored(version, "plan_version")}
     return _exists(db[CHARACTERS], query)
 
 
@@ -194,15 +208,6 @@ def save_profile(db: Database, run: RunRef, index: int, profile: dict, version: 
 def save_plan(db: Database, run: RunRef, index: int, moments: list[dict], version: int = 0) -> None:
     fields = {"plan": moments, "updated_at": now(), **({"plan_version": version} if version > 0 else {})}
     db[CHARACTERS].update_one({"_id": character_key(run, index)}, {"$set": fields})
-
-
-def earlier_captions(db: Database, run: RunRef, character_index: int, before: int) -> list[str]:
-    cursor = (
-        db[POSTS]
-        .find({"run_key": run.key, "character_index": character_index, "index": {"$lt": before}}, {"caption": 1})
-        .sort("index", ASCENDING)
-    )
-    return [doc["caption"] for doc in cursor]
 
 
 def save_post(

@@ -317,7 +317,9 @@ class WorldGenerationWorkflow:
         return self._progress
 
     async def _llm(self, activity, arg) -> TokenUsage:
-        usage = await run_llm(activity, arg, self._inp.config, self._inp.world.world_id, self._exact)
+        config = self._inp.config
+        timeouts = {**LLM_TIMEOUTS, "heartbeat_timeout": timedelta(seconds=config.heartbeat_timeout_s)}
+        usage = await run_llm(activity, arg, config, self._inp.world.world_id, self._exact, **timeouts)
         self._add_tokens(usage)
         return usage
 
@@ -547,7 +549,7 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
             inp.world.world_id,
             exact=True,
             start_to_close_timeout=LLM_TIMEOUTS["start_to_close_timeout"] * (2 + posts),
-            heartbeat_timeout=LLM_TIMEOUTS["heartbeat_timeout"],
+            heartbeat_timeout=timedelta(seconds=config.heartbeat_timeout_s),
         )
         progress = CharacterProgress(index, text.tokens, len(text.post_indexes), 0, text.run_tokens, text.failed)
         if text.profile_made or text.post_indexes:
@@ -569,7 +571,7 @@ async def render_character(task: CharacterTask, config: RunConfig, images: int) 
             retry_policy=MEDIA_RETRY,
             start_to_close_timeout=timedelta(seconds=60) * images,
             schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE + timedelta(seconds=60) * images,
-            heartbeat_timeout=timedelta(seconds=10),
+            heartbeat_timeout=timedelta(seconds=config.heartbeat_timeout_s),
             priority=_fairness(task.run.world_id),
         )
     except ActivityError as err:

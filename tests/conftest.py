@@ -219,6 +219,8 @@ def sql_env(django_db_modify_db_settings) -> dict:
 def stack_env(temporal_env, mongo_env, llm_env, media_env, sql_env) -> dict:
     """Every server: the environment for subprocesses of the project (workers), pointed at the test
     servers and this module's Mongo database; this process's settings point at them too."""
+    # Runs started here heartbeat every 2 s (production: every 12 s), so a cancel lands within a render.
+    settings.GENERATION_HEARTBEAT_TIMEOUT_SECONDS = 10
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "worldgen_site.settings",

@@ -56,6 +56,7 @@ def test_bench_generation_runs_all_three_modes(tmp_path):
     # One workflow a world, and fewer actions than the baseline's activity and child per step.
     assert pipeline["temporal_actions_by_kind"]["workflow_execution_started"] == 2
     assert pipeline["temporal_actions_per_item"] < baseline["temporal_actions_per_item"]
+    assert pipeline["temporal_actions_per_item_with_heartbeats"] >= pipeline["temporal_actions_per_item"]
     assert pipeline["workflow_cache"]["total_forced_eviction"] > 0 and pipeline["workflow_cache"]["miss"] > 0
     assert 0 < figures["worker_mongo_pool_peaks"][0] <= figures["mongo_pool_size"]
     # A client per activity opens more connections than the shared pool ever holds.

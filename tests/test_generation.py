@@ -118,9 +118,10 @@ def test_a_world_is_generated_completely_and_exactly_once(start_worker):
             for event in history.events
             if event.HasField("activity_task_scheduled_event_attributes")
         ]
+        assert {a.heartbeat_timeout.seconds for a in scheduled if a.activity_type.name != "record_run_status"} == {10}
         return [(a.activity_type.name, b"".join(p.data for p in a.input.payloads).decode()) for a in scheduled]
 
-    inputs = temporal_call(activity_inputs)
+    inputs = temporal_call(activity_inputs)  # heartbeat timeouts: GENERATION_HEARTBEAT_TIMEOUT_SECONDS
     # One workflow for the world: each character is two activities, its text and its images.
     assert (
         sorted(name for name, _ in inputs if "character" in name) == ["render_character"] * 3 + ["write_character"] * 3

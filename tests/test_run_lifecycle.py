@@ -264,3 +264,20 @@ def test_limits_are_enforced_by_the_services(settings):
     with pytest.raises(ActionInvalid, match="at most 100 characters"):
         generation_start(world=world)
     assert not world.runs.exists()
+
+
+def test_the_reconciler_learns_which_workflows_run_from_a_visibility_list(start_worker):
+    """Its first question, one list call for many rows: which of these workflows are running. A completed
+    workflow and one Temporal never had are not listed, so the reconciler describes only those."""
+    start_worker()
+    waiting_world = make_world(requires_approval=True, character_count=1, posts_per_character=0)
+    waiting = wait_for(generation_start(world=waiting_world), {"awaiting_approval"} | FINISHED)
+    done = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=0)), FINISHED)
+    ids = [waiting.workflow_id, done.workflow_id, f"never-started-{done.pk}"]
+    deadline = time.monotonic() + 30
+    while (listed := temporal_call(lambda client: temporal_client.listed_running(client, ids))) != {
+        waiting.workflow_id
+    }:
+        assert time.monotonic() < deadline, listed  # visibility catches up within seconds
+        time.sleep(0.5)
+    generation_cancel(run=waiting)

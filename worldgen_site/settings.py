@@ -172,6 +172,9 @@ LLM_RATE_LIMIT_PER_SECOND = env_float("LLM_RATE_LIMIT_PER_SECOND", 50.0)
 GENERATION_APPROVAL_TIMEOUT_SECONDS = env_int("GENERATION_APPROVAL_TIMEOUT_SECONDS", 7 * 24 * 3600, minimum=1)
 GENERATION_MAX_BIBLE_REVISIONS = env_int("GENERATION_MAX_BIBLE_REVISIONS", 3)
 GENERATION_CHARACTER_CONCURRENCY = env_int("GENERATION_CHARACTER_CONCURRENCY", 5, minimum=1)
+# A run's LLM and image activities heartbeat every fifth of this: a cancel reaches them that fast, a lost worker's
+# activity is retried after it, and each heartbeat is a call to Temporal (a billed action on Temporal Cloud).
+GENERATION_HEARTBEAT_TIMEOUT_SECONDS = env_int("GENERATION_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=5)
 # Items (characters with their posts, plans, posts) may fail for good and the run goes on, up to this share of
 # its characters + posts; past it, the run fails.
 GENERATION_MAX_FAILED_SHARE = env_float("GENERATION_MAX_FAILED_SHARE", 0.2, minimum=0.0)

@@ -138,6 +138,7 @@ class GenerationRun(models.Model):
     )
 
     ACTIVE = (Status.PENDING, Status.START_UNCONFIRMED, Status.RUNNING, Status.AWAITING_APPROVAL)
+    STARTING = (Status.PENDING, Status.START_UNCONFIRMED)  # not yet known to Temporal, as far as the row says
 
     world = models.ForeignKey(World, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()

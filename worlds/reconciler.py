@@ -1,6 +1,7 @@
 """Rows converge to workflows: the worker's periodic check of active rows against Temporal.
 Every ``RECONCILE_INTERVAL_SECONDS`` each worker asks Temporal about the active run rows that have
-not been mirrored for a minute and corrects those whose workflow ended without reporting it
+not been mirrored for a minute (those shown running through a few visibility list calls, then a describe
+of each row whose workflow is not listed running) and corrects those whose workflow ended without reporting it
 (terminated in the Temporal UI, timed out), vanished, or never started
 (``worlds.services.runs_reconcile_record``). ``manage.py reconcile_runs`` and the admin's run
 list action do the same at once, through the web process's client. Regenerations and live worlds
@@ -18,8 +19,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from temporalio.client import Client
 
-from clients.temporal import observe_workflows, workflow_statuses
+from clients.temporal import listed_running, observe_workflows, workflow_statuses
 from worlds import selectors, services
+from worlds.models import GenerationRun
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ LIVE_OVERDUE = timedelta(minutes=10)  # a live world's day this late without a r
 
 async def reconcile_round(client: Client) -> list[str]:
     runs = await sync_to_async(selectors.runs_to_reconcile)(quiet_for=QUIET_FOR)
+    # A row shown running whose workflow is listed running is right: only the others are described.
+    shown_running = [run.workflow_id for run in runs if run.status not in GenerationRun.STARTING]
+    listed = await listed_running(client, shown_running)
+    runs = [run for run in runs if run.workflow_id not in listed]
     observations = await observe_workflows(client, [run.workflow_id for run in runs])
     changes = await sync_to_async(services.runs_reconcile_record)(runs=runs, observations=observations)
     for change in changes:

@@ -189,6 +189,7 @@ def run_config() -> RunConfig:
         approval_timeout_s=settings.GENERATION_APPROVAL_TIMEOUT_SECONDS,
         max_bible_revisions=settings.GENERATION_MAX_BIBLE_REVISIONS,
         character_concurrency=settings.GENERATION_CHARACTER_CONCURRENCY,
+        heartbeat_timeout_s=settings.GENERATION_HEARTBEAT_TIMEOUT_SECONDS,
         llm_retry_max_interval_s=settings.LLM_RETRY_MAX_INTERVAL_SECONDS,
         max_failed_share=settings.GENERATION_MAX_FAILED_SHARE,
     )
