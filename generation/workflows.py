@@ -510,7 +510,8 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
 
     async def _generate_characters(self) -> None:
         inp = self._inp
-        self._progress.stage = Stage.CHARACTERS  # mirrored with the first progress (the query has it now)
+        self._progress.stage = Stage.CHARACTERS
+        await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
         await self._llm(LlmActivities.generate_cast, CastInput(inp.run, inp.world))
         running: set[asyncio.Task] = set()
         next_index = 0

@@ -283,6 +283,7 @@ def test_a_cancel_at_each_await_stops_the_run(env, block_at):
 RUN_BLOCK_POINTS = [
     ("record_run_status", 1),
     ("generate_bible", 1),
+    ("record_run_status", 2),
     ("generate_cast", 1),
     ("write_character", 1),
     ("render_character", 1),

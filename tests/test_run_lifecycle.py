@@ -268,8 +268,9 @@ def test_limits_are_enforced_by_the_services(settings):
 
 def test_the_reconciler_learns_which_workflows_run_from_a_visibility_list(start_worker):
     """Its first question, one list call for many rows: which of these workflows are running. A completed
-    workflow and one Temporal never had are not listed, so the reconciler describes only those."""
-    start_worker()
+    workflow and one Temporal never had are not listed, so the reconciler describes only those; a row still
+    shown pending whose workflow is listed is moved to running without one."""
+    start_worker(env={"RECONCILE_INTERVAL_SECONDS": "1"})
     waiting_world = make_world(requires_approval=True, character_count=1, posts_per_character=0)
     waiting = wait_for(generation_start(world=waiting_world), {"awaiting_approval"} | FINISHED)
     done = wait_for(generation_start(world=make_world(character_count=1, posts_per_character=0)), FINISHED)
@@ -280,4 +281,8 @@ def test_the_reconciler_learns_which_workflows_run_from_a_visibility_list(start_
     }:
         assert time.monotonic() < deadline, listed  # visibility catches up within seconds
         time.sleep(0.5)
+    GenerationRun.objects.filter(pk=waiting.pk).update(
+        status="pending", updated_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert wait_for(waiting, {"running"}, timeout=30).status == "running"
     generation_cancel(run=waiting)

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from temporalio.client import Client
 
-from clients.temporal import listed_running, observe_workflows, workflow_statuses
+from clients.temporal import Observed, listed_running, observe_workflows, workflow_statuses
 from worlds import selectors, services
 from worlds.models import GenerationRun
 
@@ -31,12 +31,13 @@ LIVE_OVERDUE = timedelta(minutes=10)  # a live world's day this late without a r
 
 async def reconcile_round(client: Client) -> list[str]:
     runs = await sync_to_async(selectors.runs_to_reconcile)(quiet_for=QUIET_FOR)
-    # A row shown running whose workflow is listed running is right: only the others are described.
-    shown_running = [run.workflow_id for run in runs if run.status not in GenerationRun.STARTING]
-    listed = await listed_running(client, shown_running)
-    runs = [run for run in runs if run.workflow_id not in listed]
-    observations = await observe_workflows(client, [run.workflow_id for run in runs])
-    changes = await sync_to_async(services.runs_reconcile_record)(runs=runs, observations=observations)
+    # Workflows listed running need no describe: a row shown running is right, one still starting is moved on.
+    listed = await listed_running(client, [run.workflow_id for run in runs])
+    starting = [run for run in runs if run.workflow_id in listed and run.status in GenerationRun.STARTING]
+    unlisted = [run for run in runs if run.workflow_id not in listed]
+    observations = await observe_workflows(client, [run.workflow_id for run in unlisted])
+    observations += [Observed("running")] * len(starting)
+    changes = await sync_to_async(services.runs_reconcile_record)(runs=unlisted + starting, observations=observations)
     for change in changes:
         log.warning("run row corrected from Temporal", extra={"run": change})
     regenerations = await _settle(
