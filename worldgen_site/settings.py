@@ -163,6 +163,8 @@ WORKER_MAX_CONCURRENT_ACTIVITIES = env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 1
 WORKER_MAX_CONCURRENT_WORKFLOW_TASKS = env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100, minimum=1)
 # Workflows kept in a worker's memory between their tasks; an evicted one is replayed from history next time.
 WORKER_MAX_CACHED_WORKFLOWS = env_int("WORKER_MAX_CACHED_WORKFLOWS", 1000, minimum=0)
+# Threads (each with its SQL connection) for a worker's Django writes: run status mirrors and the like.
+WORKER_DJANGO_THREADS = env_int("WORKER_DJANGO_THREADS", 4, minimum=1)
 WORKER_GRACEFUL_SHUTDOWN_SECONDS = env_int("WORKER_GRACEFUL_SHUTDOWN_SECONDS", 30)
 WORKER_CONNECT_TIMEOUT_SECONDS = env_int("WORKER_CONNECT_TIMEOUT_SECONDS", 120)
 # Holds across all workers: Temporal enforces it on the LLM task queue.
