@@ -259,7 +259,7 @@ class LlmActivities:
         write, and if that fails too, the caption is the moment as planned."""
         return await self._post(inp, CharacterReads(self.db, inp.run, inp.character_index))
 
-    async def _character(self, inp: ItemInput, reads: "CharacterReads") -> TokenUsage:
+    async def _character(self, inp: ItemInput, reads: CharacterReads) -> TokenUsage:
         member = await reads.member()
         if store.is_profiled(member, inp.version):
             return await self._stored(inp.run)
@@ -285,7 +285,7 @@ class LlmActivities:
         metrics.count(metrics.ITEMS_GENERATED, kind="character")
         return TokenUsage(bill.tokens, bill.run_tokens)
 
-    async def _plan(self, inp: ItemInput, reads: "CharacterReads") -> TokenUsage:
+    async def _plan(self, inp: ItemInput, reads: CharacterReads) -> TokenUsage:
         profile = await reads.member()
         if store.is_planned(profile, inp.version):
             return await self._stored(inp.run)
@@ -309,7 +309,7 @@ class LlmActivities:
         profile["plan"] = reply.content["moments"]
         return TokenUsage(bill.tokens, bill.run_tokens)
 
-    async def _post(self, inp: ItemInput, reads: "CharacterReads") -> TokenUsage:
+    async def _post(self, inp: ItemInput, reads: CharacterReads) -> TokenUsage:
         assert inp.post_index is not None, "a post has an index"
         posts = await reads.posts()
         if store.is_stored(posts.get(inp.post_index), inp.version):
@@ -609,8 +609,7 @@ class MediaActivities:
         service gets a few attempts per image (honouring its Retry-After); an image it still cannot make is
         marked for a re-render, one it refuses is recorded as failed, and the others go on."""
         images = CharacterImages()
-        targets = [None] if inp.profile_made else []
-        for post_index in [*targets, *(inp.post_indexes or [])]:
+        for post_index in inp.images():
             item = ItemInput(inp.run, inp.world, inp.character_index, post_index)
             for attempt in range(1, MEDIA_ATTEMPTS_BEFORE_DEGRADING + 1):
                 try:

@@ -177,6 +177,10 @@ class CharacterTask:
     profile_made: bool = True
     post_indexes: list[int] | None = None
 
+    def images(self) -> list[int | None]:
+        """The images to render: the avatar (None) if the profile was made, then each post's index."""
+        return [*([None] if self.profile_made else []), *(self.post_indexes or [])]
+
 
 @dataclass
 class CharacterText:

@@ -527,7 +527,7 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
                     self._progress.characters_done += 1
                 self._check_budget()
                 # Progress reaches the run row when a character finishes, at most every
-                # PROGRESS_MIRROR_INTERVAL (no timer: the query is always current).
+                # WORLD_RUN_MIRROR_INTERVAL (no timer: the query is always current).
                 if running and self._unmirrored_progress and self._mirror_due():
                     stage = Stage.POSTS if inp.world.posts_per_character else Stage.CHARACTERS
                     await self._mirror(RunStatus.RUNNING, stage)
@@ -555,14 +555,15 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
         progress = CharacterProgress(index, text.tokens, len(text.post_indexes), 0, text.run_tokens, text.failed)
         if text.profile_made or text.post_indexes:
             task = CharacterTask(inp.run, world, index, text.profile_made, text.post_indexes)
-            images = await render_character(task, config, 1 + len(text.post_indexes))
+            images = await render_character(task, config)
             progress.degraded, progress.failed = images.degraded, progress.failed + images.rejected
         return progress
 
 
-async def render_character(task: CharacterTask, config: RunConfig, images: int) -> CharacterImages:
+async def render_character(task: CharacterTask, config: RunConfig) -> CharacterImages:
     """A character's images; if the activity itself cannot finish (not the media service: it degrades
     those images itself), the images are kept for a re-render, as ``render_or_degrade`` does."""
+    images = len(task.images())
     try:
         return await run_activity(
             MediaActivities.render_character,
@@ -578,8 +579,7 @@ async def render_character(task: CharacterTask, config: RunConfig, images: int) 
     except ActivityError as err:
         if cancel_requested(err):
             raise
-        targets = [None] if task.profile_made else []
-        for post_index in [*targets, *(task.post_indexes or [])]:
+        for post_index in task.images():
             await run_activity(
                 StoreActivities.mark_image_for_rerender,
                 ItemInput(task.run, task.world, task.character_index, post_index),
@@ -587,7 +587,7 @@ async def render_character(task: CharacterTask, config: RunConfig, images: int) 
                 task_queue=config.workflows_queue,
                 start_to_close_timeout=timedelta(seconds=30),
             )
-        return CharacterImages(degraded=len(targets) + len(task.post_indexes or []))
+        return CharacterImages(degraded=len(task.images()))
 
 
 @workflow.defn

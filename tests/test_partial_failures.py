@@ -44,13 +44,13 @@ class BadItems(StandIns):
         return await super().render_image(inp)
 
 
-async def generate(environment, stand_ins: StandIns, max_failed_share: float = 0.2):
+async def generate(environment, stand_ins: StandIns, max_failed_share: float = 0.2, workflow=WorldGenerationWorkflow):
     inp = run_input(f"partial-{uuid.uuid4().hex[:8]}")  # 2 characters x 2 posts: 6 items
     inp.config.max_failed_share = max_failed_share
     workers = stand_in_workers(environment, stand_ins, inp.config)
     async with workers[0], workers[1], workers[2]:
         handle = await environment.client.start_workflow(
-            WorldGenerationWorkflow.run, inp, id=inp.run.workflow_id, task_queue=inp.config.workflows_queue
+            workflow.run, inp, id=inp.run.workflow_id, task_queue=inp.config.workflows_queue
         )
         return await handle.result()
 
@@ -117,21 +117,10 @@ class BadCharacters(StandIns):
         return self.images.get(inp.character_index, CharacterImages())
 
 
-async def run_world(environment, stand_ins: StandIns, max_failed_share: float = 0.2):
-    inp = run_input(f"partial-{uuid.uuid4().hex[:8]}")  # 2 characters x 2 posts: 6 items
-    inp.config.max_failed_share = max_failed_share
-    workers = stand_in_workers(environment, stand_ins, inp.config)
-    async with workers[0], workers[1], workers[2]:
-        handle = await environment.client.start_workflow(
-            WorldRunWorkflow.run, inp, id=inp.run.workflow_id, task_queue=inp.config.workflows_queue
-        )
-        return await handle.result()
-
-
 def test_a_world_run_counts_a_character_s_failed_post_and_renders_only_what_was_made(env):
     loop, environment = env
     stand_ins = BadCharacters({0: CharacterText(20, profile_made=True, post_indexes=[0], failed=1)})
-    progress = loop.run(run_world(environment, stand_ins))
+    progress = loop.run(generate(environment, stand_ins, workflow=WorldRunWorkflow))
     assert (progress.status, progress.failed_items, progress.posts_done, progress.characters_done) == (
         "completed",
         1,
@@ -148,12 +137,12 @@ def test_a_world_run_fails_past_the_share_and_counts_refused_images(env):
     loop, environment = env
     stand_ins = BadCharacters({1: CharacterText(10, profile_made=False, failed=3)})  # 3 of 6 items
     with pytest.raises(WorkflowFailureError) as failure:
-        loop.run(run_world(environment, stand_ins))
+        loop.run(generate(environment, stand_ins, workflow=WorldRunWorkflow))
     assert "3 of 6 items failed for good, more than 20%" in str(failure.value.cause)
     assert "1:" not in [d[:2] for _, _, name, d in stand_ins.log if name == "render_character"]  # nothing to draw
 
     refused = BadCharacters({}, images={0: CharacterImages(rejected=1), 1: CharacterImages(degraded=2)})
-    progress = loop.run(run_world(environment, refused, max_failed_share=0.5))
+    progress = loop.run(generate(environment, refused, 0.5, WorldRunWorkflow))
     assert (progress.status, progress.failed_items, progress.degraded_items, progress.posts_done) == (
         "completed",
         1,
