@@ -177,6 +177,15 @@ def test_the_manifest_environment_loads_production_settings_and_passes_check_dep
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_web_trusts_exactly_the_ingress_proxy_for_client_addresses():
+    """One proxy (the ingress controller) is in front of the web process: admin login lockouts count the client
+    address it appends to X-Forwarded-For (tests/test_access_limits.py runs it behind real proxies)."""
+    web = _one("Deployment", "worldgen-web")
+    container = next(c for c in web["spec"]["template"]["spec"]["containers"] if c["name"] == "web")
+    assert _container_env(container).get("TRUSTED_PROXY_COUNT") == "1"
+    assert "TRUSTED_PROXY_COUNT" in OPERATIONS.read_text()
+
+
 def test_worker_args_parse_with_the_real_command_and_cover_the_three_queues():
     workers = _workers()
     assert len(workers) == 3, sorted(workers)

@@ -34,6 +34,9 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
         ("DATABASE_URL", "mysql://u:p@db/worldgen"),
         ("LLM_BASE_URL", "not a url"),
         ("LOG_FORMAT", "xml"),
+        ("TRUSTED_PROXY_COUNT", "one"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+        ("ADMIN_LOGIN_WINDOW_SECONDS", "0"),
     ],
 )
 def test_malformed_variable_fails_with_one_line_naming_it(name, value):

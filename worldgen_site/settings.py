@@ -8,6 +8,7 @@ on debug pages and in logs (``worldgen_site.logs``). The README's
 configuration table lists every variable.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 from worldgen_site.env import (
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
     "clients",
     "worlds",
     "temporal_worker",
+    "axes",  # admin login lockouts (AXES_* below); its migrations add the AccessAttempt table
 ]
 
 MIDDLEWARE = [
@@ -74,6 +76,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page (429)
+]
+
+# Axes' backend first: it refuses a locked-out username + address before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "worldgen_site.urls"
@@ -181,6 +190,8 @@ GENERATION_HEARTBEAT_TIMEOUT_SECONDS = env_int("GENERATION_HEARTBEAT_TIMEOUT_SEC
 # its characters + posts; past it, the run fails.
 GENERATION_MAX_FAILED_SHARE = env_float("GENERATION_MAX_FAILED_SHARE", 0.2, minimum=0.0)
 GENERATION_MAX_TOKEN_BUDGET = env_int("GENERATION_MAX_TOKEN_BUDGET", 5_000_000, minimum=1000)
+# A live world's day spends at most this (its whole life is capped by its token budget, at most the one above).
+LIVE_MAX_DAILY_TOKEN_BUDGET = env_int("LIVE_MAX_DAILY_TOKEN_BUDGET", 200_000, minimum=1000)
 WORLD_PREMISE_MAX_CHARS = env_int("WORLD_PREMISE_MAX_CHARS", 4000, minimum=100)
 REVIEW_FEEDBACK_MAX_CHARS = env_int("REVIEW_FEEDBACK_MAX_CHARS", 2000, minimum=100)
 # Run rows are checked against Temporal (workflows that ended, were terminated elsewhere or vanished).
@@ -239,7 +250,8 @@ LOGGING = {
     "loggers": {
         # Drop Django's default handlers here: they print django.* records a second time, unmasked.
         "django": {"handlers": []},
-        **{name: {"level": "WARNING"} for name in ("temporalio", "pymongo", "httpx", "httpcore")},
+        # axes: its lockouts and failures are warnings; its INFO lines repeat every login's steps.
+        **{name: {"level": "WARNING"} for name in ("temporalio", "pymongo", "httpx", "httpcore", "axes")},
     },
 }
 
@@ -268,12 +280,40 @@ REST_FRAMEWORK = {
         "generate": env_str("API_GENERATE_THROTTLE_RATE", "30/minute"),
     },
 }
-# The cache that API throttles and admin login limits share across processes: a table in the SQL database
-# (created by migration worlds/0010).
+# The cache that API throttles share across processes: a table in the SQL database (created by migration
+# worlds/0010).
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "worldgen_cache"}}
-ADMIN_LOGIN_FAILURES_PER_USER = env_int("ADMIN_LOGIN_FAILURES_PER_USER", 5, minimum=1)
-ADMIN_LOGIN_FAILURES_PER_ADDRESS = env_int("ADMIN_LOGIN_FAILURES_PER_ADDRESS", 30, minimum=1)
-ADMIN_LOGIN_WINDOW_SECONDS = env_int("ADMIN_LOGIN_WINDOW_SECONDS", 900, minimum=1)
+
+# --- Admin login lockouts (django-axes) ---------------------------------------------------------------------
+# Failed logins count per username AND client address together: a stranger failing against a username from
+# their address locks only that pair, never the real user on another address, and no address blocks everyone.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Counted in the SQL database (axes' AccessAttempt table), so every web process counts together: each failure
+# is one transaction that locks the pair's row (select_for_update) and adds 1 in SQL (F() + 1).
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURES_PER_USER", 5, minimum=1)
+# The lockout lasts this long after the pair's last counted failure; refused attempts do not extend it.
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("ADMIN_LOGIN_WINDOW_SECONDS", 900, minimum=1))
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True  # a successful login clears its username + address's failures
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked_out.html"
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login (failures still are, until their cool-off ends)
+# The client address: with TRUSTED_PROXY_COUNT = n proxies in front of the web process (each appending the
+# address it was given to X-Forwarded-For, as nginx and the ingress controllers do), the n-th entry from the
+# right; 0 = REMOTE_ADDR only, X-Forwarded-For is ignored. Set it to exactly the number of proxies: fewer
+# counts every client as the proxy's address, more lets clients choose their address.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if TRUSTED_PROXY_COUNT else ("REMOTE_ADDR",)
+# django-ipware counts the proxies listed in X-Forwarded-For after the client: all but the last one, whose
+# address is REMOTE_ADDR.
+AXES_IPWARE_PROXY_COUNT = max(TRUSTED_PROXY_COUNT - 1, 0)
+AXES_IPWARE_PROXY_ORDER = "left-most"
+# ipware's "legacy" parser splits X-Forwarded-For on commas only and skips malformed entries (IPWARE_STRICT
+# false), so the address is always the entry our proxies appended. The default parser honours quotes: a
+# client's X-Forwarded-For ending in an unclosed quote swallows the appended entries and picks the address.
+IPWARE_ALGORITHM = "legacy"
+IPWARE_STRICT = False
 # The API schema and its docs page need a staff login unless API_DOCS_PUBLIC is true.
 API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", False)
 SPECTACULAR_SETTINGS = {

@@ -2,11 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from worldgen_site.login_rate_limit import login_rate_limited
 from worlds import temporal_codec, views
 
 urlpatterns = [
-    path("admin/login/", login_rate_limited(admin.site.login)),
     path("admin/", admin.site.urls),
     path("images/<str:image_id>.png", views.image, name="image"),
     path("api/", include("worlds.api_urls")),
