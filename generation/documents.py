@@ -85,6 +85,13 @@ def day_key(run: RunRef, day: int) -> str:
     return f"{run.key}-d{day}"
 
 
+def live_day_key(run: RunRef, live_id: int, day: int) -> str:
+    """A day of one time live (``worlds.models.LiveWorld``): its report and its token ledger. A world that goes
+    live again goes on from its last day, and a day begun in one time live and lived in the next has a report
+    and a ledger in each, so nothing one of them spent is overwritten."""
+    return f"{run.key}-l{live_id}-d{day}"
+
+
 def snapshot_key(run: RunRef) -> str:
     """A run execution's snapshot: a resume may carry another token budget."""
     return f"{run.key}/resume-{run.resume}"
@@ -186,6 +193,9 @@ def ensure_indexes(db: Database) -> None:
     db[POSTS].create_index(
         [("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)], name="post_feed_order"
     )
+    db[POSTS].create_index(
+        [("run_key", ASCENDING), ("character_index", ASCENDING), ("index", ASCENDING)], name="post_character_order"
+    )
     db[CHARACTERS].create_index([("run_key", ASCENDING), ("index", ASCENDING)], name="character_run_order")
     db[BIBLES].create_index([("run_key", ASCENDING)], name="bible_run_key")
     # A deleted world's content is deleted by world_id (the other collections' indexes start with it).
@@ -218,14 +228,27 @@ def run_character(db: Database, run: RunRef, index: int) -> dict | None:
 
 
 def run_posts(
-    db: Database, run: RunRef, *, character_index: int | None = None, offset: int = 0, limit: int = 20
+    db: Database,
+    run: RunRef,
+    *,
+    character_index: int | None = None,
+    offset: int = 0,
+    limit: int = 20,
+    newest_first: bool = False,
 ) -> list[dict]:
-    """Posts in feed order: every character's first post, then every second post, ..."""
+    """Posts in feed order: every character's first post, then every second post, ..., then a live world's
+    posts in the order they were posted (their indexes go on past the run's, by day and slot). With
+    ``newest_first``, the reverse. One character's posts are in the same order, by their index alone."""
+    from pymongo import DESCENDING
+
+    direction = DESCENDING if newest_first else ASCENDING
     query: dict = {"run_key": run.key}
-    if character_index is not None:
+    if character_index is None:  # the post_feed_order index, walked either way
+        order = [("index", direction), ("character_index", direction)]
+    else:  # the post_character_order index: a profile page reads its own posts, never the run's
         query["character_index"] = character_index
-    cursor = db[POSTS].find(query).sort([("index", ASCENDING), ("character_index", ASCENDING)])
-    return list(cursor.skip(offset).limit(limit))
+        order = [("index", direction)]
+    return list(db[POSTS].find(query).sort(order).skip(offset).limit(limit))
 
 
 def failed_tasks(db: Database, run: RunRef) -> list[dict]:

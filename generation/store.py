@@ -111,6 +111,11 @@ def character_posts(db: Database, run: RunRef, character_index: int) -> dict[int
     return {doc["index"]: doc for doc in db[POSTS].find(query, {"index": 1, "caption": 1, "version": 1})}
 
 
+def profiled_characters(db: Database, run: RunRef) -> int:
+    """How many of the run's characters have a profile (a live world needs its whole cast profiled)."""
+    return db[CHARACTERS].count_documents({"run_key": run.key, "status": CharacterStatus.PROFILED})
+
+
 def has_profile(db: Database, run: RunRef, index: int, version: int = 0) -> bool:
     query = {"_id": character_key(run, index), "status": CharacterStatus.PROFILED, **_stored(version)}
     return _exists(db[CHARACTERS], query)
@@ -479,4 +484,12 @@ def has_memory(db: Database, run: RunRef, character_index: int, day: int) -> boo
 
 
 def save_day_report(db: Database, run: RunRef, report: dict) -> None:
-    db[LIVE_DAYS].update_one({"_id": day_key(run, report["day"])}, {"$set": {**run_fields(run), **report}}, upsert=True)
+    """Keyed by the day's ledger (one per time live and day; the run's day key for reports before those)."""
+    key = report.get("ledger") or day_key(run, report["day"])
+    db[LIVE_DAYS].update_one({"_id": key}, {"$set": {**run_fields(run), **report}}, upsert=True)
+
+
+def images_waiting(db: Database, run: RunRef) -> int:
+    """How many of the run's images are marked for a re-render (its degraded items)."""
+    query = {"run_key": run.key, "image_status": ImageStatus.NEEDS_RENDER}
+    return db[CHARACTERS].count_documents(query) + db[POSTS].count_documents(query)

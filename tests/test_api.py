@@ -620,6 +620,9 @@ def test_a_world_never_generated_has_no_content(users):
         ("character=50", "character"),
         ("character=", "character"),
         ("character=99999999999999999999999", "character"),
+        ("order=sideways", "order"),
+        ("order=", "order"),
+        ("order=newest&order=oldest", "order"),
     ]:
         response = client.get(f"/api/worlds/{world.pk}/posts/?{query}")
         assert response.status_code == 400 and field in response.json(), query
@@ -796,6 +799,54 @@ def test_the_api_serves_the_live_run_and_editors_publish_and_unpublish(users, co
         ("run_published", "editor", 1, "replaces run 2"),
         ("run_unpublished", "editor", 1, ""),
     ]
+
+
+def followed(client: APIClient, url: str) -> tuple[list[tuple[int, int]], list[str]]:
+    """The (character_index, index) of every post of a feed, following its `next` links from ``url``; and the
+    URLs of the pages."""
+    posts, urls = [], []
+    while url:
+        urls.append(url)
+        response = client.get(url)
+        assert response.status_code == 200, response.content
+        posts += [(p["character_index"], p["index"]) for p in response.json()["results"]]
+        url = response.json()["next"]
+    return posts, urls
+
+
+def test_the_feed_pages_oldest_or_newest_first_and_refuses_another_order(users, content):
+    world = make_world(character_count=2, posts_per_character=2)
+    run = make_run(world, "completed")
+    content(run)  # posts 0 and 1 of both characters
+    db = mongo.get_db()
+    for slot in range(6):  # three live days of two posts, round the cast, numbered on past the run's posts
+        day, character = slot // 2 + 1, slot % 2
+        live_post = {"caption": f"day {day} post", "day": day, "slot": slot % 2}
+        store.save_post(db, run.ref, character, 2 + slot, live_post, f"r1_c{character}")
+    services.run_publish(run=run)
+    client, url = api(users["reviewer"]), f"/api/worlds/{world.pk}/posts/"
+    posting_order = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 3), (0, 4), (1, 5), (0, 6), (1, 7)]
+
+    oldest, _ = followed(client, f"{url}?limit=3")  # the default, unchanged
+    assert oldest == posting_order
+    assert followed(client, f"{url}?order=oldest&limit=3")[0] == posting_order
+    newest, pages = followed(client, f"{url}?order=newest&limit=3")
+    assert newest == posting_order[::-1] and len(pages) == 4
+    assert all("order=newest" in page for page in pages[1:])  # `next` keeps the order
+    last = client.get(pages[-1]).json()
+    assert last["next"] is None and "order=newest" in last["previous"] and "offset=6" in last["previous"]
+    first = client.get(f"{url}?order=newest&limit=1").json()["results"][0]
+    assert (first["character_index"], first["index"], first["caption"]) == (1, 7, "day 3 post")
+    assert followed(client, f"{url}?character=1&order=newest&limit=2")[0] == [(1, 7), (1, 5), (1, 3), (1, 1), (1, 0)]
+    assert followed(client, f"{url}?character=1&limit=2")[0] == [(1, 0), (1, 1), (1, 3), (1, 5), (1, 7)]
+
+    response = client.get(f"{url}?order=sideways")
+    assert response.status_code == 400 and response.json() == {"order": ['"sideways" is not a valid choice.']}
+    paths = yaml.safe_load(api(users["staff"]).get("/api/schema/").content)["paths"]
+    schema = paths["/api/worlds/{world_id}/posts/"]
+    [order] = [p for p in schema["get"]["parameters"] if p["name"] == "order"]
+    assert order["in"] == "query" and order["schema"]["enum"] == ["oldest", "newest"]
+    assert order["schema"]["default"] == "oldest" and "`order=newest`" in schema["get"]["description"]
 
 
 def test_a_run_is_published_only_with_a_cleared_bible(users, content):

@@ -6,6 +6,7 @@ keeps the post for a re-render."""
 import asyncio
 import dataclasses
 import uuid
+from collections import Counter
 
 import grpc
 import httpx
@@ -18,7 +19,7 @@ from generation import documents, store
 from generation.activities import MediaActivities
 from generation.contracts import RunRef
 from generation.living.activities import LivingActivities
-from generation.living.contracts import DayInput, LiveSettings, LiveWorldInput
+from generation.living.contracts import DayInput, LiveSettings, LiveState, LiveWorldInput
 from generation.living.workflows import day_plan
 from generation.llm import LlmClient
 from generation.media import MediaClient, channel_options
@@ -29,8 +30,7 @@ from tests.test_generation import llm_control
 pytestmark = pytest.mark.timeout(120)
 
 CAST = 3
-POSTS, COMMENTS = 2, 1  # day 1: 1 event, posts by C0 and C1, C1 comments, C0 replies, 2 memories: 7 LLM calls
-ACTORS = 2
+POSTS, COMMENTS = 2, 1  # day 1: 1 event, posts by C0 and C1, a comment and its reply, the actors' memories
 
 
 def seeded_day(budget: int = 20_000, day: int = 1) -> DayInput:
@@ -48,7 +48,18 @@ def seeded_day(budget: int = 20_000, day: int = 1) -> DayInput:
 
 def plan_of(day: DayInput):
     settings = LiveSettings(day_seconds=60, posts_per_day=POSTS, comments_per_day=COMMENTS)
-    return day_plan(LiveWorldInput(1, day.run, day.world, run_input("x").config, settings), day)
+    return day_plan(LiveWorldInput(1, day.run, day.world, run_input("x").config, settings), day, LiveState(next_slot=0))
+
+
+def actors(day: DayInput) -> int:
+    """The characters who post or comment on the day (the commenter is drawn from the day's seed)."""
+    plan = plan_of(day)
+    return len({p.character_index for p in plan.posts} | {c.character_index for c in plan.comments})
+
+
+def calls(day: DayInput) -> int:
+    """The day's LLM calls: its event, posts, comments and replies, and each actor's memory."""
+    return 1 + POSTS + 2 * COMMENTS + actors(day)
 
 
 def live(day: DayInput, llm_server: str, media_target: str, attempts: int = 1):
@@ -101,16 +112,17 @@ def llm(llm_server):
 def test_a_day_is_made_whole_once_and_a_second_run_of_it_makes_nothing(mongo_env, media_env, llm):
     day = seeded_day()
     result = live(day, llm, media_env["MEDIA_GRPC_TARGET"])
-    whole = {"events": 1, "posts": POSTS, "comments": 2 * COMMENTS, "memories": ACTORS, "rendered": POSTS}
+    whole = {"events": 1, "posts": POSTS, "comments": 2 * COMMENTS, "memories": actors(day), "rendered": POSTS}
     assert made(day) == whole
     assert result.tokens > 0 and not result.budget_reached
-    assert chat_requests(llm) == 7
+    assert chat_requests(llm) == calls(day)
     ledger = mongo.get_db().token_ledgers.find_one({"_id": documents.day_key(day.run, 1)})
     assert ledger["used"] == result.tokens and not ledger["reserved"]
     assert all(p["liked_by"] for p in mongo.get_db().posts.find({"run_key": day.run.key, "day": 1}))
 
     again = live(day, llm, media_env["MEDIA_GRPC_TARGET"])  # a retry after the day was stored whole
-    assert (again.tokens, made(day), chat_requests(llm)) == (0, whole, 7)
+    # It makes and bills nothing more, and says what the day spent in all (its ledger).
+    assert (again.tokens, made(day), chat_requests(llm)) == (result.tokens, whole, calls(day))
 
 
 def test_a_day_cut_by_an_outage_is_retried_and_makes_only_what_it_lacked(mongo_env, media_env, llm):
@@ -118,16 +130,24 @@ def test_a_day_cut_by_an_outage_is_retried_and_makes_only_what_it_lacked(mongo_e
     # The event and both posts are written; then the provider is down for the comment (attempt 1 fails).
     llm_control(llm, {"queue": [{}, {}, {}, {"status": 503, "message": "upstream down"}]})
     result = live(day, llm, media_env["MEDIA_GRPC_TARGET"], attempts=2)
-    assert made(day) == {"events": 1, "posts": POSTS, "comments": 2, "memories": ACTORS, "rendered": POSTS}
-    assert chat_requests(llm) == 8  # 7 items, and the one call the outage refused
+    assert made(day) == {"events": 1, "posts": POSTS, "comments": 2, "memories": actors(day), "rendered": POSTS}
+    assert chat_requests(llm) == calls(day) + 1  # every item, and the one call the outage refused
     tasks = mongo.get_db().generation_tasks.find({"run_key": day.run.key})
     attempts = {(t["stage"], t["index"]): [a["status"] for a in t["attempts"]] for t in tasks if "attempts" in t}
     assert attempts.pop(("comment", "1.0")) == [
         "retrying",
         "succeeded",
     ]  # the comment: refused, then written on the retry
-    assert list(attempts.values()) == [["succeeded"]] * 6  # each other item: made once, on the first attempt
-    assert result.tokens > 0
+    others = calls(day) - 1  # each other item: made once, on the first attempt
+    assert list(attempts.values()) == [["succeeded"]] * others
+    # What the day spent counts both attempts (before, only the last one's): every token billed, as the ledger.
+    tasks = mongo.get_db().generation_tasks.find({"run_key": day.run.key})
+    billed = Counter()  # by activity attempt
+    for attempt in (a for task in tasks for a in task.get("attempts", [])):
+        billed[attempt["attempt"]] += attempt["billed_tokens"]
+    ledger = mongo.get_db().token_ledgers.find_one({"_id": documents.day_key(day.run, 1)})
+    assert billed[1] > 0 and billed[2] > 0  # the event and both posts on attempt 1, the rest on attempt 2
+    assert result.tokens == ledger["used"] == billed[1] + billed[2]
 
 
 def test_an_item_that_stays_invalid_is_left_out_and_the_day_goes_on(mongo_env, media_env, llm):
@@ -136,7 +156,7 @@ def test_an_item_that_stays_invalid_is_left_out_and_the_day_goes_on(mongo_env, m
     llm_control(llm, {"queue": [{}, {}, {}] + [{"invalid_json": True}] * 4})
     result = live(day, llm, media_env["MEDIA_GRPC_TARGET"])
     # No comment, so no reply (nothing to answer); the memories of the posters only.
-    assert made(day) == {"events": 1, "posts": POSTS, "comments": 0, "memories": ACTORS, "rendered": POSTS}
+    assert made(day) == {"events": 1, "posts": POSTS, "comments": 0, "memories": actors(day), "rendered": POSTS}
     assert not result.budget_reached
 
 
@@ -146,13 +166,13 @@ def test_the_daily_budget_cuts_the_day_short(mongo_env, media_env, llm):
     assert result.budget_reached
     ledger = mongo.get_db().token_ledgers.find_one({"_id": documents.day_key(day.run, 1)})
     assert ledger["used"] == result.tokens <= 1_500 and not ledger["reserved"]
-    assert made(day)["events"] == 1 and made(day)["memories"] < ACTORS
+    assert made(day)["events"] == 1 and made(day)["memories"] < actors(day)
 
 
 def test_a_media_outage_keeps_the_post_for_a_re_render(mongo_env, llm):
     day = seeded_day()
     result = live(day, llm, f"127.0.0.1:{_closed_port()}")  # nothing listens there
-    assert made(day) == {"events": 1, "posts": POSTS, "comments": 2, "memories": ACTORS, "rendered": 0}
+    assert made(day) == {"events": 1, "posts": POSTS, "comments": 2, "memories": actors(day), "rendered": 0}
     statuses = [p["image_status"] for p in mongo.get_db().posts.find({"run_key": day.run.key, "day": 1})]
     assert statuses == [documents.ImageStatus.NEEDS_RENDER] * POSTS
     assert result.tokens > 0

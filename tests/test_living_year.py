@@ -52,12 +52,17 @@ class YearStandIns(LivingActivities):
         self.posts: dict[tuple[int, int], dict] = {}
         self.comments: dict[tuple[int, int, bool], dict] = {}
         self.prompt_sizes: dict[int, int] = defaultdict(int)  # the longest prompt of each day
+        self.spent: Counter = Counter()  # tokens billed each day
+        self.commenters: Counter = Counter()  # comments (not replies) by character
+        self.commented_on: Counter = Counter()  # comments on each character's posts
         self.calls: Counter = Counter()
         self.reports: list[LiveReport] = []
         self.run_ids: list[str] = []
 
     def _sized(self, day: int, messages: list[dict]) -> None:
+        """Each step's call: its prompt's size, and the 10 tokens it bills."""
         self.prompt_sizes[day] = max(self.prompt_sizes[day], sum(len(m["content"]) for m in messages))
+        self.spent[day] += 10
 
     async def write_event(self, day: DayInput) -> TokenUsage:
         self.calls["event"] += 1
@@ -87,11 +92,17 @@ class YearStandIns(LivingActivities):
         assert inp.reply_to is not None or inp.character_index != inp.post_character, "a comment on one's own post"
         key = (inp.day.day, inp.slot, inp.reply_to is not None)
         self.comments[key] = {"handle": profile["handle"], "comment": LONGEST[:300]}
+        if inp.reply_to is None:
+            self.commenters[inp.character_index] += 1
+            self.commented_on[inp.post_character] += 1
         return TokenUsage(10)
 
     def react(self, day: DayInput) -> int:
         self.calls["react"] += 1
         return 0
+
+    async def _spent(self, day: DayInput) -> int:
+        return self.spent[day.day]  # what its steps billed (no ledger here)
 
     async def update_memory(self, inp: MemoryInput) -> TokenUsage:
         self.calls["memory"] += 1
@@ -155,6 +166,8 @@ def test_a_world_lives_a_year_in_bounded_histories_with_flat_prompts(env):
     assert stand_ins.calls["react"] == days and len(stand_ins.comments) == 2 * days
     authors = Counter(post["handle"] for post in stand_ins.posts.values())
     assert max(authors.values()) - min(authors.values()) <= 1  # a fair rotation
+    for counts in (stand_ins.commenters, stand_ins.commented_on):  # every character comments and is commented on
+        assert sorted(counts) == [0, 1, 2] and max(counts.values()) - min(counts.values()) <= 1, counts
     assert [r.day.day for r in stand_ins.reports if r.day] == list(range(1, days + 1))
     print(f"executions: {len(lengths)}, history events per execution: max {max(lengths)}")
     assert len(lengths) > 1 and max(lengths) < 2000  # it continued as new

@@ -16,6 +16,8 @@ from PIL import Image
 from clients import mongo
 from generation import documents, store
 from generation.contracts import RunRef
+from generation.living.contracts import DayInput, LiveSettings, LiveWorldInput
+from generation.living.workflows import day_plan
 from worlds import selectors, services
 from worlds.models import GenerationRun, World
 
@@ -237,7 +239,8 @@ def test_a_character_profile_shows_the_profile_and_only_their_posts(client, lant
         assert text in html, text
     assert f'<img class="avatar avatar-l" src="/images/img-{ref.key}-c0.png"' in html
     assert client.get(f"/images/img-{ref.key}-c0.png")["Content-Type"] == "image/png"  # the src resolves
-    assert [f"caption-c0-p{i}" for i in range(3)] == re.findall(r"caption-c\d-p\d", html)
+    assert re.findall(r"caption-c\d-p\d", html) == ["caption-c0-p2", "caption-c0-p1", "caption-c0-p0"]  # newest first
+    assert "Page 1 of" not in html  # three posts: one page, no pager
     assert f'src="/images/img-{ref.key}-c0-p1.png"' in html
     # post 2 needs a re-render: a placeholder, never a broken <img>
     assert documents.image_id(documents.post_key(ref, 0, 2)) not in html and html.count(">image pending<") == 1
@@ -268,22 +271,121 @@ def test_the_feed_is_paginated_twelve_posts_a_page(client, db, make_world):
                 caption=f"[c{character_index}-p{index:02}]",
                 rendered=False,
             )
-    # the feed interleaves characters: post 0 of each, then post 1 of each, ...
+    # newest first: the reverse of the posting order (post 0 of each character, then post 1 of each, ...)
     first_page = page(client, f"/worlds/{world.pk}/feed/")
-    assert re.findall(r"\[c\d-p\d\d\]", first_page)[:2] == ["[c0-p00]", "[c1-p00]"]
+    assert re.findall(r"\[c\d-p\d\d\]", first_page)[:2] == ["[c1-p07]", "[c0-p07]"]
     assert len(re.findall(r"\[c\d-p\d\d\]", first_page)) == 12
     assert f'href="/worlds/{world.pk}/feed/?page=2"' in first_page and "Page 1 of 2" in first_page
+    assert 'rel="next">Older →</a>' in first_page
     second_page = page(client, f"/worlds/{world.pk}/feed/?page=2")
-    assert re.findall(r"\[c\d-p\d\d\]", second_page) == ["[c0-p06]", "[c1-p06]", "[c0-p07]", "[c1-p07]"]
-    assert "[c0-p00]" not in second_page and f'href="/worlds/{world.pk}/feed/?page=1"' in second_page
+    assert re.findall(r"\[c\d-p\d\d\]", second_page) == ["[c1-p01]", "[c0-p01]", "[c1-p00]", "[c0-p00]"]
+    assert "[c1-p07]" not in second_page and f'href="/worlds/{world.pk}/feed/?page=1"' in second_page
+    assert 'rel="prev">← Newer</a>' in second_page
     assert second_page.count(">image pending<") == 4 and "<img" in second_page  # the avatars
     assert page(client, f"/worlds/{world.pk}/feed/?page=1") == first_page
     for bad in ["999", "3", "0", "-1", "two", "1.5", ""]:
         assert client.get(f"/worlds/{world.pk}/feed/", {"page": bad}).status_code == 404, bad
     # the world page shows the first page and links to the next
     world_page = page(client, f"/worlds/{world.pk}/")
-    assert "[c1-p05]" in world_page and "[c0-p06]" not in world_page
+    assert "[c0-p02]" in world_page and "[c1-p01]" not in world_page
     assert f'href="/worlds/{world.pk}/feed/?page=2"' in world_page
+
+
+def live_world(database, make_world, *, name: str, cast: int, posts_per_character: int, days: int) -> tuple:
+    """A published run of ``cast`` characters with ``posts_per_character`` posts each (captioned "[cC-pNN]"),
+    then the posts of ``days`` live days, two a day, placed as the living-world workflow places them
+    (``day_plan``: a fair rotation, indexes going on past the run's) and stored with their day and slot."""
+    world = make_world(name=name)
+    world.character_count, world.posts_per_character = cast, posts_per_character
+    world.save()
+    ref = make_run(world)
+    store.save_bible(database, ref, BIBLE, revision=0, feedback=None)
+    handles = [f"mate_{index}" for index in range(cast)]
+    write_cast(database, ref, [(f"Mate {index}", handle) for index, handle in enumerate(handles)])
+    for character_index, handle in enumerate(handles):
+        for index in range(posts_per_character):
+            write_post(
+                database,
+                ref,
+                character_index,
+                index,
+                handle=handle,
+                caption=f"[c{character_index}-p{index:02}]",
+                rendered=False,
+            )
+    plan = LiveWorldInput(1, ref, services.world_snapshot(world), services.run_config(), LiveSettings(posts_per_day=2))
+    for day in range(1, days + 1):
+        for post in day_plan(plan, DayInput(ref, plan.world, day, 20_000)).posts:
+            caption = f"[c{post.character_index}-p{post.post_index:02}] on day {day}"
+            fields = {"caption": caption, "location": "Wick Harbour", "day": day, "slot": post.slot}
+            store.save_post(database, ref, post.character_index, post.post_index, fields, handles[post.character_index])
+    publish(ref)
+    return world, ref
+
+
+POST_KEY = re.compile(r"\[c\d-p\d\d\]")
+
+
+def test_a_live_worlds_feed_starts_with_its_newest_post_and_pages_back_without_gaps(client, db, make_world):
+    database, _ = db
+    world, ref = live_world(database, make_world, name="Living Harbour", cast=3, posts_per_character=2, days=5)
+    first_page = page(client, f"/worlds/{world.pk}/feed/")
+    second_page = page(client, f"/worlds/{world.pk}/feed/?page=2")
+    # day 5's second post first, back through the live days (two a day, round the cast), then the run's posts
+    assert POST_KEY.findall(first_page) == [
+        "[c0-p11]",  # day 5, slot 1
+        "[c2-p10]",  # day 5, slot 0
+        "[c1-p09]",
+        "[c0-p08]",
+        "[c2-p07]",
+        "[c1-p06]",
+        "[c0-p05]",
+        "[c2-p04]",
+        "[c1-p03]",
+        "[c0-p02]",  # day 1, slot 0: the first live post
+        "[c2-p01]",  # the run's own posts, newest first
+        "[c1-p01]",
+    ]
+    assert POST_KEY.findall(second_page) == ["[c0-p01]", "[c2-p00]", "[c1-p00]", "[c0-p00]"]
+    assert "Page 1 of 2" in first_page and "Page 2 of 2" in second_page
+    assert "[c0-p11] on day 5" in first_page and '<span class="world-day">day 5</span>' in first_page
+    # the two pages are the whole feed, exactly the reverse of the posting order
+    oldest_first = [
+        f"[c{p['character_index']}-p{p['index']:02}]" for p in documents.run_posts(database, ref, limit=100)
+    ]
+    assert POST_KEY.findall(first_page) + POST_KEY.findall(second_page) == oldest_first[::-1]
+    assert len(oldest_first) == 16
+    # the world page's feed is the same first page
+    world_page = page(client, f"/worlds/{world.pk}/")
+    assert POST_KEY.findall(world_page) == POST_KEY.findall(first_page)
+    assert f'href="/worlds/{world.pk}/feed/?page=2"' in world_page
+    assert client.get(f"/worlds/{world.pk}/feed/?page=3").status_code == 404
+
+
+def test_a_profile_shows_the_characters_newest_posts_first_a_page_at_a_time(client, db, make_world):
+    database, _ = db
+    world, _ = live_world(database, make_world, name="Long Harbour", cast=2, posts_per_character=50, days=3)
+    url = f"/worlds/{world.pk}/characters/0/"
+    pages = [page(client, url)] + [page(client, f"{url}?page={number}") for number in range(2, 6)]
+    shown = [POST_KEY.findall(html) for html in pages]
+    # character 0's live posts (days 1-3, past the run's 50) first, then its run posts, 12 a page
+    assert shown[0] == ["[c0-p54]", "[c0-p52]", "[c0-p50]"] + [f"[c0-p{index}]" for index in range(49, 40, -1)]
+    assert [len(keys) for keys in shown] == [12, 12, 12, 12, 5]
+    assert sum(shown, []) == ["[c0-p54]", "[c0-p52]", "[c0-p50]"] + [f"[c0-p{index:02}]" for index in range(49, -1, -1)]
+    assert "[c1-" not in "".join(pages)  # only their own posts
+    assert "[c0-p54] on day 3" in pages[0] and "53 posts" in pages[0] and "53 posts" in pages[4]
+    assert "Page 1 of 5" in pages[0] and f'href="{url}?page=2" rel="next">Older →' in pages[0]
+    assert "Page 5 of 5" in pages[4] and f'href="{url}?page=4" rel="prev">← Newer' in pages[4]
+    assert 'rel="next"' not in pages[4]
+    assert page(client, f"{url}?page=1") == pages[0]
+    for bad in ["6", "0", "-1", "two", "1.5", ""]:
+        assert client.get(url, {"page": bad}).status_code == 404, bad
+    # the other character: its own posts, newest first
+    assert POST_KEY.findall(page(client, f"/worlds/{world.pk}/characters/1/"))[:3] == [
+        "[c1-p55]",
+        "[c1-p53]",
+        "[c1-p51]",
+    ]
 
 
 def test_generated_text_is_escaped(client, db, make_world):

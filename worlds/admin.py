@@ -34,7 +34,9 @@ from worlds.models import (
     LiveWorld,
     Regeneration,
     World,
+    validate_daily_token_budget,
     validate_feedback_length,
+    validate_token_budget,
 )
 
 STAGES = [Stage.BIBLE, Stage.APPROVAL, Stage.CHARACTERS, Stage.POSTS, Stage.DONE]
@@ -120,7 +122,19 @@ class GoLiveForm(forms.Form):
     )
     posts_per_day = forms.IntegerField(min_value=1, max_value=50, initial=3, help_text="Across the cast, in turn.")
     comments_per_day = forms.IntegerField(min_value=0, max_value=50, initial=2, help_text="Each one answered.")
-    daily_token_budget = forms.IntegerField(min_value=MIN_TOKEN_BUDGET, initial=20_000)
+    daily_token_budget = forms.IntegerField(
+        min_value=MIN_TOKEN_BUDGET,
+        initial=20_000,
+        validators=[validate_daily_token_budget],
+        help_text="A day makes no LLM call past this many tokens.",
+    )
+    token_budget = forms.IntegerField(
+        min_value=MIN_TOKEN_BUDGET,
+        required=False,
+        validators=[validate_token_budget],
+        help_text="What this time live may spend in all, every attempt counted; past it the world pauses. "
+        "Empty: the world's token budget.",
+    )
     ends_at = forms.DateTimeField(required=False, help_text="Optional: no day starts after it (UTC).")
 
 
@@ -132,7 +146,13 @@ class InjectEventForm(forms.Form):
     text = forms.CharField(max_length=MAX_EVENT_CHARS, help_text="What happens; the next day is about it.")
 
 
-LIVE_FORMS = {"set_cadence": CadenceForm, "inject_event": InjectEventForm}
+class LiveTokenBudgetForm(forms.Form):
+    token_budget = forms.IntegerField(
+        min_value=MIN_TOKEN_BUDGET, validators=[validate_token_budget], help_text="What it may spend in all."
+    )
+
+
+LIVE_FORMS = {"set_cadence": CadenceForm, "set_token_budget": LiveTokenBudgetForm, "inject_event": InjectEventForm}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -408,7 +428,8 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
         world = get_object_or_404(World, pk=world_id)
         if not request.user.has_perm("worlds.view_liveworld"):
             raise PermissionDenied
-        live = world.lives.select_related("run").order_by("-number").first()
+        lives = selectors.live_history(world=world)
+        live = lives[0] if lives else None
         command = request.POST.get("command", "") if request.method == "POST" else ""
         go_live = GoLiveForm(request.POST if command == "go_live" else None)
         command_form = LIVE_FORMS[command](request.POST) if command in LIVE_FORMS else None
@@ -429,8 +450,11 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
             "world": world,
             "live": live,
             "timeline": selectors.live_timeline(live=live) if live else [],
+            "lives": lives,
+            "tokens_used_all_lives": sum(life.tokens_used for life in lives),
             "go_live": go_live,
             "cadence": command_form if command == "set_cadence" else CadenceForm(),
+            "budget": command_form if command == "set_token_budget" else LiveTokenBudgetForm(),
             "inject": command_form if command == "inject_event" else InjectEventForm(),
             "can_control": request.user.has_perm("worlds.control_live_world"),
             "opts": self.model._meta,
@@ -440,7 +464,8 @@ class WorldAdmin(RunPermissions, admin.ModelAdmin):
     @staticmethod
     def _go_live(request, world: World, fields: dict) -> str:
         live = services.world_go_live(world=world, user=request.user, **fields)
-        return f"live: its first day starts now, then one every {live.day_seconds:g} s"
+        first = "its first day" if not live.first_day else f"day {live.first_day + 1} (it goes on from its last day)"
+        return f"live: {first} starts now, then one every {live.day_seconds:g} s"
 
     # --- bulk actions (world list) ------------------------------------------------
     @admin.action(description="Generate selected worlds", permissions=["start_run"])
@@ -792,7 +817,17 @@ class GenerationRunAdmin(RunPermissions, ReadOnlyAdmin):
 
 @admin.register(LiveWorld)
 class LiveWorldAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "status", "days", "next_day_at", "day_seconds", "tokens_used", "started_by")
+    list_display = (
+        "__str__",
+        "status",
+        "first_day",
+        "days",
+        "next_day_at",
+        "day_seconds",
+        "tokens_used",
+        "token_budget",
+        "started_by",
+    )
     list_filter = ("status",)
     list_select_related = ("world", "started_by")
 

@@ -29,6 +29,7 @@ from worlds.serializers import (
     ItemQuerySerializer,
     ItemVersionsSerializer,
     LiveCommandResultSerializer,
+    LiveTokenBudgetSerializer,
     LiveWorldDetailSerializer,
     LiveWorldSerializer,
     PageQuerySerializer,
@@ -253,7 +254,12 @@ class WorldPostsApi(Api):
     required_perms = {"GET": VIEW_RUNS}
 
     @extend_schema(
-        summary="Feed of the world's live (published) run, in posting order (empty if nothing is published)",
+        summary="Feed of the world's live (published) run, oldest or newest first (empty if nothing is published)",
+        description="`order=oldest` (the default) gives the posts in posting order: every character's first "
+        "post, then every second post, ..., then a live world's posts day by day as they were posted. "
+        "`order=newest` gives the same posts in reverse, the newest first. `character` keeps one character's "
+        "posts, in the same order. `next` and `previous` keep the query (order and character included): "
+        "follow them to page on.",
         parameters=[PostQuerySerializer],
         responses={200: PostPageSerializer, **errors(400, 403, 404)},
     )
@@ -266,7 +272,11 @@ class WorldPostsApi(Api):
             []
             if run is None
             else selectors.run_posts(
-                run=run, character_index=query.validated_data.get("character"), offset=offset, limit=limit + 1
+                run=run,
+                character_index=query.validated_data.get("character"),
+                offset=offset,
+                limit=limit + 1,
+                newest_first=query.validated_data["order"] == "newest",
             )
         )
         url = request.build_absolute_uri()
@@ -357,6 +367,7 @@ class RunApproveApi(RunCommandApi):
 )
 class RunRejectApi(RunCommandApi):
     required_perms = {"POST": ("worlds.review_run",)}
+    throttle_scope = "generate"  # the bible is written again: LLM work
 
     def command(self, request, run):
         data = RejectInputSerializer(data=request.data)
@@ -499,19 +510,29 @@ def latest_live(world: World) -> LiveWorld:
 class WorldLiveApi(Api):
     required_perms = {"GET": ("worlds.view_liveworld",), "POST": ("worlds.control_live_world",)}
 
+    @property
+    def throttle_scope(self) -> str | None:
+        return "generate" if self.request.method == "POST" else None  # going live starts LLM work
+
     @extend_schema(
-        summary="The world's live state: its latest time live, with the latest days",
+        summary="The world's live state: its latest time live, with the latest days and every time it was live",
         responses={200: LiveWorldDetailSerializer, **errors(403, 404)},
     )
     def get(self, request, world_id):
-        live = latest_live(get_world(world_id))
+        world = get_world(world_id)
+        live = latest_live(world)
         live.timeline = selectors.live_timeline(live=live)
+        live.lives = selectors.live_history(world=world)
+        live.tokens_used_all_lives = sum(life.tokens_used for life in live.lives)
         return Response(LiveWorldDetailSerializer(live).data)
 
     @extend_schema(
         summary="Take a published world live: its cast goes on posting, a world day at a time",
         description="The first day starts at once. Each day: an event, posts from a fair rotation of the "
-        "cast (with images), comments and replies, likes and follows, and each acting character's memory.",
+        "cast (with images), comments and replies, likes and follows, and each acting character's memory. A "
+        "world that was live before goes on from its last day. `daily_token_budget` caps each day, "
+        "`token_budget` the whole time live (every attempt counted): past it the world pauses and says why. A "
+        "run whose cast is not all profiled is refused (400).",
         request=GoLiveSerializer,
         responses={202: LiveWorldSerializer, **errors(400, 403, 404, 409, 503)},
     )
@@ -527,8 +548,10 @@ LIVE_COMMAND_INPUTS = {
     "resume": ("resume", None),
     "stop": ("stop", None),
     "cadence": ("set_cadence", CadenceSerializer),
+    "budget": ("set_token_budget", LiveTokenBudgetSerializer),
     "events": ("inject_event", InjectEventSerializer),
 }
+LIVE_COMMANDS_THAT_SPEND = {"resume", "budget", "events"}  # they lead to LLM work: the stricter throttle
 
 
 @extend_schema(
@@ -540,12 +563,17 @@ LIVE_COMMAND_INPUTS = {
 class WorldLiveCommandApi(Api):
     required_perms = {"POST": ("worlds.control_live_world",)}
 
+    @property
+    def throttle_scope(self) -> str | None:
+        return "generate" if self.kwargs.get("command") in LIVE_COMMANDS_THAT_SPEND else None
+
     @extend_schema(
         operation_id="worlds_live_command",
-        summary="Pause, resume or stop a live world, change its cadence or inject an event",
-        description='`cadence` takes `{"day_seconds": 120}`, `events` takes `{"text": "a comet splits the '
-        "sky\"}` (the next day is about it). The world's workflow validates each command against its state and "
-        "answers at once: 200 when taken, 409 with the reason when refused.",
+        summary="Pause, resume or stop a live world, change its cadence or token budget, or inject an event",
+        description='`cadence` takes `{"day_seconds": 120}`, `budget` takes `{"token_budget": 800000}` (what '
+        'this time live may spend in all), `events` takes `{"text": "a comet splits the sky"}` (the next day to '
+        "start is about it; the answer says which). The world's workflow validates each command against its "
+        "state and answers at once: 200 when taken, 409 with the reason when refused.",
         request=OpenApiTypes.OBJECT,
         responses={200: LiveCommandResultSerializer, **errors(400, 403, 404, 409, 503)},
     )

@@ -41,6 +41,15 @@ def validate_token_budget(value: int) -> None:
         )
 
 
+def validate_daily_token_budget(value: int) -> None:
+    limit = settings.LIVE_MAX_DAILY_TOKEN_BUDGET
+    if value > limit:
+        raise ValidationError(
+            f"A live world's daily token budget may be at most {limit} (LIVE_MAX_DAILY_TOKEN_BUDGET).",
+            code="max_value",
+        )
+
+
 def validate_allowed_model(value: str) -> None:
     if value and value not in settings.LLM_ALLOWED_MODELS:
         # Not code="invalid_choice": a model field puts its own message for that code in place of this one
@@ -297,11 +306,23 @@ class LiveWorld(models.Model):
     )
     posts_per_day = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(50)])
     comments_per_day = models.PositiveSmallIntegerField(validators=[MaxValueValidator(50)])
-    daily_token_budget = models.PositiveIntegerField(validators=[MinValueValidator(MIN_TOKEN_BUDGET)])
+    daily_token_budget = models.PositiveIntegerField(
+        validators=[MinValueValidator(MIN_TOKEN_BUDGET), validate_daily_token_budget],
+        help_text="A day makes no LLM call past this many tokens; the next day starts afresh.",
+    )
+    token_budget = models.PositiveIntegerField(
+        default=500_000,
+        validators=[MinValueValidator(MIN_TOKEN_BUDGET), validate_token_budget],
+        help_text="A hard cap on what this time live spends in all, every attempt counted: past it, it pauses.",
+    )
     ends_at = models.DateTimeField(null=True, blank=True, help_text="No day starts after this (empty: no end).")
-    days = models.PositiveIntegerField(default=0, help_text="World days lived.")
+    first_day = models.PositiveIntegerField(default=0, help_text="The world's days lived before this time live.")
+    days = models.PositiveIntegerField(default=0, help_text="The world's last day lived (days go on between lives).")
+    next_slot = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The next day's first post slot: the rotation goes on from it."
+    )
     skipped_days = models.PositiveIntegerField(default=0, help_text="Days missed while no worker ran (not replayed).")
-    tokens_used = models.PositiveIntegerField(default=0)
+    tokens_used = models.PositiveIntegerField(default=0, help_text="Every token billed this time live.")
     next_day_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     started_by = models.ForeignKey(
@@ -325,6 +346,11 @@ class LiveWorld(models.Model):
     @property
     def is_running(self) -> bool:
         return self.status in self.RUNNING
+
+    @property
+    def days_lived(self) -> int:
+        """World days lived this time live."""
+        return self.days - self.first_day
 
 
 class AuditEvent(models.Model):

@@ -49,9 +49,22 @@ def run_characters(*, run: GenerationRun) -> list[dict]:
 
 
 def run_posts(
-    *, run: GenerationRun, character_index: int | None = None, offset: int = 0, limit: int = 20
+    *,
+    run: GenerationRun,
+    character_index: int | None = None,
+    offset: int = 0,
+    limit: int = 20,
+    newest_first: bool = False,
 ) -> list[dict]:
-    return documents.run_posts(mongo.get_db(), run.ref, character_index=character_index, offset=offset, limit=limit)
+    """A window of the run's feed (or of one character's posts), oldest first or ``newest_first``."""
+    return documents.run_posts(
+        mongo.get_db(),
+        run.ref,
+        character_index=character_index,
+        offset=offset,
+        limit=limit,
+        newest_first=newest_first,
+    )
 
 
 def item_provenance(*, run: GenerationRun, characters: list[dict], posts: list[dict]) -> dict[tuple, str]:
@@ -94,8 +107,26 @@ def world_timeline(*, run: GenerationRun, limit: int = 20) -> list[dict]:
 
 
 def live_timeline(*, live, limit: int = 10) -> list[dict]:
-    """A live world's latest days, newest first: event, posts, comments, likes, tokens, lag."""
+    """The latest days of the world's lives of ``live``'s run, newest first: event, posts, comments, likes,
+    tokens, lag, the time live that lived it, and why it failed if it did."""
     return documents.live_days(mongo.get_db(), live.run.ref, limit)
+
+
+def live_story_so_far(*, run: GenerationRun) -> tuple[int, int]:
+    """(the last world day lived, the next post slot) of ``run``'s cast over every time it was live: going live
+    again goes on from there. Times live from before slots were kept took ``days × posts a day`` slots (each
+    began again at day 1)."""
+    lives = list(LiveWorld.objects.filter(run=run).only("days", "posts_per_day", "next_slot"))
+    days = max((live.days for live in lives), default=0)
+    slots = max(
+        (live.days * live.posts_per_day if live.next_slot is None else live.next_slot for live in lives), default=0
+    )
+    return days, slots
+
+
+def live_history(*, world: World) -> list[LiveWorld]:
+    """Every time the world was live, the latest first."""
+    return list(world.lives.select_related("run", "started_by").order_by("-number"))
 
 
 def run_quality(*, run: GenerationRun, as_first_written: bool = False) -> quality.QualityReport:
@@ -170,6 +201,12 @@ def run_post_count(*, run: GenerationRun) -> int:
 
 def run_post_counts_by_character(*, run: GenerationRun) -> dict[int, int]:
     return documents.post_counts_by_character(mongo.get_db(), run.ref)
+
+
+def run_character_post_count(*, run: GenerationRun, character_index: int) -> int:
+    """How many posts one character has (counted on the post_character_order index, not across the run)."""
+    query = {"run_key": run.ref.key, "character_index": character_index}
+    return mongo.get_db()[documents.POSTS].count_documents(query)
 
 
 VIEWER_WORLDS_PER_PAGE = 24

@@ -24,8 +24,10 @@ from worlds.models import (
     Regeneration,
     World,
     validate_allowed_model,
+    validate_daily_token_budget,
     validate_feedback_length,
     validate_premise_length,
+    validate_token_budget,
 )
 
 MAX_OFFSET = 1_000_000_000
@@ -320,6 +322,11 @@ class PostQuerySerializer(PageQuerySerializer):
         required=False,
         help_text="Only the posts of the character with this index.",
     )
+    order = serializers.ChoiceField(
+        choices=["oldest", "newest"],
+        default="oldest",
+        help_text="`oldest` (the default): in posting order, oldest first; `newest`: newest first.",
+    )
 
 
 class PostPageSerializer(serializers.Serializer):
@@ -419,12 +426,30 @@ class GoLiveSerializer(serializers.Serializer):
     comments_per_day = StrictIntegerField(
         min_value=0, max_value=50, default=2, help_text="Each answered by the post's author."
     )
-    daily_token_budget = StrictIntegerField(min_value=MIN_TOKEN_BUDGET, default=20_000)
+    daily_token_budget = StrictIntegerField(
+        min_value=MIN_TOKEN_BUDGET,
+        default=20_000,
+        validators=[validate_daily_token_budget],
+        help_text="A day makes no LLM call past it (at most LIVE_MAX_DAILY_TOKEN_BUDGET).",
+    )
+    token_budget = StrictIntegerField(
+        min_value=MIN_TOKEN_BUDGET,
+        required=False,
+        validators=[validate_token_budget],
+        help_text="A hard cap on what this time live spends in all, every attempt counted; past it the world "
+        "pauses and says why (default: the world's token budget; at most GENERATION_MAX_TOKEN_BUDGET).",
+    )
     ends_at = serializers.DateTimeField(required=False, allow_null=True, default=None, help_text="Optional end.")
 
 
 class CadenceSerializer(serializers.Serializer):
     day_seconds = StrictNumberField(min_value=MIN_DAY_SECONDS, max_value=MAX_DAY_SECONDS)
+
+
+class LiveTokenBudgetSerializer(serializers.Serializer):
+    token_budget = StrictIntegerField(
+        min_value=MIN_TOKEN_BUDGET, validators=[validate_token_budget], help_text="What it may spend in all."
+    )
 
 
 class InjectEventSerializer(serializers.Serializer):
@@ -435,6 +460,7 @@ class InjectEventSerializer(serializers.Serializer):
 
 class LiveWorldSerializer(serializers.ModelSerializer):
     workflow_id = serializers.CharField(read_only=True)
+    days_lived = serializers.IntegerField(read_only=True, help_text="World days lived this time live.")
     run = serializers.PrimaryKeyRelatedField(read_only=True)
     started_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
@@ -449,8 +475,11 @@ class LiveWorldSerializer(serializers.ModelSerializer):
             "posts_per_day",
             "comments_per_day",
             "daily_token_budget",
+            "token_budget",
             "ends_at",
+            "first_day",
             "days",
+            "days_lived",
             "skipped_days",
             "tokens_used",
             "next_day_at",
@@ -465,20 +494,30 @@ class LiveWorldSerializer(serializers.ModelSerializer):
 
 class LiveDaySerializer(serializers.Serializer):
     day = serializers.IntegerField(read_only=True)
+    live_number = serializers.IntegerField(
+        read_only=True, default=None, help_text="The time live that lived it (a day begun in one may end in the next)."
+    )
     event = serializers.CharField(read_only=True, help_text="The day's event (its title).")
     posts = serializers.IntegerField(read_only=True)
     comments = serializers.IntegerField(read_only=True)
     likes = serializers.IntegerField(read_only=True)
     tokens = serializers.IntegerField(read_only=True)
     budget_reached = serializers.BooleanField(read_only=True)
+    failed = serializers.CharField(
+        read_only=True, default="", help_text="Why the day stopped short for good (the world paused), if it did."
+    )
     lag_s = serializers.FloatField(read_only=True, help_text="How late the day started against the schedule.")
 
 
 class LiveWorldDetailSerializer(LiveWorldSerializer):
-    timeline = LiveDaySerializer(many=True, read_only=True, help_text="The latest days, newest first.")
+    timeline = LiveDaySerializer(
+        many=True, read_only=True, help_text="The latest days of every time live, newest first, with what each spent."
+    )
+    lives = LiveWorldSerializer(many=True, read_only=True, help_text="Every time the world was live, the latest first.")
+    tokens_used_all_lives = serializers.IntegerField(read_only=True, help_text="Every token its lives were billed.")
 
     class Meta(LiveWorldSerializer.Meta):
-        fields = [*LiveWorldSerializer.Meta.fields, "timeline"]
+        fields = [*LiveWorldSerializer.Meta.fields, "timeline", "lives", "tokens_used_all_lives"]
         read_only_fields = fields
 
 

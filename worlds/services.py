@@ -48,7 +48,15 @@ from generation.workflows import (
     describe_failure,
 )
 from worlds import selectors
-from worlds.models import AuditEvent, GenerationRun, LiveWorld, Regeneration, World, validate_feedback_length
+from worlds.models import (
+    AuditEvent,
+    GenerationRun,
+    LiveWorld,
+    Regeneration,
+    World,
+    validate_feedback_length,
+    validate_token_budget,
+)
 
 Status = GenerationRun.Status
 FINISHED_FROM_TEMPORAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT"}
@@ -753,6 +761,7 @@ LIVE_COMMANDS = {
     "resume": LiveWorldWorkflow.resume,
     "stop": LiveWorldWorkflow.stop,
     "set_cadence": LiveWorldWorkflow.set_cadence,
+    "set_token_budget": LiveWorldWorkflow.set_token_budget,
     "inject_event": LiveWorldWorkflow.inject_event,
 }
 
@@ -764,10 +773,13 @@ def world_go_live(
     posts_per_day: int = 3,
     comments_per_day: int = 2,
     daily_token_budget: int = 20_000,
+    token_budget: int | None = None,
     ends_at=None,
     user=None,
 ) -> LiveWorld:
-    """Take a published world live: its live run's cast goes on posting, a world day every ``day_seconds``."""
+    """Take a published world live: its live run's cast goes on posting, a world day every ``day_seconds``.
+    ``token_budget`` caps what this time live may spend in all (default: the world's token budget); a world
+    that lived before goes on from its last day, with its rotation."""
     _require(user, "control_live_world", "take worlds live")
     world.refresh_from_db()
     run = world.live_run
@@ -775,12 +787,25 @@ def world_go_live(
         raise ActionError(f"{world} is not published: publish a run before it goes live")
     if ends_at is not None and ends_at <= timezone.now():
         raise ActionInvalid("the end date has passed: choose a later one, or none")
+    snapshot = _resume_snapshot(run)
+    profiled = store.profiled_characters(mongo.get_db(), run.ref)
+    if profiled < snapshot.character_count:
+        raise ActionInvalid(
+            f"{world} cannot go live: {run} has {profiled} of its {snapshot.character_count} characters "
+            "with a profile; resume the run to make the others, or publish a run with its whole cast"
+        )
     _settle_lives(world)
     with transaction.atomic():
         World.objects.select_for_update().filter(pk=world.pk).first()  # serialise with other commands on it
-        if world.lives.filter(status__in=LiveWorld.RUNNING).exists():
-            raise ActionError(f"{world} is already live; stop it first")
+        running = world.lives.filter(status__in=LiveWorld.RUNNING).first()
+        if running is not None:
+            raise ActionError(
+                f"{world} is already live; stop it first"
+                if running.status != LiveWorld.Status.STARTING
+                else f"{world} is going live: Temporal has not confirmed the start of {running.workflow_id} yet"
+            )
         number = (world.lives.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        days, next_slot = selectors.live_story_so_far(run=run)
         live = LiveWorld(
             world=world,
             run=run,
@@ -789,7 +814,11 @@ def world_go_live(
             posts_per_day=posts_per_day,
             comments_per_day=comments_per_day,
             daily_token_budget=daily_token_budget,
+            token_budget=world.token_budget if token_budget is None else token_budget,
             ends_at=ends_at,
+            first_day=days,
+            days=days,
+            next_slot=next_slot,
             started_by=user,
         )
         try:
@@ -804,28 +833,46 @@ def world_go_live(
         comments_per_day=comments_per_day,
         daily_token_budget=daily_token_budget,
         ends_at=ends_at.timestamp() if ends_at else None,
+        token_budget=live.token_budget,
     )
-    inp = LiveWorldInput(live.pk, run.ref, _resume_snapshot(run), run_config(), settings_)
+    state = LiveState(days=days, next_slot=next_slot)
+    inp = LiveWorldInput(live.pk, run.ref, snapshot, run_config(), settings_, state)
+    detail = f"{live.workflow_id}: a day every {day_seconds:g} s, {posts_per_day} posts, {comments_per_day} comments"
+    detail += f", {daily_token_budget} tokens a day, {live.token_budget} in all" + (f", from day {days + 1}")
     try:
         attributes = _search_attributes(world.pk, inp.world.name, search_attributes.LIVE, run.number)
         temporal_call(_first_start(LiveWorldWorkflow.run, inp, live.workflow_id, attributes))
-    except TemporalNoAnswer:
-        pass  # it may have started: it shows as starting, and the next command on the world asks Temporal
+    except TemporalNoAnswer as exc:
+        # It may have started: the row shows it starting, and Temporal is asked (now, and by the reconciler).
+        _audit(AuditEvent.Action.WORLD_LIVE, user=user, run=run, detail=f"{detail} (start unconfirmed)")
+        with contextlib.suppress(ActionUnavailable):
+            _settle_lives(world)
+        live.refresh_from_db()
+        if live.status == LiveWorld.Status.STARTING:
+            raise ActionUnavailable(
+                f"Temporal did not confirm that {world} went live ({exc}); it shows as starting until Temporal answers"
+            ) from None
+        return live
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
         message = _start_refusal(exc, live.workflow_id)
         LiveWorld.objects.filter(pk=live.pk).update(status=LiveWorld.Status.FAILED, error=message)
         raise ActionUnavailable(f"{world} could not go live: {message}") from None
-    detail = f"{live.workflow_id}: a day every {day_seconds:g} s, {posts_per_day} posts, {comments_per_day} comments"
     _audit(AuditEvent.Action.WORLD_LIVE, user=user, run=run, detail=detail)
     return live
 
 
 def live_command(*, live: LiveWorld, command: str, value=None, user=None) -> str:
-    """Send ``command`` (pause, resume, stop, set_cadence with seconds, inject_event with its text) to a live
-    world; returns what it did. Refusals by the workflow come back at once, with its reason."""
+    """Send ``command`` (pause, resume, stop, set_cadence with seconds, set_token_budget with tokens,
+    inject_event with its text) to a live world; returns what it did. Refusals by the workflow come back at
+    once, with its reason."""
     _require(user, "control_live_world", "control live worlds")
     if command not in LIVE_COMMANDS:
         raise ActionInvalid(f"unknown command {command!r}; one of: {', '.join(LIVE_COMMANDS)}")
+    if command == "set_token_budget":
+        try:
+            validate_token_budget(value)
+        except ValidationError as exc:
+            raise ActionInvalid(exc.messages[0]) from None
     live.refresh_from_db()
     if not live.is_running:
         raise ActionError(f"{live} is {live.get_status_display().lower()}: it takes no commands")
@@ -844,10 +891,15 @@ def live_command(*, live: LiveWorld, command: str, value=None, user=None) -> str
     except WorkflowUpdateFailedError as exc:
         reason = getattr(exc.cause, "message", None) or describe_failure(exc)  # the workflow's validator's words
         raise ActionError(f"{live} refused to {command.replace('_', ' ')}: {reason}") from None
-    live_state_record(live_id=live.pk, state=state)
+    live_state_record(live=live, state=state)
     if command == "set_cadence":
         LiveWorld.objects.filter(pk=live.pk).update(day_seconds=value)
         said = f"a world day now comes every {value:g} s"
+    elif command == "set_token_budget":
+        LiveWorld.objects.filter(pk=live.pk).update(token_budget=value)
+        said = f"it may now spend {value} tokens in all ({state.tokens} spent)"
+        if state.status == LiveStatus.PAUSED:
+            said += "; resume it to go on"
     elif command == "inject_event":
         said = f"the event happens on day {result}"
     else:
@@ -872,11 +924,15 @@ def _settle_lives(world: World) -> None:
 
 
 def live_settle(*, live: LiveWorld, status: str) -> str | None:
-    """Correct a live world row shown running from its workflow's Temporal ``status``; returns what changed."""
+    """Correct a live world row shown running from its workflow's Temporal ``status``; returns what changed. A
+    workflow Temporal does not have is taken as never started only once its start is past
+    ``RECONCILE_START_GRACE_SECONDS`` (an unconfirmed start may still land)."""
     if status == "RUNNING":
         if live.status == LiveWorld.Status.STARTING:
             LiveWorld.objects.filter(pk=live.pk, status=LiveWorld.Status.STARTING).update(status=LiveWorld.Status.LIVE)
             return f"{live}: its workflow is running"
+        return None
+    if status == "MISSING" and _within_start_grace(live.started_at):
         return None
     error = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
     final = LiveWorld.Status.STOPPED if status in ("COMPLETED", "CANCELED") else LiveWorld.Status.FAILED
@@ -886,29 +942,42 @@ def live_settle(*, live: LiveWorld, status: str) -> str | None:
     return f"{live}: {error}"
 
 
-def live_state_record(*, live_id: int, state: LiveState, error: str | None = None) -> None:
+def _within_start_grace(started_at) -> bool:
+    return timezone.now() - started_at < timedelta(seconds=settings.RECONCILE_START_GRACE_SECONDS)
+
+
+def live_state_record(*, live: LiveWorld, state: LiveState, error: str | None = None) -> None:
+    """Mirror a live world's state onto its row: what it spent is its finished days' ledgers and the ledger of
+    a day it began and did not finish (every billed token, every attempt)."""
+    spent = state.tokens
+    if state.started_day:
+        spent += store.tokens_used(mongo.get_db(), documents.live_day_key(live.run.ref, live.pk, state.started_day))
     fields = {
         "status": state.status,
         "days": state.days,
+        "next_slot": state.next_slot,
         "skipped_days": state.skipped_days,
-        "tokens_used": state.tokens,
+        "tokens_used": spent,
         "next_day_at": (datetime.fromtimestamp(state.next_day_at, UTC) if state.status == LiveStatus.LIVE else None),
+        "error": state.error if error is None else error,
         "updated_at": timezone.now(),
     }
-    if error is not None:
-        fields["error"] = error
-    LiveWorld.objects.filter(pk=live_id).update(**fields)
+    LiveWorld.objects.filter(pk=live.pk).update(**fields)
 
 
 def live_report_record(*, report: LiveReport) -> None:
-    """A live world's report after a day or when it ends (called by an activity): its row, and the day's
-    record in Mongo with what the day made (counted from what is stored), written first."""
+    """A live world's report after a day (or a day that failed) or when it ends (called by an activity): its
+    row, and the day's record in Mongo with what the day made (counted from what is stored) and what it spent
+    (its ledger), written first. The run's degraded items count the day's images kept for a re-render."""
     live = LiveWorld.objects.filter(pk=report.live_id).select_related("run").first()
     if live is None:  # the world was deleted meanwhile
         return
     if report.day is not None:
-        db, day = mongo.get_db(), report.day
-        made = documents.day_counts(db, live.run.ref, day.day)
+        db, day, ref = mongo.get_db(), report.day, live.run.ref
+        made = documents.day_counts(db, ref, day.day)
         lag = round(day.started_at - day.scheduled_at, 3)
-        store.save_day_report(db, live.run.ref, {**dataclasses.asdict(day), **made, "lag_s": lag})
-    live_state_record(live_id=report.live_id, state=report.state, error=report.error)
+        spent = {"tokens": store.tokens_used(db, day.ledger)} if day.ledger else {}
+        record = {**dataclasses.asdict(day), **made, **spent, "lag_s": lag, "live_number": live.number}
+        store.save_day_report(db, ref, record)
+        GenerationRun.objects.filter(pk=live.run_id).update(degraded_items=store.images_waiting(db, ref))
+    live_state_record(live=live, state=report.state, error=report.error or report.state.error)

@@ -12,9 +12,9 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from worlds import selectors
-from worlds.models import MAX_CHARACTERS, MAX_POSTS_PER_CHARACTER
+from worlds.models import MAX_CHARACTERS
 
-FEED_PAGE_SIZE = 12
+FEED_PAGE_SIZE = 12  # posts a page, newest first: the feed, the world page's first page, a profile
 
 
 @require_GET
@@ -69,11 +69,9 @@ def character_detail(request, world_id: int, index: int):
     character = selectors.run_character(run=run, index=index) if index < MAX_CHARACTERS else None
     if character is None:
         raise Http404("no such character")
-    posts = selectors.run_posts(run=run, character_index=index, limit=MAX_POSTS_PER_CHARACTER)
+    page = _with_authors(_feed_page(run, request.GET.get("page", "1"), character_index=index), [character])
     return render(
-        request,
-        "worlds/character_detail.html",
-        {"world": world, "run": run, "character": character, "posts": _with_authors(posts, [character])},
+        request, "worlds/character_detail.html", {"world": world, "run": run, "character": character, "page": page}
     )
 
 
@@ -92,24 +90,30 @@ def _world_and_run(world_id: int):
 
 
 class _RunPosts:
-    """The run's posts as a lazy sequence, so the paginator counts them and loads one page only."""
+    """The run's posts (or one character's), newest first, as a lazy sequence, so the paginator counts them
+    and loads one page only."""
 
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, run, character_index: int | None = None):
+        self.run, self.character_index = run, character_index
 
     def count(self) -> int:
-        return selectors.run_post_count(run=self.run)
+        if self.character_index is None:
+            return selectors.run_post_count(run=self.run)
+        return selectors.run_character_post_count(run=self.run, character_index=self.character_index)
 
     def __getitem__(self, window: slice) -> list[dict]:
         limit = window.stop - window.start
         if limit <= 0:  # an empty first page (Mongo's limit 0 would mean "no limit")
             return []
-        return selectors.run_posts(run=self.run, offset=window.start, limit=limit)
+        return selectors.run_posts(
+            run=self.run, character_index=self.character_index, offset=window.start, limit=limit, newest_first=True
+        )
 
 
-def _feed_page(run, page_number: str):
+def _feed_page(run, page_number: str, *, character_index: int | None = None):
+    """One page of the feed (or of one character's posts), newest first; 404 for a page it does not have."""
     try:
-        return Paginator(_RunPosts(run), FEED_PAGE_SIZE).page(page_number)
+        return Paginator(_RunPosts(run, character_index), FEED_PAGE_SIZE).page(page_number)
     except InvalidPage:
         raise Http404("no such page") from None
 

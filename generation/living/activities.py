@@ -31,6 +31,11 @@ def day_random(day: DayInput, salt: str) -> random.Random:
     return random.Random(hashlib.sha256(f"{day.run.key}/{day.day}/{salt}".encode()).digest())
 
 
+def day_ledger(day: DayInput) -> str:
+    """The day's token ledger: its own (one per time live and day), or, for days before those, the run's day key."""
+    return day.ledger or documents.day_key(day.run, day.day)
+
+
 class LivingActivities(LlmActivities):
     """The steps of a live world's day (``LlmActivities`` gives them the budgeted, recorded LLM call)."""
 
@@ -44,7 +49,23 @@ class LivingActivities(LlmActivities):
         posts (each with its image), the comments, then their replies, likes and follows, then the memory of
         each character who acted. One activity instead of one per item keeps a day cheap for Temporal (two
         workflow tasks instead of about seven). A failed item is left out (as before); past the
-        day's budget the rest of the day is; an outage fails the attempt, and the retry skips what is stored."""
+        day's budget the rest of the day is; an outage fails the attempt, and the retry skips what is stored.
+        What the run lacks for the day (a character, its bible) fails the day for good, with the reason: the
+        world pauses and says why. Returns the day's ledger total: every billed token of every attempt."""
+        try:
+            made = await self._live_day(plan)
+        except LookupError as err:  # nothing a retry can mend
+            raise ApplicationError(
+                f"the day cannot be lived: {err}", type="LiveDayImpossible", non_retryable=True
+            ) from err
+        made.tokens = await self._spent(plan.day)
+        return made
+
+    async def _spent(self, day: DayInput) -> int:
+        """What the day's ledger holds: every token billed to it, by every attempt."""
+        return await in_thread(store.tokens_used, self.db, day_ledger(day))
+
+    async def _live_day(self, plan: DayPlan) -> DayMade:
         day, made = plan.day, DayMade()
 
         async def step(make: Callable[[Any], Awaitable[TokenUsage]], inp: Any) -> bool:
@@ -100,7 +121,7 @@ class LivingActivities(LlmActivities):
             schema,
             schema.__name__.lower(),
             MAX_TOKENS[stage],
-            ledger=documents.day_key(day.run, day.day),
+            ledger=day_ledger(day),
         )
         return reply.content, bill.tokens
 

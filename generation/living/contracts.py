@@ -10,6 +10,8 @@ MIN_DAY_SECONDS = 60.0  # a world day every minute at the fastest, so a demo sho
 MAX_DAY_SECONDS = 7 * 24 * 3600.0
 MAX_INJECTED_EVENTS = 5  # waiting for the next day
 MAX_EVENT_CHARS = 300
+# A time live's token budget when none was given (worlds that went live before it had none): the world's default.
+DEFAULT_LIVE_TOKEN_BUDGET = 500_000
 
 
 class LiveStatus(StrEnum):
@@ -27,6 +29,7 @@ class LiveSettings:
     comments_per_day: int = 2  # each answered by the post's author
     daily_token_budget: int = 20_000  # a day stops making LLM calls past it; the next day starts afresh
     ends_at: float | None = None  # epoch seconds; no day starts after it
+    token_budget: int = DEFAULT_LIVE_TOKEN_BUDGET  # over this time live, every attempt: past it the world pauses
 
 
 @dataclass
@@ -34,12 +37,18 @@ class LiveState:
     """A live world's state: carried over when its workflow continues as new."""
 
     status: str = LiveStatus.LIVE
-    days: int = 0  # world days lived
+    days: int = 0  # the number of the last world day lived (going live again goes on from the world's last day)
     next_day_at: float = 0.0  # epoch seconds at which the next day starts (0: at once)
     last_day_at: float = 0.0  # when the last day was due
     skipped_days: int = 0  # days missed while no worker ran, not replayed (the catch-up policy)
-    injected: list[str] = field(default_factory=list)  # events staff injected for the next day
-    tokens: int = 0  # billed over every day so far
+    injected: list[str] = field(default_factory=list)  # events staff injected, waiting for the next day to start
+    tokens: int = 0  # billed by the days this time live finished: every attempt of each (their ledgers)
+    next_slot: int | None = None  # the next day's first post slot (None, in states before it: days × posts a day)
+    started_day: int = 0  # a day begun and not finished (it failed, or the world stopped): it is lived again
+    day_events: list[str] = field(default_factory=list)  # the injected events started_day is about
+    error: str = ""  # why the world paused (kept when it continues as new)
+    comments_written: list[int] = field(default_factory=list)  # by character: the rotation keeps them even
+    comments_received: list[int] = field(default_factory=list)  # by the post's author
 
 
 @dataclass
@@ -57,8 +66,9 @@ class DayInput:
     run: RunRef
     world: WorldSnapshot
     day: int  # 1, 2, …
-    daily_token_budget: int
+    daily_token_budget: int  # what this day may spend: the daily budget, or less when the time live's is nearly spent
     injected: list[str] = field(default_factory=list)
+    ledger: str = ""  # the day's token ledger (one per time live and day); "" in days before it: the run's day key
 
 
 @dataclass
@@ -96,7 +106,8 @@ class DayPlan:
 
 @dataclass
 class DayMade:
-    """What the ``live_day`` activity spent, and whether the day's budget cut it short."""
+    """What the ``live_day`` activity spent (its day's ledger: every attempt), and whether the day's budget cut
+    it short."""
 
     tokens: int = 0
     budget_reached: bool = False
@@ -114,6 +125,9 @@ class DayReport:
     comments: int = 0
     tokens: int = 0
     budget_reached: bool = False
+    live_id: int = 0  # the time live that lived it (0 in reports before it)
+    ledger: str = ""  # its token ledger
+    failed: str = ""  # why it stopped short for good (the world paused), if it did
 
 
 @dataclass

@@ -34,7 +34,8 @@ class Command(BaseCommand):
             )
         except ActionError as exc:
             raise CommandError(str(exc)) from None
+        first = "its first day" if not live.first_day else f"day {live.first_day + 1} (it goes on from its last day)"
         self.stdout.write(
-            f"{world} is live ({live.workflow_id}): its first day starts now, then one every "
+            f"{world} is live ({live.workflow_id}): {first} starts now, then one every "
             f"{live.day_seconds:g} s. Watch it at /worlds/{world.pk}/ and /admin/worlds/world/{world.pk}/live/"
         )
