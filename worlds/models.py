@@ -117,6 +117,12 @@ class World(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    deleting_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Deletion was asked, its cleanup not yet confirmed by Temporal: hidden, takes no commands.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

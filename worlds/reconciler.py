@@ -6,7 +6,8 @@ of each row whose workflow is not listed running) and corrects those whose workf
 (``worlds.services.runs_reconcile_record``). ``manage.py reconcile_runs`` and the admin's run
 list action do the same at once, through the web process's client. Regenerations and live worlds
 shown running are settled the same way (``regeneration_settle``, ``live_settle``); a live world is
-asked about once a day of it is ``LIVE_OVERDUE`` late, or once it has been paused or starting a minute."""
+asked about once a day of it is ``LIVE_OVERDUE`` late, or once it has been paused or starting a minute. A world
+whose deletion Temporal did not confirm is deleted once its cleanup is confirmed."""
 
 import asyncio
 import logging
@@ -50,7 +51,20 @@ async def reconcile_round(client: Client) -> list[str]:
         await sync_to_async(selectors.lives_to_settle)(quiet_for=QUIET_FOR, overdue=LIVE_OVERDUE),
         lambda row, status: services.live_settle(live=row, status=status),
     )
-    return changes + regenerations + lives
+    return changes + regenerations + lives + await _finish_deletions(client)
+
+
+async def _finish_deletions(client: Client) -> list[str]:
+    """Worlds whose deletion was asked while Temporal did not answer: the cleanup's start is sent again (one
+    cleanup per world: a start that did land is found, not repeated), then the world leaves the database."""
+    finished = []
+    for world in await sync_to_async(selectors.worlds_being_deleted)():
+        start = await sync_to_async(services.world_cleanup_start)(world=world)
+        await start(client)
+        cleanup_id = await sync_to_async(services.world_deletion_confirmed)(world=world)
+        log.warning("world deleted once Temporal confirmed its cleanup", extra={"cleanup": cleanup_id})
+        finished.append(f"{world}: deleted ({cleanup_id})")
+    return finished
 
 
 async def _settle(client: Client, rows: list, settle: Callable[[Any, str], str | None]) -> list[str]:

@@ -180,15 +180,23 @@ def run_live_progress(*, run: GenerationRun):
 # worlds with nothing published stay hidden.
 
 
+PUBLIC = {"live_run__isnull": False, "deleting_since__isnull": True}  # published, and not being deleted
+
+
+def worlds_being_deleted() -> list[World]:
+    """Worlds whose deletion was asked and whose cleanup Temporal has not confirmed yet."""
+    return list(World.objects.filter(deleting_since__isnull=False))
+
+
 def viewer_world(*, world_id: int) -> World | None:
     """The world, if it is published."""
-    return World.objects.filter(pk=world_id, live_run__isnull=False).select_related("live_run").first()
+    return World.objects.filter(pk=world_id, **PUBLIC).select_related("live_run").first()
 
 
 def image_is_public(*, image_id: str) -> bool:
     """The image belongs to a world's live run."""
     owner = documents.image_run(image_id)
-    return owner is not None and World.objects.filter(pk=owner[0], live_run__number=owner[1]).exists()
+    return owner is not None and World.objects.filter(pk=owner[0], live_run__number=owner[1], **PUBLIC).exists()
 
 
 def run_character(*, run: GenerationRun, index: int) -> dict | None:
@@ -215,7 +223,7 @@ VIEWER_WORLDS_PER_PAGE = 24
 def viewer_world_page(*, page) -> tuple[Page, list[dict]]:
     """One page of published worlds, newest first, and their cards. ``page`` is the raw ``?page=``
     value: anything invalid gives the first or last page."""
-    worlds = World.objects.filter(live_run__isnull=False).select_related("live_run").order_by("-created_at", "-pk")
+    worlds = World.objects.filter(**PUBLIC).select_related("live_run").order_by("-created_at", "-pk")
     paginator = Paginator(worlds, VIEWER_WORLDS_PER_PAGE)
     page_obj = paginator.get_page(page)
     return page_obj, _world_cards(list(page_obj.object_list))

@@ -140,27 +140,60 @@ def world_update(*, world: World, user=None, **fields) -> World:
 def world_delete(*, world: World, user=None) -> str:
     """Delete ``world``: a durable cleanup workflow stops its runs and removes every document and
     image of them; the world and its runs leave the SQL database at once (so nothing of it is public
-    any more). If Temporal cannot take the cleanup, nothing is deleted. Returns the cleanup's ID."""
+    any more). If Temporal cannot take the cleanup, nothing is deleted. If the start was sent and its answer
+    lost, the world is hidden and refuses commands (``deleting_since``) until Temporal confirms the cleanup:
+    Temporal is asked now, and the worker's reconciler sends the start again (one cleanup per world, so a
+    second start finds the first) and then deletes the rows. Returns the cleanup's ID."""
     _require(user, "delete_world", "delete worlds")
+    cleanup_id = cleanup_workflow_id(world.pk)
+    try:
+        temporal_call(world_cleanup_start(world=world))
+    except TemporalNoAnswer as exc:
+        World.objects.filter(pk=world.pk).update(deleting_since=timezone.now())
+        _audit(
+            AuditEvent.Action.WORLD_DELETED,
+            user=user,
+            world=world,
+            detail=f"{world.name}: deletion asked, the start of {cleanup_id} not confirmed",
+        )
+        status = "UNKNOWN"
+        with contextlib.suppress(ActionUnavailable):
+            status = _workflow_status(cleanup_id, what=f"look up the cleanup of {world}")
+        if status in ("MISSING", "UNKNOWN"):
+            raise ActionUnavailable(
+                f"Temporal did not confirm the cleanup of {world} ({exc}): the world is hidden and takes no "
+                "commands, and it is deleted once Temporal confirms the cleanup"
+            ) from None
+    except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
+        reason = _start_refusal(exc, cleanup_id) if isinstance(exc, RPCError) else str(exc)
+        raise ActionUnavailable(f"could not start the cleanup of {world}: {reason}") from None
+    return world_deletion_confirmed(world=world, user=user)
+
+
+def world_cleanup_start(*, world: World):
+    """The ``temporal_call`` that starts ``world``'s cleanup, or finds the one started already."""
     workflow_ids = [
         wid for run_wid in world.runs.values_list("workflow_id", flat=True) for wid in (run_wid, f"{run_wid}-rerender")
     ]
     running = Regeneration.objects.filter(run__world=world, status=Regeneration.Status.RUNNING).select_related("run")
     workflow_ids += [regeneration.workflow_id for regeneration in running]
     workflow_ids += [live.workflow_id for live in world.lives.filter(status__in=LiveWorld.RUNNING)]
-    cleanup_id = cleanup_workflow_id(world.pk)
-    _temporal(
-        lambda client: client.start_workflow(
-            WorldCleanupWorkflow.run,
-            WorldCleanupInput(world.pk, workflow_ids),
-            id=cleanup_id,
-            task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
-            search_attributes=_search_attributes(world.pk, world.name, search_attributes.CLEANUP),
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        ),
-        what=f"start the cleanup of {world}",
+    inp = WorldCleanupInput(world.pk, workflow_ids)
+    attributes = _search_attributes(world.pk, world.name, search_attributes.CLEANUP)
+    return lambda client: client.start_workflow(
+        WorldCleanupWorkflow.run,
+        inp,
+        id=cleanup_workflow_id(world.pk),
+        task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
+        search_attributes=attributes,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
+
+
+def world_deletion_confirmed(*, world: World, user=None) -> str:
+    """Temporal has ``world``'s cleanup: the world and its runs leave the database. Returns the cleanup's ID."""
+    cleanup_id = cleanup_workflow_id(world.pk)
     runs = world.runs.count()
     _audit(
         AuditEvent.Action.WORLD_DELETED,
@@ -170,6 +203,11 @@ def world_delete(*, world: World, user=None) -> str:
     )
     world.delete()
     return cleanup_id
+
+
+def _require_not_deleting(world_id: int) -> None:
+    if World.objects.filter(pk=world_id, deleting_since__isnull=False).exists():
+        raise ActionError("the world is being deleted")
 
 
 def world_snapshot(world: World) -> WorldSnapshot:
@@ -212,6 +250,7 @@ def run_config() -> RunConfig:
 def generation_start(*, world: World, user=None) -> GenerationRun:
     """Start a run of ``world``. Refused while another run of it is active."""
     _require(user, "start_run", "start generation runs")
+    _require_not_deleting(world.pk)
     try:
         world.full_clean()
     except ValidationError as exc:
@@ -307,6 +346,7 @@ def generation_resume(*, run: GenerationRun, user=None) -> GenerationRun:
     run started it, except the token budget, which is the world's current one (raise it to resume a run
     its budget stopped)."""
     _require(user, "start_run", "resume generation runs")
+    _require_not_deleting(run.world_id)
     run.refresh_from_db()
     world = run.world
     if not run.resumable:
@@ -479,6 +519,7 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
     """Render again the images of a finished run that the media service could not make
     (with the world's current visual style). Returns the re-render's workflow ID."""
     _require(user, "start_run", "re-render images")
+    _require_not_deleting(run.world_id)
     run.refresh_from_db()
     if run.is_active:
         raise ActionError(f"{run} is still running; its images are retried as it goes")
@@ -520,6 +561,7 @@ def item_regenerate(
     posts (caption and image), with optional feedback. The version it replaces is kept; the tokens count
     toward the run's ledger and budget (the world's current one)."""
     _require(user, "start_run", "regenerate characters and posts")
+    _require_not_deleting(run.world_id)
     feedback = _clean_feedback(feedback, required=False)
     run.refresh_from_db()
     label = f"character {character_index}" if post_index is None else f"post {character_index}.{post_index}"
@@ -554,8 +596,19 @@ def item_regenerate(
     try:
         attributes = _search_attributes(run.world_id, run_snapshot.name, search_attributes.REGENERATION, run.number)
         temporal_call(_first_start(RegenerateItemWorkflow.run, inp, regeneration.workflow_id, attributes))
-    except TemporalNoAnswer:
-        pass  # it may have started: it stays running, and the next request for the item asks Temporal
+    except TemporalNoAnswer as exc:
+        # It may have started: the row stays running (blocking a second regeneration of the item) until
+        # Temporal says, now or when the reconciler asks.
+        _audit(AuditEvent.Action.ITEM_REGENERATED, user=user, run=run, detail=f"{label} (start unconfirmed)")
+        status = "UNKNOWN"
+        with contextlib.suppress(ActionUnavailable):
+            status = _workflow_status(regeneration.workflow_id, what=f"look up {regeneration}")
+        if status in ("MISSING", "UNKNOWN"):  # not known to Temporal (yet): not taken as started
+            raise ActionUnavailable(
+                f"Temporal did not confirm the regeneration of {label} of {run} ({exc}); it shows as running "
+                "until Temporal answers"
+            ) from None
+        return regeneration
     except (TemporalUnavailable, WorkflowAlreadyStartedError, RPCError) as exc:
         message = _start_refusal(exc, regeneration.workflow_id)
         _regeneration_finished(regeneration.pk, Regeneration.Status.FAILED, message)
@@ -574,7 +627,10 @@ def _settle_regenerations(run: GenerationRun) -> None:
 
 
 def regeneration_settle(*, regeneration: Regeneration, status: str) -> str | None:
-    """Correct a regeneration row marked running from its workflow's Temporal ``status``; returns what changed."""
+    """Correct a regeneration row marked running from its workflow's Temporal ``status``; returns what changed.
+    A workflow Temporal does not have counts as never started only past ``RECONCILE_START_GRACE_SECONDS``."""
+    if status == "MISSING" and _within_start_grace(regeneration.started_at):
+        return None  # a start whose answer was lost may still land: the row stays, and blocks a second one
     if status == "COMPLETED":
         _regeneration_finished(regeneration.pk, Regeneration.Status.COMPLETED)
     elif status == "CANCELED":
@@ -613,6 +669,7 @@ def regeneration_record(*, update: RegenerationUpdate) -> None:
 
 def run_publish(*, run: GenerationRun, user=None) -> None:
     _require(user, "publish_run", "publish runs")
+    _require_not_deleting(run.world_id)
     run.refresh_from_db()
     if run.is_active:
         raise ActionError(f"{run} is still {run.get_status_display().lower()}; publish it once it has finished")
@@ -781,6 +838,7 @@ def world_go_live(
     ``token_budget`` caps what this time live may spend in all (default: the world's token budget); a world
     that lived before goes on from its last day, with its rotation."""
     _require(user, "control_live_world", "take worlds live")
+    _require_not_deleting(world.pk)
     world.refresh_from_db()
     run = world.live_run
     if run is None:
