@@ -431,7 +431,17 @@ class LlmActivities:
         (or on ``ledger``, another ledger of the run, under the same limit), recorded on its task document
         once it ends (one write: the prompt and parameters with the outcome)."""
         attempt = activity.info().attempt
+        if attempt > 1:  # a retried activity of several items: one that failed for good is not asked again
+            earlier = await in_thread(store.load_task, self.db, run, stage, index)
+            if store.failed_for_good(earlier, run):
+                raise ApplicationError(
+                    f"the LLM reply still failed validation after {REPAIR_ATTEMPTS} repairs (in an earlier attempt "
+                    f"of this activity): {earlier.get('error', '')}",
+                    type="LlmInvalidOutput",
+                    non_retryable=True,
+                )
         task = {
+            "execution": run.resume,  # which execution of the run (a resume asks again for what failed)
             "prompt": messages,
             "schema_name": name,
             "attempt": attempt,
@@ -499,6 +509,7 @@ class LlmActivities:
                 task
                 | {
                     "status": status,
+                    "error_type": type(err).__name__,
                     "error": str(err),
                     "raw_response": getattr(err, "raw", None),
                     "billed_tokens": bill.tokens,
@@ -611,6 +622,9 @@ class MediaActivities:
         images = CharacterImages()
         for post_index in inp.images():
             item = ItemInput(inp.run, inp.world, inp.character_index, post_index)
+            if activity.info().attempt > 1 and await in_thread(store.image_refused, self.db, item.run, item):
+                images.rejected += 1  # refused in an earlier attempt of this activity: not asked again
+                continue
             for attempt in range(1, MEDIA_ATTEMPTS_BEFORE_DEGRADING + 1):
                 try:
                     await self._render(item)
@@ -658,7 +672,9 @@ class MediaActivities:
             metrics.count(metrics.ITEMS_FAILED, kind="image")
             task = {"status": documents.TaskStatus.FAILED, "prompt": prompt, "error": str(err)}
             await in_thread(store.record_task, self.db, inp.run, kind, task_index, task | self._ended(started))
-            await in_thread(store.mark_image, self.db, collection, key, documents.ImageStatus.REJECTED, str(err))
+            await in_thread(
+                store.mark_image, self.db, collection, key, documents.ImageStatus.REJECTED, str(err), inp.run.resume
+            )
             raise
         except MediaUnavailable:
             metrics.count(metrics.OUTAGE_WAITS, upstream="media")
@@ -712,6 +728,18 @@ class StoreActivities:
     def mark_image_for_rerender(self, inp: ItemInput) -> None:
         store.mark_image_for_rerender(self.db, inp.run, inp.character_index, inp.post_index)
         metrics.count(metrics.DEGRADED_IMAGES)
+
+    @activity.defn
+    def mark_character_for_rerender(self, task: CharacterTask) -> CharacterImages:
+        """A character's render that could not finish: its images not made yet are kept for a re-render
+        (degraded); those rendered stay, and those refused are counted as refused."""
+        images = CharacterImages()
+        for post_index in task.images():
+            status = store.mark_image_for_rerender(self.db, task.run, task.character_index, post_index)
+            images.degraded += status == documents.ImageStatus.NEEDS_RENDER
+            images.rejected += status == documents.ImageStatus.REJECTED
+        metrics.count(metrics.DEGRADED_IMAGES, images.degraded)
+        return images
 
 
 STOP_POLL_S = 1.0  # how often stop_workflows asks Temporal whether the workflows have stopped

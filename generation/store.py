@@ -27,6 +27,7 @@ from generation.documents import (
     VERSIONS,
     CharacterStatus,
     ImageStatus,
+    TaskStatus,
     bible_document,
     bible_key,
     character_document,
@@ -276,16 +277,41 @@ def mark_image_rendered(db: Database, collection: str, key: str, image: str) -> 
     )
 
 
-def mark_image_for_rerender(db: Database, run: RunRef, character_index: int, post_index: int | None) -> None:
-    """The media service was down: the item is kept, its image marked for a re-render."""
+def mark_image_for_rerender(db: Database, run: RunRef, character_index: int, post_index: int | None) -> str | None:
+    """The media service was down: the item is kept, its image marked for a re-render, unless it was rendered
+    or refused for good meanwhile (those stay). Returns the image's status after it (None: no such item)."""
     collection, key, _ = image_target(db, run, character_index, post_index)
-    mark_image(db, collection, key, ImageStatus.NEEDS_RENDER, "media service unavailable")
-
-
-def mark_image(db: Database, collection: str, key: str, status: ImageStatus, reason: str) -> None:
-    db[collection].update_one(
-        {"_id": key}, {"$set": {"image_status": status, "image_error": reason, "updated_at": now()}}
+    doc = db[collection].find_one_and_update(
+        {"_id": key, "image_status": {"$nin": [ImageStatus.RENDERED, ImageStatus.REJECTED]}},
+        {
+            "$set": {
+                "image_status": ImageStatus.NEEDS_RENDER,
+                "image_error": "media service unavailable",
+                "updated_at": now(),
+            }
+        },
+        projection={"image_status": 1},
+        return_document=ReturnDocument.AFTER,
     )
+    if doc is None:
+        doc = db[collection].find_one({"_id": key}, {"image_status": 1}) or {}
+    return doc.get("image_status")
+
+
+def mark_image(
+    db: Database, collection: str, key: str, status: ImageStatus, reason: str, execution: int | None = None
+) -> None:
+    """``execution``: the run execution (``RunRef.resume``) that refused it, so its retries do not ask again."""
+    fields = {"image_status": status, "image_error": reason, "updated_at": now()}
+    if execution is not None:
+        fields["image_refused_in"] = execution
+    db[collection].update_one({"_id": key}, {"$set": fields})
+
+
+def image_refused(db: Database, run: RunRef, item) -> bool:
+    """The item's image was refused for good by this execution of the run (a resume asks again)."""
+    _, _, doc = image_target(db, run, item.character_index, item.post_index)
+    return doc.get("image_status") == ImageStatus.REJECTED and doc.get("image_refused_in") == run.resume
 
 
 def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]]:
@@ -355,6 +381,22 @@ def settle_tokens(db: Database, run: RunRef, call: str, billed: int, ledger: str
 def tokens_used(db: Database, run_key: str) -> int:
     doc = db[LEDGERS].find_one({"_id": run_key}, {"used": 1})
     return doc["used"] if doc else 0
+
+
+def load_task(db: Database, run: RunRef, stage: str, index: str | int) -> dict | None:
+    return db[TASKS].find_one(
+        {"_id": task_key(run, stage, index)}, {"status": 1, "error": 1, "error_type": 1, "execution": 1}
+    )
+
+
+def failed_for_good(task: dict | None, run: RunRef) -> bool:
+    """The task's output stayed invalid after its repairs, in this execution of the run."""
+    return (
+        task is not None
+        and task.get("status") == TaskStatus.FAILED
+        and task.get("error_type") == "LlmInvalidOutput"
+        and task.get("execution") == run.resume
+    )
 
 
 def record_task(

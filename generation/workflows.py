@@ -513,15 +513,18 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
         self._progress.stage = Stage.CHARACTERS
         await self._mirror(RunStatus.RUNNING, Stage.CHARACTERS)
         await self._llm(LlmActivities.generate_cast, CastInput(inp.run, inp.world))
-        running: set[asyncio.Task] = set()
+        # Ordered by character (a dict, not a set): cancels are sent, and results read, in the same order on
+        # every replay, not in memory-address order.
+        running: dict[asyncio.Task, int] = {}
         next_index = 0
         try:
             while next_index < inp.world.character_count or running:
                 while next_index < inp.world.character_count and len(running) < inp.config.character_concurrency:
-                    running.add(asyncio.create_task(self._character(next_index)))
+                    running[asyncio.create_task(self._character(next_index))] = next_index
                     next_index += 1
-                done, pending = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                running = set(pending)
+                done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del running[task]
                 for task in done:
                     self.character_progress(task.result())
                     self._progress.characters_done += 1
@@ -532,10 +535,11 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
                     stage = Stage.POSTS if inp.world.posts_per_character else Stage.CHARACTERS
                     await self._mirror(RunStatus.RUNNING, stage)
         except BaseException:
+            self._stopping = True  # a character whose text is made from now on starts no images
             for task in running:
                 task.cancel()
             if running:  # let them stop, so nothing is still writing when the run is reported finished
-                await workflow.wait(running)
+                await workflow.wait(list(running))
             raise
 
     async def _character(self, index: int) -> CharacterProgress:
@@ -553,6 +557,8 @@ class WorldRunWorkflow(WorldGenerationWorkflow):
             heartbeat_timeout=timedelta(seconds=config.heartbeat_timeout_s),
         )
         progress = CharacterProgress(index, text.tokens, len(text.post_indexes), 0, text.run_tokens, text.failed)
+        if self._stopping:  # the run stopped (budget, a failure) while the text was being made: no images
+            return progress
         if text.profile_made or text.post_indexes:
             task = CharacterTask(inp.run, world, index, text.profile_made, text.post_indexes)
             images = await render_character(task, config)
@@ -579,15 +585,14 @@ async def render_character(task: CharacterTask, config: RunConfig) -> CharacterI
     except ActivityError as err:
         if cancel_requested(err):
             raise
-        for post_index in task.images():
-            await run_activity(
-                StoreActivities.mark_image_for_rerender,
-                ItemInput(task.run, task.world, task.character_index, post_index),
-                exact=True,
-                task_queue=config.workflows_queue,
-                start_to_close_timeout=timedelta(seconds=30),
-            )
-        return CharacterImages(degraded=len(task.images()))
+        # Only the images not made yet are kept for a re-render; those rendered or refused stay as they are.
+        return await run_activity(
+            StoreActivities.mark_character_for_rerender,
+            task,
+            exact=True,
+            task_queue=config.workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
 
 
 @workflow.defn

@@ -119,6 +119,7 @@ def build_workers(
     activities_by_kind: dict[str, list[Callable[..., Any]]] = {
         "workflows": [
             store_activities.mark_image_for_rerender,
+            store_activities.mark_character_for_rerender,
             store_activities.list_images_to_rerender,
             store_activities.archive_versions,
             mirror.record_run_status,

@@ -132,6 +132,11 @@ class StandIns:
     async def mark_image_for_rerender(self, inp: ItemInput) -> None:
         await self.step("mark_image_for_rerender", f"{inp.character_index}.{inp.post_index}")
 
+    @activity.defn(name="mark_character_for_rerender")
+    async def mark_character_for_rerender(self, inp: CharacterTask) -> CharacterImages:
+        await self.step("mark_character_for_rerender", f"{inp.character_index}:{inp.post_indexes}")
+        return CharacterImages(degraded=len(inp.images()))
+
     @activity.defn(name="list_images_to_rerender")
     async def list_images_to_rerender(self, run: RunRef) -> list[ImageRef]:
         await self.step("list_images_to_rerender")
@@ -150,6 +155,7 @@ class StandIns:
             self.write_character,
             self.render_character,
             self.mark_image_for_rerender,
+            self.mark_character_for_rerender,
             self.list_images_to_rerender,
         ]
 
@@ -306,7 +312,8 @@ def test_a_cancel_at_each_await_of_a_world_run_stops_it(env, block_at):
 def test_a_cancel_while_the_media_service_is_down_is_not_taken_for_an_outage(env, workflow):
     """The degrade path (mark for re-render) must not run when the failure is the cancel."""
     loop, environment = env
-    stand_ins = StandIns(block_at=("mark_image_for_rerender", 1), media_down=True)
+    degrade = "mark_image_for_rerender" if workflow is WorldGenerationWorkflow else "mark_character_for_rerender"
+    stand_ins = StandIns(block_at=(degrade, 1), media_down=True)
     at_cancel = loop.run(
         cancel_when(environment, stand_ins, workflow.run, run_input(uuid.uuid4().hex[:8]), blocked(stand_ins))
     )
