@@ -31,6 +31,9 @@ from generation.contracts import (
     CharacterImages,
     CharacterTask,
     CharacterText,
+    ImageBatch,
+    ImagePage,
+    ImagePageInput,
     ImageRef,
     ItemInput,
     NewVersions,
@@ -400,7 +403,7 @@ class LlmActivities:
 
     async def _stored(self, run: RunRef) -> TokenUsage:
         """An item stored already (by an earlier attempt, or before the run was resumed): no LLM call."""
-        return TokenUsage(0, await in_thread(store.tokens_used, self.db, run.key))
+        return TokenUsage(0, await in_thread(store.tokens_used, self.db, run.ledger))
 
     async def _guarded(self, inp: ItemInput, position: str, caption: str, guard) -> tuple[str, list[str]]:
         """The caption after the guard, and what it dropped (recorded on the post's task)."""
@@ -619,9 +622,20 @@ class MediaActivities:
         """A character's images in one activity: its avatar, then the image of each post made. The media
         service gets a few attempts per image (honouring its Retry-After); an image it still cannot make is
         marked for a re-render, one it refuses is recorded as failed, and the others go on."""
+        return await self._render_each(
+            [ItemInput(inp.run, inp.world, inp.character_index, post_index) for post_index in inp.images()]
+        )
+
+    @activity.defn
+    async def render_images(self, batch: ImageBatch) -> CharacterImages:
+        """A batch of a finished run's images marked for a re-render, as ``render_character`` renders."""
+        return await self._render_each(
+            [ItemInput(batch.run, batch.world, ref.character_index, ref.post_index) for ref in batch.refs]
+        )
+
+    async def _render_each(self, items: list[ItemInput]) -> CharacterImages:
         images = CharacterImages()
-        for post_index in inp.images():
-            item = ItemInput(inp.run, inp.world, inp.character_index, post_index)
+        for item in items:
             if activity.info().attempt > 1 and await in_thread(store.image_refused, self.db, item.run, item):
                 images.rejected += 1  # refused in an earlier attempt of this activity: not asked again
                 continue
@@ -635,7 +649,7 @@ class MediaActivities:
                 except MediaUnavailable as err:
                     if attempt == MEDIA_ATTEMPTS_BEFORE_DEGRADING:
                         await in_thread(
-                            store.mark_image_for_rerender, self.db, inp.run, inp.character_index, post_index
+                            store.mark_image_for_rerender, self.db, item.run, item.character_index, item.post_index
                         )
                         metrics.count(metrics.DEGRADED_IMAGES)
                         images.degraded += 1
@@ -713,6 +727,15 @@ class StoreActivities:
         return [ImageRef(character, post) for character, post in store.images_to_rerender(self.db, run)]
 
     @activity.defn
+    def list_images_to_rerender_page(self, page: ImagePageInput) -> ImagePage:
+        refs, after = store.images_to_rerender_page(self.db, page.run, page.after, page.limit)
+        return ImagePage([ImageRef(character, post) for character, post in refs], after)
+
+    @activity.defn
+    def count_images_to_rerender(self, run: RunRef) -> int:
+        return store.images_waiting(self.db, run)
+
+    @activity.defn
     def archive_versions(self, inp: RegenerateInput) -> NewVersions:
         character, posts = store.archive_versions(
             self.db,
@@ -723,6 +746,21 @@ class StoreActivities:
             inp.regeneration_id,
         )
         return NewVersions(character, list(posts), list(posts.values()))
+
+    @activity.defn
+    def prepare_versions(self, inp: RegenerateInput) -> NewVersions:
+        """A regeneration's drafts, apart from the published items (``store.prepare_draft``)."""
+        character, posts = store.prepare_draft(
+            self.db, inp.run, draft_of(inp), inp.character_index, inp.post_index, inp.world.posts_per_character
+        )
+        return NewVersions(character, list(posts), list(posts.values()))
+
+    @activity.defn
+    def promote_versions(self, inp: RegenerateInput) -> int:
+        """The regeneration is whole: its new versions replace the published ones (``store.promote_draft``)."""
+        return store.promote_draft(
+            self.db, inp.run, draft_of(inp), inp.character_index, inp.post_index, inp.world.posts_per_character
+        )
 
     @activity.defn
     def mark_image_for_rerender(self, inp: ItemInput) -> None:
@@ -740,6 +778,11 @@ class StoreActivities:
             images.rejected += status == documents.ImageStatus.REJECTED
         metrics.count(metrics.DEGRADED_IMAGES, images.degraded)
         return images
+
+
+def draft_of(inp: RegenerateInput) -> RunRef:
+    """The run as a regeneration's drafts are keyed (``RunRef.draft``)."""
+    return dataclasses.replace(inp.run, draft=inp.regeneration_id)
 
 
 STOP_POLL_S = 1.0  # how often stop_workflows asks Temporal whether the workflows have stopped

@@ -5,7 +5,7 @@ workflows report and ``worlds.models.GenerationRun`` stores. Imports nothing fro
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from generation.documents import run_key
+from generation.documents import draft_key, run_key
 
 BUDGET_EXCEEDED = "BudgetExceeded"  # ApplicationError type: the run's token ledger refused an LLM call
 ITEM_ERRORS = ("LlmInvalidOutput",)  # ApplicationError types of one item's failure, not the provider's or the run's
@@ -57,10 +57,16 @@ class RunRef:
     number: int
     workflow_id: str
     resume: int = 0  # 0 for the run's first execution, then 1, 2, … for each resume
+    draft: int = 0  # a regeneration's ID: its new versions are written apart (see ``key``) until they are whole
 
     @property
     def key(self) -> str:
-        """Prefix of every Mongo document key of this run."""
+        """Prefix of every Mongo document key of this run; a regeneration's drafts have keys of their own."""
+        return draft_key(self.world_id, self.number, self.draft) if self.draft else run_key(self.world_id, self.number)
+
+    @property
+    def ledger(self) -> str:
+        """The run's token ledger: its drafts' calls are billed to the run too."""
         return run_key(self.world_id, self.number)
 
 
@@ -243,6 +249,37 @@ class ImageRef:
 
     character_index: int
     post_index: int | None = None
+
+
+@dataclass
+class RerenderInput:
+    """Render again a finished run's images marked ``needs_render``, a page at a time. ``after``: where the
+    listing goes on when the workflow continues as new ("" from the start)."""
+
+    run: RunRef
+    world: WorldSnapshot
+    config: RunConfig
+    after: str = ""
+
+
+@dataclass
+class ImagePageInput:
+    run: RunRef
+    after: str  # "" from the start, else the ``after`` of the page before
+    limit: int
+
+
+@dataclass
+class ImagePage:
+    refs: list[ImageRef]
+    after: str  # where the next page starts
+
+
+@dataclass
+class ImageBatch:
+    run: RunRef
+    world: WorldSnapshot | None
+    refs: list[ImageRef]
 
 
 @dataclass

@@ -56,8 +56,16 @@ def run_key(world_id: int, number: int) -> str:
     return f"w{world_id}-r{number}"
 
 
+def draft_key(world_id: int, number: int, regeneration_id: int) -> str:
+    """Prefix of the keys of a regeneration's drafts: its new versions, with copies of what they are written
+    from (the bible, the character, its posts), apart from the published run until they are whole."""
+    return f"{run_key(world_id, number)}~r{regeneration_id}"
+
+
 ITEM_POSITION = re.compile(r"-c([0-9]+)(?:-p([0-9]+))?$")  # of a character or post document key
-IMAGE_ID = re.compile(r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)-c[0-9]+(-p[0-9]+)?(-v[0-9]+)?$")
+IMAGE_ID = re.compile(
+    r"^img-w(?P<world>[0-9]+)-r(?P<run>[0-9]+)(~r[0-9]+)?-c(?P<character>[0-9]+)(-p(?P<post>[0-9]+))?(-v[0-9]+)?$"
+)
 
 
 def bible_key(run: RunRef) -> str:
@@ -122,6 +130,18 @@ def image_run(image: str) -> tuple[int, int] | None:
     return (int(match["world"]), int(match["run"])) if match else None
 
 
+def is_current_image(db: Database, image: str) -> bool:
+    """``image`` is the current image of its character or post: not an earlier version's, nor a draft's."""
+    match = IMAGE_ID.match(image)
+    if match is None:
+        return False
+    key = f"{run_key(int(match['world']), int(match['run']))}-c{match['character']}"
+    collection = CHARACTERS if match["post"] is None else POSTS
+    if match["post"] is not None:
+        key += f"-p{match['post']}"
+    return db[collection].find_one({"_id": key, "image_id": image}, {"_id": 1}) is not None
+
+
 def world_image_ids(world_id: int) -> dict:
     """Matches the image IDs of a world; the ``-r`` keeps world 1 from matching world 12."""
     return {"$regex": f"^img-{run_key(world_id, 0)[:-1]}"}
@@ -140,8 +160,14 @@ def now() -> datetime:
 
 
 def run_fields(run: RunRef) -> dict:
-    """What every document of a run carries: reads select by run_key, deletion by world_id."""
-    return {"world_id": run.world_id, "run_number": run.number, "run_key": run.key}
+    """What every document of a run carries: reads select by run_key, deletion by world_id. A regeneration's
+    drafts carry its ID (``draft``), which the unique position indexes include."""
+    return {
+        "world_id": run.world_id,
+        "run_number": run.number,
+        "run_key": run.key,
+        **({"draft": run.draft} if run.draft else {}),
+    }
 
 
 def bible_document(run: RunRef, bible: dict, revision: int) -> dict:
@@ -174,21 +200,32 @@ def post_document(run: RunRef, character_index: int, index: int, post: dict, han
 
 
 def ensure_indexes(db: Database) -> None:
-    db[CHARACTERS].create_index(
-        [("world_id", ASCENDING), ("run_number", ASCENDING), ("index", ASCENDING)],
-        unique=True,
-        name="character_position",
+    # One document per position: per run and, for a regeneration's drafts, per regeneration (documents of the
+    # run itself have no ``draft``). These replaced indexes without ``draft``, dropped here.
+    _replace_index(
+        db[CHARACTERS],
+        "character_position",
+        [("world_id", ASCENDING), ("run_number", ASCENDING), ("draft", ASCENDING), ("index", ASCENDING)],
     )
-    db[POSTS].create_index(
-        [("world_id", ASCENDING), ("run_number", ASCENDING), ("character_index", ASCENDING), ("index", ASCENDING)],
-        unique=True,
-        name="post_position",
+    _replace_index(
+        db[POSTS],
+        "post_position",
+        [
+            ("world_id", ASCENDING),
+            ("run_number", ASCENDING),
+            ("draft", ASCENDING),
+            ("character_index", ASCENDING),
+            ("index", ASCENDING),
+        ],
     )
     db[TASKS].create_index([("run_key", ASCENDING), ("stage", ASCENDING)], name="task_run_stage")
     # GridFS's own indexes (store.store_image_file writes without gridfs, which would make them).
     db[f"{IMAGES}.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
     db[f"{IMAGES}.chunks"].create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
-    db[BIBLES].create_index([("world_id", ASCENDING), ("run_number", ASCENDING)], unique=True, name="bible_run")
+    _replace_index(db[BIBLES], "bible_run", [("world_id", ASCENDING), ("run_number", ASCENDING), ("draft", ASCENDING)])
+    # A run's images waiting for a re-render are counted and listed by status.
+    for name in (CHARACTERS, POSTS):
+        db[name].create_index([("run_key", ASCENDING), ("image_status", ASCENDING)], name=f"{name}_image_status")
     # Reads find a run's content by run_key; the feed sorts by (index, character_index).
     db[POSTS].create_index(
         [("run_key", ASCENDING), ("index", ASCENDING), ("character_index", ASCENDING)], name="post_feed_order"
@@ -209,6 +246,13 @@ def ensure_indexes(db: Database) -> None:
     db[COMMENTS].create_index([("run_key", ASCENDING), ("day", ASCENDING)], name="comment_day")
     for name in (EVENTS, COMMENTS, LIVE_DAYS):
         db[name].create_index([("world_id", ASCENDING)], name=f"{name}_world")
+
+
+def _replace_index(collection, old_name: str, keys: list) -> None:
+    """Create the unique index ``<old_name>_v2`` on ``keys`` and drop ``old_name`` (its earlier shape)."""
+    collection.create_index(keys, unique=True, name=f"{old_name}_v2")
+    if old_name in collection.index_information():
+        collection.drop_index(old_name)
 
 
 # --- reads of the web side (worlds.selectors) ------------------------------------------------------------
@@ -271,8 +315,10 @@ def failed_tasks(db: Database, run: RunRef) -> list[dict]:
 def provenance(db: Database, run: RunRef, stage: str, indexes: list) -> dict[str, str]:
     """What made each item of ``stage`` (by task index as stored: 0 for a character, "0.1" for a post): its
     prompt version and model, as text, by the index as a string."""
+    # A regenerated version was made under the regeneration's draft key (RunRef.draft).
+    own_or_drafts = {"$regex": f"^{re.escape(run.key)}(~r[0-9]+)?$"}
     tasks = db[TASKS].find(
-        {"run_key": run.key, "stage": stage, "index": {"$in": indexes}, "schema_name": {"$exists": True}},
+        {"run_key": own_or_drafts, "stage": stage, "index": {"$in": indexes}, "schema_name": {"$exists": True}},
         {"_id": 0, "index": 1, "prompt_version": 1, "model": 1},
     )
     return {
@@ -342,6 +388,18 @@ def live_days(db: Database, run: RunRef, limit: int = 10) -> list[dict]:
         for e in db[EVENTS].find({"run_key": run.key, "day": {"$in": [d["day"] for d in days]}}, {"day": 1, "title": 1})
     }
     return [{**day, "event": titles.get(day["day"], "")} for day in days]
+
+
+def billed_tokens(db: Database, key: str) -> int:
+    """Every token billed to the LLM tasks under ``key`` (a run's or a draft's), by every attempt of each."""
+    groups = db[TASKS].aggregate(
+        [
+            {"$match": {"run_key": key}},
+            {"$unwind": "$attempts"},
+            {"$group": {"_id": None, "billed": {"$sum": "$attempts.billed_tokens"}}},
+        ]
+    )
+    return next((group["billed"] for group in groups), 0)
 
 
 def run_post_count(db: Database, run: RunRef) -> int:

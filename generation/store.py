@@ -166,6 +166,99 @@ def _archive(db: Database, run: RunRef, collection: str, key: str, regeneration_
     return version + 1
 
 
+# --- A regeneration's drafts: its new versions are written under the run's draft key (``RunRef.draft``), from
+# copies of what they are written from, and replace the published items only once every one is whole. ---------
+
+SOCIAL_FIELDS = ("liked_by", "followers", "following", "memory", "memory_day")  # the live world's, not a version's
+DRAFT_ONLY_FIELDS = ("_id", "world_id", "run_number", "run_key", "draft", "created_at", *SOCIAL_FIELDS)
+
+
+def prepare_draft(
+    db: Database, run: RunRef, draft: RunRef, character_index: int, post_index: int | None, posts: int
+) -> tuple[int | None, dict[int, int]]:
+    """Copy what a regeneration writes from into its draft namespace (the bible, the character, its posts) and
+    return the versions it writes: (the character's, or None when one post is regenerated; {post: version}).
+    A version number is never given twice (``drafted_version`` on the item), so a discarded draft's image ID is
+    never reused. Idempotent: a retry finds the same drafts and versions."""
+    bible = db[BIBLES].find_one({"_id": bible_key(run)})
+    if bible is not None:
+        copy = {k: v for k, v in bible.items() if k not in DRAFT_ONLY_FIELDS} | run_fields(draft)
+        db[BIBLES].update_one({"_id": bible_key(draft)}, {"$setOnInsert": copy}, upsert=True)
+    character = _draft_copy(
+        db,
+        CHARACTERS,
+        character_key(run, character_index),
+        character_key(draft, character_index),
+        draft,
+        post_index is None,
+    )
+    regenerated = range(posts) if post_index is None else [post_index]
+    context = range(posts) if post_index is None else range(post_index + 1)  # a post sees the posts before it
+    versions = {}
+    for index in context:
+        version = _draft_copy(
+            db,
+            POSTS,
+            post_key(run, character_index, index),
+            post_key(draft, character_index, index),
+            draft,
+            index in regenerated,
+        )
+        if index in regenerated:
+            versions[index] = version
+    return (character if post_index is None else None), versions
+
+
+def _draft_copy(db: Database, collection: str, key: str, draft_key: str, draft: RunRef, regenerated: bool) -> int:
+    """Copy the published item ``key`` into the draft (once); returns the version the draft writes of it."""
+    existing = db[collection].find_one({"_id": draft_key}, {"target_version": 1})
+    if existing is not None and existing.get("target_version"):
+        return existing["target_version"]
+    published = db[collection].find_one({"_id": key}) or {}
+    version = max(published.get("version", 1), published.get("drafted_version", 0)) + 1 if published else 1
+    if published and regenerated:
+        db[collection].update_one({"_id": key}, {"$max": {"drafted_version": version}})
+    if published:
+        copy = {k: v for k, v in published.items() if k not in DRAFT_ONLY_FIELDS} | run_fields(draft)
+        copy["item"] = key
+        if regenerated:
+            copy["target_version"] = version
+        db[collection].update_one({"_id": draft_key}, {"$setOnInsert": copy}, upsert=True)
+    return version
+
+
+def promote_draft(
+    db: Database, run: RunRef, draft: RunRef, character_index: int, post_index: int | None, posts: int
+) -> int:
+    """A regeneration is whole: its new versions replace the published ones, each archived first in
+    ``item_versions``; the posts first, then the character. Idempotent (an item already at its new version is
+    left). Returns the items replaced."""
+    items = [
+        (POSTS, post_key(run, character_index, index), post_key(draft, character_index, index))
+        for index in (range(posts) if post_index is None else [post_index])
+    ]
+    if post_index is None:
+        items.append((CHARACTERS, character_key(run, character_index), character_key(draft, character_index)))
+    replaced = 0
+    for collection, key, draft_doc_key in items:
+        version = db[collection].find_one({"_id": draft_doc_key})
+        if version is None or not version.get("version"):
+            continue
+        published = db[collection].find_one({"_id": key})
+        if published is not None and published.get("version", 1) >= version["version"]:
+            continue  # replaced already
+        if published is not None:
+            _archive(db, run, collection, key, draft.draft)
+        fields = {k: v for k, v in version.items() if k not in (*DRAFT_ONLY_FIELDS, "item", "target_version")}
+        db[collection].update_one(
+            {"_id": key},
+            {"$set": {**fields, **run_fields(run), "updated_at": now()}, "$unset": {"image_error": ""}},
+            upsert=True,
+        )
+        replaced += 1
+    return replaced
+
+
 def load_bible(db: Database, run: RunRef) -> dict:
     doc = db[BIBLES].find_one({"_id": bible_key(run)})
     if doc is None:
@@ -323,6 +416,24 @@ def images_to_rerender(db: Database, run: RunRef) -> list[tuple[int, int | None]
     return sorted(avatars, key=lambda ref: ref[0]) + sorted(posts)
 
 
+def images_to_rerender_page(db: Database, run: RunRef, after: str, limit: int) -> tuple[list[tuple], str]:
+    """Up to ``limit`` images of the run marked ``needs_render``, avatars then posts, each in key order, after
+    the cursor ``after`` ("" from the start; "c:<key>" or "p:<key>" of the last one listed). Returns them and
+    the cursor of the last one. Images that stay missing are not listed again in the same walk."""
+    phase, _, key = after.partition(":")
+    found: list[tuple] = []
+    for collection, code in ((CHARACTERS, "c"), (POSTS, "p")):
+        if (phase, code) == ("p", "c") or len(found) >= limit:
+            continue
+        query: dict = {"run_key": run.key, "image_status": ImageStatus.NEEDS_RENDER}
+        if phase == code:
+            query["_id"] = {"$gt": key}
+        for doc in db[collection].find(query, {"index": 1, "character_index": 1}).sort("_id").limit(limit - len(found)):
+            found.append((doc["index"], None) if code == "c" else (doc["character_index"], doc["index"]))
+            after = f"{code}:{doc['_id']}"
+    return found, after
+
+
 # --- The token ledger: one document per run, counting every token the provider reports ---------------
 # A call first reserves what it could cost at most (its prompt's size plus max_tokens). It is refused
 # when used + every other reservation + its own would pass the run's budget. Once the provider answers,
@@ -349,7 +460,7 @@ def reserve_tokens(
 ) -> tuple[bool, int, int]:
     """Reserve ``tokens`` for ``call`` under ``limit``: (granted, tokens used, tokens reserved by others).
     ``ledger``: another ledger of the run than its own (a live world's day has one)."""
-    call, key = call.replace(".", "_"), ledger or run.key
+    call, key = call.replace(".", "_"), ledger or run.ledger
     for _ in range(LEDGER_RETRIES):
         doc = _ledger(db, run, limit, key)
         others = sum(amount for key, amount in doc["reserved"].items() if key != call)
@@ -370,7 +481,7 @@ def reserve_tokens(
 def settle_tokens(db: Database, run: RunRef, call: str, billed: int, ledger: str | None = None) -> int:
     """Replace ``call``'s reservation by what the provider billed; returns the ledger's tokens used."""
     doc = db[LEDGERS].find_one_and_update(
-        {"_id": ledger or run.key},
+        {"_id": ledger or run.ledger},
         {"$inc": {"used": billed, "version": 1}, "$unset": {f"reserved.{call.replace('.', '_')}": ""}},
         projection={"used": 1},
         return_document=ReturnDocument.AFTER,

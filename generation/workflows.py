@@ -5,7 +5,7 @@ Imports nothing from Django: the sandbox re-imports this module.
 
 import asyncio
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -43,10 +43,13 @@ with workflow.unsafe.imports_passed_through():
         CharacterTask,
         Decision,
         DegradedItemsUpdate,
+        ImageBatch,
+        ImagePageInput,
         ItemInput,
         Progress,
         RegenerateInput,
         RegenerationUpdate,
+        RerenderInput,
         RunConfig,
         RunStatus,
         RunStatusUpdate,
@@ -759,6 +762,106 @@ class RerenderImagesWorkflow:
         )
 
 
+RERENDER_BATCH = 25  # images a render activity makes, and a listing returns
+RERENDER_PAGES_PER_EXECUTION = 40  # then it continues as new: 1,000 images an execution at most
+
+
+@workflow.defn
+class RenderMissingImagesWorkflow:
+    """Renders again the images of a finished run that the media service could not make (marked
+    ``needs_render``): a page of them at a time, each page one activity, a few at once. The listing goes on
+    from a cursor and the workflow continues as new every ``RERENDER_PAGES_PER_EXECUTION`` pages, so a live
+    world's thousands of missing images keep payloads and history small. Records, and returns, how many are
+    still missing; cancelled, it stops its renders and still records that. (RerenderImagesWorkflow, which
+    listed every image at once, stays for re-renders started before it.)"""
+
+    @workflow.init
+    def __init__(self, inp: RerenderInput) -> None:
+        self._config = inp.config
+
+    @workflow.run
+    async def run(self, inp: RerenderInput) -> int:
+        config, after = inp.config, inp.after
+        running: dict[asyncio.Task, int] = {}  # in the order started: cancels go out in that order
+        more = False
+        try:
+            for page_number in range(RERENDER_PAGES_PER_EXECUTION):
+                page = await self._store(
+                    StoreActivities.list_images_to_rerender_page, ImagePageInput(inp.run, after, RERENDER_BATCH)
+                )
+                if not page.refs:
+                    break
+                after = page.after
+                while len(running) >= config.character_concurrency:
+                    await self._one_done(running)
+                running[asyncio.create_task(self._render(inp, page.refs))] = page_number
+            else:
+                more = True
+            while running:
+                await self._one_done(running)
+        except BaseException:
+            for task in running:
+                task.cancel()
+            if running:
+                await workflow.wait(list(running))
+            missing = await self._store(StoreActivities.count_images_to_rerender, inp.run, after_cancel=True)
+            await self._record(inp, missing, after_cancel=True)
+            raise
+        if more:  # outside the try: continuing as new is not a failure
+            workflow.continue_as_new(replace(inp, after=after))
+        missing = await self._store(StoreActivities.count_images_to_rerender, inp.run)
+        await self._record(inp, missing)
+        return missing
+
+    @staticmethod
+    async def _one_done(running: dict) -> None:
+        done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            del running[task]
+        for task in done:
+            task.result()
+
+    async def _store(self, activity: Any, arg: Any, after_cancel: bool = False) -> Any:
+        return await run_activity(
+            activity,
+            arg,
+            exact=True,
+            after_cancel=after_cancel,
+            task_queue=self._config.workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+
+    @staticmethod
+    async def _render(inp: RerenderInput, refs: list) -> None:
+        """One page's images; if the activity cannot finish, they stay marked for a re-render."""
+        try:
+            await run_activity(
+                MediaActivities.render_images,
+                ImageBatch(inp.run, inp.world, refs),
+                exact=True,
+                task_queue=inp.config.media_queue,
+                retry_policy=MEDIA_RETRY,
+                start_to_close_timeout=timedelta(seconds=60) * len(refs),
+                schedule_to_close_timeout=MEDIA_SCHEDULE_TO_CLOSE + timedelta(seconds=60) * len(refs),
+                heartbeat_timeout=timedelta(seconds=inp.config.heartbeat_timeout_s),
+                priority=_fairness(inp.run.world_id),
+            )
+        except ActivityError as err:
+            if cancel_requested(err):
+                raise
+
+    @staticmethod
+    async def _record(inp: RerenderInput, still_missing: int, after_cancel: bool = False) -> None:
+        await run_activity(
+            DEGRADED_MIRROR_ACTIVITY,
+            DegradedItemsUpdate(inp.run.run_id, still_missing),
+            exact=True,
+            after_cancel=after_cancel,
+            task_queue=inp.config.workflows_queue,
+            **MIRROR_OPTIONS,
+        )
+
+
 # --- Regenerating one item ---------------------------------------------------------------
 
 
@@ -809,6 +912,86 @@ class RegenerateItemWorkflow:
             raise ApplicationError(message, non_retryable=True) from err
         await self._report(inp, RunStatus.COMPLETED)
         return self._tokens
+
+    async def _report(self, inp: RegenerateInput, status: RunStatus, error: str = "") -> None:
+        await run_activity(
+            REGENERATION_MIRROR_ACTIVITY,
+            RegenerationUpdate(inp.regeneration_id, status, self._tokens, error, inp.run.key),
+            exact=True,
+            after_cancel=True,
+            task_queue=inp.config.workflows_queue,
+            **MIRROR_OPTIONS,
+        )
+
+
+@workflow.defn
+class RegenerateVersionWorkflow:
+    """A new version of one character (profile, avatar, plan, then each of its posts) or of one post (caption
+    and image), written with the editor's feedback as a draft apart from the published items (keys of the
+    regeneration's own, ``RunRef.draft``). Only once every part of it is whole, texts and images, does it
+    replace what is published, the old versions archived: a cancel or a failure before that leaves the published
+    item exactly as it was. An image the media service refuses or cannot make is a failure, with the reason.
+    Reports how it ended to its regeneration row. (RegenerateItemWorkflow, which wrote in place, stays for the
+    regenerations started before it.)"""
+
+    @workflow.run
+    async def run(self, inp: RegenerateInput) -> int:
+        world = inp.world
+        draft = replace(inp.run, draft=inp.regeneration_id)
+        self._tokens = 0
+
+        def version_of(post_index: int | None, version: int) -> ItemInput:
+            return ItemInput(draft, world, inp.character_index, post_index, version, inp.feedback)
+
+        try:
+            versions = await self._store(StoreActivities.prepare_versions, inp)
+            if versions.character is not None:
+                character = version_of(None, versions.character)
+                await self._llm(inp, LlmActivities.generate_character, character)
+                await self._render(inp, character)
+                if versions.post_indexes:
+                    await self._llm(inp, LlmActivities.plan_posts, character)
+            for index, version in zip(versions.post_indexes, versions.post_versions, strict=True):
+                post = version_of(index, version)
+                await self._llm(inp, LlmActivities.generate_post, post)
+                await self._render(inp, post)
+        except (asyncio.CancelledError, ActivityError, ApplicationError) as err:
+            if cancel_requested(err):
+                await self._report(inp, RunStatus.CANCELLED, "cancelled by staff; the published item is unchanged")
+                raise asyncio.CancelledError() from err
+            message = (budget_stop(err) or describe_failure(err)) + "; the published item is unchanged"
+            await self._report(inp, RunStatus.FAILED, message)
+            raise ApplicationError(message, non_retryable=True) from err
+        # Whole: it replaces the published item. A cancel arriving now is too late; the new version stands.
+        await self._store(StoreActivities.promote_versions, inp, after_cancel=True)
+        await self._report(inp, RunStatus.COMPLETED)
+        return self._tokens
+
+    async def _llm(self, inp: RegenerateInput, activity: Any, item: ItemInput) -> None:
+        self._tokens += (await run_llm(activity, item, inp.config, inp.world.world_id, exact=True)).tokens
+
+    @staticmethod
+    async def _render(inp: RegenerateInput, item: ItemInput) -> None:
+        outcome = await render_or_degrade(item, inp.config.media_queue, inp.config.workflows_queue, exact=True)
+        what = "the avatar" if item.post_index is None else f"the image of post {item.post_index}"
+        if outcome == REJECTED:
+            raise ApplicationError(f"the media service refused {what} of the new version", non_retryable=True)
+        if outcome == DEGRADED:
+            raise ApplicationError(
+                f"the media service could not make {what} of the new version; regenerate it once the service is back",
+                non_retryable=True,
+            )
+
+    @staticmethod
+    async def _store(activity: Any, inp: RegenerateInput, after_cancel: bool = False) -> Any:
+        return await run_activity(
+            activity,
+            inp,
+            exact=True,
+            after_cancel=after_cancel,
+            task_queue=inp.config.workflows_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
 
     async def _report(self, inp: RegenerateInput, status: RunStatus, error: str = "") -> None:
         await run_activity(

@@ -41,6 +41,8 @@ from generation.media import MediaClient
 from generation.workflows import (
     CharacterWorkflow,
     RegenerateItemWorkflow,
+    RegenerateVersionWorkflow,
+    RenderMissingImagesWorkflow,
     RerenderImagesWorkflow,
     StackCheckWorkflow,
     WorldCleanupWorkflow,
@@ -121,7 +123,11 @@ def build_workers(
             store_activities.mark_image_for_rerender,
             store_activities.mark_character_for_rerender,
             store_activities.list_images_to_rerender,
+            store_activities.list_images_to_rerender_page,
+            store_activities.count_images_to_rerender,
             store_activities.archive_versions,
+            store_activities.prepare_versions,
+            store_activities.promote_versions,
             mirror.record_run_status,
             mirror.record_regeneration,
             mirror.record_live_state,
@@ -143,7 +149,7 @@ def build_workers(
             living.write_comment,
             living.update_memory,
         ],
-        "media": [media.render_image, media.render_character],
+        "media": [media.render_image, media.render_character, media.render_images],
     }
     workers = []
     for kind in options.queues:
@@ -154,7 +160,9 @@ def build_workers(
                 WorldGenerationWorkflow,
                 CharacterWorkflow,
                 RerenderImagesWorkflow,
+                RenderMissingImagesWorkflow,
                 RegenerateItemWorkflow,
+                RegenerateVersionWorkflow,
                 LiveWorldWorkflow,
                 WorldCleanupWorkflow,
                 StackCheckWorkflow,

@@ -3,6 +3,7 @@ of it is still working. In process, on the time-skipping test server: the real w
 with stand-in activities registered under the real activity names (no Mongo, LLM or media)."""
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -21,8 +22,12 @@ from generation.contracts import (
     CharacterTask,
     CharacterText,
     DegradedItemsUpdate,
+    ImageBatch,
+    ImagePage,
+    ImagePageInput,
     ImageRef,
     ItemInput,
+    RerenderInput,
     RunConfig,
     RunRef,
     RunStatusUpdate,
@@ -33,6 +38,8 @@ from generation.contracts import (
 from generation.workflows import (
     CharacterWorkflow,
     RegenerateItemWorkflow,
+    RegenerateVersionWorkflow,
+    RenderMissingImagesWorkflow,
     RerenderImagesWorkflow,
     WorldGenerationWorkflow,
     WorldRunWorkflow,
@@ -59,6 +66,7 @@ class StandIns:
         self.log: list[tuple[str, int, str, str]] = []  # (event, call number, activity, detail)
         self.blocked = asyncio.Event()
         self.needs_render = {(i, None) for i in range(needs_render)}
+        self.renders: Counter = Counter()
 
     async def step(self, name: str, detail: str = "") -> None:
         self.calls[name] += 1
@@ -137,6 +145,30 @@ class StandIns:
         await self.step("mark_character_for_rerender", f"{inp.character_index}:{inp.post_indexes}")
         return CharacterImages(degraded=len(inp.images()))
 
+    @activity.defn(name="list_images_to_rerender_page")
+    async def list_images_to_rerender_page(self, page: ImagePageInput) -> ImagePage:
+        await self.step("list_images_to_rerender")
+
+        def key(ref) -> list:  # avatars, then posts, as the store lists them
+            return [ref[1] is not None, ref[0], ref[1] or 0]
+
+        after = json.loads(page.after) if page.after else None
+        refs = [ref for ref in sorted(self.needs_render, key=key) if after is None or key(ref) > after][: page.limit]
+        return ImagePage([ImageRef(*ref) for ref in refs], json.dumps(key(refs[-1])) if refs else page.after)
+
+    @activity.defn(name="count_images_to_rerender")
+    async def count_images_to_rerender(self, run: RunRef) -> int:
+        await self.step("list_images_to_rerender")
+        return len(self.needs_render)
+
+    @activity.defn(name="render_images")
+    async def render_images(self, batch: ImageBatch) -> CharacterImages:
+        await self.step("render_images", str(len(batch.refs)))
+        for ref in batch.refs:
+            self.renders[(ref.character_index, ref.post_index)] += 1
+            self.needs_render.discard((ref.character_index, ref.post_index))
+        return CharacterImages()
+
     @activity.defn(name="list_images_to_rerender")
     async def list_images_to_rerender(self, run: RunRef) -> list[ImageRef]:
         await self.step("list_images_to_rerender")
@@ -157,6 +189,9 @@ class StandIns:
             self.mark_image_for_rerender,
             self.mark_character_for_rerender,
             self.list_images_to_rerender,
+            self.list_images_to_rerender_page,
+            self.count_images_to_rerender,
+            self.render_images,
         ]
 
 
@@ -195,7 +230,9 @@ def stand_in_workers(env: WorkflowEnvironment, stand_ins: StandIns, config: RunC
                 WorldGenerationWorkflow,
                 CharacterWorkflow,
                 RerenderImagesWorkflow,
+                RenderMissingImagesWorkflow,
                 RegenerateItemWorkflow,
+                RegenerateVersionWorkflow,
             ]
             if queue == config.workflows_queue
             else [],
@@ -377,4 +414,16 @@ def test_a_cancelled_rerender_stops_its_renders_and_records_what_is_missing(env)
     inp = run_input(uuid.uuid4().hex[:8])
     at_cancel = loop.run(cancel_when(environment, stand_ins, RerenderImagesWorkflow.run, inp, blocked(stand_ins)))
     assert len(stand_ins.needs_render) == 3  # the first render finished; the second was stopped
+    assert_stopped_before_reporting(stand_ins, at_cancel)
+
+
+def test_a_cancelled_re_render_of_pages_stops_its_renders_and_records_what_is_missing(env):
+    """RenderMissingImagesWorkflow: cancelled while a page renders, it stops it and records what is missing."""
+    loop, environment = env
+    stand_ins = StandIns(block_at=("render_images", 2), needs_render=30, last_report=("record_degraded_items", "5"))
+    base = run_input(uuid.uuid4().hex[:8])
+    inp = RerenderInput(base.run, base.world, base.config)
+    inp.config.character_concurrency = 1  # one page at a time: the first (25 images) ends, the second is stopped
+    at_cancel = loop.run(cancel_when(environment, stand_ins, RenderMissingImagesWorkflow.run, inp, blocked(stand_ins)))
+    assert len(stand_ins.needs_render) == 5
     assert_stopped_before_reporting(stand_ins, at_cancel)

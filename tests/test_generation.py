@@ -310,7 +310,7 @@ def test_media_down_degrades_gracefully_and_a_rerender_fills_the_gaps(start_work
     with pytest.raises(ActionError, match="already being re-rendered"):
         generation_rerender(run=run)
     still_missing = temporal_call(lambda client: client.get_workflow_handle(workflow_id).result(), timeout=120)
-    record_history(workflow_id, "rerender_completed")
+    record_history(workflow_id, "render_missing_images_completed")
     run.refresh_from_db()
     assert still_missing == 0 and run.degraded_items == 0 and run.status == "completed"
     assert counts(run) == {"bibles": 1, "characters": 2, "posts": 2, "images": 4, "tasks": 1 + 1 + 2 + 2 + 2 + 4}

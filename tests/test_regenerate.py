@@ -2,6 +2,7 @@
 version with the editor's feedback, the old one kept and audited, the feed showing the new one, and a
 second request for the same item while one runs refused with 409."""
 
+import dataclasses
 import time
 
 import pytest
@@ -63,15 +64,17 @@ def test_a_post_is_regenerated_with_feedback_and_the_feed_shows_the_new_version(
 
     after = db.posts.find_one({"_id": key})
     assert (after["version"], after["feedback"], after["image_status"]) == (2, "Grumpier.", "rendered")
-    assert after["image_id"] == f"img-{key}-v2" and before["image_id"] == f"img-{key}"
-    task = db.generation_tasks.find_one({"_id": documents.task_key(run.ref, "post", "0.1@v2")})
+    draft = dataclasses.replace(run.ref, draft=regeneration.pk)  # where it was written until whole
+    new_image = f"img-{documents.post_key(draft, 0, 1)}-v2"
+    assert after["image_id"] == new_image and before["image_id"] == f"img-{key}"
+    task = db.generation_tasks.find_one({"_id": documents.task_key(draft, "post", "0.1@v2")})
     prompt = task["prompt"][-1]["content"]
     assert "Their note: Grumpier." in prompt and before["caption"] in prompt  # told what to change, and from what
     assert db.posts.find_one({"_id": documents.post_key(run.ref, 0, 0)}).get("version", 1) == 1  # only that post
     assert db.posts.count_documents({"run_key": run.ref.key}) == 2
 
     versions = editor.get(f"/api/runs/{run.pk}/versions/?character=0&post=1").json()
-    assert versions["current"]["version"] == 2 and versions["current"]["image_url"] == f"/images/img-{key}-v2.png"
+    assert versions["current"]["version"] == 2 and versions["current"]["image_url"] == f"/images/{new_image}.png"
     [earlier] = versions["earlier"]
     assert (earlier["version"], earlier["text"], earlier["image_url"]) == (
         1,
@@ -84,9 +87,12 @@ def test_a_post_is_regenerated_with_feedback_and_the_feed_shows_the_new_version(
     assert (shown["version"], shown["caption"], shown["image_url"]) == (
         2,
         after["caption"],
-        f"/images/img-{key}-v2.png",
+        f"/images/{new_image}.png",
     )
-    assert APIClient().get(f"/images/img-{key}-v2.png").status_code == 200  # the live run's new image is public
+    assert APIClient().get(f"/images/{new_image}.png").status_code == 200  # the live run's new image is public
+    # Finding 10: the version it replaced is not current any more, so its image is not public (staff see it).
+    assert APIClient().get(f"/images/img-{key}.png").status_code == 404
+    assert editor.get(f"/images/img-{key}.png").status_code == 200
 
     run.refresh_from_db()
     assert run.tokens_used == tokens_before + regeneration.tokens_used  # billed to the run's ledger
@@ -115,7 +121,9 @@ def test_a_character_is_regenerated_with_its_avatar_and_posts_and_the_old_versio
     assert sorted((v["kind"], v["version"]) for v in archived) == [("characters", 1), ("posts", 1), ("posts", 1)]
     [old_character] = [v for v in archived if v["kind"] == "characters"]
     assert old_character["content"]["bio"] == old_bio and old_character["content"]["image_id"].endswith("-c1")
-    assert db["images.files"].count_documents({"_id": {"$regex": f"^img-{run.ref.key}-c1"}}) == 6  # old and new
+    new_images = {"$regex": f"^img-{run.ref.key}~r{regeneration.pk}-c1"}
+    assert db["images.files"].count_documents({"_id": {"$regex": f"^img-{run.ref.key}-c1"}}) == 3  # the old ones
+    assert db["images.files"].count_documents({"_id": new_images}) == 3  # and the new
 
     again = finished(item_regenerate(run=run, character_index=1, post_index=0))
     assert again.status == "completed", again.error
@@ -189,11 +197,16 @@ def test_a_regeneration_that_fails_keeps_the_current_version(start_worker, llm_s
     llm_control(llm_server, {"queue": [{"status": 401}]})
     regeneration = finished(item_regenerate(run=run, character_index=0, post_index=0, feedback="Sunnier."))
     assert regeneration.status == "failed" and "credentials (401)" in regeneration.error
-    assert db.posts.find_one({"_id": key}) == before  # the feed still shows the version it had
-    assert db.item_versions.count_documents({"item": key}) == 1  # archived, in case a retry replaces it
+    assert regeneration.error.endswith("the published item is unchanged")
+    published = db.posts.find_one({"_id": key})
+    assert {k: v for k, v in published.items() if k != "drafted_version"} == before  # as it was
+    assert db.item_versions.count_documents({"item": key}) == 0  # nothing replaced, nothing archived
+    versions = staff("editor-failed", "Editors").get(f"/api/runs/{run.pk}/versions/?character=0&post=0").json()
+    assert versions["current"]["version"] == 1 and versions["earlier"] == []  # listed once (before: twice)
     retried = finished(item_regenerate(run=run, character_index=0, post_index=0, feedback="Sunnier."))
     assert retried.status == "completed", retried.error
-    assert db.posts.find_one({"_id": key})["version"] == 2 and db.item_versions.count_documents({"item": key}) == 1
+    # The failed draft's version number (2) is not given again: its image ID is never reused.
+    assert db.posts.find_one({"_id": key})["version"] == 3 and db.item_versions.count_documents({"item": key}) == 1
     record_history(regeneration.workflow_id, "regenerate_failed")
 
 
@@ -216,3 +229,75 @@ def test_deleting_a_world_stops_its_regenerations_and_removes_every_version(star
     status = temporal_call(lambda client: client.get_workflow_handle(workflow_id).describe()).status.name
     assert status == "CANCELED"
     assert world_content(world_pk) == dict.fromkeys(world_content(world_pk), 0)
+
+
+def test_a_character_regeneration_that_fails_after_its_profile_leaves_the_character_as_it_was(start_worker, llm_server):
+    """Finding 8: a failure after the profile left a new profile over the old posts. The new version is a
+    draft until it is whole: the character and its posts stay exactly as they were."""
+    start_worker()
+    run = completed_run(character_count=1, posts_per_character=2)
+    db = mongo.get_db()
+    before = {
+        "character": db.characters.find_one({"_id": documents.character_key(run.ref, 0)}),
+        "posts": list(db.posts.find({"run_key": run.ref.key}).sort("index")),
+    }
+    llm_control(llm_server, {"queue": [{}, {"status": 401}]})  # the profile is written, the plan is refused
+    try:
+        regeneration = finished(item_regenerate(run=run, character_index=0, feedback="Older."))
+    finally:
+        llm_control(llm_server, {"reset": True})
+    assert regeneration.status == "failed" and "credentials (401)" in regeneration.error
+    character = db.characters.find_one({"_id": documents.character_key(run.ref, 0)})
+    assert {k: v for k, v in character.items() if k != "drafted_version"} == before["character"]
+    posts = [
+        {k: v for k, v in p.items() if k != "drafted_version"}
+        for p in db.posts.find({"run_key": run.ref.key}).sort("index")
+    ]
+    assert posts == before["posts"]
+    draft = db.characters.find_one(
+        {"_id": documents.character_key(dataclasses.replace(run.ref, draft=regeneration.pk), 0)}
+    )
+    assert draft["version"] == 2 and draft["bio"] != before["character"]["bio"]  # the draft kept what it made
+    assert db.item_versions.count_documents({"run_key": run.ref.key}) == 0
+
+
+def test_a_cancelled_regeneration_leaves_the_published_post_with_its_image(start_worker, stack_env, logs_dir):
+    """Finding 8: cancelled between its text and its image, a regeneration left the live post showing "image
+    pending" for good (the new text was written in place with no image). The media server here takes 4 s a
+    render, so the cancel lands during it."""
+    import sys
+
+    from localstack import servers
+    from tests.conftest import ROOT
+
+    port = servers.free_port()
+    slow_media = servers.start(
+        "slow media server",
+        [sys.executable, "-m", "mediaserver", "--port", str(port), "--delay", "4"],
+        log_path=logs_dir / "slow-mediaserver.log",
+        cwd=ROOT,
+    )
+    try:
+        servers.wait_for_port(slow_media, port)
+        start_worker()
+        run = completed_run(character_count=1, posts_per_character=1)
+        start_worker(env={"MEDIA_GRPC_TARGET": f"127.0.0.1:{port}"})
+        db, key = mongo.get_db(), documents.post_key(run.ref, 0, 0)
+        before = db.posts.find_one({"_id": key})
+        regeneration = item_regenerate(run=run, character_index=0, post_index=0, feedback="Rainier.")
+        draft = dataclasses.replace(run.ref, draft=regeneration.pk)
+        deadline = time.monotonic() + 60
+        while not db.posts.find_one({"_id": documents.post_key(draft, 0, 0), "version": 2}):
+            assert time.monotonic() < deadline, "the new caption was never written"
+            time.sleep(0.1)
+        temporal_call(lambda client: client.get_workflow_handle(regeneration.workflow_id).cancel())
+        regeneration = finished(regeneration)
+    finally:
+        slow_media.stop()
+    assert regeneration.status == "cancelled"
+    published = db.posts.find_one({"_id": key})
+    assert {k: v for k, v in published.items() if k != "drafted_version"} == before
+    assert (
+        published["image_status"] == "rendered"
+        and APIClient().get(f"/images/{published['image_id']}.png").status_code == 200
+    )

@@ -14,6 +14,8 @@ from generation.living.workflows import LiveWorldWorkflow
 from generation.workflows import (
     CharacterWorkflow,
     RegenerateItemWorkflow,
+    RegenerateVersionWorkflow,
+    RenderMissingImagesWorkflow,
     RerenderImagesWorkflow,
     StackCheckWorkflow,
     WorldGenerationWorkflow,
@@ -41,6 +43,8 @@ def test_histories_are_recorded():
         "world_cancelled",
         "world_budget_exceeded",
         "rerender_completed",
+        "render_missing_images_completed",
+        "world_cancelled_two_characters",
         "world_with_a_failed_post",
         "world_resumed",
         "regenerate_post",
@@ -66,6 +70,7 @@ def test_histories_are_recorded():
         "live_world_continued_as_new_before_one_activity_day",
         "world_completed_before_items_by_reference",  # item activities got the world snapshot inline
         "character_completed_before_items_by_reference",
+        *(f"regenerate_{name}_before_drafts" for name in ("post", "character", "failed")),  # RegenerateItemWorkflow
         *(f"{name}_before_exact_runs" for name in BEFORE_EXACT_RUNS),
     }
     assert {path.stem for path in HISTORIES} >= current | before_world_run | before_patches
@@ -80,7 +85,9 @@ def test_recorded_history_replays(path):
             WorldGenerationWorkflow,
             CharacterWorkflow,
             RerenderImagesWorkflow,
+            RenderMissingImagesWorkflow,
             RegenerateItemWorkflow,
+            RegenerateVersionWorkflow,
             StackCheckWorkflow,
             LiveWorldWorkflow,
         ]

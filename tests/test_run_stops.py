@@ -106,8 +106,9 @@ def test_a_run_cancelled_with_two_characters_in_flight_cancels_them_in_order_and
             scheduled[event.event_id] = (attributes.activity_type.name, task.get("character_index"))
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED:
             cancels.append(scheduled[event.activity_task_cancel_requested_event_attributes.scheduled_event_id])
-    # Character 0 renders, character 1 writes: both cancelled, in character order.
-    assert cancels == [("render_character", 0), ("write_character", 1)]
+    # Both characters' activities in flight (character 0 may be writing or rendering by then) are cancelled, in
+    # character order.
+    assert [character for _, character in cancels] == [0, 1], cancels
     for _ in range(20):  # a fresh replay each time: new tasks, new memory addresses
         asyncio.run(Replayer(workflows=[WorldRunWorkflow]).replay_workflow(history))
     if os.environ.get("RECORD_HISTORIES") == "1":
@@ -135,3 +136,45 @@ def test_a_render_that_cannot_finish_keeps_only_the_images_not_made(mongo_env):
     avatar = db.characters.find_one({"_id": documents.character_key(run, 0)})
     assert (avatar["image_status"], avatar["image_id"]) == ("rendered", "img-avatar")
     store.delete_world_content(db, run.world_id)
+
+
+@pytest.mark.fast
+@pytest.mark.timeout(90)
+def test_a_re_render_of_thousands_of_images_stays_bounded(env):
+    """Finding 17: RerenderImagesWorkflow listed every missing image in one payload and ran an activity per
+    image in one history, so a live world's thousands of missing images would pass Temporal's payload and
+    history limits. RenderMissingImagesWorkflow lists and renders a page at a time and continues as new."""
+    from generation.contracts import RerenderInput
+    from generation.workflows import RERENDER_BATCH, RERENDER_PAGES_PER_EXECUTION, RenderMissingImagesWorkflow
+
+    loop, environment = env
+    stand_ins = StandIns(last_report=("record_degraded_items", "0"))
+    stand_ins.needs_render = {(c, p) for c in range(30) for p in range(80)} | {(c, None) for c in range(30)}
+    total = len(stand_ins.needs_render)  # 2,430
+    base = run_input(uuid.uuid4().hex[:8], characters=30)
+    inp = RerenderInput(base.run, base.world, base.config)
+
+    async def run() -> tuple[int, list[int]]:
+        workers = stand_in_workers(environment, stand_ins, inp.config)
+        async with workers[0], workers[1], workers[2]:
+            handle = await environment.client.start_workflow(
+                RenderMissingImagesWorkflow.run, inp, id=inp.run.workflow_id, task_queue=inp.config.workflows_queue
+            )
+            missing = await handle.result()
+            lengths, run_id = [], handle.first_execution_run_id
+            while run_id:
+                history = await environment.client.get_workflow_handle(
+                    inp.run.workflow_id, run_id=run_id
+                ).fetch_history()
+                lengths.append(len(history.events))
+                last = history.events[-1].workflow_execution_continued_as_new_event_attributes
+                run_id = last.new_execution_run_id or None
+            return missing, lengths
+
+    missing, lengths = loop.run(run())
+    per_execution = RERENDER_BATCH * RERENDER_PAGES_PER_EXECUTION
+    assert missing == 0 and not stand_ins.needs_render
+    assert sum(stand_ins.renders.values()) == total and set(stand_ins.renders.values()) == {1}  # each once
+    assert len(lengths) == -(-total // per_execution)  # 3 executions of at most 1,000 images each
+    print("history events per execution:", lengths)
+    assert max(lengths) < 600  # 40 listings and 40 renders an execution: far from Temporal's 51,200 limit

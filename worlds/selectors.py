@@ -194,9 +194,11 @@ def viewer_world(*, world_id: int) -> World | None:
 
 
 def image_is_public(*, image_id: str) -> bool:
-    """The image belongs to a world's live run."""
+    """The image is the current image of an item of a world's live run (not an earlier version's)."""
     owner = documents.image_run(image_id)
-    return owner is not None and World.objects.filter(pk=owner[0], live_run__number=owner[1], **PUBLIC).exists()
+    if owner is None or not World.objects.filter(pk=owner[0], live_run__number=owner[1], **PUBLIC).exists():
+        return False
+    return documents.is_current_image(mongo.get_db(), image_id)
 
 
 def run_character(*, run: GenerationRun, index: int) -> dict | None:

@@ -29,6 +29,7 @@ from generation.contracts import (
     DegradedItemsUpdate,
     RegenerateInput,
     RegenerationUpdate,
+    RerenderInput,
     RunConfig,
     RunStatusUpdate,
     Stage,
@@ -40,8 +41,8 @@ from generation.contracts import (
 from generation.living.contracts import LiveReport, LiveSettings, LiveState, LiveStatus, LiveWorldInput
 from generation.living.workflows import LiveWorldWorkflow
 from generation.workflows import (
-    RegenerateItemWorkflow,
-    RerenderImagesWorkflow,
+    RegenerateVersionWorkflow,
+    RenderMissingImagesWorkflow,
     WorldCleanupWorkflow,
     WorldGenerationWorkflow,
     WorldRunWorkflow,
@@ -526,11 +527,11 @@ def generation_rerender(*, run: GenerationRun, user=None) -> str:
     if not run.degraded_items:
         raise ActionError(f"{run} has no images waiting for a re-render")
     workflow_id = f"{run.workflow_id}-rerender"
-    run_input = WorldRunInput(run.ref, world_snapshot(run.world), run_config())
+    run_input = RerenderInput(run.ref, world_snapshot(run.world), run_config())
     try:
         _temporal(
             lambda client: client.start_workflow(
-                RerenderImagesWorkflow.run,
+                RenderMissingImagesWorkflow.run,
                 run_input,
                 id=workflow_id,
                 task_queue=settings.TEMPORAL_TASK_QUEUE_WORKFLOWS,
@@ -595,7 +596,7 @@ def item_regenerate(
     inp = RegenerateInput(regeneration.pk, run.ref, run_snapshot, run_config(), character_index, post_index, feedback)
     try:
         attributes = _search_attributes(run.world_id, run_snapshot.name, search_attributes.REGENERATION, run.number)
-        temporal_call(_first_start(RegenerateItemWorkflow.run, inp, regeneration.workflow_id, attributes))
+        temporal_call(_first_start(RegenerateVersionWorkflow.run, inp, regeneration.workflow_id, attributes))
     except TemporalNoAnswer as exc:
         # It may have started: the row stays running (blocking a second regeneration of the item) until
         # Temporal says, now or when the reconciler asks.
@@ -650,9 +651,14 @@ def _regeneration_finished(regeneration_id: int, status: str, error: str = "", *
 
 
 def regeneration_record(*, update: RegenerationUpdate) -> None:
-    """How a regeneration ended (called by an activity); the run's token count follows its ledger."""
+    """How a regeneration ended (called by an activity): its tokens are every attempt's billed to its drafts
+    (before drafts: what its activities reported); the run's token count follows its ledger."""
+    tokens = update.tokens
+    if update.run_key:
+        drafts = f"{update.run_key}~r{update.regeneration_id}"  # documents.draft_key of the run and regeneration
+        tokens = max(tokens, documents.billed_tokens(mongo.get_db(), drafts))
     Regeneration.objects.filter(pk=update.regeneration_id).update(
-        status=update.status, error=update.error, tokens_used=update.tokens, finished_at=timezone.now()
+        status=update.status, error=update.error, tokens_used=tokens, finished_at=timezone.now()
     )
     if update.run_key:
         used = store.tokens_used(mongo.get_db(), update.run_key)
