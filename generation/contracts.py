@@ -91,6 +91,7 @@ class WorldRunInput:
     # A resumed run goes on from its stored bible revision; one a reviewer approved skips the approval gate.
     bible_revision: int = 0
     bible_approved: bool = False
+    bible_feedback: str = ""  # a reviewer's feedback the revision ``bible_revision`` is to be written with
 
 
 @dataclass

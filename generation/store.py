@@ -74,6 +74,12 @@ def load_world_snapshot(db: Database, run: RunRef) -> WorldSnapshot:
     return WorldSnapshot(**doc["world"])
 
 
+def bible_revision(db: Database, run: RunRef) -> int | None:
+    """The revision of the run's stored bible (None: none stored)."""
+    doc = db[BIBLES].find_one({"_id": bible_key(run)}, {"revision": 1})
+    return None if doc is None else doc.get("revision", 0)
+
+
 def has_bible(db: Database, run: RunRef, revision: int | None = None) -> bool:
     query: dict = {"_id": bible_key(run)} if revision is None else {"_id": bible_key(run), "revision": revision}
     return _exists(db[BIBLES], query)

@@ -246,6 +246,7 @@ class WorldGenerationWorkflow:
     def __init__(self) -> None:
         self._progress = Progress()
         self._decision: Decision | None = None
+        self._decided_on: tuple[int, Decision] | None = None  # the latest decision taken by ``review``
         self._tokens_by_character: dict[int, int] = {}
         self._posts_by_character: dict[int, int] = {}
         self._degraded_by_character: dict[int, int] = {}
@@ -265,8 +266,33 @@ class WorldGenerationWorkflow:
 
     @workflow.signal
     def decide(self, decision: Decision) -> None:
+        """A decision as a signal (callers before ``review``): the last one in wins, and nobody is told."""
         if self._progress.awaiting_decision:
             self._decision = decision
+
+    @workflow.update
+    def review(self, decision: Decision) -> str:
+        """Approve or reject the bible awaiting approval; the caller learns at once whether it was taken. A second
+        decision on the same revision is refused (two reviewers deciding at once: one of them is told)."""
+        if self._decision is not None:  # both passed the validator in one workflow task: the first one stands
+            raise ApplicationError(self._decided(), non_retryable=True)
+        self._decision = decision
+        self._decided_on = (self._progress.bible_revision, decision)
+        return "approved" if decision.approved else "rejected"
+
+    @review.validator
+    def _review_allowed(self, decision: Decision) -> None:
+        if self._decision is not None or (not self._progress.awaiting_decision and self._decided_on):
+            raise ValueError(self._decided())
+        if not self._progress.awaiting_decision:
+            raise ValueError("nothing is awaiting approval")
+
+    def _decided(self) -> str:
+        """Who decided the latest revision reviewed, and how."""
+        assert self._decided_on is not None
+        revision, decision = self._decided_on
+        verb = "approved" if decision.approved else "rejected"
+        return f"revision {revision} of the bible was {verb} already" + (f" by {decision.by}" if decision.by else "")
 
     @workflow.signal
     def character_progress(self, tick: CharacterProgress) -> None:
@@ -290,7 +316,8 @@ class WorldGenerationWorkflow:
         self._progress.posts_total = world.character_count * world.posts_per_character
         try:
             await self._mirror(RunStatus.RUNNING, Stage.BIBLE)
-            await self._generate_bible(revision=inp.bible_revision, feedback=None)
+            # A resume after a reviewer's rejection whose revision was not written yet writes it with that feedback.
+            await self._generate_bible(revision=inp.bible_revision, feedback=inp.bible_feedback or None)
             self._progress.bible_approved = inp.bible_approved
             if world.requires_approval and not inp.bible_approved and not await self._approval_gate():
                 await self._finish(RunStatus.EXPIRED, Stage.APPROVAL, "nobody approved the world bible in time")

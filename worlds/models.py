@@ -117,6 +117,12 @@ class World(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    publishing_decided_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Staff last published, rolled back or unpublished it: runs started before do not publish.",
+    )
     deleting_since = models.DateTimeField(
         null=True,
         blank=True,
@@ -187,6 +193,8 @@ class GenerationRun(models.Model):
         related_name="+",
         help_text="Who rejected the latest revision",
     )
+    review_feedback = models.TextField(blank=True, help_text="The latest rejection's feedback.")
+    rejected_revision = models.PositiveIntegerField(null=True, blank=True, help_text="The revision it rejected.")
     cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

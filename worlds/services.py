@@ -385,8 +385,19 @@ def generation_resume(*, run: GenerationRun, user=None) -> GenerationRun:
         if not updated:
             raise ActionError(f"{run} changed meanwhile (resumed by someone else?); look again")
     run.refresh_from_db()
-    run_input = WorldRunInput(run.ref, snapshot, run_config(), run.bible_revision, run.bible_approved)
+    revision, feedback = _resume_revision(run)
+    run_input = WorldRunInput(run.ref, snapshot, run_config(), revision, run.bible_approved, feedback)
     return _start_workflow(run, run_input, user, AuditEvent.Action.RUN_RESUMED)
+
+
+def _resume_revision(run: GenerationRun) -> tuple[int, str]:
+    """(the bible revision a resumed run goes on from, the feedback it is to be written with): a run stopped
+    after a reviewer rejected its stored revision, before the revision asked for was written, writes it with the
+    reviewer's feedback; otherwise the run goes on from its revision as it is."""
+    stored = store.bible_revision(mongo.get_db(), run.ref)
+    if not run.bible_approved and stored is not None and run.rejected_revision == stored and run.review_feedback:
+        return stored + 1, run.review_feedback
+    return (run.bible_revision if stored is None else stored), ""
 
 
 def _resume_snapshot(run: GenerationRun) -> WorldSnapshot:
@@ -445,11 +456,19 @@ def _send(run: GenerationRun, call, *, what: str) -> None:
         ) from None
 
 
-def _signal(run: GenerationRun, decision: Decision, what: str) -> None:
-    async def send(client):
-        await client.get_workflow_handle(run.workflow_id).signal(WorldGenerationWorkflow.decide, decision)
+def _decide(run: GenerationRun, decision: Decision, what: str) -> None:
+    """Send a reviewer's decision as an update: refused with the workflow's reason (409) when nothing awaits
+    approval any more or another reviewer decided first, so two reviewers deciding at once cannot both see
+    success."""
 
-    _send(run, send, what=what)
+    async def send(client):
+        await client.get_workflow_handle(run.workflow_id).execute_update(WorldGenerationWorkflow.review, decision)
+
+    try:
+        _send(run, send, what=what)
+    except WorkflowUpdateFailedError as exc:
+        reason = getattr(exc.cause, "message", None) or describe_failure(exc)
+        raise ActionError(f"could not {what}: {reason}") from None
 
 
 def _check_review(run: GenerationRun, user, verb: str) -> None:
@@ -463,7 +482,7 @@ def _check_review(run: GenerationRun, user, verb: str) -> None:
 
 def generation_approve(*, run: GenerationRun, user=None) -> None:
     _check_review(run, user, "approve")
-    _signal(run, Decision(approved=True, by=getattr(user, "username", "")), f"approve the bible of {run}")
+    _decide(run, Decision(approved=True, by=getattr(user, "username", "")), f"approve the bible of {run}")
     GenerationRun.objects.filter(pk=run.pk).update(approved_by=user)
     _audit(AuditEvent.Action.RUN_APPROVED, user=user, run=run, detail=f"revision {run.bible_revision}")
 
@@ -482,10 +501,13 @@ def _clean_feedback(feedback: str | None, *, required: bool) -> str:
 def generation_reject(*, run: GenerationRun, feedback: str, user=None) -> None:
     feedback = _clean_feedback(feedback, required=True)
     _check_review(run, user, "reject")
-    _signal(
+    _decide(
         run, Decision(approved=False, feedback=feedback, by=getattr(user, "username", "")), f"reject the bible of {run}"
     )
-    GenerationRun.objects.filter(pk=run.pk).update(rejected_by=user)
+    # Kept for a resume: a run stopped before it wrote the revision this asks for writes it with this feedback.
+    GenerationRun.objects.filter(pk=run.pk).update(
+        rejected_by=user, review_feedback=feedback, rejected_revision=run.bible_revision
+    )
     _audit(AuditEvent.Action.RUN_REJECTED, user=user, run=run, detail=feedback)
 
 
@@ -668,9 +690,10 @@ def regeneration_record(*, update: RegenerationUpdate) -> None:
 
 
 # --- publishing --------------------------------------------------------------------------------
-# Viewers see a world's live run only. A completed run publishes itself; staff may publish a failed,
-# cancelled or stopped one (never one whose bible still needed approval), roll back to an earlier
-# run by publishing it, or unpublish the world.
+# Viewers see a world's live run only. A completed run publishes itself unless staff made a publishing choice
+# for the world (published a run, rolled back, unpublished) after it started: that choice stands, through
+# resumes too, until staff change it. Staff may publish a failed, cancelled or stopped run (never one whose
+# bible still needed approval), roll back to an earlier run by publishing it, or unpublish the world.
 
 
 def run_publish(*, run: GenerationRun, user=None) -> None:
@@ -686,7 +709,7 @@ def run_publish(*, run: GenerationRun, user=None) -> None:
     world = run.world
     if world.live_run_id == run.pk:
         raise ActionError(f"{run} is already live")
-    World.objects.filter(pk=world.pk).update(live_run=run)
+    World.objects.filter(pk=world.pk).update(live_run=run, publishing_decided_at=timezone.now())
     _audit(
         AuditEvent.Action.RUN_PUBLISHED,
         user=user,
@@ -701,7 +724,7 @@ def world_unpublish(*, world: World, user=None) -> None:
     if world.live_run is None:
         raise ActionError(f"{world} is not published")
     run = world.live_run
-    World.objects.filter(pk=world.pk).update(live_run=None)
+    World.objects.filter(pk=world.pk).update(live_run=None, publishing_decided_at=timezone.now())
     _audit(AuditEvent.Action.RUN_UNPUBLISHED, user=user, run=run)
 
 
@@ -748,7 +771,13 @@ def run_status_record(*, update: RunStatusUpdate) -> None:
         if update.finished and progress.status == Status.COMPLETED:
             run = GenerationRun.objects.filter(pk=update.run_id).select_related("world__live_run").first()
             live = run and run.world.live_run
-            if run is not None and (live is None or live.number < run.number):
+            # Staff's publishing choice (publish, roll back, unpublish) stands for the runs started before it.
+            decided = run and run.world.publishing_decided_at
+            if (
+                run is not None
+                and (live is None or live.number < run.number)
+                and (not decided or decided < run.started_at)
+            ):
                 World.objects.filter(pk=run.world_id).update(live_run=run)
                 _audit(AuditEvent.Action.RUN_PUBLISHED, run=run, detail=Status.COMPLETED)
 
