@@ -47,6 +47,10 @@ from generation.documents import (
 )
 
 
+class MissingContent(LookupError):
+    """What a step reads was never stored (a character the run has not, its bible): no retry can mend it."""
+
+
 def _exists(collection, query: dict) -> bool:
     return collection.find_one(query, {"_id": 1}) is not None
 
@@ -70,7 +74,7 @@ def save_world_snapshot(db: Database, run: RunRef, world: WorldSnapshot) -> None
 def load_world_snapshot(db: Database, run: RunRef) -> WorldSnapshot:
     doc = db[SNAPSHOTS].find_one({"_id": snapshot_key(run)}, {"world": 1})
     if doc is None:  # generate_bible stores it before any activity that reads it runs
-        raise LookupError(f"no world snapshot stored for {snapshot_key(run)}")
+        raise MissingContent(f"no world snapshot stored for {snapshot_key(run)}")
     return WorldSnapshot(**doc["world"])
 
 
@@ -268,7 +272,7 @@ def promote_draft(
 def load_bible(db: Database, run: RunRef) -> dict:
     doc = db[BIBLES].find_one({"_id": bible_key(run)})
     if doc is None:
-        raise LookupError(f"no world bible stored for {run.key}")
+        raise MissingContent(f"no world bible stored for {run.key}")
     return doc["bible"]
 
 
@@ -285,7 +289,7 @@ def save_cast(db: Database, run: RunRef, members: list[dict]) -> None:
 def load_character(db: Database, run: RunRef, index: int) -> dict:
     doc = db[CHARACTERS].find_one({"_id": character_key(run, index)})
     if doc is None:
-        raise LookupError(f"no character {index} stored for {run.key}")
+        raise MissingContent(f"no character {index} stored for {run.key}")
     return doc
 
 
@@ -450,15 +454,15 @@ LEDGER_RETRIES = 100
 
 
 def _ledger(db: Database, run: RunRef, limit: int, key: str) -> dict:
-    return (
-        db[LEDGERS].find_one_and_update(
-            {"_id": key},
-            {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {}, "version": 0, "limit": limit}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        or {}
+    """The ledger, made if it does not exist yet. Two calls making it at once (a live day's posts) both get it:
+    an upsert that lost the race may answer with no document (SecantusDB does), so it is read then."""
+    doc = db[LEDGERS].find_one_and_update(
+        {"_id": key},
+        {"$setOnInsert": {**run_fields(run), "used": 0, "reserved": {}, "version": 0, "limit": limit}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
     )
+    return doc or db[LEDGERS].find_one({"_id": key}) or _ledger(db, run, limit, key)
 
 
 def reserve_tokens(

@@ -104,6 +104,23 @@ def test_a_world_lives_at_a_one_minute_cadence_through_pause_an_injected_event_a
     assert len(actions) == 7  # went live, pause, event, 2 cadences, resume, stop (not the refused commands)
     record_history(f"world-{run.world_id}-live-1", "live_world_commands")
 
+    # Finding 2: live again, it goes on from day 3; days 1 and 2 keep their reports and what they spent.
+    reports = {d["day"]: d for d in db.live_days.find({"run_key": key})}
+    assert sorted(reports) == [1, 2] and all(reports[d]["tokens"] > 0 for d in (1, 2))
+    posts_before = db.posts.count_documents({"run_key": key})
+    response = editor.post(url, body, format="json")
+    assert response.status_code == 202 and response.json()["first_day"] == 2
+    live = live_until(reviewer, run.world_id, lambda live: live["number"] == 2 and live["days"] == 3)
+    assert [life["number"] for life in live["lives"]] == [2, 1] and live["days_lived"] == 1
+    assert live["tokens_used_all_lives"] == sum(life["tokens_used"] for life in live["lives"])
+    after = {(d["day"], d.get("live_number")): d for d in db.live_days.find({"run_key": key})}
+    assert sorted(after) == [(1, 1), (2, 1), (3, 2)]  # days 1 and 2 untouched, day 3 lived by time live 2
+    assert all(after[(d, 1)]["tokens"] == reports[d]["tokens"] for d in (1, 2))
+    day3 = sorted(db.posts.find({"run_key": key, "day": 3}), key=lambda p: p["slot"])
+    assert [p["character_index"] for p in day3] == [1, 2]  # the rotation goes on from day 2's slots
+    assert db.posts.count_documents({"run_key": key}) == posts_before + 2
+    assert editor.post(f"{url}stop/").status_code == 200
+
 
 def test_the_go_live_command_takes_a_published_world_live_and_says_why_not_otherwise(start_worker):
     import io

@@ -67,6 +67,7 @@ def test_histories_are_recorded():
         "character_completed_before_throttled_signals",
         "world_completed_before_event_driven_progress",
         "live_world_commands_before_one_activity_day",
+        "live_world_commands_before_live_budgets",
         "live_world_continued_as_new_before_one_activity_day",
         "world_completed_before_items_by_reference",  # item activities got the world snapshot inline
         "character_completed_before_items_by_reference",

@@ -1025,8 +1025,8 @@ def live_settle(*, live: LiveWorld, status: str) -> str | None:
             LiveWorld.objects.filter(pk=live.pk, status=LiveWorld.Status.STARTING).update(status=LiveWorld.Status.LIVE)
             return f"{live}: its workflow is running"
         return None
-    if status == "MISSING" and _within_start_grace(live.started_at):
-        return None
+    if status == "MISSING" and live.status == LiveWorld.Status.STARTING and _within_start_grace(live.started_at):
+        return None  # an unconfirmed start may still land
     error = "its workflow never started" if status == "MISSING" else f"its workflow ended as {status}"
     final = LiveWorld.Status.STOPPED if status in ("COMPLETED", "CANCELED") else LiveWorld.Status.FAILED
     LiveWorld.objects.filter(pk=live.pk, status__in=LiveWorld.RUNNING).update(

@@ -54,7 +54,7 @@ class LivingActivities(LlmActivities):
         world pauses and says why. Returns the day's ledger total: every billed token of every attempt."""
         try:
             made = await self._live_day(plan)
-        except LookupError as err:  # nothing a retry can mend
+        except store.MissingContent as err:  # nothing a retry can mend
             raise ApplicationError(
                 f"the day cannot be lived: {err}", type="LiveDayImpossible", non_retryable=True
             ) from err
