@@ -47,7 +47,7 @@ def run_living(stack: Stack, opts) -> dict:
                 day_seconds=opts.day_seconds,
                 posts_per_day=opts.live_posts,
                 comments_per_day=opts.live_comments,
-                daily_token_budget=1_000_000,
+                daily_token_budget=200_000,
             )
         going_live_s = time.monotonic() - started
         db = mongo.get_db()
