@@ -35,7 +35,7 @@ E2E_MODULES = {"test_worker_process", "test_localstack", "test_web_server"}
 # Too slow for the fast tier (under 60 s on 2 cores), so e2e as well: test_api_fuzz (~55 s: schema fuzzing
 # on Temporal and Mongo), test_settings (~10 s: a Django subprocess a test), test_heartbeat (~10 s: waits
 # out real activity timeouts on the dev server).
-SLOW_MODULES = {"test_api_fuzz", "test_settings", "test_heartbeat"}
+SLOW_MODULES = {"test_api_fuzz", "test_settings", "test_heartbeat", "test_cancel_meets_failure_real_server"}
 MODULE_MARKERS = {"test_chaos": "chaos", "test_browser": "browser", "test_benchmarks": "bench"}
 
 
