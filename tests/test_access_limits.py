@@ -69,6 +69,37 @@ def test_generate_calls_have_a_stricter_limit_counted_in_the_shared_cache(editor
     assert read.stdout.split()[-1] == "3", read.stdout + read.stderr
 
 
+SPENDING_CALLS = [  # each leads to LLM work (issue 22, finding 22: these had the general rate only)
+    "/api/worlds/999999/live/",
+    "/api/worlds/999999/live/resume/",
+    "/api/worlds/999999/live/budget/",
+    "/api/worlds/999999/live/events/",
+    "/api/runs/999999/reject/",
+]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", SPENDING_CALLS)
+def test_going_live_live_resume_budget_events_and_reject_have_the_generate_limit(editor, monkeypatch, path):
+    monkeypatch.setitem(api_settings.DEFAULT_THROTTLE_RATES, "generate", "1/minute")
+    editor.groups.add(Group.objects.get(name="Reviewers"))  # reject is a reviewer's
+    client = APIClient()
+    client.force_login(editor)
+    assert client.post(path, {}, format="json").status_code in (400, 404)  # an empty body, or no such world
+    refused = client.post(path, {}, format="json")
+    assert refused.status_code == 429 and "throttled" in refused.json()["detail"].lower()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_live_commands_that_spend_nothing_keep_the_general_rate(editor, monkeypatch):
+    monkeypatch.setitem(api_settings.DEFAULT_THROTTLE_RATES, "generate", "1/minute")
+    client = APIClient()
+    client.force_login(editor)
+    for path in ["/api/worlds/999999/live/pause/", "/api/worlds/999999/live/stop/"] * 2:
+        assert client.post(path, {}, format="json").status_code == 404
+    assert client.get("/api/worlds/999999/live/").status_code == 404
+
+
 # --- Admin login lockouts (django-axes; the AXES_* settings) ---------------------------------------------------
 # Failures count per username + client address together. The in-process tests give each request its address
 # (REMOTE_ADDR); the proxy tests run real HTTP through reverse proxies in front of the live server.
