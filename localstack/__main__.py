@@ -90,13 +90,16 @@ def manage(*args: str, env: dict) -> str:
     return result.stdout.strip()
 
 
-def wait_for_http(process: servers.ManagedProcess, url: str, timeout: float = 90) -> None:
+def wait_for_http(process: servers.ManagedProcess, url: str, expect: str, timeout: float = 90) -> None:
+    """Until ``url`` answers with ``expect`` in its body: another server that took the port (e.g. one of the
+    Temporal dev server's random ports) answers too, but not with what ours does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
             raise servers.StackError(f"{process.name} exited:\n{process.log_tail()}")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            answer = httpx.get(url, timeout=2)
+            if answer.status_code < 500 and expect in answer.text:
                 return
         except httpx.HTTPError:
             pass
@@ -172,7 +175,7 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         models["MEDIA_GRPC_TARGET"] = start_stand_in(
             "media server", "mediaserver", "MEDIA_GRPC_TARGET", opts.media_port, started, logs, images
         )
-    servers.wait_for_port(mongo, opts.mongo_port)
+    servers.wait_for_mongo(mongo, opts.mongo_port)
     servers.wait_for_port(temporal, opts.temporal_port, timeout=90)
 
     env = {
@@ -216,8 +219,8 @@ def run(opts: argparse.Namespace, started: list[servers.ManagedProcess]) -> None
         cwd=ROOT,
     )
     started.append(web)
-    wait_for_http(worker, f"http://127.0.0.1:{opts.worker_health_port}/healthz")
-    wait_for_http(web, f"http://127.0.0.1:{opts.web_port}/admin/login/")
+    wait_for_http(worker, f"http://127.0.0.1:{opts.worker_health_port}/healthz", '"status"')
+    wait_for_http(web, f"http://127.0.0.1:{opts.web_port}/admin/login/", "csrfmiddlewaretoken")
 
     say(manage("stack_check", env=env))
     if not opts.no_sample:

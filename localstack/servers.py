@@ -106,6 +106,28 @@ def wait_for_port(process: ManagedProcess, port: int, *, timeout: float = 60.0, 
     raise StackError(f"{process.name} did not open port {port} within {timeout:.0f}s:\n{process.log_tail()}")
 
 
+def wait_for_mongo(process: ManagedProcess, port: int, *, timeout: float = 60.0) -> None:
+    """Until the MongoDB-wire server answers a ping (an open port alone is not an answering server)."""
+    import pymongo
+
+    wait_for_port(process, port, timeout=timeout)
+    client = pymongo.MongoClient(mongo_uri(port), serverSelectionTimeoutMS=2000, connect=False)
+    deadline, error = time.monotonic() + timeout, ""
+    try:
+        while time.monotonic() < deadline and process.alive():
+            try:
+                client.admin.command("ping")
+                return
+            except pymongo.errors.PyMongoError as exc:
+                error = str(exc).splitlines()[0]
+                time.sleep(0.5)
+    finally:
+        client.close()
+    raise StackError(
+        f"{process.name} on port {port} did not answer a ping within {timeout:.0f}s ({error}):\n{process.log_tail()}"
+    )
+
+
 def temporal_dev_server_args(*, port: int, ui_port: int | None, db_file: Path | None = None) -> list[str]:
     """``temporal server start-dev``: in memory unless ``db_file`` is given; no UI if ``ui_port`` is None."""
     args = [

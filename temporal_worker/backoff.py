@@ -39,11 +39,12 @@ async def wait_until_ready(
                 ) from exc
             wait = min(delay, remaining)
             log.warning(
-                "%s at %s is not reachable yet (attempt %d); retrying in %.1fs",
+                "%s at %s is not reachable yet (attempt %d); retrying in %.1fs: %s",
                 what,
                 address,
                 tries,
                 wait,
+                reason,
                 extra={"dependency": what, "address": address, "attempt": tries, "error": reason},
             )
             await asyncio.sleep(wait)

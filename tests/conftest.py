@@ -74,7 +74,7 @@ def mongo_server(logs_dir):
     proc = servers.start(
         "SecantusDB", servers.secantus_args(port=port, storage=None), log_path=logs_dir / "secantus.log"
     )
-    servers.wait_for_port(proc, port, timeout=60)
+    servers.wait_for_mongo(proc, port, timeout=60)
     yield servers.mongo_uri(port)
     proc.stop()
 

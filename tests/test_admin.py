@@ -77,7 +77,7 @@ def test_editor_defines_and_generates_a_world_and_sees_it_complete(start_worker)
     response = post_button(editor, world, "generate")
     assert "Mossmarket: run 1 started" in messages_of(response)
     response = post_button(editor, world, "generate")
-    assert any("already being generated" in m for m in messages_of(response))
+    assert any("already being generated" in m for m in messages_of(response)), messages_of(response)
     run = wait_for(world.runs.get(), FINISHED)
     assert run.status == "completed", run.error
 

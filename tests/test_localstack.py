@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -33,18 +34,35 @@ def stack_args(tmp_path) -> tuple[list[str], dict[str, int]]:
     return args, ports
 
 
-def start_stack(args: list[str], out, env: dict) -> subprocess.Popen:
-    """Start ``python -m localstack`` (output to ``out``) and wait until it says it is up."""
+# What localstack prints when a port it was given was free when checked and taken before its server bound it:
+# the Temporal dev server binds 5 random free ports as it starts, and so can any other process on the machine.
+PORT_RACES = ("That port is already in use", "Address already in use", "did not answer a ping")
+
+
+def start_stack(tmp_path, env: dict) -> tuple[subprocess.Popen, dict[str, int], Path, Path]:
+    """Start ``python -m localstack`` on free ports and wait until it says it is up; returns the process, its
+    ports, its output file and its data directory. Once only, a stack that lost one of its ports to another
+    process is started again on other ports."""
     base = {k: v for k, v in os.environ.items() if k not in ("LLM_BASE_URL", "MEDIA_GRPC_TARGET")}
-    with open(out, "w") as sink:
-        stack = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=base | env)
-    deadline = time.monotonic() + 180
-    while "Press Ctrl-C" not in out.read_text():
-        if stack.poll() is not None or time.monotonic() > deadline:
-            stack.kill()
-            raise AssertionError(out.read_text())
-        time.sleep(0.5)
-    return stack
+    for attempt in (1, 2):
+        args, ports = stack_args(tmp_path / f"attempt-{attempt}")
+        out = tmp_path / f"localstack-{attempt}.out"
+        with open(out, "w") as sink:
+            stack = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=base | env)
+        deadline = time.monotonic() + 180
+        while "Press Ctrl-C" not in out.read_text():
+            if stack.poll() is not None or time.monotonic() > deadline:
+                stack.send_signal(signal.SIGINT)  # it stops what it started
+                stack.wait(60)
+                text = out.read_text()
+                if attempt == 1 and any(race in text for race in PORT_RACES):
+                    print(f"a port was taken before the stack bound it; starting again:\n{text}")
+                    break
+                raise AssertionError(text)
+            time.sleep(0.5)
+        else:
+            return stack, ports, out, tmp_path / f"attempt-{attempt}" / "data"
+    raise AssertionError("unreachable")
 
 
 def test_a_taken_port_is_reported_clearly_and_nothing_starts(tmp_path):
@@ -64,11 +82,9 @@ def test_stack_comes_up_with_your_llm_and_admin_and_stops_everything_on_ctrl_c(t
     from tests.conftest import start_localllm
 
     yours, root = start_localllm(logs_dir, "your-llm", "--api-key", "your-secret-key")
-    args, ports = stack_args(tmp_path)
-    out = tmp_path / "localstack.out"
     env = {"LLM_BASE_URL": f"{root}/v1", "LLM_MODEL": MODEL_ID, "LLM_API_KEY": "your-secret-key"}
     try:
-        stack = start_stack(args, out, env)
+        stack, ports, out, data = start_stack(tmp_path, env)
     except BaseException:
         yours.stop()
         raise
@@ -81,7 +97,7 @@ def test_stack_comes_up_with_your_llm_and_admin_and_stops_everything_on_ctrl_c(t
         assert stats["chat_requests"] >= 22 and stats["by_status"] == {"200": stats["chat_requests"]}
         assert "3 probes answered on worldgen-llm, worldgen-media, worldgen-workflows" in text
         assert "Lanternfall Archipelago run 1 completed in" in text and "12 posts, 0 degraded" in text
-        password = (tmp_path / "data" / "admin-password.txt").read_text().strip()
+        password = (data / "admin-password.txt").read_text().strip()
         assert f"user: admin, password: {password}" in text
 
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['--web-port']}") as web:
@@ -105,7 +121,7 @@ def test_stack_comes_up_with_your_llm_and_admin_and_stops_everything_on_ctrl_c(t
             assert web.get("/images/img-w1-r1-c99.png").status_code == 404
         assert httpx.get(f"http://127.0.0.1:{ports['--temporal-ui-port']}/", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['--worker-health-port']}/healthz").json()["status"] == "ok"
-        assert (tmp_path / "data" / "temporal.db").exists() and (tmp_path / "data" / "db.sqlite3").exists()
+        assert (data / "temporal.db").exists() and (data / "db.sqlite3").exists()
 
         stack.send_signal(signal.SIGINT)
         assert stack.wait(60) == 0
@@ -125,15 +141,13 @@ def test_the_llm_stand_in_answers_as_its_own_model_and_your_image_api_draws(tmp_
     from tests.conftest import start_localllm
 
     images, root = start_localllm(logs_dir, "your-image-api")
-    args, _ = stack_args(tmp_path)
-    out = tmp_path / "localstack.out"
     env = {
         "LLM_MODEL": "llama3.1",
         "MEDIA_IMAGE_BASE_URL": f"{root}/v1",
         "MEDIA_IMAGE_MODEL": "worldgen-procedural-image-1",
     }
     try:
-        stack = start_stack(args, out, env)
+        stack, _, out, _ = start_stack(tmp_path, env)
     except BaseException:
         images.stop()
         raise
