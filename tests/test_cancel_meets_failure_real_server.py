@@ -23,7 +23,7 @@ from tests.test_cancel_points import StandIns, run_input, stand_in_workers
 
 pytestmark = pytest.mark.timeout(120)
 
-RACES = 30  # of each kind; each takes about half a second
+RACES = 12  # of each kind; each takes about half a second
 
 
 @pytest.fixture(scope="module")

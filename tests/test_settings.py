@@ -236,7 +236,7 @@ def test_log_lines_mask_secrets_in_message_extra_and_exception(log_format):
         assert entry["exc"].startswith("Traceback") and entry["msg"].startswith("connecting to")
 
 
-STACK_CHECK_RUNS = 16
+STACK_CHECK_RUNS = 12
 
 
 def test_a_command_that_made_a_temporal_client_exits_cleanly_every_time():
@@ -249,7 +249,7 @@ def test_a_command_that_made_a_temporal_client_exits_cleanly_every_time():
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     env = {"WORLDGEN_ENV": "development", "TEMPORAL_ADDRESS": f"127.0.0.1:{closed_port}"}
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(4) as pool:
         runs = list(pool.map(lambda _: manage("stack_check", "--timeout", "2", **env), range(STACK_CHECK_RUNS)))
     for result in runs:
         assert result.returncode == 1, result.stderr
