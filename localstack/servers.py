@@ -53,9 +53,9 @@ class ManagedProcess:
         if self.alive():
             os.killpg(self.popen.pid, sig)
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM the process group; SIGKILL whatever is left after ``timeout``."""
-        self.signal(signal.SIGTERM)
+    def stop(self, timeout: float = 15.0, sig: int | None = None) -> int:
+        """``sig`` (default SIGTERM) to the process group; SIGKILL whatever is left after ``timeout``."""
+        self.signal(signal.SIGTERM if sig is None else sig)
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:

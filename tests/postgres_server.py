@@ -74,9 +74,5 @@ class PostgresServer:
 
     def stop(self) -> None:
         # SIGINT is PostgreSQL's fast shutdown: it ends open sessions (SIGTERM waits for them: 15 s here).
-        self.process.signal(signal.SIGINT)
-        try:
-            self.process.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.process.stop(timeout=10, sig=signal.SIGINT)
         shutil.rmtree(self.directory, ignore_errors=True)

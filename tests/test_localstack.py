@@ -45,7 +45,8 @@ def start_stack(tmp_path, env: dict) -> tuple[subprocess.Popen, dict[str, int], 
     process is started again on other ports."""
     base = {k: v for k, v in os.environ.items() if k not in ("LLM_BASE_URL", "MEDIA_GRPC_TARGET")}
     for attempt in (1, 2):
-        args, ports = stack_args(tmp_path / f"attempt-{attempt}")
+        root = tmp_path / f"attempt-{attempt}"
+        args, ports = stack_args(root)
         out = tmp_path / f"localstack-{attempt}.out"
         with open(out, "w") as sink:
             stack = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=base | env)
@@ -61,7 +62,7 @@ def start_stack(tmp_path, env: dict) -> tuple[subprocess.Popen, dict[str, int], 
                 raise AssertionError(text)
             time.sleep(0.5)
         else:
-            return stack, ports, out, tmp_path / f"attempt-{attempt}" / "data"
+            return stack, ports, out, root / "data"
     raise AssertionError("unreachable")
 
 
